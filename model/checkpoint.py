@@ -1,0 +1,272 @@
+"""
+Checkpoint loading: the official release files and the Hugging Face layout, to our own module names.
+
+Takes: a path to
+  (a) an official release file, `depth_anything_vit{s,b,l}14.pth` (keys `pretrained.*`, `depth_head.*`), or a
+      Depth-Anything v2 file of the same layout (`depth_anything_v2_vit{s,b,l}.pth`);
+  (b) a Hugging Face folder (`config.json` + `model.safetensors`, the `depth-anything-{small,base,large}-hf` layout)
+      or a `.safetensors` file in that layout (legacy on-disk names or transformers 5.x in-memory names).
+Gives: `DepthAnything` in eval mode with every weight loaded, the variant read off the weight shapes.
+
+Everything goes through one path: HF keys -> official keys -> our keys, then a strict check against the model.
+Anything that is not a complete Depth-Anything checkpoint raises `CheckpointError` with a one-line message that
+names the file and what is wrong; nothing is ever half loaded. Files are read safely (weights_only / safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .config import DepthAnythingConfig, default_tap_blocks, variant_name
+from .depth_anything import DepthAnything
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message is one line naming the file and the problem."""
+
+
+# Official tensors that inference never uses (spec, section a): accepted in a file, not loaded
+UNUSED_OFFICIAL_KEYS = re.compile(r"^pretrained\.mask_token$|^depth_head\.scratch\.refinenet4\.resConfUnit1\.")
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Key conversion
+
+_HF_TO_OFFICIAL = [
+    (r"^backbone\.embeddings\.cls_token$", "pretrained.cls_token"),
+    (r"^backbone\.embeddings\.mask_token$", "pretrained.mask_token"),
+    (r"^backbone\.embeddings\.position_embeddings$", "pretrained.pos_embed"),
+    (r"^backbone\.embeddings\.patch_embeddings\.projection\.", "pretrained.patch_embed.proj."),
+    (r"^backbone\.encoder\.layer\.(\d+)\.norm([12])\.", r"pretrained.blocks.\1.norm\2."),
+    (r"^backbone\.encoder\.layer\.(\d+)\.attention\.(output\.dense|o_proj)\.", r"pretrained.blocks.\1.attn.proj."),
+    (r"^backbone\.encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1$", r"pretrained.blocks.\1.ls\2.gamma"),
+    (r"^backbone\.encoder\.layer\.(\d+)\.mlp\.(fc[12])\.", r"pretrained.blocks.\1.mlp.\2."),
+    (r"^backbone\.layernorm\.", "pretrained.norm."),
+    (r"^neck\.reassemble_stage\.layers\.(\d)\.projection\.", r"depth_head.projects.\1."),
+    (r"^neck\.reassemble_stage\.layers\.(\d)\.resize\.", r"depth_head.resize_layers.\1."),
+    (r"^neck\.convs\.(\d)\.", lambda m: f"depth_head.scratch.layer{int(m[1]) + 1}_rn."),
+    # HF orders fusion blocks deepest first: its layer j is the official refinenet 4 - j
+    (
+        r"^neck\.fusion_stage\.layers\.(\d)\.(projection|residual_layer1|residual_layer2)\.(?:convolution([12])\.)?",
+        lambda m: f"depth_head.scratch.refinenet{4 - int(m[1])}."
+        + {"projection": "out_conv.", "residual_layer1": "resConfUnit1.", "residual_layer2": "resConfUnit2."}[m[2]]
+        + (f"conv{m[3]}." if m[3] else ""),
+    ),
+    (r"^head\.conv1\.", "depth_head.scratch.output_conv1."),
+    (r"^head\.conv2\.", "depth_head.scratch.output_conv2.0."),
+    (r"^head\.conv3\.", "depth_head.scratch.output_conv2.2."),
+]
+_HF_QKV = re.compile(r"^backbone\.encoder\.layer\.(\d+)\.attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$")
+
+_OFFICIAL_TO_OURS = [
+    (r"^pretrained\.cls_token$", "patch_embed.cls_token"),
+    (r"^pretrained\.pos_embed$", "patch_embed.position_table"),
+    (r"^pretrained\.patch_embed\.proj\.", "patch_embed.proj."),
+    (r"^pretrained\.blocks\.(\d+)\.norm1\.", r"image_encoder.blocks.\1.attn_norm."),
+    (r"^pretrained\.blocks\.(\d+)\.attn\.(qkv|proj)\.", r"image_encoder.blocks.\1.attn.\2."),
+    (r"^pretrained\.blocks\.(\d+)\.ls1\.gamma$", r"image_encoder.blocks.\1.attn_scale"),
+    (r"^pretrained\.blocks\.(\d+)\.norm2\.", r"image_encoder.blocks.\1.mlp_norm."),
+    (r"^pretrained\.blocks\.(\d+)\.mlp\.(fc[12])\.", r"image_encoder.blocks.\1.mlp.\2."),
+    (r"^pretrained\.blocks\.(\d+)\.ls2\.gamma$", r"image_encoder.blocks.\1.mlp_scale"),
+    (r"^pretrained\.norm\.", "image_encoder.output_norm."),
+    (r"^depth_head\.projects\.(\d)\.", r"reassembly.stages.\1.project."),
+    (r"^depth_head\.resize_layers\.(\d)\.", r"reassembly.stages.\1.resample."),
+    (r"^depth_head\.scratch\.layer(\d)_rn\.", lambda m: f"reassembly.stages.{int(m[1]) - 1}.to_fusion_width."),
+    (
+        r"^depth_head\.scratch\.refinenet(\d)\.(out_conv|resConfUnit1|resConfUnit2)\.",
+        lambda m: f"fusion.blocks.{int(m[1]) - 1}."
+        + {"out_conv": "out_proj.", "resConfUnit1": "skip_refine.", "resConfUnit2": "fused_refine."}[m[2]],
+    ),
+    (r"^depth_head\.scratch\.output_conv1\.", "head.halve_width."),
+    (r"^depth_head\.scratch\.output_conv2\.0\.", "head.hidden_conv."),
+    (r"^depth_head\.scratch\.output_conv2\.2\.", "head.proj_1ch."),
+]
+
+
+def _rename(key: str, rules) -> str | None:
+    for pattern, replacement in rules:
+        renamed, count = re.subn(pattern, replacement, key)
+        if count:
+            return renamed
+    return None
+
+
+def hf_to_official(hf_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """HF layout (either spelling) -> (official layout, keys not recognised); q, k, v are stacked into one qkv."""
+    official, qkv_parts, unknown = {}, {}, []
+    for key, tensor in hf_state.items():
+        qkv_match = _HF_QKV.match(key)
+        if qkv_match:
+            block, part, kind = qkv_match.groups()
+            qkv_parts.setdefault((block, kind), {})[part[0]] = tensor  # 'q', 'k' or 'v'
+            continue
+        renamed = _rename(key, _HF_TO_OFFICIAL)
+        if renamed is None:
+            unknown.append(key)
+        else:
+            official[renamed] = tensor
+    for (block, kind), parts in qkv_parts.items():
+        if set(parts) == {"q", "k", "v"}:
+            official[f"pretrained.blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+        else:
+            unknown.append(f"backbone.encoder.layer.{block}.attention (only {''.join(sorted(parts))} of q,k,v)")
+    return official, unknown
+
+
+def official_to_ours(official_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Official layout -> our module names; also returns the keys it did not recognise."""
+    ours, unexpected = {}, []
+    for key, tensor in official_state.items():
+        if UNUSED_OFFICIAL_KEYS.search(key):
+            continue
+        renamed = _rename(key, _OFFICIAL_TO_OURS)
+        if renamed is None:
+            unexpected.append(key)
+        else:
+            ours[renamed] = tensor
+    return ours, unexpected
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(tensors, HF config dict or None) from a folder, a .safetensors file or a torch file."""
+    hf_config = None
+    if path.is_dir():
+        config_path = path / "config.json"
+        if config_path.is_file():
+            try:
+                hf_config = json.loads(config_path.read_text())
+            except (OSError, ValueError) as error:
+                raise CheckpointError(f"{config_path}: unreadable config.json ({error})") from None
+        weight_files = [path / name for name in ("model.safetensors", "pytorch_model.bin") if (path / name).is_file()]
+        if not weight_files:
+            raise CheckpointError(f"{path}: folder has no model.safetensors or pytorch_model.bin")
+        path = weight_files[0]
+
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path)), hf_config
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
+
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated zips and foreign pickles
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
+    # Training scripts often wrap the weights; accept the common wrappers
+    for wrapper in ("state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+            loaded = loaded[wrapper]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"{path}: holds a {type(loaded).__name__}, not a dictionary of weight tensors")
+    return {key.removeprefix("module."): value for key, value in loaded.items()}, hf_config
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Config inference
+
+
+def _detect_version(path: Path, hf_config: dict | None, num_blocks: int) -> str:
+    if hf_config is not None:
+        out_indices = (hf_config.get("backbone_config") or {}).get("out_indices")
+        if out_indices:
+            for version in ("v1", "v2"):
+                if [tap + 1 for tap in default_tap_blocks(num_blocks, version)] == list(out_indices):
+                    return version
+    name = path.resolve().name.lower().replace("-", "_")
+    return "v2" if re.search(r"(^|_)v2(_|$|\.)", name) else "v1"
+
+
+def infer_config(official_state: dict[str, torch.Tensor], version: str, source: str) -> DepthAnythingConfig:
+    """Read every width off the tensor shapes (spec, section b)."""
+    required = ["pretrained.patch_embed.proj.weight", "pretrained.pos_embed"] + [
+        f"depth_head.scratch.layer{k}_rn.weight" for k in range(1, 5)
+    ]
+    missing = [key for key in required if key not in official_state]
+    if missing:
+        sample = ", ".join(sorted(official_state)[:3])
+        raise CheckpointError(
+            f"{source}: not a Depth-Anything checkpoint: missing {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''} (it has e.g. {sample or 'no tensors'})"
+        )
+    patch_weight = official_state["pretrained.patch_embed.proj.weight"]
+    embed_dim = patch_weight.shape[0]
+    block_indices = {int(m[1]) for k in official_state if (m := re.match(r"pretrained\.blocks\.(\d+)\.", k))}
+    if not block_indices or embed_dim % 64:
+        raise CheckpointError(f"{source}: not a Depth-Anything checkpoint: no transformer blocks of 64-wide heads")
+    num_blocks = max(block_indices) + 1
+    rn_weights = [official_state[f"depth_head.scratch.layer{k}_rn.weight"] for k in range(1, 5)]
+    num_positions = official_state["pretrained.pos_embed"].shape[1] - 1
+    base_grid = round(num_positions**0.5)
+    if base_grid * base_grid != num_positions:
+        raise CheckpointError(f"{source}: position table of {num_positions} patches is not a square grid")
+    try:
+        tap_blocks = default_tap_blocks(num_blocks, version)
+    except ValueError as error:
+        raise CheckpointError(f"{source}: {error}") from None
+    return DepthAnythingConfig(
+        embed_dim=embed_dim,
+        num_blocks=num_blocks,
+        num_heads=embed_dim // 64,
+        fusion_width=rn_weights[0].shape[0],
+        reassembly_widths=tuple(w.shape[1] for w in rn_weights),
+        tap_blocks=tap_blocks,
+        patch_size=patch_weight.shape[-1],
+        base_grid=base_grid,
+        variant=variant_name(embed_dim),
+        version=version,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", version: str | None = None) -> DepthAnything:
+    """Build the model a checkpoint describes and load it strictly; see the module docstring for accepted layouts."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if version not in (None, "v1", "v2"):
+        raise CheckpointError(f"{path}: unknown version {version!r}; expected 'v1' or 'v2'")
+    tensors, hf_config = _read_tensors(path)
+    is_hf_layout = any(key.startswith("backbone.") for key in tensors)
+    official_state, unknown_hf_keys = hf_to_official(tensors) if is_hf_layout else (tensors, [])
+
+    block_count = len({k.split(".")[2] for k in official_state if k.startswith("pretrained.blocks.")})
+    version = version or _detect_version(path, hf_config, max(block_count, 1))
+    config = infer_config(official_state, version, str(path))
+    our_state, unexpected = official_to_ours(official_state)
+    unexpected += unknown_hf_keys
+
+    model = DepthAnything(config)
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in our_state]
+    wrong_shapes = [
+        f"{key} {tuple(our_state[key].shape)} != {tuple(expected[key].shape)}"
+        for key in expected
+        if key in our_state and our_state[key].shape != expected[key].shape
+    ]
+    for problem, items in (("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong_shapes)):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            raise CheckpointError(
+                f"{path}: not a complete {config.variant} Depth-Anything checkpoint: {problem}: "
+                f"{', '.join(items[:3])}{more}"
+            )
+    model.load_state_dict({key: value.float() for key, value in our_state.items()}, strict=True)
+    return model.eval().to(device)

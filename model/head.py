@@ -1,0 +1,32 @@
+"""
+Monocular depth head of Depth-Anything: turns the fused feature map into one channel of relative inverse depth.
+
+Takes: the fusion output B x F x 8gh x 8gw and the patch grid (gh, gw).
+Gives: depth B x 14gh x 14gw (>= 0, larger is nearer; the input image size).
+
+The DPT head doubles the fusion output (8 x 2 = 16 px patches). Depth-Anything's patches are 14 px, so it resizes
+by 1.75 (8 x 1.75 = 14) instead, to exactly 14 x the grid, with bilinear align_corners=True.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class MonocularDepthHead(nn.Module):
+    """3x3 conv F -> F/2, resize to 14 px per patch, 3x3 conv -> 32, ReLU, 1x1 conv -> 1, ReLU."""
+
+    def __init__(self, fusion_width: int, hidden_width: int = 32, patch_size: int = 14):
+        super().__init__()
+        self.patch_size = patch_size
+        self.halve_width = nn.Conv2d(fusion_width, fusion_width // 2, kernel_size=3, padding=1)
+        self.hidden_conv = nn.Conv2d(fusion_width // 2, hidden_width, kernel_size=3, padding=1)
+        self.proj_1ch = nn.Conv2d(hidden_width, 1, kernel_size=1)
+
+    def forward(self, fused_bfhw: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        output_hw = (grid_hw[0] * self.patch_size, grid_hw[1] * self.patch_size)
+        hidden = F.interpolate(self.halve_width(fused_bfhw), size=output_hw, mode="bilinear", align_corners=True)
+        hidden = F.relu(self.hidden_conv(hidden))
+        return F.relu(self.proj_1ch(hidden)).squeeze(1)

@@ -1,0 +1,49 @@
+"""Shared fixtures: seeded random-weight checkpoints written on the fly in both layouts (never committed)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+torch.set_num_threads(2)
+
+
+@dataclass
+class RandomCheckpoint:
+    variant: str
+    version: str
+    reference: object  # transformers model, original position rule
+    official_path: Path  # depth_anything_vit?14.pth
+    hf_folder: Path  # config.json + model.safetensors (legacy names, as save_pretrained writes them)
+
+
+def write_random_checkpoint(folder: Path, variant: str, version: str = "v1", seed: int = 0) -> RandomCheckpoint:
+    from tests.reference import random_reference
+
+    from model import hf_to_official
+
+    reference = random_reference(variant, seed=seed, version=version)
+    hf_folder = folder / f"depth-anything-{variant}-{version}-hf"
+    reference.save_pretrained(hf_folder)
+    official_state, unknown = hf_to_official(reference.state_dict())
+    assert not unknown
+    stem = f"depth_anything_{variant}14.pth" if version == "v1" else f"depth_anything_v2_{variant}.pth"
+    official_path = folder / stem
+    torch.save(official_state, official_path)
+    return RandomCheckpoint(variant, version, reference, official_path, hf_folder)
+
+
+@pytest.fixture(scope="session")
+def vits_checkpoint(tmp_path_factory) -> RandomCheckpoint:
+    return write_random_checkpoint(tmp_path_factory.mktemp("vits"), "vits", seed=1)
+
+
+@pytest.fixture(scope="session")
+def vitb_checkpoint(tmp_path_factory) -> RandomCheckpoint:
+    return write_random_checkpoint(tmp_path_factory.mktemp("vitb"), "vitb", seed=2)
