@@ -17,6 +17,21 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def chunked_attention(q_bhtc: torch.Tensor, k_bhtc: torch.Tensor, v_bhtc: torch.Tensor, chunk: int = 256):
+    """softmax(q k^T / sqrt(c)) v, a block of queries at a time: B x H x T x C for q, k, v and the result.
+
+    For bfloat16 on the CPU: PyTorch's fused CPU attention kernel runs no faster in bf16 than in float32, while plain
+    bf16 matrix products do (measured 1.5x on AVX512-BF16); blocks of queries keep the score matrix in cache.
+    """
+    keys_t_bhct = k_bhtc.transpose(-1, -2)
+    q_bhtc = q_bhtc * q_bhtc.shape[-1] ** -0.5
+    blocks = [
+        torch.softmax(q_bhtc[:, :, start : start + chunk] @ keys_t_bhct, dim=-1) @ v_bhtc
+        for start in range(0, q_bhtc.shape[2], chunk)
+    ]
+    return torch.cat(blocks, dim=2)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention, B x T x D -> B x T x D, through PyTorch's fused attention kernel."""
 
@@ -33,8 +48,12 @@ class SelfAttention(nn.Module):
             .reshape(batch, num_tokens, 3, self.num_heads, embed_dim // self.num_heads)
             .permute(2, 0, 3, 1, 4)
         )
-        # Default scale is head_width ** -0.5, as in the original (which scales q before q.k^T: same maths)
-        attended_bhtc = F.scaled_dot_product_attention(qkv_3bhtc[0], qkv_3bhtc[1], qkv_3bhtc[2])
+        q_bhtc, k_bhtc, v_bhtc = qkv_3bhtc.unbind(0)
+        if q_bhtc.dtype == torch.bfloat16 and q_bhtc.device.type == "cpu":
+            attended_bhtc = chunked_attention(q_bhtc, k_bhtc, v_bhtc)
+        else:
+            # Default scale is head_width ** -0.5, as in the original (which scales q before q.k^T: same maths)
+            attended_bhtc = F.scaled_dot_product_attention(q_bhtc, k_bhtc, v_bhtc)
         return self.proj(attended_bhtc.transpose(1, 2).reshape(batch, num_tokens, embed_dim))
 
 

@@ -53,7 +53,8 @@ class PatchEmbed(nn.Module):
             return self._resample_table(grid_hw)
         table = self.position_table
         # data_ptr and _version change when the weights are moved or loaded, so a stale table is never reused
-        key = (grid_hw, table.device, table.dtype, table.data_ptr(), table._version)
+        version = 0 if table.is_inference() else table._version  # inference tensors cannot change in place
+        key = (grid_hw, table.device, table.dtype, table.data_ptr(), version)
         cached = self._table_cache.get(key)
         if cached is None:
             cached = self._resample_table(grid_hw)
