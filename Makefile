@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PYTHON) run_pipeline.py --random-weights vits -o outputs/demo_depth.mp4
+	mkdir -p outputs
+	$(PYTHON) run_pipeline.py --random-weights vits --config configs/cpu.yaml -o outputs/demo_depth.mp4
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q

@@ -1,0 +1,180 @@
+"""
+Decode: a video file or URL -> upright RGB frames with their exact timestamps, grouped into batches.
+
+Takes: a path or URL PyAV can open.
+Gives: `VideoInfo` (size, exact rate, time base, rotation) and an iterator of `FrameBatch` (B x H x W x 3 uint8).
+
+Frames are converted once, to packed RGB at the stream's display size (rotation metadata applied with a lossless
+90-degree turn), which is what the model's preparation takes. Decoding is threaded by FFmpeg. Corrupt packets are
+skipped and counted rather than ending the run, so a file truncated mid-stream still yields every decodable frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .frames import FrameBatch, PipelineError, VideoInfo
+
+IS_URL_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "srt://", "udp://", "tcp://")
+
+
+def open_video(source: str, options: dict | None = None):
+    """Open a container and return (container, its first video stream); one-line PipelineError otherwise."""
+    if not source.startswith(IS_URL_PREFIXES):
+        path = Path(source)
+        if not path.exists():
+            raise PipelineError(f"{source}: input file not found")
+        if path.is_dir():
+            raise PipelineError(f"{source}: input is a directory, not a video file")
+        if path.stat().st_size == 0:
+            raise PipelineError(f"{source}: input file is empty")
+    try:
+        container = av.open(source, mode="r", options=options or {})
+    except av.FFmpegError as error:
+        raise PipelineError(f"{source}: not a readable video ({error.strerror or error})") from None
+    if not container.streams.video:
+        container.close()
+        raise PipelineError(f"{source}: has no video stream")
+    return container, container.streams.video[0]
+
+
+def rotate_upright(rgb_hwc: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a display-matrix rotation (degrees counter-clockwise, multiples of 90)."""
+    quarter_turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb_hwc, k=quarter_turns)) if quarter_turns else rgb_hwc
+
+
+class VideoDecoder:
+    """Iterates a source's video frames as upright RGB; `info` describes the stream, counters describe losses."""
+
+    def __init__(self, source: str, threads: int = 0, options: dict | None = None):
+        self.source = str(source)
+        self._container, self._stream = open_video(self.source, options)
+        self._stream.thread_type = "AUTO"  # frame + slice threads
+        if threads:
+            self._stream.codec_context.thread_count = threads
+        self.frames_decoded = 0
+        self.corrupt_packets = 0
+        self._last_pts = None
+        self._first_frame = self._read_first_frame()
+        stream = self._stream
+        expected_frames, self._expected_is_exact = self._expected_frame_count()
+        rotation = int(self._first_frame.rotation or 0) if self._first_frame is not None else 0
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if round(rotation / 90) % 2:
+            width, height = height, width
+        self.info = VideoInfo(
+            source=self.source,
+            width=width,
+            height=height,
+            rate=Fraction(stream.average_rate or stream.guessed_rate or 25),
+            time_base=Fraction(stream.time_base or Fraction(1, 90000)),
+            rotation=rotation,
+            expected_frames=expected_frames,
+            has_audio=bool(self._container.streams.audio),
+            codec=stream.codec_context.name,
+        )
+
+    # .................................................................................................................
+
+    def _decoded_frames(self) -> Iterator[av.VideoFrame]:
+        demux = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                return
+            except av.FFmpegError:  # a damaged container: stop at the last readable packet
+                self.corrupt_packets += 1
+                return
+            try:
+                yield from packet.decode()
+            except av.FFmpegError:
+                self.corrupt_packets += 1
+
+    def _read_first_frame(self) -> av.VideoFrame | None:
+        self._frames = self._decoded_frames()
+        first = next(self._frames, None)
+        if first is None:
+            self._container.close()
+            raise PipelineError(f"{self.source}: no decodable video frames")
+        return first
+
+    def _expected_frame_count(self) -> tuple[int | None, bool]:
+        """(frame count, whether it is exact): the container's count, else an estimate from duration and rate."""
+        stream = self._stream
+        if stream.frames:
+            return int(stream.frames), True
+        end_s = self._stream_end_seconds()
+        if end_s and stream.average_rate:
+            return round(end_s * float(stream.average_rate)), False
+        return None, False
+
+    def _stream_end_seconds(self) -> float | None:
+        stream = self._stream
+        if stream.duration is not None and stream.time_base:
+            return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+        if self._container.duration:
+            return self._container.duration / av.time_base
+        return None
+
+    # .................................................................................................................
+
+    def frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(pts, upright RGB H x W x 3 uint8) for every decodable frame, in presentation order."""
+        rate, time_base = self.info.rate, self.info.time_base
+        frame_step = max(1, round(1 / (rate * time_base))) if rate and time_base else 1
+        last_pts = None
+        first, self._first_frame = self._first_frame, None
+        for frame in itertools.chain([first], self._frames):
+            # Streams without timestamps (raw elementary streams) get them from the frame rate
+            pts = frame.pts if frame.pts is not None else (0 if last_pts is None else last_pts + frame_step)
+            last_pts = self._last_pts = pts
+            rgb = frame.to_ndarray(format="rgb24")
+            if frame.width != self._stream.codec_context.width or frame.height != self._stream.codec_context.height:
+                rgb = frame.reformat(width=self._stream.codec_context.width,
+                                     height=self._stream.codec_context.height, format="rgb24").to_ndarray()
+            self.frames_decoded += 1
+            yield pts, rotate_upright(rgb, self.info.rotation)
+
+    def batches(self, batch_size: int, max_wait_s: float | None = None) -> Iterator[FrameBatch]:
+        """Consecutive frames in batches of `batch_size`; a live source also closes a batch after `max_wait_s`."""
+        index, pts_list, images, started = 0, [], [], 0.0
+        for pts, rgb in self.frames():
+            if not images:
+                started = time.monotonic()
+            pts_list.append(pts)
+            images.append(rgb)
+            waited_out = max_wait_s is not None and time.monotonic() - started >= max_wait_s
+            if len(images) >= batch_size or waited_out:
+                yield FrameBatch(index, pts_list, self.info.time_base, np.stack(images))
+                index += len(images)
+                pts_list, images = [], []
+        if images:
+            yield FrameBatch(index, pts_list, self.info.time_base, np.stack(images))
+
+    @property
+    def unreadable_frames(self) -> int:
+        """Frames the container announced but that could not be decoded (0 when nothing says more were there).
+
+        With an exact count from the container this is the shortfall; otherwise it is the stretch between the last
+        decoded frame and the stream's stated end, in frames at the average rate (robust to variable rates).
+        """
+        if self._expected_is_exact:
+            return max(0, self.info.expected_frames - self.frames_decoded)
+        end_s = self._stream_end_seconds()
+        if end_s is None or self._last_pts is None or not self.info.rate:
+            return 0
+        covered_s = float(self._last_pts * self.info.time_base) + 1 / float(self.info.rate)
+        return max(0, round((end_s - covered_s) * float(self.info.rate)))
+
+    def close(self) -> None:
+        self._container.close()
+

@@ -1,0 +1,160 @@
+"""
+Encode: rendered depth frames -> a video file with the source's exact timing, written atomically.
+
+Takes: per frame, an image (H x W x 3 uint8 RGB, H x W uint8 gray, or H x W uint16) and its pts in the source's time
+base; the source's `VideoInfo` (rate, time base) and, optionally, the source path to copy its audio from.
+Gives: the output file, which appears under its final name only when complete (written to a hidden temporary name
+in the same directory and renamed on `close`; `abort` removes it).
+
+Codecs: H.264 (libx264) for colormaps, gray and side-by-side views; FFV1 gray16le in Matroska for lossless 16-bit
+depth. Odd frame sizes use 4:4:4 chroma, which H.264 allows at any size (4:2:0 needs even sizes).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .frames import PipelineError, VideoInfo
+
+DEPTH_FORMATS = ("color", "gray", "gray16", "side-by-side")
+# Seconds of audio allowed ahead of the video when interleaving (players buffer far more than this)
+AUDIO_LEAD_S = 0.5
+
+
+def check_output_path(output: str | Path, depth_format: str) -> Path:
+    """Validate an output path before any work starts; one-line PipelineError naming it otherwise."""
+    output = Path(output)
+    if depth_format not in DEPTH_FORMATS:
+        raise PipelineError(f"unknown depth format {depth_format!r}; expected one of {', '.join(DEPTH_FORMATS)}")
+    directory = output.parent if str(output.parent) else Path(".")
+    if not directory.is_dir():
+        raise PipelineError(f"{output}: output directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise PipelineError(f"{output}: output directory {directory} is not writable")
+    if output.is_dir():
+        raise PipelineError(f"{output}: output path is a directory")
+    if depth_format == "gray16" and output.suffix.lower() != ".mkv":
+        raise PipelineError(f"{output}: 16-bit depth (FFV1) is written to Matroska: use a .mkv output name")
+    if output.suffix.lower() not in (".mp4", ".mkv", ".mov"):
+        raise PipelineError(f"{output}: unsupported output extension; use .mp4, .mkv or .mov")
+    return output
+
+
+class DepthVideoWriter:
+    """Writes frames in order; copies the source's audio alongside, interleaved by time."""
+
+    def __init__(
+        self,
+        output: str | Path,
+        depth_format: str,
+        info: VideoInfo,
+        frame_hw: tuple[int, int],
+        copy_audio_from: str | None = None,
+        preset: str = "superfast",
+        crf: int = 18,
+        metadata: dict[str, str] | None = None,
+    ):
+        self.output = check_output_path(output, depth_format)
+        self.depth_format = depth_format
+        self.frames_written = 0
+        self._temporary = self.output.with_name(f".{self.output.stem}.partial{self.output.suffix}")
+        self._time_base = info.time_base
+        self._container = av.open(str(self._temporary), mode="w")
+        self._container.metadata.update(metadata or {})
+
+        height, width = frame_hw
+        if depth_format == "gray16":
+            self._stream = self._container.add_stream("ffv1", rate=info.rate)
+            self._stream.pix_fmt, self._input_format = "gray16le", "gray16le"
+        else:
+            self._stream = self._container.add_stream("libx264", rate=info.rate)
+            self._stream.options = {"preset": preset, "crf": str(crf)}
+            if depth_format == "gray":
+                self._stream.pix_fmt, self._input_format = "gray", "gray"
+            else:
+                self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+                self._input_format = "rgb24"
+        self._stream.width, self._stream.height = width, height
+        self._stream.time_base = info.time_base
+
+        self._audio_in = self._audio_out = self._audio_packets = None
+        self._pending_audio = None
+        if copy_audio_from and info.has_audio:
+            self._open_audio(copy_audio_from)
+
+    # .................................................................................................................
+
+    def _open_audio(self, source: str) -> None:
+        self._audio_in = av.open(source, mode="r")
+        audio = self._audio_in.streams.audio[0]
+        try:
+            self._audio_out = self._container.add_stream_from_template(audio)
+        except (ValueError, av.FFmpegError) as error:
+            self._audio_in.close()
+            self._audio_in = None
+            raise PipelineError(f"{source}: cannot copy its {audio.codec_context.name} audio into "
+                                f"{self.output.suffix}: {error}") from None
+        self._audio_packets: Iterator[av.Packet] = iter(
+            p for p in self._audio_in.demux(audio) if p.dts is not None and p.size
+        )
+
+    def _mux_audio_until(self, seconds: float | None) -> None:
+        """Mux source audio packets up to `seconds` (all that remain when None)."""
+        if self._audio_packets is None:
+            return
+        while True:
+            packet = self._pending_audio or next(self._audio_packets, None)
+            self._pending_audio = None
+            if packet is None:
+                self._audio_packets = None
+                return
+            if seconds is not None and packet.pts is not None and float(packet.pts * packet.time_base) > seconds:
+                self._pending_audio = packet
+                return
+            packet.stream = self._audio_out
+            self._container.mux(packet)
+
+    # .................................................................................................................
+
+    def write(self, image: np.ndarray, pts: int) -> None:
+        frame = av.VideoFrame.from_ndarray(image, format=self._input_format)
+        frame.pts, frame.time_base = pts, self._time_base
+        self._mux_audio_until(float(pts * self._time_base) + AUDIO_LEAD_S)
+        self._container.mux(self._stream.encode(frame))
+        self.frames_written += 1
+
+    def close(self) -> Path:
+        """Flush, finish the file and move it to its final name."""
+        self._container.mux(self._stream.encode())
+        self._mux_audio_until(None)
+        self._container.close()
+        if self._audio_in is not None:
+            self._audio_in.close()
+        os.replace(self._temporary, self.output)
+        return self.output
+
+    def abort(self) -> None:
+        """Stop and remove the partial file; safe to call after a failure at any point."""
+        for container in (self._container, self._audio_in):
+            try:
+                if container is not None:
+                    container.close()
+            except Exception:  # the file is being discarded; a failed flush does not matter
+                pass
+        self._temporary.unlink(missing_ok=True)
+
+
+def read_depth_scale(path: str | Path) -> float:
+    """The scale recorded in a 16-bit depth file: depth = uint16 value / scale."""
+    with av.open(str(path)) as container:
+        value = container.metadata.get("DEPTH_SCALE") or container.metadata.get("depth_scale")
+    if value is None:
+        raise PipelineError(f"{path}: no DEPTH_SCALE metadata; not a 16-bit depth file from this pipeline")
+    return float(value)
+
+

@@ -1,0 +1,59 @@
+"""
+What flows between the stages: batches of frames and of depth maps, each frame with its index and exact timestamp.
+
+A `FrameBatch` carries B decoded frames as one B x H x W x 3 uint8 RGB array (the layout the model wants, upright
+after any rotation metadata); a `DepthBatch` the matching B x H x W float32 relative inverse depth. Timestamps stay
+in the source's units (`pts` in `time_base`), so variable frame rates and 29.97 fps survive exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+
+class PipelineError(RuntimeError):
+    """A problem with the user's input, output or settings; the message is one line that names the file or URL."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the encoder needs to reproduce the source's timing and the sink's frame size."""
+
+    source: str
+    width: int  # upright (display) size, after rotation metadata is applied
+    height: int
+    rate: Fraction  # average frame rate, exact (30000/1001 for 29.97)
+    time_base: Fraction
+    rotation: int  # degrees counter-clockwise, as stored in the display matrix
+    expected_frames: int | None  # from the container, when it says; None when unknown
+    has_audio: bool
+    codec: str
+
+
+@dataclass
+class FrameBatch:
+    """B consecutive frames: `rgb` B x H x W x 3 uint8, `pts[i]` in `time_base` units, indices from `first_index`."""
+
+    first_index: int
+    pts: list[int]
+    time_base: Fraction
+    rgb: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+
+@dataclass
+class DepthBatch:
+    """Depth for a FrameBatch: `depth` B x H x W float32, same indices and timestamps."""
+
+    first_index: int
+    pts: list[int]
+    time_base: Fraction
+    depth: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pts)

@@ -1,0 +1,196 @@
+"""
+The Ray wiring: thin actors around the plain stages, and the loop that streams one video through them.
+
+    DecodeActor (VideoDecoder) --FrameBatch--> ModelActor x N (DepthWorker) --DepthBatch--> SinkActor (DepthSink)
+
+The driver only moves object references: pixels go from the decoder's object-store entry straight to a model
+actor and the sink. At most `max_in_flight` batches are between decode and write at any time (the driver waits on
+the oldest write before sending more), so memory does not grow with video length. Model actors are created once
+per `DepthGraph` and can serve many videos; their batches are returned out of order and the sink restores order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import ray
+
+from model import PredictorOptions
+
+from .decode import VideoDecoder
+from .frames import FrameBatch, PipelineError, VideoInfo
+from .infer import DepthWorker, ModelSource
+from .settings import PipelineSettings
+from .sink import DepthSink, RenderOptions
+from .smoothing import make_smoother
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to a cluster (address) or start a local one; ships this project's packages to the workers."""
+    if ray.is_initialized():
+        return
+    runtime_env = {"py_modules": [str(PROJECT_ROOT / "model"), str(PROJECT_ROOT / "pipeline")]}
+    kwargs = dict(runtime_env=runtime_env, logging_level="ERROR", log_to_driver=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
+
+
+def unwrap_ray_error(error: Exception) -> Exception:
+    """The user's exception inside a Ray task error (for a one-line message), or the error itself."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, Exception) else error
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Actors: construction stores arguments only; work (and errors) happen in method calls, so errors arrive intact
+
+
+@ray.remote(num_cpus=0)
+class DecodeActor:
+    def __init__(self, source: str, batch_size: int, max_wait_s: float | None):
+        self._decoder = VideoDecoder(source)
+        self._batches = self._decoder.batches(batch_size, max_wait_s)
+
+    @ray.method(num_returns=2)
+    def next_batch(self) -> tuple[int, FrameBatch | None]:
+        batch = next(self._batches, None)
+        return (len(batch) if batch is not None else 0), batch
+
+    def stats(self) -> dict:
+        self._decoder.close()
+        return {
+            "frames_in": self._decoder.frames_decoded,
+            "unreadable_frames": self._decoder.unreadable_frames,
+            "corrupt_packets": self._decoder.corrupt_packets,
+        }
+
+
+@ray.remote
+class ModelActor:
+    def __init__(self, source: ModelSource, options: PredictorOptions, device: str, threads: int):
+        self._args = (source, options, device, threads)
+        self._worker: DepthWorker | None = None
+
+    def load(self) -> dict:
+        source, options, device, threads = self._args
+        self._worker = DepthWorker.create(source, options, device, threads)
+        config = self._worker.predictor.net.config
+        return {"variant": config.variant, "version": config.version, "device": str(self._worker.device)}
+
+    def infer(self, batch: FrameBatch):
+        return self._worker.infer(batch)
+
+
+@ray.remote(num_cpus=0)
+class SinkActor:
+    def __init__(self, output: str, info: VideoInfo, render: RenderOptions, smoother_name: str, params: dict):
+        self._sink = DepthSink(output, info, render, make_smoother(smoother_name, **params))
+
+    def write(self, depth_batch, frame_batch) -> int:
+        return self._sink.write(depth_batch, frame_batch)
+
+    def close(self) -> dict:
+        return self._sink.close()
+
+    def abort(self) -> None:
+        self._sink.abort()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class DepthGraph:
+    """Model actors (created once) plus a method that streams one video through decode -> infer -> sink."""
+
+    def __init__(self, settings: PipelineSettings):
+        self.settings = settings
+        model = settings.model
+        options = PredictorOptions(model.input_size, model.even_grid, model.precision, model.compile)
+        source = ModelSource(model.checkpoint, model.random_weights, model.version)
+        use_gpu = model.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
+        count = settings.ray.model_actors or (int(ray.cluster_resources().get("GPU", 0)) if use_gpu else 1)
+        cpus = ray.cluster_resources().get("CPU", 1)
+        threads = model.threads or max(1, int(cpus // count)) if not use_gpu else model.threads
+        actor_options = {"num_gpus": 1, "max_concurrency": 2, "num_cpus": 1} if use_gpu else {"num_cpus": 1}
+        self.model_actors = [
+            ModelActor.options(**actor_options).remote(source, options, model.device, threads) for _ in range(count)
+        ]
+        try:
+            self.model_info = ray.get([actor.load.remote() for actor in self.model_actors])[0]
+        except ray.exceptions.RayError as error:
+            raise unwrap_ray_error(error) from None
+        self._next_actor = 0
+
+    def process(self, source: str, output: str, on_progress: Callable[[int], None] | None = None) -> dict:
+        """Stream one video; returns the run's summary. The output exists only if this returns."""
+        settings = self.settings
+        probe = VideoDecoder(source)  # validates the input here, with a clean error, before any actor starts
+        info = probe.info
+        probe.close()
+        batching = settings.batching
+        started = time.monotonic()
+        decoder = DecodeActor.remote(source, batching.batch_size, None)
+        render = RenderOptions(**vars(settings.output))
+        sink = SinkActor.remote(output, info, render, settings.smoothing.name, dict(settings.smoothing.params))
+        in_flight: deque = deque()
+        try:
+            count_ref, batch_ref = decoder.next_batch.remote()
+            while True:
+                count = ray.get(count_ref)
+                if count == 0:
+                    break
+                this_batch = batch_ref
+                count_ref, batch_ref = decoder.next_batch.remote()  # decode ahead while this batch is inferred
+                actor = self.model_actors[self._next_actor % len(self.model_actors)]
+                self._next_actor += 1
+                depth_ref = actor.infer.remote(this_batch)
+                in_flight.append((sink.write.remote(depth_ref, this_batch), count))
+                while len(in_flight) >= batching.max_in_flight:
+                    self._wait_oldest(in_flight, on_progress)
+            while in_flight:
+                self._wait_oldest(in_flight, on_progress)
+            sink_stats = ray.get(sink.close.remote())
+            decode_stats = ray.get(decoder.stats.remote())
+        except BaseException as error:
+            try:
+                ray.get(sink.abort.remote())
+            except ray.exceptions.RayError:
+                pass
+            if isinstance(error, ray.exceptions.RayError):
+                raise unwrap_ray_error(error) from None
+            raise
+        finally:
+            ray.kill(decoder)
+            ray.kill(sink)
+        seconds = time.monotonic() - started
+        summary = {
+            "input": source,
+            **decode_stats,
+            "frames_out": sink_stats.pop("frames_out"),
+            "dropped": 0,
+            "seconds": round(seconds, 3),
+            "fps": round(decode_stats["frames_in"] / seconds, 3) if seconds > 0 else None,
+            **sink_stats,
+            "depth_format": settings.output.depth_format,
+            "model": self.model_info,
+        }
+        return summary
+
+    @staticmethod
+    def _wait_oldest(in_flight: deque, on_progress) -> None:
+        write_ref, count = in_flight.popleft()
+        ray.get(write_ref)
+        if on_progress:
+            on_progress(count)
+
+    def shutdown(self) -> None:
+        for actor in self.model_actors:
+            ray.kill(actor)

@@ -1,0 +1,136 @@
+"""
+Infer: batches of frames -> batches of depth, on the model's device.
+
+Takes: `FrameBatch` (B x H x W x 3 uint8 RGB, host memory).
+Gives: `DepthBatch` (B x H x W float32 relative inverse depth at frame size, host memory).
+
+On a GPU, each call stages its frames in a reusable pinned host buffer and issues a non-blocking copy on a
+dedicated copy stream; the compute stream waits only on that copy's event. The Ray actor around this class allows
+two calls at once, so the copy of batch N+1 runs while batch N computes. Results come back through pinned buffers
+too. On the CPU the same `infer` runs without any of that.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model import DepthPredictor, PredictorOptions, load_model
+from model.random_weights import random_model
+
+from .frames import DepthBatch, FrameBatch, PipelineError
+
+# Frames arrive as read-only views of Ray's shared object store; they are only ever read, never written
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from: a checkpoint path, or explicitly requested random weights of a variant."""
+
+    checkpoint: str | None = None
+    random_weights: str | None = None  # a variant name; output is then not meaningful depth
+    version: str | None = None
+    seed: int = 0
+
+    def load(self, device: torch.device):
+        if self.checkpoint:
+            return load_model(self.checkpoint, device=device, version=self.version)
+        if self.random_weights:
+            return random_model(self.random_weights, seed=self.seed, version=self.version or "v1").to(device)
+        raise PipelineError("no model: pass --checkpoint PATH (or --random-weights VARIANT for a plumbing test)")
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(f"device {requested!r} requested but CUDA is not available (use --device cpu)")
+    return torch.device(requested)
+
+
+class _PinnedSlots:
+    """A few reusable pinned host buffers per (shape, dtype), handed out one per call in flight."""
+
+    def __init__(self, slots: int, max_shapes: int = 8):
+        self._slots = slots
+        self._max_shapes = max_shapes
+        self._free: dict[tuple, queue.SimpleQueue] = {}
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        key = (shape, dtype)
+        with self._lock:
+            if key not in self._free:
+                if len(self._free) >= self._max_shapes:  # streams of many sizes: retire the oldest size
+                    self._free.pop(next(iter(self._free)))
+                self._free[key] = queue.SimpleQueue()
+                for _ in range(self._slots):
+                    self._free[key].put(torch.empty(shape, dtype=dtype, pin_memory=True))
+            pool = self._free[key]
+        return pool.get()
+
+    def give_back(self, buffer: torch.Tensor) -> None:
+        pool = self._free.get((tuple(buffer.shape), buffer.dtype))
+        if pool is not None:
+            pool.put(buffer)
+
+
+class DepthWorker:
+    """Runs the predictor on FrameBatches; thread-safe for `concurrency` overlapping calls on a GPU."""
+
+    def __init__(self, predictor: DepthPredictor, concurrency: int = 2):
+        self.predictor = predictor
+        self.device = predictor.device
+        self.frames_processed = 0
+        self._use_cuda = self.device.type == "cuda"
+        self._compute_lock = threading.Lock()
+        if self._use_cuda:
+            self._copy_stream = torch.cuda.Stream(self.device)
+            self._compute_stream = torch.cuda.Stream(self.device)
+            self._pinned = _PinnedSlots(concurrency)
+
+    @classmethod
+    def create(cls, source: ModelSource, options: PredictorOptions, device: str = "auto", threads: int = 0):
+        if threads:
+            torch.set_num_threads(threads)
+        resolved = resolve_device(device)
+        return cls(DepthPredictor(source.load(resolved), options))
+
+    def infer(self, batch: FrameBatch) -> DepthBatch:
+        depth = self._infer_cuda(batch.rgb) if self._use_cuda else self._infer_cpu(batch.rgb)
+        self.frames_processed += len(batch)
+        return DepthBatch(batch.first_index, batch.pts, batch.time_base, depth)
+
+    def _infer_cpu(self, rgb_bhwc: np.ndarray) -> np.ndarray:
+        with self._compute_lock:
+            return self.predictor(torch.from_numpy(rgb_bhwc)).numpy()
+
+    def _infer_cuda(self, rgb_bhwc: np.ndarray) -> np.ndarray:
+        staging = self._pinned.take(rgb_bhwc.shape, torch.uint8)
+        try:
+            staging.numpy()[...] = rgb_bhwc  # one host copy into page-locked memory
+            with torch.cuda.stream(self._copy_stream):
+                frames_on_device = staging.to(self.device, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record(self._copy_stream)
+            with self._compute_lock, torch.cuda.stream(self._compute_stream):
+                self._compute_stream.wait_event(copied)
+                # The input was allocated on the copy stream: tell the allocator the compute stream uses it too
+                frames_on_device.record_stream(self._compute_stream)
+                depth_on_device = self.predictor(frames_on_device)
+                result = self._pinned.take(tuple(depth_on_device.shape), torch.float32)
+                result.copy_(depth_on_device, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(self._compute_stream)
+            done.synchronize()
+            depth = result.numpy().copy()
+            self._pinned.give_back(result)
+            return depth
+        finally:
+            self._pinned.give_back(staging)

@@ -1,0 +1,111 @@
+"""
+Sink: depth batches (any order) -> restored frame order -> smoothing -> rendering -> encoding.
+
+Takes: `write(depth_batch, frame_batch)` with matching `DepthBatch` and `FrameBatch` (the frames are needed for the
+side-by-side view and by smoothers that look at the image).
+Gives: the output file, on `close()`, with exactly one output frame per input frame at the input's timestamp, and
+a small dict of what was written.
+
+Batches may arrive out of order when several model actors work at once; the sink holds early ones until the gap
+is filled. The caller bounds how many batches are in flight, which bounds this buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .colorize import GRAY, DepthColorizer, DepthQuantizer
+from .encode import DepthVideoWriter
+from .frames import DepthBatch, FrameBatch, VideoInfo
+from .smoothing import Smoother
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    depth_format: str = "color"  # color | gray | gray16 | side-by-side
+    colormap: str = "inferno"
+    preset: str = "superfast"  # libx264
+    crf: int = 18
+    depth_scale: float | None = None  # gray16: uint16 = depth * scale; None: set from the first frame
+    copy_audio: bool = True
+
+
+class DepthSink:
+    """Owns the smoother, the renderer and the writer of one output video."""
+
+    def __init__(self, output: str, info: VideoInfo, options: RenderOptions, smoother: Smoother):
+        self.output = output
+        self.info = info
+        self.options = options
+        self.smoother = smoother
+        colormap = GRAY if options.depth_format == "gray" else options.colormap
+        self.colorizer = DepthColorizer(colormap)
+        self.quantizer = DepthQuantizer(options.depth_scale) if options.depth_format == "gray16" else None
+        self._writer: DepthVideoWriter | None = None
+        self._next_index = 0
+        self._waiting: dict[int, tuple[DepthBatch, FrameBatch]] = {}
+
+    # .................................................................................................................
+
+    def write(self, depth_batch: DepthBatch, frame_batch: FrameBatch) -> int:
+        """Accept one batch; writes every batch that is now next in order. Returns frames written so far."""
+        if depth_batch.first_index != frame_batch.first_index or len(depth_batch) != len(frame_batch):
+            raise ValueError("depth and frame batches do not match")
+        self._waiting[depth_batch.first_index] = (depth_batch, frame_batch)
+        while self._next_index in self._waiting:
+            depth_batch, frame_batch = self._waiting.pop(self._next_index)
+            for depth, rgb, pts in zip(depth_batch.depth, frame_batch.rgb, depth_batch.pts):
+                self._write_frame(depth, rgb, pts)
+            self._next_index += len(depth_batch)
+        return self.frames_written
+
+    def _write_frame(self, depth: np.ndarray, rgb: np.ndarray, pts: int) -> None:
+        smoothed = self.smoother.update(depth, rgb)
+        if self.quantizer is not None:
+            image = self.quantizer(smoothed)
+        elif self.options.depth_format == "side-by-side":
+            image = np.concatenate([rgb, self.colorizer(smoothed)], axis=1)
+        else:
+            image = self.colorizer(smoothed)
+        if self._writer is None:
+            self._writer = self._open_writer(image.shape[:2])
+        self._writer.write(image, pts)
+
+    def _open_writer(self, frame_hw: tuple[int, int]) -> DepthVideoWriter:
+        metadata = {"DEPTH_MODEL": "Depth-Anything relative inverse depth (larger is nearer)"}
+        if self.quantizer is not None:
+            metadata["DEPTH_SCALE"] = repr(self.quantizer.scale)
+            metadata["DEPTH_ENCODING"] = "depth = uint16 value / DEPTH_SCALE"
+        return DepthVideoWriter(
+            self.output,
+            self.options.depth_format,
+            self.info,
+            frame_hw,
+            copy_audio_from=self.info.source if self.options.copy_audio else None,
+            preset=self.options.preset,
+            crf=self.options.crf,
+            metadata=metadata,
+        )
+
+    # .................................................................................................................
+
+    @property
+    def frames_written(self) -> int:
+        return self._writer.frames_written if self._writer else 0
+
+    def close(self) -> dict:
+        if self._waiting:
+            raise RuntimeError(f"frames from index {self._next_index} never arrived; output is incomplete")
+        if self._writer is None:
+            raise RuntimeError("no frames were written")
+        path = self._writer.close()
+        stats = {"output": str(path), "frames_out": self.frames_written}
+        if self.quantizer is not None:
+            stats.update(depth_scale=self.quantizer.scale, saturated_pixels=self.quantizer.saturated_pixels)
+        return stats
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
