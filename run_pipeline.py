@@ -106,8 +106,11 @@ def run(args: argparse.Namespace) -> dict:
     start_ray(settings.ray.address, settings.ray.num_cpus)
     started = time.monotonic()
     graph = DepthGraph(settings)
-    with progress_bar(expected) as bar:
-        summary = graph.process(str(source), str(output), on_progress=bar.update)
+    try:
+        with progress_bar(expected) as bar:
+            summary = graph.process(str(source), str(output), on_progress=bar.update)
+    finally:
+        graph.shutdown()
     summary["seconds_including_model_load"] = round(time.monotonic() - started, 3)
     if summary.get("unreadable_frames"):
         print(f"warning: {source}: {summary['unreadable_frames']} frames could not be read (damaged or truncated "

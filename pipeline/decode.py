@@ -65,6 +65,7 @@ class VideoDecoder:
         self._last_pts = None
         self._first_frame = self._read_first_frame()
         stream = self._stream
+        self._end_seconds = self._stream_end_seconds()
         expected_frames, self._expected_is_exact = self._expected_frame_count()
         rotation = int(self._first_frame.rotation or 0) if self._first_frame is not None else 0
         width, height = stream.codec_context.width, stream.codec_context.height
@@ -112,7 +113,7 @@ class VideoDecoder:
         stream = self._stream
         if stream.frames:
             return int(stream.frames), True
-        end_s = self._stream_end_seconds()
+        end_s = self._end_seconds
         if end_s and stream.average_rate:
             return round(end_s * float(stream.average_rate)), False
         return None, False
@@ -169,7 +170,7 @@ class VideoDecoder:
         """
         if self._expected_is_exact:
             return max(0, self.info.expected_frames - self.frames_decoded)
-        end_s = self._stream_end_seconds()
+        end_s = self._end_seconds
         if end_s is None or self._last_pts is None or not self.info.rate:
             return 0
         covered_s = float(self._last_pts * self.info.time_base) + 1 / float(self.info.rate)

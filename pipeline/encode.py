@@ -64,7 +64,9 @@ class DepthVideoWriter:
         self.frames_written = 0
         self._temporary = self.output.with_name(f".{self.output.stem}.partial{self.output.suffix}")
         self._time_base = info.time_base
-        self._container = av.open(str(self._temporary), mode="w")
+        # Copied AAC audio starts before zero (encoder priming); without this the muxer would shift every video
+        # timestamp to make room (Matroska by 21 ms), and the output would no longer match the input's timing
+        self._container = av.open(str(self._temporary), mode="w", options={"avoid_negative_ts": "disabled"})
         self._container.metadata.update(metadata or {})
 
         height, width = frame_hw

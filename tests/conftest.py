@@ -47,3 +47,15 @@ def vits_checkpoint(tmp_path_factory) -> RandomCheckpoint:
 @pytest.fixture(scope="session")
 def vitb_checkpoint(tmp_path_factory) -> RandomCheckpoint:
     return write_random_checkpoint(tmp_path_factory.mktemp("vitb"), "vitb", seed=2)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for the whole session (starting one costs seconds and ~650 MB)."""
+    import ray
+
+    from pipeline.graph import start_ray
+
+    start_ray(num_cpus=2)
+    yield
+    ray.shutdown()

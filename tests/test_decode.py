@@ -1,0 +1,118 @@
+"""The decode stage without Ray: timestamps, rotation, sizes, batches and every bad input."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.decode import VideoDecoder
+from pipeline.frames import PipelineError
+from pipeline.sample_video import make_sample_clip, sample_frame
+from tests.clips import clip, read_video, truncate
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("decode_clips")
+    return {
+        "odd": clip(folder, "odd.mp4", width=642, height=362, frames=12),
+        "rotated": clip(folder, "rotated.mp4", width=160, height=96, frames=6, rotation=90),
+        "vfr": clip(folder, "vfr.mkv", width=160, height=96, frames=12, variable_rate=True),
+        "long_mkv": clip(folder, "long.mkv", width=160, height=96, frames=60),
+        "faststart": clip(folder, "faststart.mp4", width=160, height=96, frames=60, fast_start=True),
+    }
+
+
+def test_frames_keep_exact_timestamps_and_rate(clips):
+    decoder = VideoDecoder(str(clips["odd"]))
+    assert decoder.info.rate == Fraction(30000, 1001)
+    assert (decoder.info.width, decoder.info.height) == (642, 362)
+    frames = list(decoder.frames())
+    assert [pts for pts, _ in frames] == read_video(clips["odd"])["pts"]
+    assert all(rgb.shape == (362, 642, 3) and rgb.dtype == np.uint8 for _, rgb in frames)
+    assert decoder.unreadable_frames == 0
+
+
+def test_rotation_metadata_is_applied(clips):
+    decoder = VideoDecoder(str(clips["rotated"]))
+    assert decoder.info.rotation == 90
+    assert (decoder.info.width, decoder.info.height) == (96, 160)
+    _, upright = next(iter(decoder.frames()))
+    stored = sample_frame(0, 160, 96).astype(np.float32)
+    # Counter-clockwise quarter turn matches; the opposite turn does not
+    right_error = np.abs(upright - np.rot90(stored, 1)).mean()
+    wrong_error = np.abs(upright - np.rot90(stored, -1)).mean()
+    assert right_error < 6 < wrong_error
+
+
+def test_variable_frame_rate_timestamps(clips):
+    decoder = VideoDecoder(str(clips["vfr"]))
+    pts = [p for p, _ in decoder.frames()]
+    steps = np.diff(pts)
+    assert len(set(steps.tolist())) > 1, "durations alternate in a VFR clip"
+    assert pts == read_video(clips["vfr"])["pts"]
+    assert decoder.unreadable_frames == 0
+
+
+def test_batches_cover_every_frame_once(clips):
+    decoder = VideoDecoder(str(clips["odd"]))
+    batches = list(decoder.batches(batch_size=5))
+    assert [len(b) for b in batches] == [5, 5, 2]
+    assert [b.first_index for b in batches] == [0, 5, 10]
+    assert batches[0].rgb.shape == (5, 362, 642, 3)
+
+
+@pytest.mark.parametrize("name", ["long_mkv", "faststart"])
+def test_truncated_file_yields_decodable_frames_and_counts_the_rest(clips, tmp_path, name):
+    source = clips[name]
+    damaged = truncate(source, tmp_path / f"cut{source.suffix}", 0.6)
+    decoder = VideoDecoder(str(damaged))
+    decoded = len(list(decoder.frames()))
+    assert 0 < decoded < 60
+    assert decoder.unreadable_frames == pytest.approx(60 - decoded, abs=2)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(PipelineError, match="input file not found"):
+        VideoDecoder(str(tmp_path / "missing.mp4"))
+
+
+def test_not_a_video(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 100)
+    with pytest.raises(PipelineError, match=f"{text}: not a readable video"):
+        VideoDecoder(str(text))
+
+
+def test_empty_file(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    with pytest.raises(PipelineError, match="input file is empty"):
+        VideoDecoder(str(empty))
+
+
+def test_audio_only_file(tmp_path):
+    path = tmp_path / "audio.m4a"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=48000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 48000, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with pytest.raises(PipelineError, match="has no video stream"):
+        VideoDecoder(str(path))
+
+
+def test_zero_decodable_frames(clips, tmp_path):
+    header_only = truncate(clips["long_mkv"], tmp_path / "header.mkv", 0.02)
+    with pytest.raises(PipelineError, match="no decodable video frames|not a readable video"):
+        VideoDecoder(str(header_only))
+
+
+def test_odd_pixel_sizes(tmp_path):
+    path = make_sample_clip(tmp_path / "odd_pixels.mp4", width=161, height=97, frames=3)
+    frames = list(VideoDecoder(str(path)).frames())
+    assert len(frames) == 3 and frames[0][1].shape == (97, 161, 3)

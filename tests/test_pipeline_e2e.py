@@ -1,0 +1,137 @@
+"""The whole graph on a local Ray cluster, driven through the CLI: timing, content, audio, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+import run_pipeline
+from model import DepthPredictor, PredictorOptions
+from model.random_weights import random_model
+from pipeline.decode import VideoDecoder
+from pipeline.encode import read_depth_scale
+from tests.clips import clip, gray16_frames, read_video, truncate
+
+FAST = ["--random-weights", "vits", "--input-size", "70", "--batch-size", "3"]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("e2e_clips")
+    return {
+        "odd_2997": clip(folder, "odd_2997.mp4", width=642, height=362, frames=14),
+        "rotated": clip(folder, "rotated.mp4", width=160, height=96, frames=8, rotation=90),
+        "audio": clip(folder, "audio.mp4", width=160, height=96, frames=20, audio=True),
+        "vfr": clip(folder, "vfr.mkv", width=160, height=96, frames=13, variable_rate=True, audio=True),
+        "long": clip(folder, "long.mkv", width=128, height=72, frames=40),
+    }
+
+
+def run_cli(capsys, *argv) -> tuple[int, dict | None, str]:
+    code = run_pipeline.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, (json.loads(captured.out) if code == 0 else None), captured.err
+
+
+@pytest.mark.parametrize(
+    "name, depth_format, suffix",
+    [("odd_2997", "color", ".mp4"), ("rotated", "gray", ".mp4"), ("audio", "side-by-side", ".mp4"),
+     ("vfr", "color", ".mkv")],
+)
+def test_output_keeps_frames_timing_and_audio(ray_cluster, clips, tmp_path, capsys, name, depth_format, suffix):
+    source = clips[name]
+    output = tmp_path / f"depth{suffix}"
+    code, summary, err = run_cli(capsys, source, "-o", output, "--depth-format", depth_format, *FAST)
+    assert code == 0, err
+    expected, result = read_video(source), read_video(output)
+    assert summary["frames_in"] == summary["frames_out"] == expected["count"] == result["count"]
+    assert summary["dropped"] == 0
+    assert result["rate"] == expected["rate"]
+    assert result["seconds"] == pytest.approx(expected["seconds"], abs=5e-4)
+    height, width = VideoDecoder(str(source)).info.height, VideoDecoder(str(source)).info.width
+    assert result["size"] == (height, 2 * width if depth_format == "side-by-side" else width)
+    assert result["has_audio"] == expected["has_audio"]
+    if expected["has_audio"]:
+        assert result["audio_seconds"] == pytest.approx(expected["audio_seconds"], abs=0.05)
+    assert [p.name for p in tmp_path.iterdir()] == [output.name], "no temporary files left behind"
+
+
+def test_2997_rate_is_exact(clips):
+    assert read_video(clips["odd_2997"])["rate"] == Fraction(30000, 1001)
+
+
+def test_gray16_decodes_back_to_model_depth_with_two_model_actors(ray_cluster, clips, tmp_path, capsys):
+    source, output = clips["audio"], tmp_path / "depth16.mkv"
+    code, summary, err = run_cli(
+        capsys, source, "-o", output, "--depth-format", "gray16", "--smoother", "none", "--model-actors", "2", *FAST
+    )
+    assert code == 0, err
+    written = gray16_frames(output).astype(np.float64) / read_depth_scale(output)
+    predictor = DepthPredictor(random_model("vits", seed=0), PredictorOptions(input_size=70))
+    frames = np.stack([rgb for _, rgb in VideoDecoder(str(source)).frames()])
+    expected = predictor(torch.from_numpy(frames)).numpy()
+    assert written.shape == expected.shape
+    # Within half a quantisation step (plus float noise between batchings): also proves frame order
+    assert np.abs(written - expected).max() <= 0.5 / summary["depth_scale"] + 1e-4 * expected.max()
+    assert summary["saturated_pixels"] == 0
+
+
+def test_truncated_input_gives_depth_for_every_decodable_frame(ray_cluster, clips, tmp_path, capsys):
+    damaged = truncate(clips["long"], tmp_path / "cut.mkv", 0.6)
+    output = tmp_path / "cut_depth.mp4"
+    code, summary, err = run_cli(capsys, damaged, "-o", output, *FAST)
+    assert code == 0, err
+    assert 0 < summary["frames_in"] == summary["frames_out"] == read_video(output)["count"] < 40
+    assert summary["unreadable_frames"] > 0
+    assert "frames could not be read" in err and str(damaged) in err
+
+
+def bad_input_cases(tmp_path, clips):
+    text = tmp_path / "inputs" / "notes.mp4"
+    text.parent.mkdir()
+    text.write_text("not a video\n" * 50)
+    bad_checkpoint = tmp_path / "inputs" / "weights.pth"
+    bad_checkpoint.write_bytes(b"\x00garbage" * 100)
+    good = str(clips["odd_2997"])
+    return {
+        "missing input": ([tmp_path / "nope.mp4", *FAST], "input file not found"),
+        "not a video": ([text, *FAST], "not a readable video"),
+        "missing output dir": ([good, "-o", tmp_path / "out" / "missing" / "x.mp4", *FAST], "does not exist"),
+        "bad checkpoint": ([good, "--checkpoint", bad_checkpoint], "not a readable PyTorch checkpoint"),
+        "missing checkpoint": ([good, "--checkpoint", tmp_path / "none.pth"], "checkpoint not found"),
+        "no model": ([good], "no model"),
+        "gray16 in mp4": ([good, "--depth-format", "gray16", *FAST], "use a .mkv"),
+        "unknown colormap": ([good, "--colormap", "rainbowz", *FAST], "unknown colormap"),
+    }
+
+
+def test_bad_inputs_fail_cleanly(ray_cluster, clips, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for case, (argv, expected_message) in bad_input_cases(tmp_path, clips).items():
+        if "-o" not in argv:
+            argv = [*argv, "-o", out_dir / "result.mp4"]
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2, case
+        lines = err.strip().splitlines()
+        assert lines[-1].startswith("error: ") and expected_message in lines[-1], (case, err)
+        assert not any(line.startswith("Traceback") for line in lines), case
+        assert list(out_dir.iterdir()) == [], f"{case}: left files behind"
+
+
+def test_unreadable_checkpoint_fails_inside_the_model_actor(ray_cluster, clips, tmp_path, capsys):
+    """A checkpoint that exists but is wrong is found by the model actor; its error still arrives as one line."""
+    from safetensors.torch import save_file
+
+    wrong = tmp_path / "other_model.safetensors"
+    save_file({"fc.weight": torch.zeros(2, 2)}, str(wrong))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, _, err = run_cli(capsys, clips["odd_2997"], "-o", out_dir / "x.mp4", "--checkpoint", wrong)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith(f"error: {wrong}: not a Depth-Anything checkpoint")
+    assert list(out_dir.iterdir()) == []

@@ -1,0 +1,161 @@
+"""Infer, sink, encode, colorize, smoothing and settings as plain classes, without Ray."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+
+from model import DepthPredictor, PredictorOptions
+from model.random_weights import random_model
+from pipeline.colorize import DepthColorizer, DepthQuantizer, RangeTracker, colormap_id
+from pipeline.decode import VideoDecoder
+from pipeline.encode import DepthVideoWriter, check_output_path, read_depth_scale
+from pipeline.frames import PipelineError
+from pipeline.infer import DepthWorker
+from pipeline.settings import load_settings
+from pipeline.sink import DepthSink, RenderOptions
+from pipeline.smoothing import make_smoother
+from tests.clips import clip, gray16_frames, read_video
+
+SMALL = PredictorOptions(input_size=70)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    return clip(tmp_path_factory.mktemp("stage_clips"), "sample.mp4", width=96, height=64, frames=10, audio=True)
+
+
+@pytest.fixture(scope="module")
+def worker():
+    return DepthWorker(DepthPredictor(random_model("vits", seed=0), SMALL))
+
+
+def test_worker_turns_frames_into_depth_at_frame_size(worker, sample):
+    batch = next(VideoDecoder(str(sample)).batches(4))
+    depth_batch = worker.infer(batch)
+    assert depth_batch.depth.shape == (4, 64, 96) and depth_batch.depth.dtype == np.float32
+    assert depth_batch.pts == batch.pts and depth_batch.first_index == 0
+    direct = worker.predictor(torch.from_numpy(batch.rgb)).numpy()
+    np.testing.assert_allclose(depth_batch.depth, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_sink_restores_order_and_writes_every_frame(worker, sample, tmp_path):
+    decoder = VideoDecoder(str(sample))
+    batches = list(decoder.batches(3))
+    output = tmp_path / "ordered.mkv"
+    sink = DepthSink(str(output), decoder.info, RenderOptions(depth_format="gray16"), make_smoother("none"))
+    results = [worker.infer(b) for b in batches]
+    for index in (2, 0, 3, 1):  # arrive out of order
+        sink.write(results[index], batches[index])
+    stats = sink.close()
+    assert stats["frames_out"] == 10
+    written = gray16_frames(output) / read_depth_scale(output)
+    expected = np.concatenate([r.depth for r in results])
+    np.testing.assert_allclose(written, expected, atol=0.51 / stats["depth_scale"])
+    # Matroska counts in milliseconds
+    assert read_video(output)["seconds"] == pytest.approx(read_video(sample)["seconds"], abs=5e-4)
+
+
+def test_sink_refuses_to_close_with_a_gap(worker, sample, tmp_path):
+    decoder = VideoDecoder(str(sample))
+    batches = list(decoder.batches(5))
+    sink = DepthSink(str(tmp_path / "gap.mp4"), decoder.info, RenderOptions(), make_smoother("none"))
+    sink.write(worker.infer(batches[1]), batches[1])
+    with pytest.raises(RuntimeError, match="never arrived"):
+        sink.close()
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_is_atomic(sample, tmp_path):
+    info = VideoDecoder(str(sample)).info
+    output = tmp_path / "atomic.mp4"
+    writer = DepthVideoWriter(output, "gray", info, (64, 96))
+    writer.write(np.zeros((64, 96), np.uint8), 0)
+    assert not output.exists(), "nothing under the final name until complete"
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_side_by_side_and_audio(worker, sample, tmp_path):
+    decoder = VideoDecoder(str(sample))
+    output = tmp_path / "sbs.mp4"
+    sink = DepthSink(str(output), decoder.info, RenderOptions(depth_format="side-by-side"), make_smoother("ema"))
+    for batch in decoder.batches(4):
+        sink.write(worker.infer(batch), batch)
+    sink.close()
+    result, source = read_video(output), read_video(sample)
+    assert result["size"] == (64, 192) and result["count"] == 10
+    assert result["has_audio"] and result["audio_seconds"] == pytest.approx(source["audio_seconds"], abs=0.05)
+
+
+def test_output_path_checks(tmp_path):
+    with pytest.raises(PipelineError, match="does not exist"):
+        check_output_path(tmp_path / "missing" / "out.mp4", "color")
+    with pytest.raises(PipelineError, match="use a .mkv"):
+        check_output_path(tmp_path / "out.mp4", "gray16")
+    with pytest.raises(PipelineError, match="unknown depth format"):
+        check_output_path(tmp_path / "out.mp4", "sepia")
+
+
+def test_range_tracker_moves_smoothly_and_ignores_outliers():
+    tracker = RangeTracker(momentum=0.9)
+    depth = np.linspace(0, 10, 10_000, dtype=np.float32).reshape(100, 100)
+    first = tracker.update(depth)
+    spiky = depth.copy()
+    spiky[0, :5] = 1e6  # a few wild pixels
+    second = tracker.update(spiky)
+    assert second == pytest.approx(first, abs=1e-3)
+    third = tracker.update(depth * 2)  # the whole scene changes: the range follows, a tenth per frame
+    assert first[1] < third[1] < 2 * first[1]
+    assert third[1] == pytest.approx(0.9 * second[1] + 0.1 * 2 * first[1], rel=1e-3)
+
+
+def test_gray_is_white_where_near():
+    colorizer = DepthColorizer("gray")
+    depth = np.tile(np.linspace(0, 1, 50, dtype=np.float32), (20, 1))  # larger inverse depth = nearer
+    levels = colorizer(depth)
+    assert levels.dtype == np.uint8 and levels.ndim == 2
+    assert levels[:, -1].min() == 255 and levels[:, 0].max() == 0
+
+
+def test_colormap_names():
+    assert colormap_id("inferno") is not None and colormap_id("gray") is None
+    with pytest.raises(ValueError, match="unknown colormap 'infernal'"):
+        colormap_id("infernal")
+
+
+def test_quantizer_counts_saturation():
+    quantizer = DepthQuantizer()
+    quantizer(np.full((4, 4), 2.0, np.float32))
+    assert quantizer.scale == pytest.approx(65535 / 8)
+    out = quantizer(np.full((4, 4), 100.0, np.float32))
+    assert out.max() == 65535 and quantizer.saturated_pixels == 16
+
+
+def test_ema_smoother_and_names():
+    ema = make_smoother("ema", alpha=0.25)
+    assert np.array_equal(ema.update(np.zeros((2, 2), np.float32)), np.zeros((2, 2)))
+    assert ema.update(np.ones((2, 2), np.float32))[0, 0] == pytest.approx(0.25)
+    ema.reset()
+    assert ema.update(np.ones((2, 2), np.float32))[0, 0] == 1.0
+    with pytest.raises(ValueError, match="unknown smoother"):
+        make_smoother("kalman")
+    with pytest.raises(ValueError, match="ema"):
+        make_smoother("ema", beta=2)
+
+
+def test_settings_presets_overrides_and_unknown_keys(tmp_path):
+    for preset in ("default", "cpu", "gpu", "high-quality"):
+        assert load_settings(f"configs/{preset}.yaml").model.input_size % 14 == 0
+    settings = load_settings("configs/cpu.yaml", {"batching.batch_size": 7, "model.input_size": None})
+    assert settings.batching.batch_size == 7 and settings.model.input_size == 364
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  input_sise: 518\n")
+    with pytest.raises(PipelineError, match=r"bad.yaml \[model\]: unknown setting 'input_sise'"):
+        load_settings(bad)
+    bad.write_text("modle:\n  input_size: 518\n")
+    with pytest.raises(PipelineError, match="unknown section 'modle'"):
+        load_settings(bad)
