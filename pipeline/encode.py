@@ -24,6 +24,7 @@ from .frames import PipelineError, VideoInfo
 DEPTH_FORMATS = ("color", "gray", "gray16", "side-by-side")
 # Seconds of audio allowed ahead of the video when interleaving (players buffer far more than this)
 AUDIO_LEAD_S = 0.5
+ENCODER_THREADS = int(os.environ.get("DEPTH_ENCODER_THREADS", "1"))
 
 
 def check_output_path(output: str | Path, depth_format: str) -> Path:
@@ -55,7 +56,7 @@ class DepthVideoWriter:
         info: VideoInfo,
         frame_hw: tuple[int, int],
         copy_audio_from: str | None = None,
-        preset: str = "superfast",
+        preset: str = "ultrafast",
         crf: int = 18,
         metadata: dict[str, str] | None = None,
     ):
@@ -75,7 +76,7 @@ class DepthVideoWriter:
             self._stream.pix_fmt, self._input_format = "gray16le", "gray16le"
         else:
             self._stream = self._container.add_stream("libx264", rate=info.rate)
-            self._stream.options = {"preset": preset, "crf": str(crf)}
+            self._stream.options = {"preset": preset, "crf": str(crf), "threads": str(ENCODER_THREADS)}
             if depth_format == "gray":
                 self._stream.pix_fmt, self._input_format = "gray", "gray"
             else:

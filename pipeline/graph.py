@@ -12,12 +12,14 @@ per `DepthGraph` and can serve many videos; their batches are returned out of or
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 import ray
+import torch
 
 from model import PredictorOptions
 
@@ -41,6 +43,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def unwrap_ray_error(error: Exception) -> Exception:
@@ -70,6 +77,7 @@ class DecodeActor:
             "frames_in": self._decoder.frames_decoded,
             "unreadable_frames": self._decoder.unreadable_frames,
             "corrupt_packets": self._decoder.corrupt_packets,
+            "peak_rss_mb": peak_rss_mb(),
         }
 
 
@@ -83,10 +91,14 @@ class ModelActor:
         source, options, device, threads = self._args
         self._worker = DepthWorker.create(source, options, device, threads)
         config = self._worker.predictor.net.config
-        return {"variant": config.variant, "version": config.version, "device": str(self._worker.device)}
+        return {"variant": config.variant, "version": config.version, "device": str(self._worker.device),
+                "torch_threads": torch.get_num_threads()}
 
     def infer(self, batch: FrameBatch):
         return self._worker.infer(batch)
+
+    def peak_rss_mb(self) -> float:
+        return peak_rss_mb()
 
 
 @ray.remote(num_cpus=0)
@@ -98,7 +110,7 @@ class SinkActor:
         return self._sink.write(depth_batch, frame_batch)
 
     def close(self) -> dict:
-        return self._sink.close()
+        return {**self._sink.close(), "peak_rss_mb": peak_rss_mb()}
 
     def abort(self) -> None:
         self._sink.abort()
@@ -128,6 +140,7 @@ class DepthGraph:
         except ray.exceptions.RayError as error:
             raise unwrap_ray_error(error) from None
         self._next_actor = 0
+        self.batch_size = settings.batching.batch_size or (8 if use_gpu else 1)
 
     def process(self, source: str, output: str, on_progress: Callable[[int], None] | None = None) -> dict:
         """Stream one video; returns the run's summary. The output exists only if this returns."""
@@ -137,10 +150,10 @@ class DepthGraph:
         probe.close()
         batching = settings.batching
         started = time.monotonic()
-        decoder = DecodeActor.remote(source, batching.batch_size, None)
-        render = RenderOptions(**vars(settings.output))
-        sink = SinkActor.remote(output, info, render, settings.smoothing.name, dict(settings.smoothing.params))
+        decoder = DecodeActor.remote(source, self.batch_size, None)
+        sink = SinkActor.remote(output, info, settings.output, settings.smoothing.name, dict(settings.smoothing.params))
         in_flight: deque = deque()
+        self._progress = {"first_written_at": None, "frames_after_first": 0}
         try:
             count_ref, batch_ref = decoder.next_batch.remote()
             while True:
@@ -159,6 +172,7 @@ class DepthGraph:
                 self._wait_oldest(in_flight, on_progress)
             sink_stats = ray.get(sink.close.remote())
             decode_stats = ray.get(decoder.stats.remote())
+            model_rss = ray.get([actor.peak_rss_mb.remote() for actor in self.model_actors])
         except BaseException as error:
             try:
                 ray.get(sink.abort.remote())
@@ -170,7 +184,11 @@ class DepthGraph:
         finally:
             ray.kill(decoder)
             ray.kill(sink)
-        seconds = time.monotonic() - started
+        finished = time.monotonic()
+        seconds = finished - started
+        steady_s = finished - (self._progress["first_written_at"] or finished)
+        peak_rss = {"decode": decode_stats.pop("peak_rss_mb"), "model": max(model_rss),
+                    "sink": sink_stats.pop("peak_rss_mb")}
         summary = {
             "input": source,
             **decode_stats,
@@ -178,16 +196,23 @@ class DepthGraph:
             "dropped": 0,
             "seconds": round(seconds, 3),
             "fps": round(decode_stats["frames_in"] / seconds, 3) if seconds > 0 else None,
+            "fps_steady": round(self._progress["frames_after_first"] / steady_s, 3) if steady_s > 0 else None,
             **sink_stats,
             "depth_format": settings.output.depth_format,
+            "batch_size": self.batch_size,
             "model": self.model_info,
+            "peak_rss_mb": peak_rss,
         }
         return summary
 
-    @staticmethod
-    def _wait_oldest(in_flight: deque, on_progress) -> None:
+    def _wait_oldest(self, in_flight: deque, on_progress) -> None:
         write_ref, count = in_flight.popleft()
         ray.get(write_ref)
+        # Steady-state rate: from the first written batch on, so actor start-up and warm-up are not counted
+        if self._progress["first_written_at"] is None:
+            self._progress["first_written_at"] = time.monotonic()
+        else:
+            self._progress["frames_after_first"] += count
         if on_progress:
             on_progress(count)
 

@@ -26,7 +26,7 @@ from .smoothing import Smoother
 class RenderOptions:
     depth_format: str = "color"  # color | gray | gray16 | side-by-side
     colormap: str = "inferno"
-    preset: str = "superfast"  # libx264
+    preset: str = "ultrafast"  # libx264
     crf: int = 18
     depth_scale: float | None = None  # gray16: uint16 = depth * scale; None: set from the first frame
     copy_audio: bool = True

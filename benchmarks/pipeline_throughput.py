@@ -1,0 +1,192 @@
+"""
+Pipeline throughput and memory, in one run with the same weights and input size:
+
+  1. the model alone on frames already in memory (fps),
+  2. the full Ray pipeline, file to file (fps),
+  3. a plain sequential loop as the original run_video.py does it: OpenCV read, one frame at a time, colormap,
+     OpenCV write (fps),
+
+their ratios, the CPU time per 720p frame spent outside the model (decode, transport between actors, colorize,
+encode), and peak RSS of the pipeline's processes for a short and a 10x longer clip at a small input size.
+
+    .venv/bin/python benchmarks/pipeline_throughput.py [--frames 16] [--input-size 518] [--long-frames 3000]
+
+Goals (issue 3): pipeline/model-alone >= 0.9 at the default input size; pipeline/sequential >= 1.0;
+<= 15 ms CPU per 720p frame outside the model; peak RSS ratio (long / short clip) <= 1.15.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import ray
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model import DepthPredictor, PredictorOptions  # noqa: E402
+from model.random_weights import random_model  # noqa: E402
+from pipeline.colorize import DepthColorizer  # noqa: E402
+from pipeline.decode import VideoDecoder  # noqa: E402
+from pipeline.encode import DepthVideoWriter  # noqa: E402
+from pipeline.frames import DepthBatch  # noqa: E402
+from pipeline.graph import DepthGraph, start_ray  # noqa: E402
+from pipeline.sample_video import make_sample_clip  # noqa: E402
+from pipeline.settings import load_settings  # noqa: E402
+from pipeline.smoothing import make_smoother  # noqa: E402
+
+SEED = 0
+
+
+def model_alone_fps(clip: Path, options: PredictorOptions, batch_size: int) -> float:
+    frames = np.stack([rgb for _, rgb in VideoDecoder(str(clip)).frames()])
+    predictor = DepthPredictor(random_model("vits", seed=SEED), options)
+    predictor(torch.from_numpy(frames[:1]))  # warm-up: thread pools, position-table cache
+    started = time.perf_counter()
+    for start in range(0, len(frames), batch_size):
+        predictor(torch.from_numpy(frames[start : start + batch_size]))
+    return len(frames) / (time.perf_counter() - started)
+
+
+def sequential_fps(clip: Path, output: Path, options: PredictorOptions) -> float:
+    """The original run_video.py loop (same model and weights): read, infer, min-max colormap, write; one by one."""
+    predictor = DepthPredictor(random_model("vits", seed=SEED), options)
+    capture = cv2.VideoCapture(str(clip))
+    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    writer = cv2.VideoWriter(str(output), cv2.VideoWriter_fourcc(*"mp4v"), int(capture.get(cv2.CAP_PROP_FPS)),
+                             (width * 2 + 50, height))
+    predictor(torch.zeros(1, height, width, 3, dtype=torch.uint8))  # same warm-up as the others
+    count, started = 0, time.perf_counter()
+    while True:
+        ok, frame_bgr = capture.read()
+        if not ok:
+            break
+        rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+        depth = predictor(torch.from_numpy(rgb)[None])[0].numpy()
+        depth = ((depth - depth.min()) / (depth.max() - depth.min() + 1e-9) * 255.0).astype(np.uint8)
+        colored = cv2.applyColorMap(depth, cv2.COLORMAP_INFERNO)
+        bar = np.full((height, 50, 3), 255, np.uint8)
+        writer.write(cv2.hconcat([frame_bgr, bar, colored]))
+        count += 1
+    writer.release()
+    return count / (time.perf_counter() - started)
+
+
+def pipeline_run(clip: Path, output: Path, input_size: int, batch_size: int) -> dict:
+    settings = load_settings("configs/default.yaml", {
+        "model.random_weights": "vits", "model.input_size": input_size, "batching.batch_size": batch_size,
+    })
+    graph = DepthGraph(settings)
+    try:
+        return graph.process(str(clip), str(output))
+    finally:
+        graph.shutdown()
+
+
+@ray.remote(num_cpus=0)
+class _Hop:
+    """Stands in for an actor that receives a batch and returns depth of the frame size, as the model actor does."""
+
+    def pass_on(self, batch):
+        return DepthBatch(batch.first_index, batch.pts, batch.time_base,
+                          np.zeros(batch.rgb.shape[:3], np.float32))
+
+
+def cpu_ms_outside_model(clip: Path, folder: Path, batch_size: int) -> dict[str, float]:
+    """CPU milliseconds per frame of each non-model stage on this clip, measured stage by stage."""
+    decoder = VideoDecoder(str(clip))
+    started = time.process_time()
+    batches = list(decoder.batches(batch_size))
+    count = decoder.frames_decoded
+    costs = {"decode": (time.process_time() - started) / count}
+
+    hop = _Hop.remote()
+    ray.get(hop.pass_on.remote(batches[0]))
+    started_wall = time.perf_counter()
+    for batch in batches:
+        # decode actor -> object store -> model actor -> object store -> sink: two hops of pixels per frame
+        depth = ray.get(hop.pass_on.remote(ray.put(batch)))
+        ray.get(hop.pass_on.remote(ray.put(batch)))  # the frames travel on to the sink as well
+    costs["transport (wall, upper bound)"] = (time.perf_counter() - started_wall) / count
+    ray.kill(hop)
+
+    # Smooth, depth-like maps (blurred luminance): noise would make the encoder's cost meaningless
+    depth = [np.stack([cv2.GaussianBlur(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (0, 0), 9).astype(np.float32) / 25
+                       for f in b.rgb]) for b in batches]
+    smoother, colorizer = make_smoother("default"), DepthColorizer("inferno")
+    started = time.process_time()
+    for maps in depth:
+        for d in maps:
+            smoother.update(d)
+    costs["smooth"] = (time.process_time() - started) / count
+    started = time.process_time()
+    images = [colorizer(d) for maps in depth for d in maps]
+    costs["colorize"] = (time.process_time() - started) / count
+    writer = DepthVideoWriter(folder / "encode_only.mp4", "color", decoder.info, images[0].shape[:2])
+    started = time.process_time()
+    for image, pts in zip(images, [p for b in batches for p in b.pts]):
+        writer.write(image, pts)
+    writer.close()
+    costs["encode"] = (time.process_time() - started) / count
+    return {name: seconds * 1e3 for name, seconds in costs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=24, help="720p frames for the throughput comparison")
+    parser.add_argument("--cost-frames", type=int, default=96, help="720p frames for the per-stage CPU costs")
+    parser.add_argument("--input-size", type=int, default=518)
+    parser.add_argument("--batch-size", type=int, default=1, help="1 is fastest on a CPU")
+    parser.add_argument("--short-frames", type=int, default=300)
+    parser.add_argument("--long-frames", type=int, default=3000)
+    parser.add_argument("--memory-input-size", type=int, default=70)
+    parser.add_argument("--skip-memory", action="store_true", help="only the throughput and CPU-cost parts")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    start_ray(num_cpus=2)
+    folder = Path(tempfile.mkdtemp(prefix="throughput_"))
+    clip = make_sample_clip(folder / "clip720.mp4", width=1280, height=720, frames=args.frames)
+    options = PredictorOptions(input_size=args.input_size)
+
+    model_fps = model_alone_fps(clip, options, args.batch_size)
+    summary = pipeline_run(clip, folder / "pipeline.mp4", args.input_size, args.batch_size)
+    sequential = sequential_fps(clip, folder / "sequential.mp4", options)
+    print(f"720p clip, {args.frames} frames, vits, input size {args.input_size}, batch {args.batch_size}, "
+          f"float32, torch {torch.__version__}, 2 threads")
+    print(f"  model alone (frames in memory) : {model_fps:7.3f} fps")
+    print(f"  full pipeline (file to file)   : {summary['fps_steady']:7.3f} fps steady state "
+          f"({summary['fps']:.3f} fps counting actor start-up and warm-up)")
+    print(f"  sequential loop (run_video.py) : {sequential:7.3f} fps")
+    print(f"  pipeline / model alone         : {summary['fps_steady'] / model_fps:7.3f}  (goal >= 0.9)")
+    print(f"  pipeline / sequential          : {summary['fps_steady'] / sequential:7.3f}  (goal >= 1.0)")
+
+    cost_clip = make_sample_clip(folder / "costs720.mp4", width=1280, height=720, frames=args.cost_frames)
+    costs = cpu_ms_outside_model(cost_clip, folder, batch_size=4)
+    total = sum(costs.values())
+    print("CPU per 720p frame outside the model:")
+    for name, ms in costs.items():
+        print(f"  {name:30s}: {ms:6.2f} ms")
+    print(f"  {'total':30s}: {total:6.2f} ms  (goal <= 15 ms)")
+
+    if args.skip_memory:
+        return
+    peaks = {}
+    for frames in (args.short_frames, args.long_frames):
+        long_clip = make_sample_clip(folder / f"clip_{frames}.mp4", width=320, height=180, frames=frames)
+        run = pipeline_run(long_clip, folder / f"memory_{frames}.mp4", args.memory_input_size, args.batch_size)
+        peaks[frames] = run["peak_rss_mb"]
+        total_mb = sum(run["peak_rss_mb"].values())
+        print(f"peak RSS, {frames:5d} frames 320x180 at input {args.memory_input_size}: {run['peak_rss_mb']} "
+              f"(sum {total_mb:.0f} MB, {run['fps']:.1f} fps)")
+    ratio = sum(peaks[args.long_frames].values()) / sum(peaks[args.short_frames].values())
+    print(f"peak RSS ratio {args.long_frames} / {args.short_frames} frames: {ratio:.3f}  (goal <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()
