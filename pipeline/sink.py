@@ -63,6 +63,8 @@ class DepthSink:
 
     def _write_frame(self, depth: np.ndarray, rgb: np.ndarray, pts: int) -> None:
         smoothed = self.smoother.update(depth, rgb)
+        if getattr(self.smoother, "cut_detected", False):
+            self.colorizer.tracker.reset()  # a new shot gets its own display range at once, not a slow drift
         if self.quantizer is not None:
             image = self.quantizer(smoothed)
         elif self.options.depth_format == "side-by-side":

@@ -63,30 +63,31 @@ def test_truncated_safetensors(vits_checkpoint, tmp_path):
     assert "not a readable safetensors file" in load_error(truncated)
 
 
+def edited_checkpoint(checkpoint, folder, edit) -> str:
+    """A copy of the official file with `edit(state)` applied."""
+    state = torch.load(checkpoint.official_path, weights_only=True)
+    edit(state)
+    path = folder / "edited.pth"
+    torch.save(state, path)
+    return load_error(path)
+
+
 def test_missing_block_weights(vits_checkpoint, tmp_path):
-    state = torch.load(vits_checkpoint.official_path, weights_only=True)
-    del state["pretrained.blocks.5.mlp.fc1.weight"]
-    broken = tmp_path / "missing.pth"
-    torch.save(state, broken)
-    message = load_error(broken)
+    message = edited_checkpoint(vits_checkpoint, tmp_path, lambda s: s.pop("pretrained.blocks.5.mlp.fc1.weight"))
     assert "missing" in message and "blocks.5.mlp.fc1.weight" in message
 
 
 def test_wrong_shapes(vits_checkpoint, tmp_path):
-    state = torch.load(vits_checkpoint.official_path, weights_only=True)
-    state["depth_head.scratch.output_conv1.weight"] = torch.zeros(16, 64, 3, 3)
-    broken = tmp_path / "shapes.pth"
-    torch.save(state, broken)
-    message = load_error(broken)
+    def shrink(state):
+        state["depth_head.scratch.output_conv1.weight"] = torch.zeros(16, 64, 3, 3)
+
+    message = edited_checkpoint(vits_checkpoint, tmp_path, shrink)
     assert "wrong shapes" in message and "(16, 64, 3, 3)" in message
 
 
 def test_extra_unknown_tensors(vits_checkpoint, tmp_path):
-    state = torch.load(vits_checkpoint.official_path, weights_only=True)
-    state["depth_head.extra_layer.weight"] = torch.zeros(3)
-    broken = tmp_path / "extra.pth"
-    torch.save(state, broken)
-    assert "unexpected: depth_head.extra_layer.weight" in load_error(broken)
+    message = edited_checkpoint(vits_checkpoint, tmp_path, lambda s: s.update({"depth_head.extra.weight": torch.zeros(3)}))
+    assert "unexpected: depth_head.extra.weight" in message
 
 
 def test_folder_without_weights(tmp_path):

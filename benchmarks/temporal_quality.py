@@ -1,0 +1,109 @@
+"""
+Temporal quality of the smoothers on a synthetic video with known inverse depth (benchmarks/temporal_data.py):
+static flicker, temporal-gradient error, AbsRel after one scale/shift fit per shot, ghosting on just-uncovered
+pixels, lag after a sudden depth step, the frames where cuts were detected, and the smoother's cost per frame
+against a model frame at the same size. Writes a plot of one pixel's depth over time.
+
+    .venv/bin/python benchmarks/temporal_quality.py [--plot docs/temporal_quality.png]
+
+Goals (issue 4) for the default: static flicker <= 1/6 of none; lag <= 1 frame; ghosting <= 1.1x none; AbsRel no
+worse than none; every cut detected on its frame and no false ones; cost <= 5% of a model frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.temporal_data import evaluate, make_sequence, to_truth_units  # noqa: E402
+from pipeline.smoothing import make_smoother  # noqa: E402
+
+
+def run_smoother(name: str, sequence) -> tuple[np.ndarray, list[int] | None]:
+    smoother = make_smoother(name)
+    outputs = np.stack([smoother.update(d, rgb) for d, rgb in zip(sequence.observed, sequence.rgb)])
+    return outputs, getattr(smoother, "cuts", None)
+
+
+def cost_ms(hw=(518, 924), frames: int = 20) -> tuple[float, float]:
+    """Default smoother vs the vits model (float32, 2 threads), per frame at the same size."""
+    from model.random_weights import random_model
+
+    rng = np.random.default_rng(0)
+    depth = [rng.random(hw, dtype=np.float32) for _ in range(frames)]
+    rgb = [rng.integers(0, 255, (*hw, 3), dtype=np.uint8) for _ in range(frames)]
+    smoother = make_smoother()
+    smoother.update(depth[0], rgb[0])
+    started = time.perf_counter()
+    for d, image in zip(depth[1:], rgb[1:]):
+        smoother.update(d, image)
+    smoother_ms = (time.perf_counter() - started) / (frames - 1) * 1e3
+    torch.set_num_threads(2)
+    net, x = random_model("vits"), torch.randn(1, 3, *hw)
+    with torch.inference_mode():
+        net(x)
+        started = time.perf_counter()
+        net(x)
+        model_ms = (time.perf_counter() - started) * 1e3
+    return smoother_ms, model_ms
+
+
+def plot(sequence, results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    row, col = int(0.88 * sequence.truth.shape[1]), int(0.2 * sequence.truth.shape[2])  # in the depth-step box
+    fig, ax = plt.subplots(figsize=(9, 3.5), dpi=110)
+    ax.plot(sequence.truth[:, row, col], "k-", lw=2.5, label="truth")
+    for name, (outputs, _) in results.items():
+        ax.plot(to_truth_units(outputs, sequence)[:, row, col], lw=1.2, label=name)
+    for cut in sequence.cut_frames:
+        ax.axvline(cut, color="grey", ls=":", lw=1)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("inverse depth (one pixel)")
+    ax.set_title("raw per-frame depth (none) vs smoothed; step at frame %d, cut at %s"
+                 % (sequence.step_frame, sequence.cut_frames))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plot", default="docs/temporal_quality.png")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    sequence = make_sequence(seed=args.seed)
+    results = {name: run_smoother(name, sequence) for name in ("none", "ema", "default")}
+    metrics = {name: evaluate(out, sequence, cuts) for name, (out, cuts) in results.items()}
+    keys = list(metrics["none"])
+    print(f"synthetic video {sequence.truth.shape[2]}x{sequence.truth.shape[1]}, {len(sequence.truth)} frames, "
+          f"cut at {sequence.cut_frames}, depth step at {sequence.step_frame}")
+    print(f"{'metric':28s}" + "".join(f"{name:>14s}" for name in metrics))
+    for key in keys:
+        cells = "".join(f"{str(m[key]) if isinstance(m[key], (list, type(None))) else f'{m[key]:.4g}':>14s}"
+                        for m in metrics.values())
+        print(f"{key:28s}{cells}")
+    flicker_ratio = metrics["default"]["static flicker %"] / metrics["none"]["static flicker %"]
+    ghost_ratio = metrics["default"]["ghosting error %"] / metrics["none"]["ghosting error %"]
+    print(f"default / none: static flicker {flicker_ratio:.3f} (goal <= 0.167), ghosting {ghost_ratio:.3f} "
+          f"(goal <= 1.1)")
+    smoother_ms, model_ms = cost_ms()
+    print(f"cost at 518x924: smoother {smoother_ms:.1f} ms, vits float32 {model_ms:.0f} ms per frame "
+          f"({100 * smoother_ms / model_ms:.1f}%, goal <= 5%)")
+    plot(sequence, results, Path(args.plot))
+    print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

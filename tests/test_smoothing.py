@@ -1,0 +1,100 @@
+"""The default smoother on a small synthetic video with known depth: flicker, lag, ghosting, cuts, accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.temporal_data import evaluate, make_sequence
+from pipeline.smoothing import AlignedSmoothing, make_smoother
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    return make_sequence(height=72, width=96, frames_per_shot=32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def metrics(sequence):
+    results = {}
+    for name in ("none", "ema", "default"):
+        smoother = make_smoother(name)
+        outputs = np.stack([smoother.update(d, rgb) for d, rgb in zip(sequence.observed, sequence.rgb)])
+        results[name] = evaluate(outputs, sequence, getattr(smoother, "cuts", None))
+    return results
+
+
+def test_default_is_the_aligned_smoother():
+    assert isinstance(make_smoother(), AlignedSmoothing)
+    assert isinstance(make_smoother("default"), AlignedSmoothing)
+
+
+def test_static_flicker_is_cut_at_least_sixfold(metrics):
+    assert metrics["default"]["static flicker %"] <= metrics["none"]["static flicker %"] / 6
+    assert metrics["default"]["static flicker %"] < metrics["ema"]["static flicker %"]
+
+
+def test_no_lag_on_a_sudden_depth_step(metrics):
+    assert metrics["default"]["lag (frames)"] <= 1
+    assert metrics["ema"]["lag (frames)"] >= 2, "the baseline must lag, or the test data has no step"
+
+
+def test_no_ghosting_on_uncovered_pixels(metrics):
+    assert metrics["default"]["ghosting error %"] <= 1.1 * metrics["none"]["ghosting error %"]
+    assert metrics["ema"]["ghosting error %"] > 1.1 * metrics["none"]["ghosting error %"]
+
+
+def test_accuracy_not_worse_than_raw(metrics):
+    assert metrics["default"]["AbsRel"] <= metrics["none"]["AbsRel"]
+    assert metrics["default"]["temporal gradient error %"] < metrics["none"]["temporal gradient error %"]
+
+
+def test_every_cut_detected_on_its_frame_and_no_false_ones(metrics, sequence):
+    assert metrics["default"]["cuts detected"] == sequence.cut_frames
+
+
+def test_cut_detected_from_depth_alone_without_images(sequence):
+    smoother = make_smoother("default")
+    cut = sequence.cut_frames[0]
+    flipped = sequence.observed.copy()
+    flipped[cut:] = flipped[cut:].max() - flipped[cut:]  # a new shot whose depth layout does not fit the old one
+    for depth in flipped:
+        smoother.update(depth)
+    assert smoother.cuts == [cut]
+
+
+def test_reset_forgets_the_past(sequence):
+    smoother = make_smoother("default")
+    smoother.update(sequence.observed[0], sequence.rgb[0])
+    smoother.reset()
+    out = smoother.update(sequence.observed[5], sequence.rgb[5])
+    assert np.array_equal(out, sequence.observed[5])
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError, match="strength"):
+        make_smoother("aligned", strength=1.5)
+
+
+def test_sink_resets_the_display_range_on_a_cut(tmp_path):
+    from fractions import Fraction
+
+    from pipeline.frames import DepthBatch, FrameBatch, VideoInfo
+    from pipeline.sink import DepthSink, RenderOptions
+
+    sequence = make_sequence(height=72, width=96, frames_per_shot=8, seed=2)
+    frames = len(sequence.truth)
+    info = VideoInfo("synthetic", 96, 72, Fraction(25), Fraction(1, 25), 0, frames, False, "rawvideo")
+    sink = DepthSink(str(tmp_path / "cut.mp4"), info, RenderOptions(), make_smoother())
+    observed = sequence.observed.copy()
+    observed[8:] *= 5.0  # the second shot lives on another scale
+    ranges = []
+    for t in range(frames):
+        sink.write(DepthBatch(t, [t], info.time_base, observed[t : t + 1]),
+                   FrameBatch(t, [t], info.time_base, sequence.rgb[t : t + 1]))
+        ranges.append(sink.colorizer.tracker.range)
+    sink.close()
+    fresh = np.percentile(observed[8][::1, ::1], [1, 99])
+    assert sink.smoother.cuts == [8]
+    assert ranges[8] == pytest.approx(tuple(fresh), rel=0.05), "the cut frame starts a new range"
+    assert ranges[7][1] < fresh[1] / 2
