@@ -100,15 +100,15 @@ def run(args: argparse.Namespace) -> dict:
     from pipeline.graph import DepthGraph, start_ray
 
     probe = VideoDecoder(str(source))  # input errors before Ray starts
-    expected = probe.info.expected_frames
+    info = probe.info
     probe.close()
 
     start_ray(settings.ray.address, settings.ray.num_cpus)
     started = time.monotonic()
     graph = DepthGraph(settings)
     try:
-        with progress_bar(expected) as bar:
-            summary = graph.process(str(source), str(output), on_progress=bar.update)
+        with progress_bar(info.expected_frames) as bar:
+            summary = graph.process(str(source), str(output), on_progress=bar.update, info=info)
     finally:
         graph.shutdown()
     summary["seconds_including_model_load"] = round(time.monotonic() - started, 3)

@@ -24,7 +24,7 @@ import torch
 from model import PredictorOptions
 
 from .decode import VideoDecoder
-from .frames import FrameBatch, PipelineError, VideoInfo
+from .frames import FrameBatch, VideoInfo
 from .infer import DepthWorker, ModelSource
 from .settings import PipelineSettings
 from .sink import DepthSink, RenderOptions
@@ -142,12 +142,19 @@ class DepthGraph:
         self._next_actor = 0
         self.batch_size = settings.batching.batch_size or (8 if use_gpu else 1)
 
-    def process(self, source: str, output: str, on_progress: Callable[[int], None] | None = None) -> dict:
-        """Stream one video; returns the run's summary. The output exists only if this returns."""
+    def process(
+        self, source: str, output: str, on_progress: Callable[[int], None] | None = None, info: VideoInfo | None = None
+    ) -> dict:
+        """Stream one video; returns the run's summary. The output exists only if this returns.
+
+        `info` is the source's VideoInfo when the caller has already probed it; otherwise it is probed here, which
+        also validates the input with a clean error before any actor starts.
+        """
         settings = self.settings
-        probe = VideoDecoder(source)  # validates the input here, with a clean error, before any actor starts
-        info = probe.info
-        probe.close()
+        if info is None:
+            probe = VideoDecoder(source)
+            info = probe.info
+            probe.close()
         batching = settings.batching
         started = time.monotonic()
         decoder = DecodeActor.remote(source, self.batch_size, None)
