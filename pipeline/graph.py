@@ -31,6 +31,8 @@ from .sink import DepthSink, RenderOptions
 from .smoothing import make_smoother
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MODEL_GPU_SHARE = 0.75
+SINK_GPU_SHARE = 0.05  # the smoother's state and arithmetic: a few frames of depth, a few ms per frame
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -103,8 +105,9 @@ class ModelActor:
 
 @ray.remote(num_cpus=0)
 class SinkActor:
-    def __init__(self, output: str, info: VideoInfo, render: RenderOptions, smoother_name: str, params: dict):
-        self._sink = DepthSink(output, info, render, make_smoother(smoother_name, **params))
+    def __init__(self, output: str, info: VideoInfo, render: RenderOptions, smoother_name: str, params: dict,
+                 smoother_device: str):
+        self._sink = DepthSink(output, info, render, make_smoother(smoother_name, device=smoother_device, **params))
 
     def write(self, depth_batch, frame_batch) -> int:
         return self._sink.write(depth_batch, frame_batch)
@@ -131,7 +134,8 @@ class DepthGraph:
         count = settings.ray.model_actors or (int(ray.cluster_resources().get("GPU", 0)) if use_gpu else 1)
         cpus = ray.cluster_resources().get("CPU", 1)
         threads = model.threads or max(1, int(cpus // count)) if not use_gpu else model.threads
-        actor_options = {"num_gpus": 1, "max_concurrency": 2, "num_cpus": 1} if use_gpu else {"num_cpus": 1}
+        # A model actor takes most of a GPU; the rest is for the sinks that smooth on it (SINK_GPU_SHARE each)
+        actor_options = {"num_gpus": MODEL_GPU_SHARE, "max_concurrency": 2, "num_cpus": 1} if use_gpu else {"num_cpus": 1}
         self.model_actors = [
             ModelActor.options(**actor_options).remote(source, options, model.device, threads) for _ in range(count)
         ]
@@ -141,6 +145,9 @@ class DepthGraph:
             raise unwrap_ray_error(error) from None
         self._next_actor = 0
         self.batch_size = settings.batching.batch_size or (8 if use_gpu else 1)
+        smoothing_device = settings.smoothing.device
+        self.smoother_device = ("cuda" if use_gpu else "cpu") if smoothing_device == "auto" else smoothing_device
+        self._sink_options = {"num_gpus": SINK_GPU_SHARE} if self.smoother_device.startswith("cuda") else {}
 
     def process(
         self, source: str, output: str, on_progress: Callable[[int], None] | None = None, info: VideoInfo | None = None
@@ -158,7 +165,9 @@ class DepthGraph:
         batching = settings.batching
         started = time.monotonic()
         decoder = DecodeActor.remote(source, self.batch_size, None)
-        sink = SinkActor.remote(output, info, settings.output, settings.smoothing.name, dict(settings.smoothing.params))
+        sink = SinkActor.options(**self._sink_options).remote(
+            output, info, settings.output, settings.smoothing.name, dict(settings.smoothing.params), self.smoother_device
+        )
         in_flight: deque = deque()
         self._progress = {"first_written_at": None, "frames_after_first": 0}
         try:

@@ -43,6 +43,7 @@ class BatchingSettings:
 class SmoothingSettings:
     name: str = "default"
     params: dict = field(default_factory=dict)
+    device: str = "auto"  # auto: on the GPU when the model runs on one (the sink then holds a small GPU share)
 
 
 # The output section is exactly what the sink takes

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import cv2
 import numpy as np
+import torch
+from torch.nn import functional as F
 
 
 class Smoother(Protocol):
@@ -60,7 +61,13 @@ class EmaSmoothing:
 
 
 class AlignedSmoothing:
-    """Scale/shift-aligned, motion-gated temporal smoothing with scene-cut reset (the default)."""
+    """Scale/shift-aligned, motion-gated temporal smoothing with scene-cut reset (the default).
+
+    Written in torch so it runs where the depth is: `device="cuda"` keeps its state and arithmetic on the GPU (the
+    pipeline's sink does this when the model runs on one); numpy input gives numpy output, tensors give tensors.
+    """
+
+    runs_on_device = True
 
     def __init__(
         self,
@@ -73,6 +80,7 @@ class AlignedSmoothing:
         cut_residual: float = 0.5,  # median alignment residual / depth spread that means a cut
         samples: int = 4096,
         seed: int = 0,
+        device: str | torch.device = "cpu",
     ):
         if not 0 <= strength < 1 or not 0 <= anchor <= 1:
             raise ValueError("aligned smoother: strength must be in [0, 1) and anchor in [0, 1]")
@@ -81,7 +89,9 @@ class AlignedSmoothing:
         self.noise_gate = noise_gate
         self.cut_histogram, self.cut_residual = cut_histogram, cut_residual
         self.samples = samples
-        self._rng = np.random.default_rng(seed)
+        self.device = torch.device(device)
+        self._generator = torch.Generator().manual_seed(seed)
+        self._grey_weights = torch.tensor([0.299, 0.587, 0.114], device=self.device)
         self.cut_detected = False
         self.cuts: list[int] = []  # frame numbers (since the last reset()) where a cut was detected
         self.reset()
@@ -93,90 +103,114 @@ class AlignedSmoothing:
 
     # .................................................................................................................
 
-    def update(self, depth: np.ndarray, rgb: np.ndarray | None = None) -> np.ndarray:
-        depth = np.asarray(depth, dtype=np.float32)
-        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb is not None else None
+    @torch.inference_mode()
+    def update(self, depth, rgb=None):
+        as_numpy = isinstance(depth, np.ndarray)
+        depth = torch.as_tensor(depth, device=self.device).float()
+        if rgb is not None:
+            rgb = torch.as_tensor(rgb, device=self.device)
+        smoothed = self._update(depth, rgb)
+        return smoothed.cpu().numpy() if as_numpy else smoothed.clone()
+
+    def _update(self, depth: torch.Tensor, rgb: torch.Tensor | None) -> torch.Tensor:
+        gray = (rgb.float() @ self._grey_weights) if rgb is not None else None
         histogram = self._colour_histogram(rgb) if rgb is not None else None
         previous = self._output
         self.cut_detected = False
         if previous is None or previous.shape != depth.shape:
             return self._restart(depth, gray, histogram, cut=False)
-        if histogram is not None and 0.5 * np.abs(histogram - self._histogram).sum() > self.cut_histogram:
+        if histogram is not None and 0.5 * (histogram - self._histogram).abs().sum().item() > self.cut_histogram:
             return self._restart(depth, gray, histogram, cut=True)
 
-        index = self._sample_index
-        raw_samples, previous_samples = depth.ravel()[index], previous.ravel()[index]
+        raw_samples = depth.reshape(-1)[self._sample_index].double()
+        previous_samples = previous.reshape(-1)[self._sample_index].double()
         scale, shift = self._robust_fit(raw_samples, previous_samples)
         residual = scale * raw_samples + shift - previous_samples
-        spread = np.subtract(*np.percentile(previous_samples, [90, 10])) + 1e-6
-        if np.median(np.abs(residual)) / spread > self.cut_residual:
+        spread = (previous_samples.quantile(0.9) - previous_samples.quantile(0.1)).item() + 1e-6
+        if residual.abs().median().item() / spread > self.cut_residual:
             return self._restart(depth, gray, histogram, cut=True)
         # Anchor: lean the mapping towards the raw frame's own, so the output's scale follows the video slowly
         scale, shift = scale ** (1 - self.anchor), shift * (1 - self.anchor)
         aligned = depth * scale + shift
 
-        noise = 1.4826 * np.median(np.abs(residual - np.median(residual))) + 1e-6
+        noise = 1.4826 * (residual - residual.median()).abs().median().item() + 1e-6
         low, high = self.noise_gate
-        change = np.abs(aligned - previous)
-        weight = np.clip((high * noise - change) / ((high - low) * noise), 0.0, 1.0)
+        weight = ((high * noise - (aligned - previous).abs()) / ((high - low) * noise)).clamp_(0.0, 1.0)
         if gray is not None:
-            motion = cv2.GaussianBlur(cv2.absdiff(gray, self._gray), (5, 5), 0).astype(np.float32)
-            weight *= np.clip((self.motion_high - motion) / (self.motion_high - self.motion_low), 0.0, 1.0)
+            motion = self._blur5((gray - self._gray).abs())
+            weight *= ((self.motion_high - motion) / (self.motion_high - self.motion_low)).clamp_(0.0, 1.0)
         weight *= self.strength
         self._output = aligned + weight * (previous - aligned)
         self._gray, self._histogram = gray, histogram
         self._frame += 1
-        return self._output.copy()
+        return self._output
 
-    def _restart(self, depth, gray, histogram, cut: bool) -> np.ndarray:
+    def _restart(self, depth, gray, histogram, cut: bool) -> torch.Tensor:
         if cut:
             self.cut_detected = True
             self.cuts.append(self._frame)
-        self._output = depth.copy()
+        self._output = depth.clone()
         self._gray, self._histogram = gray, histogram
-        count = min(self.samples, depth.size)
-        self._sample_index = self._rng.choice(depth.size, size=count, replace=False)
+        count = min(self.samples, depth.numel())
+        self._sample_index = torch.randperm(depth.numel(), generator=self._generator)[:count].to(self.device)
         self._frame += 1
-        return self._output.copy()
+        return self._output
 
     @staticmethod
-    def _colour_histogram(rgb: np.ndarray) -> np.ndarray:
-        step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 20_000)))
-        small = np.ascontiguousarray(rgb[::step, ::step])
-        histogram = cv2.calcHist([small], [0, 1, 2], None, [8, 8, 8], [0, 256, 0, 256, 0, 256]).ravel()
-        return histogram / max(histogram.sum(), 1.0)
+    def _blur5(image_hw: torch.Tensor) -> torch.Tensor:
+        """5x5 box average with mirrored borders, as shifted sums: a lone noisy pixel should not count as motion.
+
+        (Measured on the CPU: ten slice additions take about a millisecond at 518x924, a conv or avg_pool2d six.)
+        """
+        padded = F.pad(image_hw[None, None], (2, 2, 2, 2), mode="reflect")[0, 0]
+        height, width = image_hw.shape
+        rows = sum(padded[:, k : k + width] for k in range(5))
+        return sum(rows[k : k + height] for k in range(5)) / 25.0
 
     @staticmethod
-    def _robust_fit(x: np.ndarray, y: np.ndarray, iterations: int = 4) -> tuple[float, float]:
+    def _colour_histogram(rgb: torch.Tensor) -> torch.Tensor:
+        """8x8x8 colour histogram of about 20k pixels, normalised to sum 1."""
+        step = max(1, int((rgb.shape[0] * rgb.shape[1] / 20_000) ** 0.5))
+        bins = (rgb[::step, ::step].long() >> 5).reshape(-1, 3)
+        counts = torch.bincount(bins[:, 0] * 64 + bins[:, 1] * 8 + bins[:, 2], minlength=512).float()
+        return counts / counts.sum().clamp(min=1.0)
+
+    @staticmethod
+    def _robust_fit(x: torch.Tensor, y: torch.Tensor, iterations: int = 4) -> tuple[float, float]:
         """y ~ scale * x + shift by iteratively reweighted least squares (Huber weights): moving pixels are outliers."""
-        weights = np.ones_like(x, dtype=np.float64)
-        x64, y64 = x.astype(np.float64), y.astype(np.float64)
+        weights = torch.ones_like(x)
         scale, shift = 1.0, 0.0
         for _ in range(iterations):
-            sw = weights.sum()
-            mean_x, mean_y = (weights * x64).sum() / sw, (weights * y64).sum() / sw
-            variance = (weights * (x64 - mean_x) ** 2).sum()
-            if variance <= 1e-12:
+            total = weights.sum()
+            mean_x, mean_y = (weights * x).sum() / total, (weights * y).sum() / total
+            variance = (weights * (x - mean_x) ** 2).sum()
+            if variance.item() <= 1e-12:
                 return 1.0, float(mean_y - mean_x)
-            scale = (weights * (x64 - mean_x) * (y64 - mean_y)).sum() / variance
-            shift = mean_y - scale * mean_x
-            residual = np.abs(scale * x64 + shift - y64)
-            threshold = 1.345 * 1.4826 * np.median(residual) + 1e-12
-            weights = np.minimum(1.0, threshold / np.maximum(residual, 1e-12))
+            scale_t = (weights * (x - mean_x) * (y - mean_y)).sum() / variance
+            shift_t = mean_y - scale_t * mean_x
+            residual = (scale_t * x + shift_t - y).abs()
+            threshold = 1.345 * 1.4826 * residual.median() + 1e-12
+            weights = torch.clamp(threshold / residual.clamp(min=1e-12), max=1.0)
+            scale, shift = scale_t.item(), shift_t.item()
         if scale <= 0:  # a degenerate frame (flat, or a cut the histogram missed): keep the frame's own scale
             return 1.0, 0.0
-        return float(scale), float(shift)
+        return scale, shift
 
 
 SMOOTHERS = {"none": NoSmoothing, "ema": EmaSmoothing, "aligned": AlignedSmoothing}
 DEFAULT_SMOOTHER = "aligned"
 
 
-def make_smoother(name: str | None = None, **params) -> Smoother:
-    """A smoother by name (`None` or "default" gives the default); unknown names and parameters are errors."""
+def make_smoother(name: str | None = None, device: str | None = None, **params) -> Smoother:
+    """A smoother by name (`None` or "default" gives the default); unknown names and parameters are errors.
+
+    `device` ("cpu", "cuda") is where a smoother that can run in torch keeps its state; others ignore it.
+    """
     name = DEFAULT_SMOOTHER if name in (None, "default") else name
     if name not in SMOOTHERS:
         raise ValueError(f"unknown smoother {name!r}; expected one of {['default', *SMOOTHERS]}")
+    if device is not None and getattr(SMOOTHERS[name], "runs_on_device", False):
+        params = {**params, "device": device}
     try:
         return SMOOTHERS[name](**params)
     except TypeError as error:

@@ -98,3 +98,23 @@ def test_sink_resets_the_display_range_on_a_cut(tmp_path):
     assert sink.smoother.cuts == [8]
     assert ranges[8] == pytest.approx(tuple(fresh), rel=0.05), "the cut frame starts a new range"
     assert ranges[7][1] < fresh[1] / 2
+
+
+def test_tensor_and_numpy_inputs_give_the_same_result(sequence):
+    import torch
+
+    with_numpy, with_torch = make_smoother(device="cpu"), make_smoother(device="cpu")
+    for depth, rgb in zip(sequence.observed[:6], sequence.rgb[:6]):
+        from_numpy = with_numpy.update(depth, rgb)
+        from_torch = with_torch.update(torch.from_numpy(depth), torch.from_numpy(rgb))
+    assert isinstance(from_numpy, np.ndarray) and isinstance(from_torch, torch.Tensor)
+    np.testing.assert_array_equal(from_numpy, from_torch.numpy())
+    assert make_smoother("ema", device="cpu").update(np.ones((2, 2), np.float32)).shape == (2, 2)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_smoother_matches_cpu(sequence):
+    on_cpu, on_gpu = make_smoother(device="cpu"), make_smoother(device="cuda")
+    for depth, rgb in zip(sequence.observed[:10], sequence.rgb[:10]):
+        expected, result = on_cpu.update(depth, rgb), on_gpu.update(depth, rgb)
+    np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
