@@ -126,9 +126,9 @@ def cpu_ms_outside_model(clip: Path, folder: Path, batch_size: int) -> dict[str,
             smoother.update(d)
     costs["smooth"] = (time.process_time() - started) / count
     started = time.process_time()
-    images = [colorizer(d) for maps in depth for d in maps]
+    images = [colorizer.yuv420(d) for maps in depth for d in maps]  # what the sink does for colour output
     costs["colorize"] = (time.process_time() - started) / count
-    writer = DepthVideoWriter(folder / "encode_only.mp4", "color", decoder.info, images[0].shape[:2])
+    writer = DepthVideoWriter(folder / "encode_only.mp4", "color", decoder.info, depth[0].shape[1:])
     started = time.process_time()
     for image, pts in zip(images, [p for b in batches for p in b.pts]):
         writer.write(image, pts)

@@ -73,15 +73,14 @@ class DepthVideoWriter:
         height, width = frame_hw
         if depth_format == "gray16":
             self._stream = self._container.add_stream("ffv1", rate=info.rate)
-            self._stream.pix_fmt, self._input_format = "gray16le", "gray16le"
+            self._stream.pix_fmt = "gray16le"
         else:
             self._stream = self._container.add_stream("libx264", rate=info.rate)
             self._stream.options = {"preset": preset, "crf": str(crf), "threads": str(ENCODER_THREADS)}
             if depth_format == "gray":
-                self._stream.pix_fmt, self._input_format = "gray", "gray"
+                self._stream.pix_fmt = "gray"
             else:
                 self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-                self._input_format = "rgb24"
         self._stream.width, self._stream.height = width, height
         self._stream.time_base = info.time_base
 
@@ -124,8 +123,17 @@ class DepthVideoWriter:
 
     # .................................................................................................................
 
+    def _pixel_format_of(self, image: np.ndarray) -> str:
+        """What an image is, by its shape: RGB, gray, 16-bit gray, or a ready I420 frame (3H/2 rows)."""
+        if image.ndim == 3:
+            return "rgb24"
+        if image.dtype == np.uint16:
+            return "gray16le"
+        return "yuv420p" if image.shape[0] == self._stream.height * 3 // 2 else "gray"
+
     def write(self, image: np.ndarray, pts: int) -> None:
-        frame = av.VideoFrame.from_ndarray(image, format=self._input_format)
+        """Write one frame: H x W x 3 RGB, H x W gray (uint8 or uint16), or (3H/2) x W I420."""
+        frame = av.VideoFrame.from_ndarray(image, format=self._pixel_format_of(image))
         frame.pts, frame.time_base = pts, self._time_base
         self._mux_audio_until(float(pts * self._time_base) + AUDIO_LEAD_S)
         self._container.mux(self._stream.encode(frame))

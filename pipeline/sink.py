@@ -69,10 +69,13 @@ class DepthSink:
             image = self.quantizer(smoothed)
         elif self.options.depth_format == "side-by-side":
             image = np.concatenate([rgb, self.colorizer(smoothed)], axis=1)
+        elif self.options.depth_format == "color" and smoothed.shape[0] % 2 == 0 and smoothed.shape[1] % 2 == 0:
+            image = self.colorizer.yuv420(smoothed)  # what the encoder takes, without an RGB detour
         else:
             image = self.colorizer(smoothed)
         if self._writer is None:
-            self._writer = self._open_writer(image.shape[:2])
+            frame_hw = smoothed.shape if self.options.depth_format != "side-by-side" else image.shape[:2]
+            self._writer = self._open_writer(tuple(frame_hw))
         self._writer.write(image, pts)
 
     def _open_writer(self, frame_hw: tuple[int, int]) -> DepthVideoWriter:

@@ -159,3 +159,20 @@ def test_settings_presets_overrides_and_unknown_keys(tmp_path):
     bad.write_text("modle:\n  input_size: 518\n")
     with pytest.raises(PipelineError, match="unknown section 'modle'"):
         load_settings(bad)
+
+
+def test_yuv_colour_path_matches_the_rgb_colormap(sample, tmp_path):
+    """Colour output is looked up straight in YUV; decoded, it must match the RGB colormap sent through the encoder's
+    own conversion (both are 4:2:0, so compare like with like)."""
+    ys, xs = np.mgrid[0:64, 0:96].astype(np.float32)
+    depth = (np.sin(xs / 25) + np.cos(ys / 20) + 2).astype(np.float32)
+    info = VideoDecoder(str(sample)).info
+    yuv = DepthColorizer("turbo").yuv420(depth)
+    assert yuv.shape == (96, 96) and yuv.dtype == np.uint8
+    decoded = {}
+    for name, image in (("yuv", yuv), ("rgb", DepthColorizer("turbo")(depth))):
+        writer = DepthVideoWriter(tmp_path / f"{name}.mp4", "color", info, (64, 96), crf=0)
+        writer.write(image, 0)
+        writer.close()
+        decoded[name] = read_video(tmp_path / f"{name}.mp4")["frames"][0].to_ndarray(format="rgb24").astype(int)
+    assert np.abs(decoded["yuv"] - decoded["rgb"]).mean() < 2
