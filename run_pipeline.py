@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> dict:
         source = Path(args.input)
     output = Path(args.output) if args.output else default_output(source, settings.output.depth_format)
     check_output_path(output, settings.output.depth_format)
+    if output.exists() and source.exists() and output.resolve() == source.resolve():
+        raise PipelineError(f"{output}: output would overwrite the input; choose another name")
 
     from pipeline.decode import VideoDecoder
     from pipeline.graph import DepthGraph, start_ray

@@ -106,6 +106,7 @@ def bad_input_cases(tmp_path, clips):
         "no model": ([good], "no model"),
         "gray16 in mp4": ([good, "--depth-format", "gray16", *FAST], "use a .mkv"),
         "unknown colormap": ([good, "--colormap", "rainbowz", *FAST], "unknown colormap"),
+        "output is the input": ([good, "-o", good, *FAST], "would overwrite the input"),
     }
 
 
