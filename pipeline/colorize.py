@@ -108,7 +108,8 @@ class DepthQuantizer:
     """Depth -> uint16 with one scale for the whole video (value = round(depth * scale)), recorded in the file.
 
     The scale must be fixed before the first frame is written; without one given it is set from the first frame
-    with 4x headroom above its largest value. Pixels beyond the range saturate and are counted.
+    with 4x headroom above its largest value. Pixels beyond the range (or below zero, which smoothing's shift can
+    produce) saturate and are counted.
     """
 
     HEADROOM = 4.0
@@ -121,5 +122,5 @@ class DepthQuantizer:
         if self.scale is None:
             self.scale = 65535.0 / max(float(depth.max()) * self.HEADROOM, 1e-6)
         scaled = np.rint(depth * self.scale)
-        self.saturated_pixels += int(np.count_nonzero(scaled > 65535))
+        self.saturated_pixels += int(np.count_nonzero((scaled > 65535) | (scaled < 0)))
         return np.clip(scaled, 0, 65535).astype(np.uint16)
