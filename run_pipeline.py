@@ -117,6 +117,9 @@ def run(args: argparse.Namespace) -> dict:
     if summary.get("unreadable_frames"):
         print(f"warning: {source}: {summary['unreadable_frames']} frames could not be read (damaged or truncated "
               f"file); depth was written for the {summary['frames_in']} decodable frames", file=sys.stderr)
+    if summary.get("repaired_timestamps"):
+        print(f"warning: {source}: {summary['repaired_timestamps']} frames repeated or went back on the previous "
+              f"frame's timestamp; each was moved one tick past it", file=sys.stderr)
     return summary
 
 

@@ -62,6 +62,7 @@ class VideoDecoder:
             self._stream.codec_context.thread_count = threads
         self.frames_decoded = 0
         self.corrupt_packets = 0
+        self.repaired_timestamps = 0  # frames whose timestamp repeated or went backwards in the source
         self._last_pts = None
         self._first_frame = self._read_first_frame()
         stream = self._stream
@@ -119,10 +120,22 @@ class VideoDecoder:
         return None, False
 
     def _stream_end_seconds(self) -> float | None:
+        """Where the video stream itself ends, in seconds; None when nothing says.
+
+        The container's duration is used only when video is its one stream: audio that runs past the video would
+        otherwise read as missing frames.
+        """
         stream = self._stream
         if stream.duration is not None and stream.time_base:
             return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
-        if self._container.duration:
+        tagged = stream.metadata.get("DURATION")  # Matroska writes each stream's length as a tag "HH:MM:SS.fffffffff"
+        if tagged:
+            try:
+                hours, minutes, seconds = tagged.split(":")
+                return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+            except ValueError:
+                pass
+        if self._container.duration and len(self._container.streams) == 1:
             return self._container.duration / av.time_base
         return None
 
@@ -135,8 +148,14 @@ class VideoDecoder:
         last_pts = None
         first, self._first_frame = self._first_frame, None
         for frame in itertools.chain([first], self._frames):
-            # Streams without timestamps (raw elementary streams) get them from the frame rate
-            pts = frame.pts if frame.pts is not None else (0 if last_pts is None else last_pts + frame_step)
+            pts = frame.pts
+            if pts is None:  # streams without timestamps (raw elementary streams) get them from the frame rate
+                pts = 0 if last_pts is None else last_pts + frame_step
+            elif last_pts is not None and pts <= last_pts:
+                # A repeated or backward timestamp would be refused by the muxer (or collide): move it one tick
+                # past the previous frame, and count it
+                pts = last_pts + 1
+                self.repaired_timestamps += 1
             last_pts = self._last_pts = pts
             rgb = frame.to_ndarray(format="rgb24")
             if frame.width != self._stream.codec_context.width or frame.height != self._stream.codec_context.height:
@@ -163,18 +182,20 @@ class VideoDecoder:
 
     @property
     def unreadable_frames(self) -> int:
-        """Frames the container announced but that could not be decoded (0 when nothing says more were there).
+        """Frames the stream announced but that could not be decoded (0 when nothing says more were there).
 
-        With an exact count from the container this is the shortfall; otherwise it is the stretch between the last
-        decoded frame and the stream's stated end, in frames at the average rate (robust to variable rates).
+        The stretch between the last decoded frame and the stream's stated end, in frames at the average rate
+        (robust to variable rates, and to MP4 edit lists that hide leading frames the sample count includes). When
+        packets were damaged and the container gives an exact count, the count's shortfall is used if larger.
         """
-        if self._expected_is_exact:
-            return max(0, self.info.expected_frames - self.frames_decoded)
+        missing_at_end = 0
         end_s = self._end_seconds
-        if end_s is None or self._last_pts is None or not self.info.rate:
-            return 0
-        covered_s = float(self._last_pts * self.info.time_base) + 1 / float(self.info.rate)
-        return max(0, round((end_s - covered_s) * float(self.info.rate)))
+        if end_s is not None and self._last_pts is not None and self.info.rate:
+            covered_s = float(self._last_pts * self.info.time_base) + 1 / float(self.info.rate)
+            missing_at_end = max(0, round((end_s - covered_s) * float(self.info.rate)))
+        if self._expected_is_exact and (self.corrupt_packets or end_s is None):
+            return max(missing_at_end, self.info.expected_frames - self.frames_decoded)
+        return missing_at_end
 
     def close(self) -> None:
         self._container.close()

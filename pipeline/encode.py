@@ -65,6 +65,14 @@ class DepthVideoWriter:
         self.frames_written = 0
         self._temporary = self.output.with_name(f".{self.output.stem}.partial{self.output.suffix}")
         self._time_base = info.time_base
+        # MP4 takes every frame's duration from the timestamps except the last one's, which comes from its packet
+        # (libx264 leaves it at 0). One packet is held back so that, at the end, the last frame can be given the
+        # duration that makes the file last exactly frames / rate: the source's length and average rate (30000/1001,
+        # not 30/1 off a millisecond grid)
+        self._frame_duration = max(1, round(1 / (info.rate * info.time_base))) if info.rate else 1
+        self._rate = info.rate
+        self._held_packet: av.Packet | None = None
+        self._first_pts = self._last_pts = None
         # Copied AAC audio starts before zero (encoder priming); without this the muxer would shift every video
         # timestamp to make room (Matroska by 21 ms), and the output would no longer match the input's timing
         self._container = av.open(str(self._temporary), mode="w", options={"avoid_negative_ts": "disabled"})
@@ -82,7 +90,9 @@ class DepthVideoWriter:
             else:
                 self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         self._stream.width, self._stream.height = width, height
-        self._stream.time_base = info.time_base
+        # The codec's time base is what frame pts are rounded into before the muxer sees them: it must be the
+        # source's, or timestamps snap onto a 1/rate grid (VFR frames collide, start offsets shift)
+        self._stream.time_base = self._stream.codec_context.time_base = info.time_base
 
         self._audio_in = self._audio_out = self._audio_packets = None
         self._pending_audio = None
@@ -135,13 +145,30 @@ class DepthVideoWriter:
         """Write one frame: H x W x 3 RGB, H x W gray (uint8 or uint16), or (3H/2) x W I420."""
         frame = av.VideoFrame.from_ndarray(image, format=self._pixel_format_of(image))
         frame.pts, frame.time_base = pts, self._time_base
+        if self._first_pts is None:
+            self._first_pts = pts
+        self._last_pts = pts
         self._mux_audio_until(float(pts * self._time_base) + AUDIO_LEAD_S)
-        self._container.mux(self._stream.encode(frame))
+        self._mux_video(self._stream.encode(frame))
         self.frames_written += 1
+
+    def _mux_video(self, packets: list[av.Packet], last: bool = False) -> None:
+        for packet in packets:
+            if self._held_packet is not None:
+                self._container.mux(self._held_packet)
+            packet.duration = packet.duration or self._frame_duration
+            self._held_packet = packet
+        if last and self._held_packet is not None:
+            if self._rate and self._first_pts is not None:
+                end = self._first_pts + round(self.frames_written / (self._rate * self._time_base))
+                if 0 < end - self._last_pts <= 2 * self._frame_duration:  # a variable rate can make it nonsense
+                    self._held_packet.duration = end - self._last_pts
+            self._container.mux(self._held_packet)
+            self._held_packet = None
 
     def close(self) -> Path:
         """Flush, finish the file and move it to its final name."""
-        self._container.mux(self._stream.encode())
+        self._mux_video(self._stream.encode(), last=True)
         self._mux_audio_until(None)
         self._container.close()
         if self._audio_in is not None:

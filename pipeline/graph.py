@@ -79,6 +79,7 @@ class DecodeActor:
             "frames_in": self._decoder.frames_decoded,
             "unreadable_frames": self._decoder.unreadable_frames,
             "corrupt_packets": self._decoder.corrupt_packets,
+            "repaired_timestamps": self._decoder.repaired_timestamps,
             "peak_rss_mb": peak_rss_mb(),
         }
 

@@ -40,16 +40,25 @@ def make_sample_clip(
     rotation: int = 0,
     variable_rate: bool = False,
     fast_start: bool = False,
+    start_s: float = 0.0,
+    b_frames: bool = False,
+    audio_seconds: float | None = None,
 ) -> Path:
-    """Write a clip and return its path. With `variable_rate`, frame durations alternate between 1 and 2 ticks."""
+    """Write a clip and return its path.
+
+    `variable_rate`: frame durations alternate between 1 and 2 ticks; `start_s`: the first frame's timestamp;
+    `b_frames`: x264 with B-frames (decode order differs from presentation order); `audio_seconds`: audio length
+    (default: the video's).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     options = {"movflags": "faststart"} if fast_start else {}
     with av.open(str(path), mode="w", options=options) as container:
         video = container.add_stream("libx264", rate=rate)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p" if width % 2 == 0 == height % 2 else "yuv444p"
-        video.time_base = Fraction(1, 90000) if variable_rate else 1 / Fraction(rate)
-        video.options = {"preset": "ultrafast", "crf": "20"}
+        video.time_base = video.codec_context.time_base = (
+            Fraction(1, 90000) if variable_rate or start_s else 1 / Fraction(rate))
+        video.options = {"preset": "veryfast", "bf": "3", "crf": "20"} if b_frames else {"preset": "ultrafast", "crf": "20"}
         if rotation:
             video.set_display_rotation(rotation)
         sound = None
@@ -58,7 +67,7 @@ def make_sample_clip(
             sound.layout = "mono"
 
         tick = 1 / Fraction(rate)
-        pts_seconds = Fraction(0)
+        pts_seconds = Fraction(start_s)
         for index in range(frames):
             frame = av.VideoFrame.from_ndarray(sample_frame(index, width, height), format="rgb24")
             frame.pts = int(pts_seconds / video.time_base)
@@ -69,7 +78,7 @@ def make_sample_clip(
 
         if sound is not None:
             samples_per_chunk, sample_rate = 1024, 48000
-            total = int(float(pts_seconds) * sample_rate)
+            total = int((audio_seconds if audio_seconds is not None else float(pts_seconds)) * sample_rate)
             for start in range(0, total, samples_per_chunk):
                 t = (np.arange(start, min(start + samples_per_chunk, total)) / sample_rate).astype(np.float32)
                 chunk = av.AudioFrame.from_ndarray((0.2 * np.sin(2 * np.pi * 440 * t))[None], format="fltp", layout="mono")

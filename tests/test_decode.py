@@ -11,7 +11,7 @@ import pytest
 from pipeline.decode import VideoDecoder
 from pipeline.frames import PipelineError
 from pipeline.sample_video import make_sample_clip, sample_frame
-from tests.clips import clip, read_video, truncate
+from tests.clips import clip, hide_leading_frames, read_video, truncate
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,36 @@ def test_truncated_file_yields_decodable_frames_and_counts_the_rest(clips, tmp_p
     decoded = len(list(decoder.frames()))
     assert 0 < decoded < 60
     assert decoder.unreadable_frames == pytest.approx(60 - decoded, abs=2)
+
+
+def test_valid_files_are_not_called_damaged(tmp_path):
+    """Audio that runs past the video (Matroska), and leading frames hidden by an MP4 edit list, are not losses."""
+    long_audio = make_sample_clip(tmp_path / "long_audio.mkv", width=64, height=48, frames=10, audio=True,
+                                  audio_seconds=2.0)
+    hidden = hide_leading_frames(make_sample_clip(tmp_path / "base.mp4", width=64, height=48, frames=12),
+                                 tmp_path / "edit_list.mp4", 3)
+    for path, frames in ((long_audio, 10), (hidden, 9)):
+        decoder = VideoDecoder(str(path))
+        assert len(list(decoder.frames())) == frames
+        assert decoder.unreadable_frames == 0, path.name
+
+
+def test_repeated_timestamps_are_moved_one_tick_on_and_counted(tmp_path):
+    source = make_sample_clip(tmp_path / "plain.mkv", width=64, height=48, frames=8)
+    repeated = tmp_path / "repeated.mkv"
+    with av.open(str(source)) as original, av.open(str(repeated), "w") as out:
+        video_out = out.add_stream_from_template(original.streams.video[0])
+        previous = None
+        for number, packet in enumerate(p for p in original.demux(video=0) if p.dts is not None):
+            if number == 5:
+                packet.pts = packet.dts = previous  # the muxer takes it; a depth video written so would not
+            previous, packet.stream = packet.pts, video_out
+            out.mux(packet)
+    decoder = VideoDecoder(str(repeated))
+    pts = [p for p, _ in decoder.frames()]
+    assert read_video(repeated)["pts"][4] == read_video(repeated)["pts"][5], "the input really repeats"
+    assert all(b > a for a, b in zip(pts, pts[1:])) and pts[5] == pts[4] + 1
+    assert decoder.repaired_timestamps == 1
 
 
 def test_missing_file(tmp_path):
