@@ -11,13 +11,17 @@ Prints a JSON summary on stdout at the end; errors are one line on stderr with a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
-from model import VARIANTS, CheckpointError
-from pipeline.colorize import colormap_id
+from model import VARIANTS, CheckpointError, check_checkpoint
+from pipeline.decode import is_url
 from pipeline.encode import DEPTH_FORMATS, check_output_path
 from pipeline.frames import PipelineError
 from pipeline.settings import load_settings
@@ -25,9 +29,16 @@ from pipeline.settings import load_settings
 SAMPLE_INPUT = Path("outputs/sample_input.mp4")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line ("error: ...") and exit status 2, like every other error here."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", nargs="?", help="video file (omit for a generated sample clip)")
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", nargs="?", help="video file or URL (omit for a generated sample clip)")
     parser.add_argument("-o", "--output", help="output video (.mp4/.mkv; .mkv for gray16); default: INPUT_depth.EXT")
     parser.add_argument("--checkpoint", help="official .pth, Hugging Face folder or .safetensors file")
     parser.add_argument("--random-weights", choices=VARIANTS, help="random weights of a variant (plumbing test only)")
@@ -43,28 +54,48 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--address", help="existing Ray cluster address (default: start a local one)")
     parser.add_argument("--model-actors", type=int, help="model actors (default: one per GPU, else one)")
     parser.add_argument("--summary", help="also write the JSON summary to this file")
+    parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output")
     return parser.parse_args(argv)
 
 
+# Each setting a flag overrides, by its key; errors name the flag the user typed
+FLAG_KEYS = {
+    "checkpoint": "model.checkpoint",
+    "random_weights": "model.random_weights",
+    "version": "model.version",
+    "input_size": "model.input_size",
+    "precision": "model.precision",
+    "device": "model.device",
+    "batch_size": "batching.batch_size",
+    "smoother": "smoothing.name",
+    "colormap": "output.colormap",
+    "depth_format": "output.depth_format",
+    "address": "ray.address",
+    "model_actors": "ray.model_actors",
+}
+
+
 def overrides_from(args: argparse.Namespace) -> dict:
-    return {
-        "model.checkpoint": args.checkpoint,
-        "model.random_weights": args.random_weights,
-        "model.version": args.version,
-        "model.input_size": args.input_size,
-        "model.precision": args.precision,
-        "model.device": args.device,
-        "batching.batch_size": args.batch_size,
-        "smoothing.name": args.smoother,
-        "output.colormap": args.colormap,
-        "output.depth_format": args.depth_format,
-        "ray.address": args.address,
-        "ray.model_actors": args.model_actors,
-    }
+    return {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
 
 
-def default_output(source: Path, depth_format: str) -> Path:
-    return source.with_name(f"{source.stem}_depth{'.mkv' if depth_format == 'gray16' else '.mp4'}")
+def flag_labels() -> dict[str, str]:
+    return {key: "--" + name.replace("_", "-") for name, key in FLAG_KEYS.items()}
+
+
+def default_output(source: str, depth_format: str) -> Path:
+    if is_url(source):
+        raise PipelineError(f"{source}: an input URL needs an output name: pass -o OUTPUT")
+    path = Path(source)
+    return path.with_name(f"{path.stem}_depth{'.mkv' if depth_format == 'gray16' else '.mp4'}")
+
+
+def check_summary_path(path: str | None) -> None:
+    if path is None:
+        return
+    folder = Path(path).parent
+    if Path(path).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise PipelineError(f"{path}: cannot write the summary there (missing or read-only directory, or a directory)")
 
 
 def progress_bar(total: int | None):
@@ -75,13 +106,14 @@ def progress_bar(total: int | None):
 
 
 def run(args: argparse.Namespace) -> dict:
-    settings = load_settings(args.config, overrides_from(args))
-    if not settings.model.checkpoint and not settings.model.random_weights:
+    # Everything that can be checked without Ray is checked first, so a bad input or setting fails in about a second
+    settings = load_settings(args.config, overrides_from(args), flag_labels())
+    model = settings.model
+    if not model.checkpoint and not model.random_weights:
         raise PipelineError("no model: pass --checkpoint PATH (or --random-weights vits for a plumbing test)")
-    if settings.model.checkpoint and not Path(settings.model.checkpoint).exists():
-        raise CheckpointError(f"{settings.model.checkpoint}: checkpoint not found")
-    colormap_id(settings.output.colormap)  # fail early on a typo
-    if settings.model.random_weights:
+    if model.checkpoint:
+        check_checkpoint(model.checkpoint, model.version)
+    else:
         print("note: random weights - the output shows the pipeline working, not real depth", file=sys.stderr)
 
     if args.input is None:
@@ -90,29 +122,34 @@ def run(args: argparse.Namespace) -> dict:
         if not SAMPLE_INPUT.exists():
             make_sample_clip(SAMPLE_INPUT, width=640, height=360, frames=48, audio=True)
         print(f"note: no input given; using the generated sample clip {SAMPLE_INPUT}", file=sys.stderr)
-        source = SAMPLE_INPUT
+        source = str(SAMPLE_INPUT)
     else:
-        source = Path(args.input)
+        source = args.input  # a path or a URL, as given
     output = Path(args.output) if args.output else default_output(source, settings.output.depth_format)
     check_output_path(output, settings.output.depth_format)
-    if output.exists() and source.exists() and output.resolve() == source.resolve():
+    if not is_url(source) and output.exists() and output.resolve() == Path(source).resolve():
         raise PipelineError(f"{output}: output would overwrite the input; choose another name")
+    if args.no_overwrite and output.exists():
+        raise PipelineError(f"{output}: output exists and --no-overwrite was given")
+    check_summary_path(args.summary)
 
     from pipeline.decode import VideoDecoder
     from pipeline.graph import DepthGraph, start_ray
 
-    probe = VideoDecoder(str(source))  # input errors before Ray starts
+    probe = VideoDecoder(source)  # input errors before Ray starts
     info = probe.info
     probe.close()
 
-    start_ray(settings.ray.address, settings.ray.num_cpus)
+    with signals_deferred():  # an interrupt during start-up would orphan Ray's processes: it waits until Ray is up
+        start_ray(settings.ray.address, settings.ray.num_cpus)
     started = time.monotonic()
     graph = DepthGraph(settings)
     try:
         with progress_bar(info.expected_frames) as bar:
-            summary = graph.process(str(source), str(output), on_progress=bar.update, info=info)
+            summary = graph.process(source, str(output), on_progress=bar.update, info=info)
     finally:
-        graph.shutdown()
+        with signals_deferred():
+            graph.shutdown()
     summary["seconds_including_model_load"] = round(time.monotonic() - started, 3)
     if summary.get("unreadable_frames"):
         print(f"warning: {source}: {summary['unreadable_frames']} frames could not be read (damaged or truncated "
@@ -123,22 +160,80 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt (not an Exception) so that the same clean-up runs as for Ctrl-C."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold Ctrl-C and SIGTERM until the block ends, then act on them: for steps that must not be cut in two.
+
+    (Blocking them with a signal mask is not enough: Ray's and gRPC's threads receive them instead.) On leaving, the
+    handlers are put back as they were before the block, undoing the one `ray.init` installs, which aborts.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {number: signal.signal(number, lambda number, frame: received.append(number))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
+def stop_ray_ignoring_signals() -> None:
+    """Shut Ray down with further Ctrl-C / SIGTERM ignored: a second interrupt must not cut the clean-up short."""
+    from pipeline.graph import stop_ray
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stop_ray()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    is_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if is_main_thread else None
     try:
         summary = run(args)
-    except (PipelineError, CheckpointError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        text = json.dumps(summary, indent=2, default=str)
+        if args.summary:
+            Path(args.summary).write_text(text + "\n")
+    except (PipelineError, CheckpointError, ValueError, OSError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; no output written", file=sys.stderr)
-        return 130
-    text = json.dumps(summary, indent=2, default=str)
+    except Exception as error:  # a fault of ours, not of the input: still one line, the traceback on request
+        if os.environ.get("DEPTH_TRACEBACK"):
+            raise
+        print(f"error: internal {type(error).__name__}: {one_line(error)} (DEPTH_TRACEBACK=1 shows where)",
+              file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"error: {what}; no output written", file=sys.stderr)
+        return 130 if what == "interrupted" else 143
+    finally:
+        if is_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
     print(text)
-    if args.summary:
-        Path(args.summary).write_text(text + "\n")
     return 0
 
 
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_status = main()
+    stop_ray_ignoring_signals()
+    sys.exit(exit_status)

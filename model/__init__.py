@@ -5,7 +5,7 @@
     depth_bhw = net(image_bchw)                                    # normalised B x 3 x H x W, H, W multiples of 14
 """
 
-from .checkpoint import CheckpointError, hf_to_official, load_model
+from .checkpoint import CheckpointError, check_checkpoint, hf_to_official, load_model
 from .config import VARIANTS, DepthAnythingConfig, make_config
 from .depth_anything import DepthAnything
 from .predictor import PRECISIONS, DepthPredictor, PredictorOptions
@@ -19,6 +19,7 @@ __all__ = [
     "PRECISIONS",
     "PredictorOptions",
     "VARIANTS",
+    "check_checkpoint",
     "hf_to_official",
     "load_model",
     "make_config",

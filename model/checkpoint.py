@@ -134,8 +134,12 @@ def official_to_ours(official_state: dict[str, torch.Tensor]) -> tuple[dict[str,
 # Reading files
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(tensors, HF config dict or None) from a folder, a .safetensors file or a torch file."""
+def _read_tensors(path: Path, shapes_only: bool = False) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(tensors, HF config dict or None) from a folder, a .safetensors file or a torch file.
+
+    `shapes_only`: tensors without their data (safetensors: the header only, as meta tensors; torch files: memory-
+    mapped, so nothing is read that is not touched), for checking a checkpoint in about a second.
+    """
     hf_config = None
     if path.is_dir():
         config_path = path / "config.json"
@@ -150,16 +154,25 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
         path = weight_files[0]
 
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
+            if shapes_only:
+                with safe_open(str(path), framework="pt") as handle:
+                    return {key: torch.empty(handle.get_slice(key).get_shape(), device="meta")
+                            for key in handle.keys()}, hf_config
             return load_file(str(path)), hf_config
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
 
     try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=shapes_only)
+        except RuntimeError:
+            if not shapes_only:
+                raise
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True)  # the legacy format cannot mmap
     except Exception as error:  # torch raises several types for truncated zips and foreign pickles
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
     # Training scripts often wrap the weights; accept the common wrappers
@@ -238,12 +251,24 @@ def infer_config(official_state: dict[str, torch.Tensor], version: str, source: 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", version: str | None = None) -> DepthAnything:
     """Build the model a checkpoint describes and load it strictly; see the module docstring for accepted layouts."""
-    path = Path(path)
+    model, our_state = _checked_model_and_state(Path(path), version, shapes_only=False)
+    model.load_state_dict({key: value.float() for key, value in our_state.items()}, strict=True)
+    return model.eval().to(device)
+
+
+def check_checkpoint(path: str | Path, version: str | None = None) -> DepthAnythingConfig:
+    """Everything `load_model` checks, without reading the weights (about a second even for vitl): the config, or
+    a `CheckpointError`. For failing early, before workers are started to load the file."""
+    model, _ = _checked_model_and_state(Path(path), version, shapes_only=True)
+    return model.config
+
+
+def _checked_model_and_state(path: Path, version: str | None, shapes_only: bool):
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     if version not in (None, "v1", "v2"):
         raise CheckpointError(f"{path}: unknown version {version!r}; expected 'v1' or 'v2'")
-    tensors, hf_config = _read_tensors(path)
+    tensors, hf_config = _read_tensors(path, shapes_only)
     is_hf_layout = any(key.startswith("backbone.") for key in tensors)
     official_state, unknown_hf_keys = hf_to_official(tensors) if is_hf_layout else (tensors, [])
 
@@ -253,7 +278,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", version: st
     our_state, unexpected = official_to_ours(official_state)
     unexpected += unknown_hf_keys
 
-    model = DepthAnything(config)
+    with torch.device("meta" if shapes_only else "cpu"):
+        model = DepthAnything(config)
     expected = model.state_dict()
     missing = [key for key in expected if key not in our_state]
     wrong_shapes = [
@@ -268,5 +294,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", version: st
                 f"{path}: not a complete {config.variant} Depth-Anything checkpoint: {problem}: "
                 f"{', '.join(items[:3])}{more}"
             )
-    model.load_state_dict({key: value.float() for key, value in our_state.items()}, strict=True)
-    return model.eval().to(device)
+    return model, our_state

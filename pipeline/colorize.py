@@ -17,14 +17,18 @@ import numpy as np
 GRAY = "gray"
 
 
+def colormap_names() -> list[str]:
+    """'gray' and every OpenCV colormap, by the names the settings take."""
+    return [GRAY] + sorted(k.removeprefix("COLORMAP_").lower() for k in dir(cv2) if k.startswith("COLORMAP_"))
+
+
 def colormap_id(name: str) -> int | None:
     """OpenCV colormap constant for a name ('inferno', 'turbo', ...); None for 'gray'."""
     if name == GRAY:
         return None
-    constant = getattr(cv2, f"COLORMAP_{name.upper()}", None)
+    constant = getattr(cv2, f"COLORMAP_{name.upper()}", None) if isinstance(name, str) else None
     if constant is None:
-        known = sorted(k.removeprefix("COLORMAP_").lower() for k in dir(cv2) if k.startswith("COLORMAP_"))
-        raise ValueError(f"unknown colormap {name!r}; expected 'gray' or one of {', '.join(known)}")
+        raise ValueError(f"unknown colormap {name!r}; expected one of {', '.join(colormap_names())}")
     return constant
 
 

@@ -22,12 +22,17 @@ import numpy as np
 
 from .frames import FrameBatch, PipelineError, VideoInfo
 
-IS_URL_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "srt://", "udp://", "tcp://")
+URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "srt://", "udp://", "tcp://")
+
+
+def is_url(source: str) -> bool:
+    """A network source PyAV opens by URL (not a path to check on disk)."""
+    return str(source).startswith(URL_SCHEMES)
 
 
 def open_video(source: str, options: dict | None = None):
     """Open a container and return (container, its first video stream); one-line PipelineError otherwise."""
-    if not source.startswith(IS_URL_PREFIXES):
+    if not is_url(source):
         path = Path(source)
         if not path.exists():
             raise PipelineError(f"{source}: input file not found")

@@ -12,7 +12,9 @@ depth. Odd frame sizes use 4:4:4 chroma, which H.264 allows at any size (4:2:0 n
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,8 @@ import numpy as np
 from .frames import PipelineError, VideoInfo
 
 DEPTH_FORMATS = ("color", "gray", "gray16", "side-by-side")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
 # Seconds of audio allowed ahead of the video when interleaving (players buffer far more than this)
 AUDIO_LEAD_S = 0.5
 ENCODER_THREADS = int(os.environ.get("DEPTH_ENCODER_THREADS", "1"))
@@ -63,7 +67,8 @@ class DepthVideoWriter:
         self.output = check_output_path(output, depth_format)
         self.depth_format = depth_format
         self.frames_written = 0
-        self._temporary = self.output.with_name(f".{self.output.stem}.partial{self.output.suffix}")
+        # Unique per writer: two runs on one output each write their own file, and the last to finish wins whole
+        self._temporary = self.output.with_name(f".{self.output.stem}.{uuid.uuid4().hex[:12]}.partial{self.output.suffix}")
         self._time_base = info.time_base
         # MP4 takes every frame's duration from the timestamps except the last one's, which comes from its packet
         # (libx264 leaves it at 0). One packet is held back so that, at the end, the last frame can be given the
@@ -75,7 +80,9 @@ class DepthVideoWriter:
         self._first_pts = self._last_pts = None
         # Copied AAC audio starts before zero (encoder priming); without this the muxer would shift every video
         # timestamp to make room (Matroska by 21 ms), and the output would no longer match the input's timing
-        self._container = av.open(str(self._temporary), mode="w", options={"avoid_negative_ts": "disabled"})
+        self._container = self._audio_in = None  # for abort(), whatever fails next
+        with self._disk_errors():
+            self._container = av.open(str(self._temporary), mode="w", options={"avoid_negative_ts": "disabled"})
         self._container.metadata.update(metadata or {})
 
         height, width = frame_hw
@@ -141,8 +148,21 @@ class DepthVideoWriter:
             return "gray16le"
         return "yuv420p" if image.shape[0] == self._stream.height * 3 // 2 else "gray"
 
+    @contextlib.contextmanager
+    def _disk_errors(self):
+        """A failed write (disk full, directory removed, quota) as one line that names the output."""
+        try:
+            yield
+        except (av.FFmpegError, OSError) as error:
+            reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+            raise PipelineError(f"{self.output}: cannot write the output ({reason})") from None
+
     def write(self, image: np.ndarray, pts: int) -> None:
         """Write one frame: H x W x 3 RGB, H x W gray (uint8 or uint16), or (3H/2) x W I420."""
+        with self._disk_errors():
+            self._write(image, pts)
+
+    def _write(self, image: np.ndarray, pts: int) -> None:
         frame = av.VideoFrame.from_ndarray(image, format=self._pixel_format_of(image))
         frame.pts, frame.time_base = pts, self._time_base
         if self._first_pts is None:
@@ -168,12 +188,13 @@ class DepthVideoWriter:
 
     def close(self) -> Path:
         """Flush, finish the file and move it to its final name."""
-        self._mux_video(self._stream.encode(), last=True)
-        self._mux_audio_until(None)
-        self._container.close()
-        if self._audio_in is not None:
-            self._audio_in.close()
-        os.replace(self._temporary, self.output)
+        with self._disk_errors():
+            self._mux_video(self._stream.encode(), last=True)
+            self._mux_audio_until(None)
+            self._container.close()
+            if self._audio_in is not None:
+                self._audio_in.close()
+            os.replace(self._temporary, self.output)
         return self.output
 
     def abort(self) -> None:

@@ -11,11 +11,16 @@ per `DepthGraph` and can serve many videos; their batches are returned out of or
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import resource
+import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -24,7 +29,7 @@ import torch
 from model import PredictorOptions
 
 from .decode import VideoDecoder
-from .frames import FrameBatch, VideoInfo
+from .frames import FrameBatch, PipelineError, VideoInfo
 from .infer import DepthWorker, ModelSource
 from .settings import PipelineSettings
 from .sink import DepthSink, RenderOptions
@@ -35,16 +40,80 @@ MODEL_GPU_SHARE = 0.75
 SINK_GPU_SHARE = 0.05  # the smoother's state and arithmetic: a few frames of depth, a few ms per frame
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to a cluster (address) or start a local one; ships this project's packages to the workers."""
+_started_local_ray = False  # whether this process started the Ray instance it uses (so may end what it left)
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None, connect_timeout_s: float = 5.0) -> None:
+    """Connect to a cluster (`address`: "auto", host:port or ray://host:port) or start a private local one.
+
+    Workers of a local cluster inherit this process's environment, so this project is put on their PYTHONPATH
+    (no packaging, which cost about a second); workers on other machines get its packages shipped as `py_modules`.
+    An address that does not answer is a one-line `PipelineError` within `connect_timeout_s`, not a long retry.
+    """
     if ray.is_initialized():
         return
-    runtime_env = {"py_modules": [str(PROJECT_ROOT / "model"), str(PROJECT_ROOT / "pipeline")]}
-    kwargs = dict(runtime_env=runtime_env, logging_level="ERROR", log_to_driver=True)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
+    kwargs = dict(logging_level="ERROR", log_to_driver=True)
+    try:
+        if address:
+            check_reachable(address, connect_timeout_s)
+            runtime_env = {"py_modules": [str(PROJECT_ROOT / "model"), str(PROJECT_ROOT / "pipeline")]}
+            ray.init(address=address, runtime_env=runtime_env, **kwargs)
+        else:
+            paths = [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+            os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+            global _started_local_ray
+            _started_local_ray = True
+            # "local": a private instance, even when another Ray runs on this machine (which ray.init() would join)
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = f"Ray cluster at {address}" if address else "a local Ray instance"
+        raise PipelineError(f"cannot start or reach {where}: {str(error).strip().splitlines()[0][:200]}") from None
+
+
+def stop_ray() -> None:
+    """Shut Ray down; for a local instance, also end whatever it started that outlives the shutdown.
+
+    Ray's dashboard and runtime-env agents, when Ray is stopped within seconds of starting (a Ctrl-C during
+    start-up), were left running for a minute or more: every process descended from this one is ended here.
+    """
+    global _started_local_ray
+    descendants = _descendant_pids(os.getpid()) if _started_local_ray else []
+    if ray.is_initialized():
+        ray.shutdown()
+    _started_local_ray = False
+    for pid in descendants:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _descendant_pids(root: int) -> list[int]:
+    """Every process below `root`, from /proc (Linux); empty where there is no /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (2nd field) can hold spaces: the parent pid is the 2nd field after its ')'
+            parent = int(entry.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.parent.name))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """For host:port addresses, a TCP connection to the cluster's GCS port, so a dead address fails fast."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
+    if match is None:
+        return  # "auto" and the like: Ray itself says at once when it finds no cluster
+    host, port = match[1], int(match[2])
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise PipelineError(f"cannot reach a Ray cluster at {address}: {error.strerror or error}") from None
 
 
 def peak_rss_mb() -> float:
@@ -90,6 +159,10 @@ class ModelActor:
         self._args = (source, options, device, threads)
         self._worker: DepthWorker | None = None
 
+    def ready(self) -> bool:
+        """Answers as soon as the actor is placed and its process runs (before the model is loaded)."""
+        return True
+
     def load(self) -> dict:
         source, options, device, threads = self._args
         self._worker = DepthWorker.create(source, options, device, threads)
@@ -123,32 +196,104 @@ class SinkActor:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many model actors, on what, with which Ray resources; and where each stream's smoother runs."""
+
+    model_actors: int
+    use_gpu: bool
+    model_options: dict
+    torch_threads: int
+    batch_size: int
+    smoother_device: str
+    sink_options: dict
+
+
+def plan_actors(settings: PipelineSettings, resources: dict[str, float]) -> ActorPlan:
+    """Check the settings against the cluster's resources before any actor is made.
+
+    Ray would otherwise leave an actor it can never place pending forever, without a word: every request that the
+    whole cluster cannot satisfy is a one-line `PipelineError` here.
+    """
+    model, ray_settings = settings.model, settings.ray
+    gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+    if gpus < 1:
+        for name, device in (("--device", model.device), ("smoothing.device", settings.smoothing.device)):
+            if device.startswith("cuda"):
+                raise PipelineError(f"{name} {device}: the Ray cluster has no GPU (use cpu or auto)")
+    use_gpu = model.device != "cpu" and gpus >= 1
+    if model.precision == "float16" and not use_gpu:
+        raise PipelineError("precision float16 needs a GPU and none is in use; use bfloat16 or float32 on the CPU")
+    count = ray_settings.model_actors or (int(gpus) if use_gpu else 1)
+    if count > cpus:
+        raise PipelineError(f"--model-actors {count}: each model actor takes 1 CPU and the Ray cluster has {cpus:g}")
+    if use_gpu and count * MODEL_GPU_SHARE > gpus:
+        raise PipelineError(f"--model-actors {count}: each takes {MODEL_GPU_SHARE} of a GPU and the Ray cluster has "
+                            f"{gpus:g} GPUs (at most {int(gpus / MODEL_GPU_SHARE)} model actors)")
+    threads = model.threads or (0 if use_gpu else max(1, int(cpus // count)))
+    # A model actor takes most of a GPU; the rest is for the sinks that smooth on it (SINK_GPU_SHARE each)
+    model_options = {"num_gpus": MODEL_GPU_SHARE, "max_concurrency": 2, "num_cpus": 1} if use_gpu else {"num_cpus": 1}
+    smoothing_device = settings.smoothing.device
+    smoother_device = ("cuda" if use_gpu else "cpu") if smoothing_device == "auto" else smoothing_device
+    return ActorPlan(
+        model_actors=count,
+        use_gpu=use_gpu,
+        model_options=model_options,
+        torch_threads=threads,
+        batch_size=settings.batching.batch_size or (8 if use_gpu else 1),
+        smoother_device=smoother_device,
+        sink_options={"num_gpus": SINK_GPU_SHARE} if smoother_device.startswith("cuda") else {},
+    )
+
+
 class DepthGraph:
-    """Model actors (created once) plus a method that streams one video through decode -> infer -> sink."""
+    """Model actors (created once) plus a method that streams one video through decode -> infer -> sink.
+
+    The model actors start loading at construction; `process` starts the video's own actors meanwhile and waits for
+    the models only when the first batch is ready for them (start-up overlaps start-up).
+    """
 
     def __init__(self, settings: PipelineSettings):
         self.settings = settings
         model = settings.model
+        self.plan = plan_actors(settings, ray.cluster_resources())
         options = PredictorOptions(model.input_size, model.even_grid, model.precision, model.compile)
         source = ModelSource(model.checkpoint, model.random_weights, model.version)
-        use_gpu = model.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
-        count = settings.ray.model_actors or (int(ray.cluster_resources().get("GPU", 0)) if use_gpu else 1)
-        cpus = ray.cluster_resources().get("CPU", 1)
-        threads = model.threads or max(1, int(cpus // count)) if not use_gpu else model.threads
-        # A model actor takes most of a GPU; the rest is for the sinks that smooth on it (SINK_GPU_SHARE each)
-        actor_options = {"num_gpus": MODEL_GPU_SHARE, "max_concurrency": 2, "num_cpus": 1} if use_gpu else {"num_cpus": 1}
+        # Inside an actor Ray makes only its assigned GPU visible, as cuda:0: "cuda:1" would not exist there
+        device = "cuda" if self.plan.use_gpu else "cpu"
         self.model_actors = [
-            ModelActor.options(**actor_options).remote(source, options, model.device, threads) for _ in range(count)
+            ModelActor.options(**self.plan.model_options).remote(source, options, device, self.plan.torch_threads)
+            for _ in range(self.plan.model_actors)
         ]
+        self._loading = [actor.load.remote() for actor in self.model_actors]
+        self._model_info: dict | None = None
+        self._next_actor = 0
+        self.batch_size = self.plan.batch_size
+
+    @property
+    def model_info(self) -> dict:
+        """What the model actors loaded (waits for them); their errors arrive here as one-line exceptions."""
+        if self._model_info is None:
+            self._model_info = self._wait_for_models()
+        return self._model_info
+
+    def _wait_for_models(self) -> dict:
+        timeout_s = self.settings.ray.placement_timeout_s
+        ready, waiting = ray.wait([a.ready.remote() for a in self.model_actors], num_returns=len(self.model_actors),
+                                  timeout=timeout_s)
+        if waiting:
+            free = ray.available_resources()
+            gpus = self.plan.model_options.get("num_gpus", 0)
+            asks, has = (f"{gpus:g} GPU and 1 CPU", f"{free.get('CPU', 0):g} CPU and {free.get('GPU', 0):g} GPU") \
+                if gpus else ("1 CPU", f"{free.get('CPU', 0):g} CPU")
+            raise PipelineError(
+                f"{len(waiting)} of {len(self.model_actors)} model actors could not be placed within {timeout_s:g} s "
+                f"(each asks for {asks}; the cluster has {has} free): is it busy with other work?"
+            )
         try:
-            self.model_info = ray.get([actor.load.remote() for actor in self.model_actors])[0]
+            return ray.get(self._loading)[0]
         except ray.exceptions.RayError as error:
             raise unwrap_ray_error(error) from None
-        self._next_actor = 0
-        self.batch_size = settings.batching.batch_size or (8 if use_gpu else 1)
-        smoothing_device = settings.smoothing.device
-        self.smoother_device = ("cuda" if use_gpu else "cpu") if smoothing_device == "auto" else smoothing_device
-        self._sink_options = {"num_gpus": SINK_GPU_SHARE} if self.smoother_device.startswith("cuda") else {}
 
     def process(
         self, source: str, output: str, on_progress: Callable[[int], None] | None = None, info: VideoInfo | None = None
@@ -166,13 +311,15 @@ class DepthGraph:
         batching = settings.batching
         started = time.monotonic()
         decoder = DecodeActor.remote(source, self.batch_size, None)
-        sink = SinkActor.options(**self._sink_options).remote(
-            output, info, settings.output, settings.smoothing.name, dict(settings.smoothing.params), self.smoother_device
+        sink = SinkActor.options(**self.plan.sink_options).remote(
+            output, info, settings.output, settings.smoothing.name, dict(settings.smoothing.params),
+            self.plan.smoother_device,
         )
         in_flight: deque = deque()
-        self._progress = {"first_written_at": None, "frames_after_first": 0}
+        progress = {"first_written_at": None, "frames_after_first": 0}
         try:
             count_ref, batch_ref = decoder.next_batch.remote()
+            model_info = self.model_info  # the models were loading while this video's actors started
             while True:
                 count = ray.get(count_ref)
                 if count == 0:
@@ -184,9 +331,9 @@ class DepthGraph:
                 depth_ref = actor.infer.remote(this_batch)
                 in_flight.append((sink.write.remote(depth_ref, this_batch), count))
                 while len(in_flight) >= batching.max_in_flight:
-                    self._wait_oldest(in_flight, on_progress)
+                    self._wait_oldest(in_flight, progress, on_progress)
             while in_flight:
-                self._wait_oldest(in_flight, on_progress)
+                self._wait_oldest(in_flight, progress, on_progress)
             sink_stats = ray.get(sink.close.remote())
             decode_stats = ray.get(decoder.stats.remote())
             model_rss = ray.get([actor.peak_rss_mb.remote() for actor in self.model_actors])
@@ -203,7 +350,7 @@ class DepthGraph:
             ray.kill(sink)
         finished = time.monotonic()
         seconds = finished - started
-        steady_s = finished - (self._progress["first_written_at"] or finished)
+        steady_s = finished - (progress["first_written_at"] or finished)
         peak_rss = {"decode": decode_stats.pop("peak_rss_mb"), "model": max(model_rss),
                     "sink": sink_stats.pop("peak_rss_mb")}
         summary = {
@@ -213,23 +360,24 @@ class DepthGraph:
             "dropped": 0,
             "seconds": round(seconds, 3),
             "fps": round(decode_stats["frames_in"] / seconds, 3) if seconds > 0 else None,
-            "fps_steady": round(self._progress["frames_after_first"] / steady_s, 3) if steady_s > 0 else None,
+            "fps_steady": round(progress["frames_after_first"] / steady_s, 3) if steady_s > 0 else None,
             **sink_stats,
             "depth_format": settings.output.depth_format,
             "batch_size": self.batch_size,
-            "model": self.model_info,
+            "model": model_info,
             "peak_rss_mb": peak_rss,
         }
         return summary
 
-    def _wait_oldest(self, in_flight: deque, on_progress) -> None:
+    @staticmethod
+    def _wait_oldest(in_flight: deque, progress: dict, on_progress) -> None:
         write_ref, count = in_flight.popleft()
         ray.get(write_ref)
         # Steady-state rate: from the first written batch on, so actor start-up and warm-up are not counted
-        if self._progress["first_written_at"] is None:
-            self._progress["first_written_at"] = time.monotonic()
+        if progress["first_written_at"] is None:
+            progress["first_written_at"] = time.monotonic()
         else:
-            self._progress["frames_after_first"] += count
+            progress["frames_after_first"] += count
         if on_progress:
             on_progress(count)
 

@@ -3,20 +3,29 @@ Typed settings: dataclasses, filled from a YAML preset and then from command-lin
 
 Takes: a YAML file (sections model / batching / smoothing / output / ray) and a dict of overrides
 (`{"model.batch_size": 8}` style dotted keys, or section dicts).
-Gives: a frozen `PipelineSettings`. An unknown section or key is an error that names it and the file.
+Gives: a frozen `PipelineSettings`. An unknown section or key, a value of the wrong type or out of range, is a
+one-line `PipelineError` that names the file (or command-line flag), the key and the values allowed, raised while
+the settings are read: before any model, video or Ray work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from model import PRECISIONS, VARIANTS
+
+from .colorize import colormap_id, colormap_names
+from .encode import DEPTH_FORMATS, X264_PRESETS
 from .frames import PipelineError
 from .sink import RenderOptions
+from .smoothing import SMOOTHER_NAMES, make_smoother
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class RaySettings:
     address: str | None = None  # an existing cluster ("auto" or host:port); None starts a local one
     model_actors: int = 0  # 0: one per GPU, or one on a CPU-only machine
     num_cpus: int | None = None  # for a local cluster; None: all cores
+    placement_timeout_s: float = 60.0  # an actor the cluster cannot place within this long is an error, not a hang
 
 
 @dataclass(frozen=True)
@@ -66,16 +76,129 @@ class PipelineSettings:
     ray: RaySettings = RaySettings()
 
 
-def _apply(section, values: dict, where: str):
+# ---------------------------------------------------------------------------------------------------------------------
+# What each setting accepts: a check returns None for a good value, or what is wrong with it (the message's tail)
+
+Check = Callable[[Any], "str | None"]
+
+
+def integer(minimum: int | None = None, maximum: int | None = None, multiple_of: int | None = None) -> Check:
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be a whole number, got {value!r}"
+        if minimum is not None and value < minimum or maximum is not None and value > maximum:
+            bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            return f"must be {bounds}, got {value}"
+        if multiple_of and value % multiple_of:
+            return f"must be a multiple of {multiple_of}, got {value}"
+        return None
+
+    return check
+
+
+def number(minimum: float | None = None, above: float | None = None) -> Check:
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number, got {value!r}"
+        if minimum is not None and value < minimum:
+            return f"must be >= {minimum}, got {value}"
+        if above is not None and value <= above:
+            return f"must be > {above}, got {value}"
+        return None
+
+    return check
+
+
+def one_of(*choices: str) -> Check:
+    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}; got {value!r}"
+
+
+def of_type(kind: type, name: str) -> Check:
+    return lambda value: None if isinstance(value, kind) else f"must be {name}, got {value!r}"
+
+
+def optional(check: Check) -> Check:
+    return lambda value: None if value is None else check(value)
+
+
+def device_name(value) -> str | None:
+    if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        return None
+    return f"must be auto, cpu, cuda or cuda:N; got {value!r}"
+
+
+def colormap_name(value) -> str | None:
+    try:
+        colormap_id(value)
+    except ValueError:
+        return f"must be one of {', '.join(colormap_names())}; got {value!r}"
+    return None
+
+
+RULES: dict[str, dict[str, Check]] = {
+    "model": {
+        "checkpoint": optional(of_type(str, "a path")),
+        "random_weights": optional(one_of(*VARIANTS)),
+        "version": optional(one_of("v1", "v2")),
+        "input_size": integer(14, multiple_of=14),
+        "even_grid": of_type(bool, "true or false"),
+        "precision": one_of(*PRECISIONS),
+        "compile": of_type(bool, "true or false"),
+        "device": device_name,
+        "threads": integer(0),
+    },
+    "batching": {"batch_size": integer(0), "max_wait_ms": number(0), "max_in_flight": integer(1)},
+    "smoothing": {"name": one_of(*SMOOTHER_NAMES), "params": of_type(dict, "a mapping"), "device": device_name},
+    "output": {
+        "depth_format": one_of(*DEPTH_FORMATS),
+        "colormap": colormap_name,
+        "preset": one_of(*X264_PRESETS),
+        "crf": integer(0, 51),
+        "depth_scale": optional(number(above=0)),
+        "copy_audio": of_type(bool, "true or false"),
+    },
+    "ray": {
+        "address": optional(of_type(str, "an address (auto or host:port)")),
+        "model_actors": integer(0),
+        "num_cpus": optional(integer(1)),
+        "placement_timeout_s": number(above=0),
+    },
+}
+
+
+def _apply(section, values: dict, where: str, section_name: str, labels: dict[str, str]):
     known = {f.name: f for f in dataclasses.fields(section)}
-    for key in values:
+    for key, value in values.items():
         if key not in known:
-            raise PipelineError(f"{where}: unknown setting {key!r}; expected one of {', '.join(known)}")
+            raise PipelineError(f"{where} [{section_name}]: unknown setting {key!r}; expected one of {', '.join(known)}")
+        problem = RULES[section_name][key](value)
+        if problem:
+            name = labels.get(f"{section_name}.{key}", f"{section_name}.{key}")
+            raise PipelineError(f"{where}: {name} {problem}")
     return dataclasses.replace(section, **values)
 
 
-def merge(settings: PipelineSettings, overrides: dict[str, Any], where: str) -> PipelineSettings:
-    """Apply {"section": {...}} or {"section.key": value} overrides; `where` names the source in errors."""
+def check_combination(settings: PipelineSettings) -> PipelineSettings:
+    """What single values cannot show: settings that contradict each other, smoother parameters."""
+    model = settings.model
+    if model.checkpoint and model.random_weights:
+        raise PipelineError("settings: a checkpoint and random weights were both given; choose one")
+    if model.precision == "float16" and model.device == "cpu":
+        raise PipelineError("settings: float16 needs a CUDA device; use bfloat16 or float32 on the CPU")
+    smoothing = settings.smoothing
+    try:
+        make_smoother(smoothing.name, device="cpu", **smoothing.params)
+    except ValueError as error:
+        raise PipelineError(f"settings: smoothing.params: {error}") from None
+    return settings
+
+
+def merge(settings: PipelineSettings, overrides: dict[str, Any], where: str,
+          labels: dict[str, str] | None = None) -> PipelineSettings:
+    """Apply {"section": {...}} or {"section.key": value} overrides, each value checked against `RULES`.
+
+    `where` names the source in errors; `labels` may name a key the way the user wrote it (a command-line flag).
+    """
     sections = {f.name for f in dataclasses.fields(settings)}
     grouped: dict[str, dict] = {}
     for key, value in overrides.items():
@@ -88,11 +211,13 @@ def merge(settings: PipelineSettings, overrides: dict[str, Any], where: str) -> 
             grouped.setdefault(section, {}).update(value)
         else:
             raise PipelineError(f"{where}: section {section!r} must be a mapping")
-    changes = {s: _apply(getattr(settings, s), v, f"{where} [{s}]") for s, v in grouped.items()}
+    changes = {s: _apply(getattr(settings, s), v, where, s, labels or {}) for s, v in grouped.items()}
     return dataclasses.replace(settings, **changes)
 
 
-def load_settings(preset: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineSettings:
+def load_settings(preset: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                  labels: dict[str, str] | None = None) -> PipelineSettings:
+    """Defaults, then the YAML preset, then the overrides (None values skipped); every value checked."""
     settings = PipelineSettings()
     if preset is not None:
         path = Path(preset)
@@ -105,7 +230,8 @@ def load_settings(preset: str | Path | None = None, overrides: dict[str, Any] | 
         if not isinstance(data, dict):
             raise PipelineError(f"{path}: expected a mapping of sections at the top level")
         settings = merge(settings, data, str(path))
-    return merge(settings, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return check_combination(merge(settings, overrides, "command line", labels))
 
 
 def as_dict(settings: PipelineSettings) -> dict:

@@ -7,15 +7,19 @@ import argparse
 import pytest
 import torch
 
-from model import CheckpointError, load_model
+from model import CheckpointError, check_checkpoint, load_model
 
 
 def load_error(path, **kwargs) -> str:
+    """The one-line error of loading, which the shapes-only check (run before any worker starts) gives too."""
     with pytest.raises(CheckpointError) as caught:
         load_model(path, **kwargs)
     message = str(caught.value)
     assert "\n" not in message
     assert str(path) in message
+    with pytest.raises(CheckpointError) as checked:
+        check_checkpoint(path, **kwargs)
+    assert str(checked.value) == message
     return message
 
 
@@ -100,3 +104,10 @@ def test_wrapped_state_dict_is_accepted(vits_checkpoint, tmp_path):
     wrapped = tmp_path / "wrapped.pth"
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, wrapped)
     assert load_model(wrapped).config.variant == "vits"
+    assert check_checkpoint(wrapped).variant == "vits"
+
+
+@pytest.mark.parametrize("layout", ["official", "hf"])
+def test_check_without_loading_reads_the_config(vits_checkpoint, layout):
+    path = vits_checkpoint.official_path if layout == "official" else vits_checkpoint.hf_folder
+    assert check_checkpoint(path) == load_model(path).config

@@ -106,7 +106,7 @@ def bad_input_cases(tmp_path, clips):
         "missing checkpoint": ([good, "--checkpoint", tmp_path / "none.pth"], "checkpoint not found"),
         "no model": ([good], "no model"),
         "gray16 in mp4": ([good, "--depth-format", "gray16", *FAST], "use a .mkv"),
-        "unknown colormap": ([good, "--colormap", "rainbowz", *FAST], "unknown colormap"),
+        "unknown colormap": ([good, "--colormap", "rainbowz", *FAST], "--colormap must be one of gray, autumn"),
         "output is the input": ([good, "-o", good, *FAST], "would overwrite the input"),
     }
 

@@ -69,6 +69,22 @@ def test_sink_refuses_to_close_with_a_gap(worker, sample, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_two_writers_on_one_output_do_not_mix(sample, tmp_path):
+    """Two runs on the same output, interleaved: each has its own temporary file; the last to finish wins whole."""
+    info = VideoDecoder(str(sample)).info
+    output = tmp_path / "shared.mkv"
+    first, second = (DepthVideoWriter(output, "gray16", info, (64, 96)) for _ in range(2))
+    for index in range(6):
+        first.write(np.full((64, 96), 1000, np.uint16), index * 1001)
+        second.write(np.full((64, 96), 2000, np.uint16), index * 1001)
+    first.close()
+    assert np.all(gray16_frames(output) == 1000) and len(gray16_frames(output)) == 6
+    second.write(np.full((64, 96), 2000, np.uint16), 6 * 1001)
+    second.close()
+    assert np.all(gray16_frames(output) == 2000) and len(gray16_frames(output)) == 7
+    assert [p.name for p in tmp_path.iterdir()] == [output.name]
+
+
 def test_writer_is_atomic(sample, tmp_path):
     info = VideoDecoder(str(sample)).info
     output = tmp_path / "atomic.mp4"
