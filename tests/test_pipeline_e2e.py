@@ -137,3 +137,13 @@ def test_unreadable_checkpoint_fails_inside_the_model_actor(ray_cluster, clips, 
     assert code == 2
     assert err.strip().splitlines()[-1].startswith(f"error: {wrong}: not a Depth-Anything checkpoint")
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("width, height", [(1, 48), (2, 2)])
+def test_videos_a_few_pixels_in_size(ray_cluster, tmp_path, capsys, width, height):
+    """The smoother's motion blur and the encoder's chroma layout must cope with frames of one or two pixels."""
+    source = clip(tmp_path, f"tiny_{width}x{height}.mp4", width=width, height=height, frames=6)
+    output = tmp_path / "tiny_depth.mp4"
+    code, summary, err = run_cli(capsys, source, "-o", output, *FAST)
+    assert code == 0, err
+    assert summary["frames_out"] == 6 and read_video(output)["size"] == (height, width)
