@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--depth-format", choices=DEPTH_FORMATS)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--input-size", type=int, help="short side fed to the model, multiple of 14 (default 518)")
-    parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="auto (default): float16 on a GPU, float32 on a CPU")
     parser.add_argument("--smoother", help="temporal smoother: default, ema, none")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--address", help="existing Ray cluster address (default: start a local one)")
@@ -135,6 +136,11 @@ def run(args: argparse.Namespace) -> dict:
 
     from pipeline.decode import VideoDecoder
     from pipeline.graph import DepthGraph, start_ray
+    from pipeline.infer import cpu_only_torch_on_a_gpu_machine
+
+    if model.device != "cpu" and cpu_only_torch_on_a_gpu_machine():
+        print("warning: this machine has an NVIDIA GPU but this torch is a CPU-only build; everything runs on the "
+              "CPU (see the README for installing a CUDA build of torch)", file=sys.stderr)
 
     probe = VideoDecoder(source)  # input errors before Ray starts
     info = probe.info

@@ -4,7 +4,8 @@ A ready-to-run depth predictor: frames in, depth at frame size out, with the pre
 Takes: uint8 RGB frames B x H x W x 3 (torch tensor; moved to the model's device if it is not there).
 Gives: float32 relative inverse depth B x H x W on the model's device (or B x h x w at model size).
 
-Precision: "float32" (default, faithful), "bfloat16" (CPUs with AVX512-BF16/AMX and GPUs) or "float16" (GPU only).
+Precision: "float32" (faithful; TF32 matmuls on a GPU), "bfloat16" (CPUs with AVX512-BF16/AMX and GPUs), "float16"
+(GPU only), or "auto": float16 on a GPU, float32 on a CPU.
 Reduced precision runs under autocast, so LayerNorm, softmax statistics and the position-table resampling stay in
 float32 while the matrix products and convolutions run in the lower precision.
 """
@@ -12,7 +13,7 @@ float32 while the matrix products and convolutions run in the lower precision.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,8 +33,8 @@ class PredictorOptions:
     compile: bool = False
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; expected one of {sorted(PRECISIONS)}")
+        if self.precision not in (*PRECISIONS, "auto"):
+            raise ValueError(f"unknown precision {self.precision!r}; expected auto or one of {sorted(PRECISIONS)}")
         if self.input_size < 14 or self.input_size % 14:
             raise ValueError(f"input size {self.input_size} must be a positive multiple of 14")
 
@@ -43,10 +44,16 @@ class DepthPredictor:
 
     def __init__(self, net: DepthAnything, options: PredictorOptions = PredictorOptions()):
         self.net = net.eval()
-        self.options = options
         self.device = next(net.parameters()).device
+        if options.precision == "auto":  # float16 on a GPU; float32 (faithful) on a CPU
+            options = replace(options, precision="float16" if self.device.type == "cuda" else "float32")
+        self.options = options
         if options.precision == "float16" and self.device.type != "cuda":
             raise ValueError("float16 needs a CUDA device; use bfloat16 on the CPU")
+        if self.device.type == "cuda" and options.precision == "float32":
+            # TF32 tensor cores for float32 matmuls and convolutions (Ampere and later): relative error ~1e-3
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self._forward = torch.compile(net, dynamic=False) if options.compile else net
 
     def input_size_for(self, frame_hw: tuple[int, int]) -> tuple[int, int]:

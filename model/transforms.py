@@ -14,6 +14,7 @@ grids muggled_dpt uses (and a simpler fusion path on any DPT code).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -50,9 +51,16 @@ def prepare_frames(frames_bhwc: torch.Tensor, input_hw: tuple[int, int]) -> torc
     if tuple(image_bchw.shape[-2:]) != tuple(input_hw):
         # Bicubic overshoot is kept (no clamp): the original resizes the float image and does not clip
         image_bchw = F.interpolate(image_bchw, size=input_hw, mode="bicubic", align_corners=False, antialias=False)
-    mean = torch.tensor(IMAGENET_MEAN, device=image_bchw.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=image_bchw.device).view(1, 3, 1, 1)
+    mean, std = _normalisation(image_bchw.device)
     return image_bchw.sub_(mean).div_(std).contiguous()
+
+
+@functools.lru_cache(maxsize=8)
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as 1 x 3 x 1 x 1 tensors on `device`, made once: building them per call is a
+    host-to-device copy that waits for the GPU."""
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
 
 
 def resize_depth(depth_bhw: torch.Tensor, frame_hw: tuple[int, int]) -> torch.Tensor:

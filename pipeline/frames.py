@@ -2,7 +2,7 @@
 What flows between the stages: batches of frames and of depth maps, each frame with its index and exact timestamp.
 
 A `FrameBatch` carries B decoded frames as one B x H x W x 3 uint8 RGB array (the layout the model wants, upright
-after any rotation metadata); a `DepthBatch` the matching B x H x W float32 relative inverse depth. Timestamps stay
+after any rotation metadata); a `DepthBatch` the matching relative inverse depth, B x h x w at the model's resolution. Timestamps stay
 in the source's units (`pts` in `time_base`), so variable frame rates and 29.97 fps survive exactly.
 """
 
@@ -48,7 +48,8 @@ class FrameBatch:
 
 @dataclass
 class DepthBatch:
-    """Depth for a FrameBatch: `depth` B x H x W float32, same indices and timestamps."""
+    """Depth for a FrameBatch: `depth` B x h x w (float16 or float32) at the model's resolution, which keeps the
+    frame's aspect ratio; same indices and timestamps. `DepthSink` resizes it to the frame size."""
 
     first_index: int
     pts: list[int]

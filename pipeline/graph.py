@@ -121,6 +121,12 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads, user + system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def unwrap_ray_error(error: Exception) -> Exception:
     """The user's exception inside a Ray task error (for a one-line message), or the error itself."""
     cause = getattr(error, "cause", None)
@@ -134,6 +140,7 @@ def unwrap_ray_error(error: Exception) -> Exception:
 @ray.remote(num_cpus=0)
 class DecodeActor:
     def __init__(self, source: str, batch_size: int, max_wait_s: float | None):
+        self._cpu_at_start = cpu_seconds()
         self._decoder = VideoDecoder(source)
         self._batches = self._decoder.batches(batch_size, max_wait_s)
 
@@ -150,6 +157,7 @@ class DecodeActor:
             "corrupt_packets": self._decoder.corrupt_packets,
             "repaired_timestamps": self._decoder.repaired_timestamps,
             "peak_rss_mb": peak_rss_mb(),
+            "cpu_s": cpu_seconds() - self._cpu_at_start,
         }
 
 
@@ -166,28 +174,32 @@ class ModelActor:
     def load(self) -> dict:
         source, options, device, threads = self._args
         self._worker = DepthWorker.create(source, options, device, threads)
+        self._cpu_after_load = cpu_seconds()
         config = self._worker.predictor.net.config
         return {"variant": config.variant, "version": config.version, "device": str(self._worker.device),
                 "torch_threads": torch.get_num_threads()}
 
-    def infer(self, batch: FrameBatch):
-        return self._worker.infer(batch)
+    def infer(self, batch: FrameBatch, depth_dtype: str):
+        return self._worker.infer(batch, depth_dtype)
 
-    def peak_rss_mb(self) -> float:
-        return peak_rss_mb()
+    def usage(self) -> dict:
+        """Peak memory; CPU seconds and frames since the model was loaded (all streams together)."""
+        return {"peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_seconds() - self._cpu_after_load,
+                "frames": self._worker.frames_processed}
 
 
 @ray.remote(num_cpus=0)
 class SinkActor:
     def __init__(self, output: str, info: VideoInfo, render: RenderOptions, smoother_name: str, params: dict,
                  smoother_device: str):
+        self._cpu_at_start = cpu_seconds()
         self._sink = DepthSink(output, info, render, make_smoother(smoother_name, device=smoother_device, **params))
 
     def write(self, depth_batch, frame_batch) -> int:
         return self._sink.write(depth_batch, frame_batch)
 
     def close(self) -> dict:
-        return {**self._sink.close(), "peak_rss_mb": peak_rss_mb()}
+        return {**self._sink.close(), "peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_seconds() - self._cpu_at_start}
 
     def abort(self) -> None:
         self._sink.abort()
@@ -253,12 +265,13 @@ class DepthGraph:
     the models only when the first batch is ready for them (start-up overlaps start-up).
     """
 
-    def __init__(self, settings: PipelineSettings):
+    def __init__(self, settings: PipelineSettings, builder=None):
+        """`builder`: benchmarks only, a picklable callable that builds a stand-in network (see ModelSource)."""
         self.settings = settings
         model = settings.model
         self.plan = plan_actors(settings, ray.cluster_resources())
         options = PredictorOptions(model.input_size, model.even_grid, model.precision, model.compile)
-        source = ModelSource(model.checkpoint, model.random_weights, model.version)
+        source = ModelSource(model.checkpoint, model.random_weights, model.version, builder=builder)
         # Inside an actor Ray makes only its assigned GPU visible, as cuda:0: "cuda:1" would not exist there
         device = "cuda" if self.plan.use_gpu else "cpu"
         self.model_actors = [
@@ -317,6 +330,8 @@ class DepthGraph:
         )
         in_flight: deque = deque()
         progress = {"first_written_at": None, "frames_after_first": 0}
+        # float16 depth is finer than any 8-bit picture; the 16-bit output keeps float32
+        depth_dtype = "float32" if settings.output.depth_format == "gray16" else "float16"
         try:
             count_ref, batch_ref = decoder.next_batch.remote()
             model_info = self.model_info  # the models were loading while this video's actors started
@@ -328,7 +343,7 @@ class DepthGraph:
                 count_ref, batch_ref = decoder.next_batch.remote()  # decode ahead while this batch is inferred
                 actor = self.model_actors[self._next_actor % len(self.model_actors)]
                 self._next_actor += 1
-                depth_ref = actor.infer.remote(this_batch)
+                depth_ref = actor.infer.remote(this_batch, depth_dtype)
                 in_flight.append((sink.write.remote(depth_ref, this_batch), count))
                 while len(in_flight) >= batching.max_in_flight:
                     self._wait_oldest(in_flight, progress, on_progress)
@@ -336,7 +351,7 @@ class DepthGraph:
                 self._wait_oldest(in_flight, progress, on_progress)
             sink_stats = ray.get(sink.close.remote())
             decode_stats = ray.get(decoder.stats.remote())
-            model_rss = ray.get([actor.peak_rss_mb.remote() for actor in self.model_actors])
+            model_rss = [usage["peak_rss_mb"] for usage in ray.get([a.usage.remote() for a in self.model_actors])]
         except BaseException as error:
             try:
                 ray.get(sink.abort.remote())
@@ -353,6 +368,9 @@ class DepthGraph:
         steady_s = finished - (progress["first_written_at"] or finished)
         peak_rss = {"decode": decode_stats.pop("peak_rss_mb"), "model": max(model_rss),
                     "sink": sink_stats.pop("peak_rss_mb")}
+        frames = max(decode_stats["frames_in"], 1)
+        cpu_ms = {"decode": decode_stats.pop("cpu_s"), "sink": sink_stats.pop("cpu_s"),
+                  **{f"sink: {stage}": seconds for stage, seconds in sink_stats.pop("stage_cpu_s").items()}}
         summary = {
             "input": source,
             **decode_stats,
@@ -366,6 +384,8 @@ class DepthGraph:
             "batch_size": self.batch_size,
             "model": model_info,
             "peak_rss_mb": peak_rss,
+            # CPU of this stream's own actors, per frame (the model actors' is in their usage(): they are shared)
+            "cpu_ms_per_frame": {stage: round(seconds * 1e3 / frames, 2) for stage, seconds in cpu_ms.items()},
         }
         return summary
 

@@ -35,7 +35,7 @@ class ModelSettings:
     version: str | None = None  # v1 / v2; None: from the checkpoint
     input_size: int = 518  # the short side the model sees
     even_grid: bool = False
-    precision: str = "float32"  # float32 | bfloat16 | float16 (GPU)
+    precision: str = "auto"  # auto (float16 on a GPU, float32 on a CPU) | float32 | bfloat16 | float16 (GPU)
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads per model actor; 0: the actor's CPU share
@@ -142,7 +142,7 @@ RULES: dict[str, dict[str, Check]] = {
         "version": optional(one_of("v1", "v2")),
         "input_size": integer(14, multiple_of=14),
         "even_grid": of_type(bool, "true or false"),
-        "precision": one_of(*PRECISIONS),
+        "precision": one_of("auto", *PRECISIONS),
         "compile": of_type(bool, "true or false"),
         "device": device_name,
         "threads": integer(0),

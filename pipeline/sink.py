@@ -1,8 +1,9 @@
 """
 Sink: depth batches (any order) -> restored frame order -> smoothing -> rendering -> encoding.
 
-Takes: `write(depth_batch, frame_batch)` with matching `DepthBatch` and `FrameBatch` (the frames are needed for the
-side-by-side view and by smoothers that look at the image).
+Takes: `write(depth_batch, frame_batch)` with matching `DepthBatch` (B x h x w at the model's resolution, or at
+frame size) and `FrameBatch` (the frames are needed for the side-by-side view and by smoothers that look at the
+image). Depth is smoothed at its own resolution and resized to the frame size once, for rendering.
 Gives: the output file, on `close()`, with exactly one output frame per input frame at the input's timestamp, and
 a small dict of what was written.
 
@@ -12,8 +13,10 @@ is filled. The caller bounds how many batches are in flight, which bounds this b
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from .colorize import GRAY, DepthColorizer, DepthQuantizer
@@ -46,6 +49,7 @@ class DepthSink:
         self._writer: DepthVideoWriter | None = None
         self._next_index = 0
         self._waiting: dict[int, tuple[DepthBatch, FrameBatch]] = {}
+        self.stage_cpu_s = {"smooth": 0.0, "render": 0.0, "encode": 0.0}  # CPU seconds spent in each step
 
     # .................................................................................................................
 
@@ -62,7 +66,17 @@ class DepthSink:
         return self.frames_written
 
     def _write_frame(self, depth: np.ndarray, rgb: np.ndarray, pts: int) -> None:
-        smoothed = self.smoother.update(depth, rgb)
+        started = time.process_time()
+        height, width = rgb.shape[:2]
+        depth = depth.astype(np.float32, copy=False)
+        model_hw = depth.shape
+        # Smoothing runs at the model's resolution (fewer pixels; the motion gate sees the frame shrunk to match),
+        # then the depth is resized once to the frame, bilinear with half-pixel centres, as the original does
+        guide = rgb if model_hw == (height, width) else cv2.resize(rgb, model_hw[::-1], interpolation=cv2.INTER_LINEAR)
+        smoothed = self.smoother.update(depth, guide)
+        if model_hw != (height, width):
+            smoothed = cv2.resize(smoothed, (width, height), interpolation=cv2.INTER_LINEAR)
+        smoothed_at = time.process_time()
         if getattr(self.smoother, "cut_detected", False):
             self.colorizer.tracker.reset()  # a new shot gets its own display range at once, not a slow drift
         if self.quantizer is not None:
@@ -76,7 +90,11 @@ class DepthSink:
         if self._writer is None:
             frame_hw = smoothed.shape if self.options.depth_format != "side-by-side" else image.shape[:2]
             self._writer = self._open_writer(tuple(frame_hw))
+        rendered_at = time.process_time()
         self._writer.write(image, pts)
+        for stage, seconds in (("smooth", smoothed_at - started), ("render", rendered_at - smoothed_at),
+                               ("encode", time.process_time() - rendered_at)):
+            self.stage_cpu_s[stage] += seconds
 
     def _open_writer(self, frame_hw: tuple[int, int]) -> DepthVideoWriter:
         metadata = {"DEPTH_MODEL": "Depth-Anything relative inverse depth (larger is nearer)"}
@@ -106,7 +124,7 @@ class DepthSink:
         if self._writer is None:
             raise RuntimeError("no frames were written")
         path = self._writer.close()
-        stats = {"output": str(path), "frames_out": self.frames_written}
+        stats = {"output": str(path), "frames_out": self.frames_written, "stage_cpu_s": dict(self.stage_cpu_s)}
         if self.quantizer is not None:
             stats.update(depth_scale=self.quantizer.scale, saturated_pixels=self.quantizer.saturated_pixels)
         return stats

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import DepthPredictor, PredictorOptions
+from model import DepthPredictor, PredictorOptions, resize_depth
 from model.random_weights import random_model
 from pipeline.colorize import DepthColorizer, DepthQuantizer, RangeTracker, colormap_id
 from pipeline.decode import VideoDecoder
@@ -32,13 +32,30 @@ def worker():
     return DepthWorker(DepthPredictor(random_model("vits", seed=0), SMALL))
 
 
-def test_worker_turns_frames_into_depth_at_frame_size(worker, sample):
+@pytest.mark.parametrize("depth_dtype, tolerance", [("float32", 1e-5), ("float16", 1e-3)])
+def test_worker_gives_depth_at_model_resolution(worker, sample, depth_dtype, tolerance):
     batch = next(VideoDecoder(str(sample)).batches(4))
-    depth_batch = worker.infer(batch)
-    assert depth_batch.depth.shape == (4, 64, 96) and depth_batch.depth.dtype == np.float32
+    depth_batch = worker.infer(batch, depth_dtype)
+    # 64 x 96 frames: the short side becomes 70, the long side 105 = 7.5 patches, rounded half-to-even to 8: 112
+    assert depth_batch.depth.shape == (4, 70, 112) and depth_batch.depth.dtype == np.dtype(depth_dtype)
     assert depth_batch.pts == batch.pts and depth_batch.first_index == 0
-    direct = worker.predictor(torch.from_numpy(batch.rgb)).numpy()
-    np.testing.assert_allclose(depth_batch.depth, direct, rtol=1e-5, atol=1e-6)
+    direct = worker.predictor(torch.from_numpy(batch.rgb), at_frame_size=False).numpy()
+    np.testing.assert_allclose(depth_batch.depth, direct, rtol=tolerance, atol=tolerance * direct.max())
+
+
+def test_sink_resizes_model_resolution_depth_to_the_frame_as_the_original(worker, sample, tmp_path):
+    """Depth at model resolution in, frame-size 16-bit depth out: bilinear, half-pixel centres, like the model's
+    own `resize_depth` (the original's post-processing)."""
+    decoder = VideoDecoder(str(sample))
+    batch = next(decoder.batches(4))
+    output = tmp_path / "resized.mkv"
+    sink = DepthSink(str(output), decoder.info, RenderOptions(depth_format="gray16"), make_smoother("none"))
+    sink.write(worker.infer(batch, "float32"), batch)
+    stats = sink.close()
+    expected = worker.predictor(torch.from_numpy(batch.rgb)).numpy()  # resized by torch, on the model's side
+    written = gray16_frames(output) / read_depth_scale(output)
+    assert written.shape == expected.shape == (4, 64, 96)
+    np.testing.assert_allclose(written, expected, atol=0.51 / stats["depth_scale"] + 1e-4 * expected.max())
 
 
 def test_sink_restores_order_and_writes_every_frame(worker, sample, tmp_path):
@@ -46,14 +63,14 @@ def test_sink_restores_order_and_writes_every_frame(worker, sample, tmp_path):
     batches = list(decoder.batches(3))
     output = tmp_path / "ordered.mkv"
     sink = DepthSink(str(output), decoder.info, RenderOptions(depth_format="gray16"), make_smoother("none"))
-    results = [worker.infer(b) for b in batches]
+    results = [worker.infer(b, "float32") for b in batches]
     for index in (2, 0, 3, 1):  # arrive out of order
         sink.write(results[index], batches[index])
     stats = sink.close()
     assert stats["frames_out"] == 10
     written = gray16_frames(output) / read_depth_scale(output)
-    expected = np.concatenate([r.depth for r in results])
-    np.testing.assert_allclose(written, expected, atol=0.51 / stats["depth_scale"])
+    expected = resize_depth(torch.from_numpy(np.concatenate([r.depth for r in results])), (64, 96)).numpy()
+    np.testing.assert_allclose(written, expected, atol=0.51 / stats["depth_scale"] + 1e-4 * expected.max())
     # Matroska counts in milliseconds
     assert read_video(output)["seconds"] == pytest.approx(read_video(sample)["seconds"], abs=5e-4)
 

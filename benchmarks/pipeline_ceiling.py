@@ -1,0 +1,116 @@
+"""
+The pipeline's own ceiling: the whole Ray pipeline, file to file, with an instant stand-in for the model.
+
+    .venv/bin/python benchmarks/pipeline_ceiling.py [--frames 240] [--width 1280 --height 720]
+
+Everything but the network is real: decode actor, object store, model actor (input preparation at 518 px short
+side, output at the model's resolution and back), sink (default smoother, tracked colour range, inferno colour
+straight to YUV, libx264 ultrafast), audio-less MP4 out. The stand-in returns a cheap depth-like map (a blurred
+luminance) at the model's resolution, so what is measured is what a GPU node pays per frame outside its GPU.
+
+Prints, in one run: fps for one stream and for two concurrent streams on the same model actor, and CPU ms per frame
+of each actor (decode, model actor, sink and its smooth / render / encode steps) and of the driver.
+Goals (issue 10) on the 2-core build machine: one stream >= 60 fps; CPU outside the model <= 15 ms per 720p frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import ray
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model import make_config  # noqa: E402
+from pipeline.graph import DepthGraph, cpu_seconds, start_ray  # noqa: E402
+from pipeline.sample_video import make_sample_clip  # noqa: E402
+from pipeline.settings import load_settings  # noqa: E402
+
+
+class InstantDepth(nn.Module):
+    """Stand-in network: normalised B x 3 x h x w in, B x h x w "depth" out (a 4x-pooled luminance, upsampled)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = make_config("vits")
+        self.offset = nn.Parameter(torch.ones(1))  # a parameter, so the predictor finds the device
+
+    def forward(self, image_bchw: torch.Tensor) -> torch.Tensor:
+        pooled = F.avg_pool2d(image_bchw.mean(1, keepdim=True), 4)
+        return F.interpolate(pooled, size=image_bchw.shape[-2:], mode="nearest")[:, 0] + 3 + self.offset
+
+
+def build_instant_depth() -> nn.Module:
+    return InstantDepth()
+
+
+def run_streams(graph: DepthGraph, clips: list[Path], folder: Path) -> tuple[float, list[dict], float]:
+    """Process the clips at once (one thread each); returns (wall seconds, summaries, driver CPU seconds)."""
+    summaries: list[dict | None] = [None] * len(clips)
+
+    def one(index: int) -> None:
+        summaries[index] = graph.process(str(clips[index]), str(folder / f"out_{len(clips)}_{index}.mp4"))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(clips))]
+    cpu_before, started = cpu_seconds(), time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, summaries, cpu_seconds() - cpu_before
+
+
+def model_actor_usage(graph: DepthGraph) -> dict:
+    usages = ray.get([actor.usage.remote() for actor in graph.model_actors])
+    return {"cpu_s": sum(u["cpu_s"] for u in usages), "frames": sum(u["frames"] for u in usages)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=240)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args()
+    start_ray(num_cpus=2)
+    folder = Path(tempfile.mkdtemp(prefix="ceiling_"))
+    clips = [make_sample_clip(folder / f"clip{i}.mp4", width=args.width, height=args.height, frames=args.frames,
+                              rate=30) for i in range(2)]
+    settings = load_settings("configs/default.yaml", {"model.device": "cpu", "batching.batch_size": args.batch_size})
+    graph = DepthGraph(settings, builder=build_instant_depth)
+    try:
+        graph.process(str(clips[0]), str(folder / "warm_up.mp4"))  # actor start-up and first-call costs
+        print(f"{args.width}x{args.height}, {args.frames} frames per stream, instant stand-in model, default "
+              f"smoother, colour output, batch {args.batch_size}, torch {torch.__version__}")
+        for streams in (1, 2):
+            model_before = model_actor_usage(graph)
+            seconds, summaries, driver_cpu = run_streams(graph, clips[:streams], folder)
+            model_after = model_actor_usage(graph)
+            frames = sum(s["frames_out"] for s in summaries)
+            each = ", ".join(f"{s['fps']:.1f}" for s in summaries)
+            print(f"\n{streams} stream(s): {frames / seconds:6.1f} fps in all ({each} fps each, start to end)")
+            costs: dict[str, float] = {}
+            for summary in summaries:
+                for stage, ms in summary["cpu_ms_per_frame"].items():
+                    costs[stage] = costs.get(stage, 0.0) + ms * summary["frames_out"] / frames
+            costs["model actor (stand-in model)"] = (model_after["cpu_s"] - model_before["cpu_s"]) * 1e3 / frames
+            costs["driver"] = driver_cpu * 1e3 / frames
+            for stage, ms in costs.items():
+                print(f"  {stage:32s} {ms:6.2f} ms CPU per frame")
+            total = sum(ms for stage, ms in costs.items() if not stage.startswith("sink: "))
+            print(f"  {'total outside the model':32s} {total:6.2f} ms  (goal <= 15)")
+            print(f"  peak RSS MB: {summaries[0]['peak_rss_mb']}")
+    finally:
+        graph.shutdown()
+
+
+if __name__ == "__main__":
+    main()
