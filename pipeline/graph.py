@@ -12,6 +12,7 @@ per `DepthGraph` and can serve many videos; their batches are returned out of or
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import resource
@@ -36,8 +37,8 @@ from .sink import DepthSink, RenderOptions
 from .smoothing import make_smoother
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MODEL_GPU_SHARE = 0.75
-SINK_GPU_SHARE = 0.05  # the smoother's state and arithmetic: a few frames of depth, a few ms per frame
+SINKS_GPU_ROOM = 0.1  # of each GPU, kept for sinks that smooth there (smoothing.device: cuda)
+SINK_GPU_SHARE = 0.02  # one such sink: the smoother's state and arithmetic, a few frames of depth at model size
 
 
 _started_local_ray = False  # whether this process started the Ray instance it uses (so may end what it left)
@@ -163,17 +164,17 @@ class DecodeActor:
 
 @ray.remote
 class ModelActor:
-    def __init__(self, source: ModelSource, options: PredictorOptions, device: str, threads: int):
-        self._args = (source, options, device, threads)
+    def __init__(self, source: ModelSource, options: PredictorOptions, device: str, threads: int, batch_size: int):
+        self._args = (source, options, device, threads, batch_size)
         self._worker: DepthWorker | None = None
 
     def ready(self) -> bool:
         """Answers as soon as the actor is placed and its process runs (before the model is loaded)."""
-        return True
+        return True  # (SinkActor.ready likewise)
 
     def load(self) -> dict:
-        source, options, device, threads = self._args
-        self._worker = DepthWorker.create(source, options, device, threads)
+        source, options, device, threads, batch_size = self._args
+        self._worker = DepthWorker.create(source, options, device, threads, batch_size)
         self._cpu_after_load = cpu_seconds()
         config = self._worker.predictor.net.config
         return {"variant": config.variant, "version": config.version, "device": str(self._worker.device),
@@ -203,6 +204,9 @@ class SinkActor:
 
     def abort(self) -> None:
         self._sink.abort()
+
+    def ready(self) -> bool:
+        return True
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -239,14 +243,18 @@ def plan_actors(settings: PipelineSettings, resources: dict[str, float]) -> Acto
     count = ray_settings.model_actors or (int(gpus) if use_gpu else 1)
     if count > cpus:
         raise PipelineError(f"--model-actors {count}: each model actor takes 1 CPU and the Ray cluster has {cpus:g}")
-    if use_gpu and count * MODEL_GPU_SHARE > gpus:
-        raise PipelineError(f"--model-actors {count}: each takes {MODEL_GPU_SHARE} of a GPU and the Ray cluster has "
-                            f"{gpus:g} GPUs (at most {int(gpus / MODEL_GPU_SHARE)} model actors)")
-    threads = model.threads or (0 if use_gpu else max(1, int(cpus // count)))
-    # A model actor takes most of a GPU; the rest is for the sinks that smooth on it (SINK_GPU_SHARE each)
-    model_options = {"num_gpus": MODEL_GPU_SHARE, "max_concurrency": 2, "num_cpus": 1} if use_gpu else {"num_cpus": 1}
     smoothing_device = settings.smoothing.device
-    smoother_device = ("cuda" if use_gpu else "cpu") if smoothing_device == "auto" else smoothing_device
+    # auto: the CPU. Depth arrives at the model's resolution, where the smoother costs a few ms of one core; on the
+    # GPU every stream's sink would open its own CUDA context (~0.5 GB, seconds) and hold a share of the GPU
+    smoother_device = "cpu" if smoothing_device == "auto" else smoothing_device
+    sinks_on_gpu = smoother_device.startswith("cuda")
+    model_options = {"num_cpus": 1}
+    if use_gpu:
+        # Shares from the count, so that N actors fit on the GPUs there are (2 on one GPU: half each); a tenth of
+        # each GPU is left for the sinks when they smooth there (SINK_GPU_SHARE each)
+        share = 1 / math.ceil(count / gpus) * (1 - SINKS_GPU_ROOM if sinks_on_gpu else 1)
+        model_options = {"num_gpus": round(share, 4), "max_concurrency": 2, "num_cpus": 1}
+    threads = model.threads or (0 if use_gpu else max(1, int(cpus // count)))
     return ActorPlan(
         model_actors=count,
         use_gpu=use_gpu,
@@ -254,7 +262,7 @@ def plan_actors(settings: PipelineSettings, resources: dict[str, float]) -> Acto
         torch_threads=threads,
         batch_size=settings.batching.batch_size or (8 if use_gpu else 1),
         smoother_device=smoother_device,
-        sink_options={"num_gpus": SINK_GPU_SHARE} if smoother_device.startswith("cuda") else {},
+        sink_options={"num_gpus": SINK_GPU_SHARE} if sinks_on_gpu else {},
     )
 
 
@@ -275,7 +283,8 @@ class DepthGraph:
         # Inside an actor Ray makes only its assigned GPU visible, as cuda:0: "cuda:1" would not exist there
         device = "cuda" if self.plan.use_gpu else "cpu"
         self.model_actors = [
-            ModelActor.options(**self.plan.model_options).remote(source, options, device, self.plan.torch_threads)
+            ModelActor.options(**self.plan.model_options).remote(source, options, device, self.plan.torch_threads,
+                                                                 self.plan.batch_size)
             for _ in range(self.plan.model_actors)
         ]
         self._loading = [actor.load.remote() for actor in self.model_actors]
@@ -290,19 +299,22 @@ class DepthGraph:
             self._model_info = self._wait_for_models()
         return self._model_info
 
-    def _wait_for_models(self) -> dict:
+    def _wait_placed(self, actors: list, what: str, options: dict) -> None:
+        """Wait until Ray has placed the actors (their processes answer); a one-line error after the timeout."""
         timeout_s = self.settings.ray.placement_timeout_s
-        ready, waiting = ray.wait([a.ready.remote() for a in self.model_actors], num_returns=len(self.model_actors),
-                                  timeout=timeout_s)
+        _, waiting = ray.wait([a.ready.remote() for a in actors], num_returns=len(actors), timeout=timeout_s)
         if waiting:
             free = ray.available_resources()
-            gpus = self.plan.model_options.get("num_gpus", 0)
-            asks, has = (f"{gpus:g} GPU and 1 CPU", f"{free.get('CPU', 0):g} CPU and {free.get('GPU', 0):g} GPU") \
-                if gpus else ("1 CPU", f"{free.get('CPU', 0):g} CPU")
+            gpus, cpus = options.get("num_gpus", 0), options.get("num_cpus", 1)
+            asks = f"{gpus:g} GPU and {cpus:g} CPU" if gpus else f"{cpus:g} CPU"
+            has = f"{free.get('CPU', 0):g} CPU" + (f" and {free.get('GPU', 0):g} GPU" if gpus else "")
             raise PipelineError(
-                f"{len(waiting)} of {len(self.model_actors)} model actors could not be placed within {timeout_s:g} s "
+                f"{len(waiting)} of {len(actors)} {what} could not be placed within {timeout_s:g} s "
                 f"(each asks for {asks}; the cluster has {has} free): is it busy with other work?"
             )
+
+    def _wait_for_models(self) -> dict:
+        self._wait_placed(self.model_actors, "model actors", self.plan.model_options)
         try:
             return ray.get(self._loading)[0]
         except ray.exceptions.RayError as error:
@@ -334,6 +346,9 @@ class DepthGraph:
         depth_dtype = "float32" if settings.output.depth_format == "gray16" else "float16"
         try:
             count_ref, batch_ref = decoder.next_batch.remote()
+            if self.plan.sink_options:  # a GPU share: a cluster whose GPUs are taken would hold it forever
+                self._wait_placed([sink], "sink actors (smoothing on the GPU)", {**self.plan.sink_options,
+                                                                                 "num_cpus": 0})
             model_info = self.model_info  # the models were loading while this video's actors started
             while True:
                 count = ray.get(count_ref)

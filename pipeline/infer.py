@@ -100,8 +100,10 @@ class _PinnedSlots:
 class DepthWorker:
     """Runs the predictor on FrameBatches; thread-safe for `concurrency` overlapping calls on a GPU."""
 
-    def __init__(self, predictor: DepthPredictor, concurrency: int = 2):
+    def __init__(self, predictor: DepthPredictor, concurrency: int = 2, batch_size: int = 0):
         self.predictor = predictor
+        # torch.compile specialises on the batch size: a short last batch is padded to it rather than recompiled
+        self._padded_batch = batch_size if predictor.options.compile else 0
         self.device = predictor.device
         self.frames_processed = 0
         self._use_cuda = self.device.type == "cuda"
@@ -113,17 +115,22 @@ class DepthWorker:
             self._pinned = _PinnedSlots(concurrency)
 
     @classmethod
-    def create(cls, source: ModelSource, options: PredictorOptions, device: str = "auto", threads: int = 0):
+    def create(cls, source: ModelSource, options: PredictorOptions, device: str = "auto", threads: int = 0,
+               batch_size: int = 0):
         if threads:
             torch.set_num_threads(threads)
         resolved = resolve_device(device)
-        return cls(DepthPredictor(source.load(resolved), options))
+        return cls(DepthPredictor(source.load(resolved), options), batch_size=batch_size)
 
     def infer(self, batch: FrameBatch, depth_dtype: str = "float16") -> DepthBatch:
         """Depth at the model's resolution (B x h x w), in `depth_dtype`: float16 is plenty for 8-bit pictures and
         half the bytes to move; the 16-bit output asks for float32."""
         dtype = DEPTH_DTYPES[depth_dtype]
-        depth = self._infer_cuda(batch.rgb, dtype) if self._use_cuda else self._infer_cpu(batch.rgb, dtype)
+        rgb = batch.rgb
+        if len(batch) < self._padded_batch:  # repeat the last frame; its depth is dropped below
+            rgb = np.concatenate([rgb, np.repeat(rgb[-1:], self._padded_batch - len(batch), axis=0)])
+        depth = self._infer_cuda(rgb, dtype) if self._use_cuda else self._infer_cpu(rgb, dtype)
+        depth = depth[: len(batch)]
         self.frames_processed += len(batch)
         return DepthBatch(batch.first_index, batch.pts, batch.time_base, depth)
 

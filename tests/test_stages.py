@@ -209,3 +209,24 @@ def test_yuv_colour_path_matches_the_rgb_colormap(sample, tmp_path):
         writer.close()
         decoded[name] = read_video(tmp_path / f"{name}.mp4")["frames"][0].to_ndarray(format="rgb24").astype(int)
     assert np.abs(decoded["yuv"] - decoded["rgb"]).mean() < 2
+
+
+def test_compiled_model_sees_one_batch_size_only(sample, monkeypatch):
+    """torch.compile specialises on shapes: the short last batch is padded to the batch size, its extra depth dropped."""
+    seen_batch_sizes = []
+    net = random_model("vits", seed=0)
+    original_forward = net.forward
+
+    def recording_forward(image_bchw):
+        seen_batch_sizes.append(image_bchw.shape[0])
+        return original_forward(image_bchw)
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: recording_forward)  # the real one takes 30 s
+    worker = DepthWorker(DepthPredictor(net, PredictorOptions(input_size=70, compile=True)), batch_size=4)
+    batches = list(VideoDecoder(str(sample)).batches(4))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    results = [worker.infer(b, "float32") for b in batches]
+    assert seen_batch_sizes == [4, 4, 4]
+    assert [len(r.depth) for r in results] == [4, 4, 2] and results[2].pts == batches[2].pts
+    alone = DepthWorker(DepthPredictor(net, SMALL)).infer(batches[2], "float32")
+    np.testing.assert_allclose(results[2].depth, alone.depth, rtol=1e-4, atol=1e-5)

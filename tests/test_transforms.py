@@ -69,16 +69,22 @@ def test_resize_depth_back_to_frame_size():
     assert resize_depth(depth, (28, 42)) is depth
 
 
-def test_predictor_bfloat16_close_to_float32():
-    net = random_model("vits", seed=5)
+@pytest.mark.parametrize("cast_weights", [False, True], ids=["autocast", "weights-cast-once"])
+def test_predictor_bfloat16_close_to_float32(cast_weights):
+    """Both reduced-precision paths: autocast (the CPU's), and weights cast once with LayerNorm kept in float32 (the
+    GPU's, exercised here in bfloat16 since float16 needs a GPU)."""
     frames = torch.randint(0, 256, (2, 101, 143, 3), dtype=torch.uint8)
     small = dict(input_size=196)
-    reference = DepthPredictor(net, PredictorOptions(**small))(frames)
-    reduced = DepthPredictor(net, PredictorOptions(precision="bfloat16", **small))(frames)
+    reference = DepthPredictor(random_model("vits", seed=5), PredictorOptions(**small))(frames)
+    net = random_model("vits", seed=5)
+    reduced = DepthPredictor(net, PredictorOptions(precision="bfloat16", cast_weights=cast_weights, **small))(frames)
     assert reference.shape == reduced.shape == (2, 101, 143)
     assert reduced.dtype == torch.float32
     error = ((reduced - reference).norm() / reference.norm()).item()
     assert 0 < error < 3e-2
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert all(m.weight.dtype == torch.float32 for m in norms)
+    assert net.patch_embed.proj.weight.dtype == (torch.bfloat16 if cast_weights else torch.float32)
 
 
 def test_predictor_rejects_bad_options():

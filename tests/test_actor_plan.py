@@ -1,0 +1,46 @@
+"""plan_actors: what the model and sink actors ask Ray for, checked against a cluster's resources (no Ray needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.frames import PipelineError
+from pipeline.graph import plan_actors
+from pipeline.settings import load_settings
+
+
+def plan(resources: dict, **overrides):
+    return plan_actors(load_settings(None, overrides), resources)
+
+
+@pytest.mark.parametrize("gpus, actors, share", [(1, 0, 1.0), (1, 2, 0.5), (2, 3, 0.5), (4, 0, 1.0), (1, 3, 0.3333)])
+def test_gpu_shares_follow_the_actor_count(gpus, actors, share):
+    result = plan({"CPU": 16, "GPU": gpus}, **{"ray.model_actors": actors})
+    assert result.use_gpu and result.model_actors == (actors or gpus)
+    assert result.model_options["num_gpus"] == share
+    # Every actor fits: per GPU, the shares of the actors Ray packs onto it add up to at most one
+    assert result.model_options["num_gpus"] * -(-result.model_actors // gpus) <= 1.0001
+    assert result.smoother_device == "cpu" and result.sink_options == {}, "auto smooths on the CPU"
+
+
+def test_smoothing_on_the_gpu_leaves_room_for_the_sinks():
+    result = plan({"CPU": 16, "GPU": 1}, **{"smoothing.device": "cuda"})
+    assert result.model_options["num_gpus"] == 0.9 and result.sink_options == {"num_gpus": 0.02}
+
+
+def test_cpu_only_cluster():
+    result = plan({"CPU": 4})
+    assert not result.use_gpu and result.model_options == {"num_cpus": 1} and result.torch_threads == 4
+    assert result.batch_size == 1
+
+
+@pytest.mark.parametrize("resources, overrides, message", [
+    ({"CPU": 2}, {"ray.model_actors": 5}, "each model actor takes 1 CPU and the Ray cluster has 2"),
+    ({"CPU": 2}, {"model.device": "cuda:1"}, "--device cuda:1: the Ray cluster has no GPU"),
+    ({"CPU": 2}, {"smoothing.device": "cuda"}, "smoothing.device cuda: the Ray cluster has no GPU"),
+    ({"CPU": 2}, {"model.precision": "float16"}, "float16 needs a GPU"),
+    ({"CPU": 2, "GPU": 1}, {"model.precision": "float16", "model.device": "cpu"}, "float16 needs a CUDA device"),
+])
+def test_requests_the_cluster_cannot_meet(resources, overrides, message):
+    with pytest.raises(PipelineError, match=message):
+        plan(resources, **overrides)
