@@ -186,7 +186,7 @@ class ModelActor:
     def usage(self) -> dict:
         """Peak memory; CPU seconds and frames since the model was loaded (all streams together)."""
         return {"peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_seconds() - self._cpu_after_load,
-                "frames": self._worker.frames_processed}
+                "predict_cpu_s": self._worker.predict_cpu_s, "frames": self._worker.frames_processed}
 
 
 @ray.remote(num_cpus=0)

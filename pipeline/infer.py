@@ -16,6 +16,7 @@ from __future__ import annotations
 import queue
 import shutil
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ class DepthWorker:
         self._padded_batch = batch_size if predictor.options.compile else 0
         self.device = predictor.device
         self.frames_processed = 0
+        self.predict_cpu_s = 0.0  # CPU seconds inside the predictor (CPU device only)
         self._use_cuda = self.device.type == "cuda"
         self._compute_lock = threading.Lock()
         if self._use_cuda:
@@ -136,7 +138,9 @@ class DepthWorker:
 
     def _infer_cpu(self, rgb_bhwc: np.ndarray, dtype: torch.dtype) -> np.ndarray:
         with self._compute_lock:
+            started = time.process_time()
             depth = self.predictor(torch.from_numpy(rgb_bhwc), at_frame_size=False)
+            self.predict_cpu_s += time.process_time() - started  # input preparation + network: device work
         return depth.to(dtype).numpy()
 
     def _infer_cuda(self, rgb_bhwc: np.ndarray, dtype: torch.dtype) -> np.ndarray:
