@@ -2,8 +2,9 @@
 """
 Turn a video into a depth video, streaming through Ray actors (decode -> infer -> smooth -> encode).
 
-    python run_pipeline.py INPUT -o OUTPUT --checkpoint depth_anything_vits14.pth
-    python run_pipeline.py --random-weights vits          # demo: makes a sample clip; random weights = no real depth
+    python run_pipeline.py INPUT -o OUTPUT                     # Depth-Anything small from the Hugging Face Hub
+    python run_pipeline.py INPUT -o OUTPUT --model large       # or base, v2-small, ...; or --checkpoint PATH|REPO
+    python run_pipeline.py --random-weights vits               # a sample clip, random weights: plumbing only
 
 Prints a JSON summary on stdout at the end; errors are one line on stderr with a non-zero exit status.
 """
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 from model import VARIANTS, CheckpointError, check_checkpoint
+from model.hub import DEFAULT_MODEL, MODEL_NAMES, NON_COMMERCIAL, resolve_checkpoint
 from pipeline.decode import is_url
 from pipeline.encode import DEPTH_FORMATS, check_output_path
 from pipeline.frames import PipelineError
@@ -40,7 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", nargs="?", help="video file or URL (omit for a generated sample clip)")
     parser.add_argument("-o", "--output", help="output video (.mp4/.mkv; .mkv for gray16); default: INPUT_depth.EXT")
-    parser.add_argument("--checkpoint", help="official .pth, Hugging Face folder or .safetensors file")
+    parser.add_argument("--model", choices=MODEL_NAMES, metavar="NAME",
+                        help=f"released weights from the Hugging Face Hub: {', '.join(MODEL_NAMES)} (default "
+                             f"{DEFAULT_MODEL}; {' and '.join(NON_COMMERCIAL)} are non-commercial)")
+    parser.add_argument("--checkpoint", help="official .pth, Hugging Face folder, .safetensors file, or a Hub repo "
+                                             "id owner/name[@revision]")
     parser.add_argument("--random-weights", choices=VARIANTS, help="random weights of a variant (plumbing test only)")
     parser.add_argument("--version", choices=("v1", "v2"), help="Depth-Anything version (default: from checkpoint)")
     parser.add_argument("--config", help="YAML preset, e.g. configs/cpu.yaml (flags override it)")
@@ -61,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # Each setting a flag overrides, by its key; errors name the flag the user typed
 FLAG_KEYS = {
+    "model": "model.name",
     "checkpoint": "model.checkpoint",
     "random_weights": "model.random_weights",
     "version": "model.version",
@@ -110,13 +117,6 @@ def run(args: argparse.Namespace) -> dict:
     # Everything that can be checked without Ray is checked first, so a bad input or setting fails in about a second
     settings = load_settings(args.config, overrides_from(args), flag_labels())
     model = settings.model
-    if not model.checkpoint and not model.random_weights:
-        raise PipelineError("no model: pass --checkpoint PATH (or --random-weights vits for a plumbing test)")
-    if model.checkpoint:
-        check_checkpoint(model.checkpoint, model.version)
-    else:
-        print("note: random weights - the output shows the pipeline working, not real depth", file=sys.stderr)
-
     if args.input is None:
         from pipeline.sample_video import make_sample_clip
 
@@ -146,10 +146,18 @@ def run(args: argparse.Namespace) -> dict:
     info = probe.info
     probe.close()
 
+    # The weights last: resolving a name can mean a download, which a bad input or setting should not wait for
+    resolved = None
+    if model.random_weights:
+        print("note: random weights - the output shows the pipeline working, not real depth", file=sys.stderr)
+    else:
+        resolved = resolve_checkpoint(model.checkpoint or model.name or DEFAULT_MODEL)
+        check_checkpoint(resolved.path, model.version)
+
     with signals_deferred():  # an interrupt during start-up would orphan Ray's processes: it waits until Ray is up
         start_ray(settings.ray.address, settings.ray.num_cpus)
     started = time.monotonic()
-    graph = DepthGraph(settings)
+    graph = DepthGraph(settings, resolved=resolved)
     try:
         with progress_bar(info.expected_frames) as bar:
             summary = graph.process(source, str(output), on_progress=bar.update, info=info)

@@ -28,6 +28,7 @@ import ray
 import torch
 
 from model import PredictorOptions
+from model.hub import DEFAULT_MODEL, ResolvedCheckpoint, resolve_checkpoint
 
 from .decode import VideoDecoder
 from .frames import FrameBatch, PipelineError, VideoInfo
@@ -273,13 +274,19 @@ class DepthGraph:
     the models only when the first batch is ready for them (start-up overlaps start-up).
     """
 
-    def __init__(self, settings: PipelineSettings, builder=None):
-        """`builder`: benchmarks only, a picklable callable that builds a stand-in network (see ModelSource)."""
+    def __init__(self, settings: PipelineSettings, builder=None, resolved: ResolvedCheckpoint | None = None):
+        """`resolved`: the checkpoint when the caller has resolved it already (a name or repo id may mean a
+        download); `builder`: benchmarks only, a picklable callable that builds a stand-in network (see ModelSource).
+        """
         self.settings = settings
         model = settings.model
         self.plan = plan_actors(settings, ray.cluster_resources())
         options = PredictorOptions(model.input_size, model.even_grid, model.precision, model.compile)
-        source = ModelSource(model.checkpoint, model.random_weights, model.version, builder=builder)
+        if resolved is None and builder is None and not model.random_weights:
+            resolved = resolve_checkpoint(model.checkpoint or model.name or DEFAULT_MODEL)
+        self.checkpoint = resolved
+        source = ModelSource(resolved.path if resolved else None, model.random_weights, model.version,
+                             builder=builder, hub_reference=resolved.spec if resolved and resolved.repo_id else None)
         # Inside an actor Ray makes only its assigned GPU visible, as cuda:0: "cuda:1" would not exist there
         device = "cuda" if self.plan.use_gpu else "cpu"
         self.model_actors = [
@@ -316,9 +323,12 @@ class DepthGraph:
     def _wait_for_models(self) -> dict:
         self._wait_placed(self.model_actors, "model actors", self.plan.model_options)
         try:
-            return ray.get(self._loading)[0]
+            info = ray.get(self._loading)[0]
         except ray.exceptions.RayError as error:
             raise unwrap_ray_error(error) from None
+        if self.checkpoint is not None:
+            return {**self.checkpoint.describe(), **info}
+        return {"random_weights": self.settings.model.random_weights, **info}
 
     def process(
         self, source: str, output: str, on_progress: Callable[[int], None] | None = None, info: VideoInfo | None = None

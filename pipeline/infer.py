@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import shutil
+import socket
 import threading
 import time
 import warnings
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import DepthPredictor, PredictorOptions, load_model
+from model import CheckpointError, DepthPredictor, PredictorOptions, load_model
+from model.hub import resolve_checkpoint
 from model.random_weights import random_model
 
 from .frames import DepthBatch, FrameBatch, PipelineError
@@ -40,10 +42,13 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 class ModelSource:
     """Where the weights come from: a checkpoint path, or explicitly requested random weights of a variant."""
 
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # a local path (resolved by the driver)
     random_weights: str | None = None  # a variant name; output is then not meaningful depth
     version: str | None = None
     seed: int = 0
+    # repo@commit when the checkpoint came from the Hub: a worker on a machine where `checkpoint` does not exist (no
+    # shared filesystem) resolves it in its own Hub cache, downloading there if it has network
+    hub_reference: str | None = None
     # Benchmarks only: a picklable callable that builds a stand-in network (with a `.config`), e.g. an instant one
     builder: Callable[[], torch.nn.Module] | None = None
 
@@ -51,7 +56,13 @@ class ModelSource:
         if self.builder is not None:
             return self.builder().to(device)
         if self.checkpoint:
-            return load_model(self.checkpoint, device=device, version=self.version)
+            path = self.checkpoint
+            if not Path(path).exists() and self.hub_reference:
+                try:
+                    path = resolve_checkpoint(self.hub_reference).path
+                except CheckpointError as error:
+                    raise CheckpointError(f"model actor on {socket.gethostname()}: {error}") from None
+            return load_model(path, device=device, version=self.version)
         if self.random_weights:
             return random_model(self.random_weights, seed=self.seed, version=self.version or "v1").to(device)
         raise PipelineError("no model: pass --checkpoint PATH (or --random-weights VARIANT for a plumbing test)")

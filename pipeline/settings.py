@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from model import PRECISIONS, VARIANTS
+from model.hub import MODEL_NAMES
 
 from .colorize import colormap_id, colormap_names
 from .encode import DEPTH_FORMATS, X264_PRESETS
@@ -30,7 +31,8 @@ from .smoothing import SMOOTHER_NAMES, make_smoother
 
 @dataclass(frozen=True)
 class ModelSettings:
-    checkpoint: str | None = None
+    name: str | None = None  # released weights by name (small, base, large, v2-...), from the Hugging Face Hub
+    checkpoint: str | None = None  # a path, or a Hub repo id (owner/name[@revision])
     random_weights: str | None = None  # variant name; for plumbing tests and demos only
     version: str | None = None  # v1 / v2; None: from the checkpoint
     input_size: int = 518  # the short side the model sees
@@ -137,7 +139,8 @@ def colormap_name(value) -> str | None:
 
 RULES: dict[str, dict[str, Check]] = {
     "model": {
-        "checkpoint": optional(of_type(str, "a path")),
+        "name": optional(one_of(*MODEL_NAMES)),
+        "checkpoint": optional(of_type(str, "a path or a Hub repo id")),
         "random_weights": optional(one_of(*VARIANTS)),
         "version": optional(one_of("v1", "v2")),
         "input_size": integer(14, multiple_of=14),
@@ -181,8 +184,10 @@ def _apply(section, values: dict, where: str, section_name: str, labels: dict[st
 def check_combination(settings: PipelineSettings) -> PipelineSettings:
     """What single values cannot show: settings that contradict each other, smoother parameters."""
     model = settings.model
-    if model.checkpoint and model.random_weights:
-        raise PipelineError("settings: a checkpoint and random weights were both given; choose one")
+    given = [what for what, value in (("a model name", model.name), ("a checkpoint", model.checkpoint),
+                                      ("random weights", model.random_weights)) if value]
+    if len(given) > 1:
+        raise PipelineError(f"settings: {' and '.join(given)} were both given; choose one")
     if model.precision == "float16" and model.device == "cpu":
         raise PipelineError("settings: float16 needs a CUDA device; use bfloat16 or float32 on the CPU")
     smoothing = settings.smoothing

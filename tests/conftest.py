@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 torch.set_num_threads(2)
+
+# No test goes to the network or sees the developer's own Hugging Face cache: an empty cache of the session's own,
+# offline (set before huggingface_hub is imported, which reads them once). tests/test_hub.py fills it as it needs.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf_home_")
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @dataclass

@@ -104,7 +104,8 @@ def bad_input_cases(tmp_path, clips):
         "missing output dir": ([good, "-o", tmp_path / "out" / "missing" / "x.mp4", *FAST], "does not exist"),
         "bad checkpoint": ([good, "--checkpoint", bad_checkpoint], "not a readable PyTorch checkpoint"),
         "missing checkpoint": ([good, "--checkpoint", tmp_path / "none.pth"], "checkpoint not found"),
-        "no model": ([good], "no model"),
+        "default model, offline, not cached": ([good], "LiheYoung/depth-anything-small-hf: config.json is not in the "
+                                                       "Hugging Face cache"),
         "gray16 in mp4": ([good, "--depth-format", "gray16", *FAST], "use a .mkv"),
         "unknown colormap": ([good, "--colormap", "rainbowz", *FAST], "--colormap must be one of gray, autumn"),
         "output is the input": ([good, "-o", good, *FAST], "would overwrite the input"),
