@@ -62,6 +62,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model-actors", type=int, help="model actors (default: one per GPU, else one)")
     parser.add_argument("--summary", help="also write the JSON summary to this file")
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output")
+    parser.add_argument("--segments", type=lambda text: int(text) if text.isdigit() else text, metavar="N|auto",
+                        help="split a long video at keyframes into N streams run at once, joined by stream copy "
+                             "(auto: one per minute of video, at most one per CPU; default 1)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the segments a killed or interrupted run finished (with --segments)")
     return parser.parse_args(argv)
 
 
@@ -80,6 +85,7 @@ FLAG_KEYS = {
     "depth_format": "output.depth_format",
     "address": "ray.address",
     "model_actors": "ray.model_actors",
+    "segments": "segments.count",
 }
 
 
@@ -160,7 +166,8 @@ def run(args: argparse.Namespace) -> dict:
     graph = DepthGraph(settings, resolved=resolved)
     try:
         with progress_bar(info.expected_frames) as bar:
-            summary = graph.process(source, str(output), on_progress=bar.update, info=info)
+            summary = graph.process(source, str(output), on_progress=bar.update, info=info,
+                                    segments=settings.segments.count, resume=args.resume)
     finally:
         with signals_deferred():
             graph.shutdown()
@@ -233,7 +240,8 @@ def main(argv=None) -> int:
         return 1
     except (KeyboardInterrupt, Terminated) as stop:
         what = "terminated" if isinstance(stop, Terminated) else "interrupted"
-        print(f"error: {what}; no output written", file=sys.stderr)
+        kept = " (finished segments are kept: run again with --resume)" if args.segments not in (None, 1) else ""
+        print(f"error: {what}; no output written{kept}", file=sys.stderr)
         return 130 if what == "interrupted" else 143
     finally:
         if is_main_thread:

@@ -122,9 +122,14 @@ class DepthQuantizer:
         self.scale = scale
         self.saturated_pixels = 0
 
+    @classmethod
+    def scale_for(cls, depth: np.ndarray) -> float:
+        """The scale a first frame of this depth sets."""
+        return 65535.0 / max(float(depth.max()) * cls.HEADROOM, 1e-6)
+
     def __call__(self, depth: np.ndarray) -> np.ndarray:
         if self.scale is None:
-            self.scale = 65535.0 / max(float(depth.max()) * self.HEADROOM, 1e-6)
+            self.scale = self.scale_for(depth)
         scaled = np.rint(depth * self.scale)
         self.saturated_pixels += int(np.count_nonzero((scaled > 65535) | (scaled < 0)))
         return np.clip(scaled, 0, 65535).astype(np.uint16)

@@ -59,8 +59,12 @@ def rotate_upright(rgb_hwc: np.ndarray, rotation: int) -> np.ndarray:
 class VideoDecoder:
     """Iterates a source's video frames as upright RGB; `info` describes the stream, counters describe losses."""
 
-    def __init__(self, source: str, threads: int = 0, options: dict | None = None):
+    def __init__(self, source: str, threads: int = 0, options: dict | None = None,
+                 pts_range: tuple[int, int | None] | None = None):
+        """`pts_range` (first, end): only frames with first <= pts < end (end None: to the end), found by seeking to
+        the keyframe at or before `first` and decoding from there (a segment of a long video)."""
         self.source = str(source)
+        self._pts_range = pts_range
         self._container, self._stream = open_video(self.source, options)
         self._stream.thread_type = "AUTO"  # frame + slice threads
         if threads:
@@ -88,6 +92,10 @@ class VideoDecoder:
             has_audio=bool(self._container.streams.audio),
             codec=stream.codec_context.name,
         )
+        if pts_range is not None and pts_range[0] is not None:
+            self._container.seek(pts_range[0], backward=True, stream=stream)
+            self._frames = self._decoded_frames()
+            self._first_frame = None
 
     # .................................................................................................................
 
@@ -151,8 +159,9 @@ class VideoDecoder:
         rate, time_base = self.info.rate, self.info.time_base
         frame_step = max(1, round(1 / (rate * time_base))) if rate and time_base else 1
         last_pts = None
+        first_pts, end_pts = self._pts_range or (None, None)
         first, self._first_frame = self._first_frame, None
-        for frame in itertools.chain([first], self._frames):
+        for frame in itertools.chain([first] if first is not None else [], self._frames):
             pts = frame.pts
             if pts is None:  # streams without timestamps (raw elementary streams) get them from the frame rate
                 pts = 0 if last_pts is None else last_pts + frame_step
@@ -162,6 +171,10 @@ class VideoDecoder:
                 pts = last_pts + 1
                 self.repaired_timestamps += 1
             last_pts = self._last_pts = pts
+            if first_pts is not None and pts < first_pts:
+                continue  # decoded from the keyframe before the range: needed as a reference only
+            if end_pts is not None and pts >= end_pts:
+                return  # frames come out in presentation order: everything before `end` has been seen
             rgb = frame.to_ndarray(format="rgb24")
             if frame.width != self._stream.codec_context.width or frame.height != self._stream.codec_context.height:
                 rgb = frame.reformat(width=self._stream.codec_context.width,

@@ -43,9 +43,10 @@ def check_output_path(output: str | Path, depth_format: str) -> Path:
         raise PipelineError(f"{output}: output directory {directory} is not writable")
     if output.is_dir():
         raise PipelineError(f"{output}: output path is a directory")
-    if depth_format == "gray16" and output.suffix.lower() != ".mkv":
+    # .nut: FFmpeg's own container, exact timestamps in any time base: the segments of a long video before the join
+    if depth_format == "gray16" and output.suffix.lower() not in (".mkv", ".nut"):
         raise PipelineError(f"{output}: 16-bit depth (FFV1) is written to Matroska: use a .mkv output name")
-    if output.suffix.lower() not in (".mp4", ".mkv", ".mov"):
+    if output.suffix.lower() not in (".mp4", ".mkv", ".mov", ".nut"):
         raise PipelineError(f"{output}: unsupported output extension; use .mp4, .mkv or .mov")
     return output
 
@@ -63,7 +64,10 @@ class DepthVideoWriter:
         preset: str = "ultrafast",
         crf: int = 18,
         metadata: dict[str, str] | None = None,
+        b_frames: bool = True,
+        video_template: av.video.stream.VideoStream | None = None,
     ):
+        """`video_template`: copy already encoded packets of a stream like this one (`write_packet`), no encoder."""
         self.output = check_output_path(output, depth_format)
         self.depth_format = depth_format
         self.frames_written = 0
@@ -86,20 +90,26 @@ class DepthVideoWriter:
         self._container.metadata.update(metadata or {})
 
         height, width = frame_hw
-        if depth_format == "gray16":
+        if video_template is not None:
+            self._stream = self._container.add_stream_from_template(video_template)
+        elif depth_format == "gray16":
             self._stream = self._container.add_stream("ffv1", rate=info.rate)
             self._stream.pix_fmt = "gray16le"
         else:
             self._stream = self._container.add_stream("libx264", rate=info.rate)
             self._stream.options = {"preset": preset, "crf": str(crf), "threads": str(ENCODER_THREADS)}
+            if not b_frames:  # segments joined by stream copy: each must start with its decode timestamps at pts
+                self._stream.options["bf"] = "0"
             if depth_format == "gray":
                 self._stream.pix_fmt = "gray"
             else:
                 self._stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-        self._stream.width, self._stream.height = width, height
-        # The codec's time base is what frame pts are rounded into before the muxer sees them: it must be the
-        # source's, or timestamps snap onto a 1/rate grid (VFR frames collide, start offsets shift)
-        self._stream.time_base = self._stream.codec_context.time_base = info.time_base
+        self._stream.time_base = info.time_base
+        if video_template is None:
+            self._stream.width, self._stream.height = width, height
+            # The codec's time base is what frame pts are rounded into before the muxer sees them: it must be the
+            # source's, or timestamps snap onto a 1/rate grid (VFR frames collide, start offsets shift)
+            self._stream.codec_context.time_base = info.time_base
 
         self._audio_in = self._audio_out = self._audio_packets = None
         self._pending_audio = None
@@ -172,6 +182,17 @@ class DepthVideoWriter:
         self._mux_video(self._stream.encode(frame))
         self.frames_written += 1
 
+    def write_packet(self, packet: av.Packet) -> None:
+        """Copy one encoded packet (from a stream like `video_template`), in decode order."""
+        with self._disk_errors():
+            if packet.pts is not None:
+                self._first_pts = packet.pts if self._first_pts is None else min(self._first_pts, packet.pts)
+                self._last_pts = packet.pts if self._last_pts is None else max(self._last_pts, packet.pts)
+                self._mux_audio_until(float(packet.pts * packet.time_base) + AUDIO_LEAD_S)
+            packet.stream = self._stream
+            self._mux_video([packet])
+            self.frames_written += 1
+
     def _mux_video(self, packets: list[av.Packet], last: bool = False) -> None:
         for packet in packets:
             if self._held_packet is not None:
@@ -189,7 +210,7 @@ class DepthVideoWriter:
     def close(self) -> Path:
         """Flush, finish the file and move it to its final name."""
         with self._disk_errors():
-            self._mux_video(self._stream.encode(), last=True)
+            self._mux_video(self._stream.encode() if self._stream.codec_context.is_encoder else [], last=True)
             self._mux_audio_until(None)
             self._container.close()
             if self._audio_in is not None:

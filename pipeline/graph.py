@@ -12,12 +12,14 @@ per `DepthGraph` and can serve many videos; their batches are returned out of or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
 import resource
 import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,14 +29,25 @@ from pathlib import Path
 import ray
 import torch
 
-from model import PredictorOptions
+from model import CheckpointError, PredictorOptions
 from model.hub import DEFAULT_MODEL, ResolvedCheckpoint, resolve_checkpoint
 
+from .colorize import DepthQuantizer
 from .decode import VideoDecoder
 from .frames import FrameBatch, PipelineError, VideoInfo
 from .infer import DepthWorker, ModelSource
+from .segments import (
+    Segment,
+    SegmentStore,
+    auto_segment_count,
+    check_segmentable,
+    fingerprint,
+    join_segments,
+    packet_index,
+    plan_segments,
+)
 from .settings import PipelineSettings
-from .sink import DepthSink, RenderOptions
+from .sink import DepthSink, RenderOptions, output_metadata
 from .smoothing import make_smoother
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -141,9 +154,10 @@ def unwrap_ray_error(error: Exception) -> Exception:
 
 @ray.remote(num_cpus=0)
 class DecodeActor:
-    def __init__(self, source: str, batch_size: int, max_wait_s: float | None):
+    def __init__(self, source: str, batch_size: int, max_wait_s: float | None,
+                 pts_range: tuple[int, int | None] | None = None):
         self._cpu_at_start = cpu_seconds()
-        self._decoder = VideoDecoder(source)
+        self._decoder = VideoDecoder(source, pts_range=pts_range)
         self._batches = self._decoder.batches(batch_size, max_wait_s)
 
     @ray.method(num_returns=2)
@@ -193,9 +207,10 @@ class ModelActor:
 @ray.remote(num_cpus=0)
 class SinkActor:
     def __init__(self, output: str, info: VideoInfo, render: RenderOptions, smoother_name: str, params: dict,
-                 smoother_device: str):
+                 smoother_device: str, write_from_pts: int | None = None):
         self._cpu_at_start = cpu_seconds()
-        self._sink = DepthSink(output, info, render, make_smoother(smoother_name, device=smoother_device, **params))
+        self._sink = DepthSink(output, info, render, make_smoother(smoother_name, device=smoother_device, **params),
+                               write_from_pts)
 
     def write(self, depth_batch, frame_batch) -> int:
         return self._sink.write(depth_batch, frame_batch)
@@ -211,6 +226,26 @@ class SinkActor:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamResult:
+    """What one stream's decode and sink actors reported, and when it finished."""
+
+    decode: dict
+    sink: dict
+    progress: dict
+    finished: float
+
+
+# A worker process or node that died: the stream's work is redone (a segment is retried), not given up
+RETRIABLE = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
+             ray.exceptions.OwnerDiedError, ray.exceptions.NodeDiedError)
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -331,35 +366,166 @@ class DepthGraph:
         return {"random_weights": self.settings.model.random_weights, **info}
 
     def process(
-        self, source: str, output: str, on_progress: Callable[[int], None] | None = None, info: VideoInfo | None = None
+        self, source: str, output: str, on_progress: Callable[[int], None] | None = None, info: VideoInfo | None = None,
+        segments: int | str = 1, resume: bool = False,
     ) -> dict:
         """Stream one video; returns the run's summary. The output exists only if this returns.
 
         `info` is the source's VideoInfo when the caller has already probed it; otherwise it is probed here, which
-        also validates the input with a clean error before any actor starts.
+        also validates the input with a clean error before any actor starts. `segments` (a count, or "auto") splits
+        the video at keyframes into streams that run at once on the shared model actors and are joined by stream
+        copy; `resume` reuses the segments a killed run finished (see `pipeline/segments.py`).
         """
-        settings = self.settings
         if info is None:
             probe = VideoDecoder(source)
             info = probe.info
             probe.close()
-        batching = settings.batching
         started = time.monotonic()
-        decoder = DecodeActor.remote(source, self.batch_size, None)
+        render = self._render_options(source)
+        plan = self._segment_plan(source, info, segments)
+        if len(plan) <= 1:
+            result = self._retrying(source, "", lambda: self._run_stream(source, output, info, render, None,
+                                                                         on_progress))
+            summary = self._summary(source, [result], time.monotonic() - started)
+            return {**summary, "output": result.sink["output"]}
+        return self._process_segments(source, Path(output), info, render, plan, resume, on_progress, started)
+
+    # .................................................................................................................
+
+    def _render_options(self, source: str) -> RenderOptions:
+        """The output settings, with the 16-bit scale fixed before any frame is written (see `_depth_scale`)."""
+        render = self.settings.output
+        if render.depth_format == "gray16" and render.depth_scale is None:
+            render = dataclasses.replace(render, depth_scale=self._depth_scale(source))
+        return render
+
+    def _depth_scale(self, source: str) -> float:
+        """The 16-bit scale from the first frame alone: one value for the whole file however it is split (and the
+        same for a whole run and a segmented one, so that they agree bit for bit)."""
+        decoder = VideoDecoder(source)
+        first = next(decoder.batches(1))
+        decoder.close()
+        _ = self.model_info  # the models' errors first
+        depth = ray.get(self.model_actors[0].infer.remote(first, "float32")).depth
+        return DepthQuantizer.scale_for(depth[0])
+
+    def _segment_plan(self, source: str, info: VideoInfo, segments: int | str) -> list[Segment]:
+        if segments == 1:
+            return []
+        if segments == "auto":
+            duration = (info.expected_frames / float(info.rate)) if info.expected_frames and info.rate else None
+            count = auto_segment_count(ray.cluster_resources().get("CPU", 1), duration,
+                                       self.settings.segments.min_seconds)
+            if count == 1:
+                return []
+        else:
+            count = int(segments)
+        index = packet_index(source)
+        check_segmentable(index, source)
+        warmup_frames = round(self.settings.segments.warmup_seconds * float(info.rate or 30))
+        return plan_segments(index, count, warmup_frames)
+
+    def _process_segments(self, source: str, output: Path, info: VideoInfo, render: RenderOptions,
+                          plan: list[Segment], resume: bool, on_progress, started: float) -> dict:
+        fingerprint_settings = {"output": dataclasses.asdict(render), "model": dataclasses.asdict(self.settings.model),
+                                "smoothing": dataclasses.asdict(self.settings.smoothing)}
+        store = SegmentStore(output, fingerprint(source, plan, fingerprint_settings))
+        store.open(resume)
+        segment_render = dataclasses.replace(render, copy_audio=False)
+        todo = [segment for segment in plan if segment.index not in store.done]
+        reused = [segment for segment in plan if segment.index in store.done]
+        if on_progress:
+            on_progress(sum(store.done[s.index]["frames"] for s in reused))
+        results: dict[int, StreamResult] = {}
+        failures: list[BaseException] = []
+
+        def run(segment: Segment) -> None:
+            try:
+                results[segment.index] = self._run_segment(source, store, segment, info, segment_render, on_progress)
+                store.finish(segment, results[segment.index].sink["frames_out"])
+            except BaseException as error:  # noqa: BLE001 - handed to the driver thread below
+                failures.append(error)
+
+        # Segments in flight at once: one per CPU of the cluster (each holds a decode and a sink actor); each
+        # thread drives one segment's stream at a time, and all streams share the model actors
+        pending = deque(todo)
+        lock = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    if not pending or failures:
+                        return
+                    segment = pending.popleft()
+                run(segment)
+
+        parallel = max(1, min(len(todo), int(ray.cluster_resources().get("CPU", 1))))
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(parallel)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.2)  # short waits, so that Ctrl-C reaches this thread
+            if failures:
+                raise failures[0]
+            files = [store.path_of(segment) for segment in plan]
+            path = join_segments(files, output, render.depth_format, info, render.copy_audio,
+                                 output_metadata(render.depth_scale if render.depth_format == "gray16" else None))
+        except Exception:  # an error: nothing is left behind. (Ctrl-C, SIGTERM: finished segments stay for --resume)
+            store.remove()
+            raise
+        store.remove()
+        summary = self._summary(source, [results[i] for i in sorted(results)], time.monotonic() - started)
+        written = sum(store.done[s.index]["frames"] for s in plan)
+        return {**summary, "output": str(path), "frames_in": written, "frames_out": written,
+                "segments": [{"index": s.index, "time": s.time_range(info.time_base),
+                              "frames": store.done[s.index]["frames"], "reused": s in reused} for s in plan]}
+
+    def _run_segment(self, source: str, store: SegmentStore, segment: Segment, info: VideoInfo,
+                     render: RenderOptions, on_progress) -> "StreamResult":
+        where = f"segment {segment.index} ({segment.time_range(info.time_base)}): "
+        return self._retrying(source, where, lambda: self._run_stream(source, str(store.path_of(segment)), info,
+                                                                      render, segment, on_progress))
+
+    def _retrying(self, source: str, where: str, run: Callable[[], "StreamResult"]) -> "StreamResult":
+        """Run a stream again when a worker or node was lost (`segments.retries` times); errors name `where`.
+
+        A stream's output is written atomically, so a retry starts clean. Errors of the input or settings are not
+        retried: they would fail the same way.
+        """
+        retries = self.settings.segments.retries
+        for attempt in range(retries + 1):
+            try:
+                return run()
+            except RETRIABLE as error:
+                if attempt == retries:
+                    raise PipelineError(f"{source}: {where}failed {retries + 1} times, the last time: "
+                                        f"{one_line(error)}") from None
+            except (PipelineError, CheckpointError) as error:
+                raise type(error)(f"{where}{error}" if where else str(error)) from None
+        raise AssertionError("unreachable")
+
+    def _run_stream(self, source: str, output: str, info: VideoInfo, render: RenderOptions,
+                    segment: Segment | None, on_progress) -> "StreamResult":
+        """decode -> shared model actors -> sink for one stream (a video, or a segment of one), bounded in flight."""
+        settings = self.settings
+        pts_range = (segment.warmup_from, segment.end) if segment is not None else None
+        decoder = DecodeActor.remote(source, self.batch_size, None, pts_range)
         sink = SinkActor.options(**self.plan.sink_options).remote(
-            output, info, settings.output, settings.smoothing.name, dict(settings.smoothing.params),
-            self.plan.smoother_device,
+            output, info, render, settings.smoothing.name, dict(settings.smoothing.params),
+            self.plan.smoother_device, segment.start if segment is not None else None,
         )
         in_flight: deque = deque()
-        progress = {"first_written_at": None, "frames_after_first": 0}
+        progress = {"first_written_at": None, "frames_after_first": 0, "started": time.monotonic()}
         # float16 depth is finer than any 8-bit picture; the 16-bit output keeps float32
-        depth_dtype = "float32" if settings.output.depth_format == "gray16" else "float16"
+        depth_dtype = "float32" if render.depth_format == "gray16" else "float16"
         try:
             count_ref, batch_ref = decoder.next_batch.remote()
             if self.plan.sink_options:  # a GPU share: a cluster whose GPUs are taken would hold it forever
                 self._wait_placed([sink], "sink actors (smoothing on the GPU)", {**self.plan.sink_options,
                                                                                  "num_cpus": 0})
-            model_info = self.model_info  # the models were loading while this video's actors started
+            _ = self.model_info  # the models were loading while this stream's actors started
             while True:
                 count = ray.get(count_ref)
                 if count == 0:
@@ -370,48 +536,62 @@ class DepthGraph:
                 self._next_actor += 1
                 depth_ref = actor.infer.remote(this_batch, depth_dtype)
                 in_flight.append((sink.write.remote(depth_ref, this_batch), count))
-                while len(in_flight) >= batching.max_in_flight:
+                while len(in_flight) >= settings.batching.max_in_flight:
                     self._wait_oldest(in_flight, progress, on_progress)
             while in_flight:
                 self._wait_oldest(in_flight, progress, on_progress)
             sink_stats = ray.get(sink.close.remote())
             decode_stats = ray.get(decoder.stats.remote())
-            model_rss = [usage["peak_rss_mb"] for usage in ray.get([a.usage.remote() for a in self.model_actors])]
         except BaseException as error:
             try:
                 ray.get(sink.abort.remote())
             except ray.exceptions.RayError:
                 pass
-            if isinstance(error, ray.exceptions.RayError):
+            if isinstance(error, ray.exceptions.RayError) and not isinstance(error, RETRIABLE):
                 raise unwrap_ray_error(error) from None
             raise
         finally:
             ray.kill(decoder)
             ray.kill(sink)
-        finished = time.monotonic()
-        seconds = finished - started
-        steady_s = finished - (progress["first_written_at"] or finished)
-        peak_rss = {"decode": decode_stats.pop("peak_rss_mb"), "model": max(model_rss),
-                    "sink": sink_stats.pop("peak_rss_mb")}
-        frames = max(decode_stats["frames_in"], 1)
-        cpu_ms = {"decode": decode_stats.pop("cpu_s"), "sink": sink_stats.pop("cpu_s"),
-                  **{f"sink: {stage}": seconds for stage, seconds in sink_stats.pop("stage_cpu_s").items()}}
+        return StreamResult(decode_stats, sink_stats, progress, time.monotonic())
+
+    def _summary(self, source: str, results: list["StreamResult"], seconds: float) -> dict:
+        """Totals over the streams of one video (one, or its segments)."""
+        model_rss = [usage["peak_rss_mb"] for usage in ray.get([a.usage.remote() for a in self.model_actors])]
+        decode_stats = [r.decode for r in results]
+        sink_stats = [r.sink for r in results]
+        frames_in = sum(d["frames_in"] for d in decode_stats) - sum(k["warmup_frames"] for k in sink_stats)
+        frames_out = sum(k["frames_out"] for k in sink_stats)
+        steady_frames = sum(r.progress["frames_after_first"] for r in results)
+        first_written = [r.progress["first_written_at"] for r in results if r.progress["first_written_at"]]
+        steady_s = (max(r.finished for r in results) - min(first_written)) if first_written else 0
+        cpu_s: dict[str, float] = {}
+        for decode, sink in zip(decode_stats, sink_stats):
+            for stage, value in (("decode", decode["cpu_s"]), ("sink", sink["cpu_s"]),
+                                 *((f"sink: {k}", v) for k, v in sink["stage_cpu_s"].items())):
+                cpu_s[stage] = cpu_s.get(stage, 0.0) + value
         summary = {
             "input": source,
-            **decode_stats,
-            "frames_out": sink_stats.pop("frames_out"),
+            "frames_in": frames_in,
+            "unreadable_frames": sum(d["unreadable_frames"] for d in decode_stats) if len(results) == 1 else 0,
+            "corrupt_packets": sum(d["corrupt_packets"] for d in decode_stats),
+            "repaired_timestamps": sum(d["repaired_timestamps"] for d in decode_stats),
+            "frames_out": frames_out,
             "dropped": 0,
             "seconds": round(seconds, 3),
-            "fps": round(decode_stats["frames_in"] / seconds, 3) if seconds > 0 else None,
-            "fps_steady": round(progress["frames_after_first"] / steady_s, 3) if steady_s > 0 else None,
-            **sink_stats,
-            "depth_format": settings.output.depth_format,
+            "fps": round(frames_out / seconds, 3) if seconds > 0 else None,
+            "fps_steady": round(steady_frames / steady_s, 3) if steady_s > 0 else None,
+            "depth_format": self.settings.output.depth_format,
             "batch_size": self.batch_size,
-            "model": model_info,
-            "peak_rss_mb": peak_rss,
-            # CPU of this stream's own actors, per frame (the model actors' is in their usage(): they are shared)
-            "cpu_ms_per_frame": {stage: round(seconds * 1e3 / frames, 2) for stage, seconds in cpu_ms.items()},
+            "model": self.model_info,
+            "peak_rss_mb": {"decode": max((d["peak_rss_mb"] for d in decode_stats), default=None),
+                            "model": max(model_rss), "sink": max((k["peak_rss_mb"] for k in sink_stats), default=None)},
+            # CPU of the streams' own actors, per frame (the model actors' is in their usage(): they are shared)
+            "cpu_ms_per_frame": {stage: round(value * 1e3 / max(frames_out, 1), 2) for stage, value in cpu_s.items()},
         }
+        if self.settings.output.depth_format == "gray16" and sink_stats:
+            summary.update(depth_scale=sink_stats[0]["depth_scale"],
+                           saturated_pixels=sum(k["saturated_pixels"] for k in sink_stats))
         return summary
 
     @staticmethod

@@ -43,12 +43,15 @@ def make_sample_clip(
     start_s: float = 0.0,
     b_frames: bool = False,
     audio_seconds: float | None = None,
+    keyframe_interval: int | None = None,
+    open_gop: bool = False,
 ) -> Path:
     """Write a clip and return its path.
 
     `variable_rate`: frame durations alternate between 1 and 2 ticks; `start_s`: the first frame's timestamp;
     `b_frames`: x264 with B-frames (decode order differs from presentation order); `audio_seconds`: audio length
-    (default: the video's).
+    (default: the video's); `keyframe_interval`: frames per GOP; `open_gop`: B-frames before a keyframe (in
+    presentation order) may refer across it (x264's open GOP).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +62,9 @@ def make_sample_clip(
         video.time_base = video.codec_context.time_base = (
             Fraction(1, 90000) if variable_rate or start_s else 1 / Fraction(rate))
         video.options = {"preset": "veryfast", "bf": "3", "crf": "20"} if b_frames else {"preset": "ultrafast", "crf": "20"}
+        if keyframe_interval or open_gop:
+            params = [f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0"] if keyframe_interval else []
+            video.options["x264-params"] = ":".join(params + (["open-gop=1"] if open_gop else []))
         if rotation:
             video.set_display_rotation(rotation)
         sound = None

@@ -62,6 +62,14 @@ OutputSettings = RenderOptions
 
 
 @dataclass(frozen=True)
+class SegmentSettings:
+    count: int | str = 1  # segments of one video, at keyframes; "auto": one per min_seconds, at most one per CPU
+    min_seconds: float = 60.0  # "auto" leaves videos shorter than two of these whole
+    retries: int = 2  # a stream whose worker or node died is run again this many times
+    warmup_seconds: float = 5.0  # decoded before a segment's start (from a keyframe), smoothed, not written
+
+
+@dataclass(frozen=True)
 class RaySettings:
     address: str | None = None  # an existing cluster ("auto" or host:port); None starts a local one
     model_actors: int = 0  # 0: one per GPU, or one on a CPU-only machine
@@ -75,6 +83,7 @@ class PipelineSettings:
     batching: BatchingSettings = BatchingSettings()
     smoothing: SmoothingSettings = SmoothingSettings()
     output: OutputSettings = OutputSettings()
+    segments: SegmentSettings = SegmentSettings()
     ray: RaySettings = RaySettings()
 
 
@@ -159,6 +168,12 @@ RULES: dict[str, dict[str, Check]] = {
         "crf": integer(0, 51),
         "depth_scale": optional(number(above=0)),
         "copy_audio": of_type(bool, "true or false"),
+    },
+    "segments": {
+        "count": lambda value: None if value == "auto" else (integer(1)(value) and f"{integer(1)(value)} (or auto)"),
+        "min_seconds": number(above=0),
+        "retries": integer(0),
+        "warmup_seconds": number(0),
     },
     "ray": {
         "address": optional(of_type(str, "an address (auto or host:port)")),

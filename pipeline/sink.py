@@ -35,11 +35,25 @@ class RenderOptions:
     copy_audio: bool = True
 
 
+def output_metadata(depth_scale: float | None) -> dict[str, str]:
+    """The tags a depth video carries; with the 16-bit scale that turns its values back into depth."""
+    metadata = {"DEPTH_MODEL": "Depth-Anything relative inverse depth (larger is nearer)"}
+    if depth_scale is not None:
+        metadata["DEPTH_SCALE"] = repr(depth_scale)
+        metadata["DEPTH_ENCODING"] = "depth = uint16 value / DEPTH_SCALE"
+    return metadata
+
+
 class DepthSink:
     """Owns the smoother, the renderer and the writer of one output video."""
 
-    def __init__(self, output: str, info: VideoInfo, options: RenderOptions, smoother: Smoother):
+    def __init__(self, output: str, info: VideoInfo, options: RenderOptions, smoother: Smoother,
+                 write_from_pts: int | None = None):
+        """`write_from_pts`: frames before it only warm the smoother and the colour range up and are not written (a
+        segment of a long video starts this way, so that its first written frames match an unsegmented run)."""
         self.output = output
+        self.write_from_pts = write_from_pts
+        self.warmup_frames = 0
         self.info = info
         self.options = options
         self.smoother = smoother
@@ -79,6 +93,12 @@ class DepthSink:
         smoothed_at = time.process_time()
         if getattr(self.smoother, "cut_detected", False):
             self.colorizer.tracker.reset()  # a new shot gets its own display range at once, not a slow drift
+        if self.write_from_pts is not None and pts < self.write_from_pts:
+            # Warm-up: the smoother has seen the frame; the colour range follows it too; nothing is written
+            if self.quantizer is None:
+                self.colorizer.tracker.update(smoothed)
+            self.warmup_frames += 1
+            return
         if self.quantizer is not None:
             image = self.quantizer(smoothed)
         elif self.options.depth_format == "side-by-side":
@@ -97,10 +117,7 @@ class DepthSink:
             self.stage_cpu_s[stage] += seconds
 
     def _open_writer(self, frame_hw: tuple[int, int]) -> DepthVideoWriter:
-        metadata = {"DEPTH_MODEL": "Depth-Anything relative inverse depth (larger is nearer)"}
-        if self.quantizer is not None:
-            metadata["DEPTH_SCALE"] = repr(self.quantizer.scale)
-            metadata["DEPTH_ENCODING"] = "depth = uint16 value / DEPTH_SCALE"
+        metadata = output_metadata(self.quantizer.scale if self.quantizer is not None else None)
         return DepthVideoWriter(
             self.output,
             self.options.depth_format,
@@ -110,6 +127,7 @@ class DepthSink:
             preset=self.options.preset,
             crf=self.options.crf,
             metadata=metadata,
+            b_frames=self.write_from_pts is None,  # segments are joined by stream copy: see DepthVideoWriter
         )
 
     # .................................................................................................................
@@ -124,7 +142,8 @@ class DepthSink:
         if self._writer is None:
             raise RuntimeError("no frames were written")
         path = self._writer.close()
-        stats = {"output": str(path), "frames_out": self.frames_written, "stage_cpu_s": dict(self.stage_cpu_s)}
+        stats = {"output": str(path), "frames_out": self.frames_written, "stage_cpu_s": dict(self.stage_cpu_s),
+                 "warmup_frames": self.warmup_frames}
         if self.quantizer is not None:
             stats.update(depth_scale=self.quantizer.scale, saturated_pixels=self.quantizer.saturated_pixels)
         return stats

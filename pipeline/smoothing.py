@@ -188,9 +188,14 @@ class AlignedSmoothing:
 
     @staticmethod
     def _robust_fit(x: torch.Tensor, y: torch.Tensor, iterations: int = 4) -> tuple[float, float]:
-        """y ~ scale * x + shift by iteratively reweighted least squares (Huber weights): moving pixels are outliers."""
+        """y ~ scale * x + shift on the pixels that agree: moving pixels are outliers.
+
+        Iteratively reweighted least squares (Huber weights) finds the inliers; the scale is then the ratio of their
+        spreads (reduced major axis: sign(cov) * std(y) / std(x)), not the least-squares slope. The least-squares
+        slope shrinks towards zero whenever x is noisy (regression dilution), and as every frame's scale builds on
+        the last one's, that shrinkage compounded: the output faded towards zero over a few seconds of video.
+        """
         weights = torch.ones_like(x)
-        scale, shift = 1.0, 0.0
         for _ in range(iterations):
             total = weights.sum()
             mean_x, mean_y = (weights * x).sum() / total, (weights * y).sum() / total
@@ -202,10 +207,20 @@ class AlignedSmoothing:
             residual = (scale_t * x + shift_t - y).abs()
             threshold = 1.345 * 1.4826 * residual.median() + 1e-12
             weights = torch.clamp(threshold / residual.clamp(min=1e-12), max=1.0)
-            scale, shift = scale_t.item(), shift_t.item()
-        if scale <= 0:  # a degenerate frame (flat, or a cut the histogram missed): keep the frame's own scale
+        total = weights.sum()
+        mean_x, mean_y = (weights * x).sum() / total, (weights * y).sum() / total
+        variance_x = (weights * (x - mean_x) ** 2).sum()
+        covariance = (weights * (x - mean_x) * (y - mean_y)).sum()
+        if variance_x.item() <= 1e-12 or covariance.item() <= 0:
+            # A degenerate frame (flat, or a cut the histogram missed): keep the frame's own scale
             return 1.0, 0.0
-        return scale, shift
+        variance_y = (weights * (y - mean_y) ** 2).sum()
+        scale = (variance_y / variance_x).sqrt()
+        # How far the fit is trusted: r^2 of the inliers. A frame that hardly resembles the last one (motion
+        # everywhere) keeps more of its own scale
+        trust = (covariance**2 / (variance_x * variance_y).clamp(min=1e-30)).item()
+        scale = scale ** trust
+        return scale.item(), (mean_y - scale * mean_x).item()
 
 
 SMOOTHERS = {"none": NoSmoothing, "ema": EmaSmoothing, "aligned": AlignedSmoothing}

@@ -1,0 +1,188 @@
+"""
+Segments of a long video: keyframe index, the split, the resume manifest, and the join by stream copy.
+
+Takes: a video (its packet index: every video packet's pts and keyframe flag, read without decoding).
+Gives: `plan_segments` -> contiguous `Segment`s that start at keyframes, each with a warm-up run from the keyframe
+before; `SegmentStore` -> the hidden folder next to the output that holds finished segment files and a manifest;
+`join_segments` -> the final output, the segments' packets copied in order (no re-encode), audio copied once.
+
+A segment writes the frames with start <= pts < end; it decodes from the previous keyframe (`warmup_from`) and feeds
+those frames through the smoother and the colour range without writing them, so that its first written frames look
+as an unsegmented run's would. Segment files are NUT (FFmpeg's own container: exact timestamps in the source's time
+base, any codec), so the join keeps every timestamp.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from .encode import DepthVideoWriter
+from .frames import PipelineError, VideoInfo
+
+SEGMENT_SUFFIX = ".nut"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Frames with start <= pts < end (end None: to the end of the video); decoding starts at `warmup_from`."""
+
+    index: int
+    start: int
+    end: int | None
+    warmup_from: int
+    frames: int  # in the packet index (frames the segment should write)
+
+    def time_range(self, time_base: Fraction) -> str:
+        """'12.000-24.000 s' (the end of the last segment is 'end')."""
+        end = f"{float(self.end * time_base):.3f}" if self.end is not None else "end"
+        return f"{float(self.start * time_base):.3f}-{end} s"
+
+
+def packet_index(source: str) -> list[tuple[int, bool]]:
+    """(pts, is keyframe) of every video packet, in presentation order; demuxed, not decoded."""
+    with av.open(source) as container:
+        stream = container.streams.video[0]
+        packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size and p.pts is not None]
+    return sorted(packets)
+
+
+def plan_segments(index: list[tuple[int, bool]], count: int, warmup_frames: int = 0) -> list[Segment]:
+    """Up to `count` segments of about equal frame counts, each starting at a keyframe (fewer if keyframes are few).
+
+    A segment after the first decodes from the last keyframe at least `warmup_frames` before its start (at least the
+    keyframe before it): the smoother's scale converges over a few seconds, and the warm-up must cover that.
+    """
+    if not index:
+        return []
+    pts = [p for p, _ in index]
+    keyframe_positions = [i for i, (_, key) in enumerate(index) if key and i > 0]
+    starts = [0]
+    for k in range(1, count):
+        target = round(k * len(index) / count)
+        at = bisect.bisect_left(keyframe_positions, target)
+        nearest = min(keyframe_positions[max(at - 1, 0) : at + 1], key=lambda pos: abs(pos - target), default=None)
+        if nearest is not None and nearest > starts[-1]:
+            starts.append(nearest)
+    all_keyframes = [i for i, (_, key) in enumerate(index) if key]
+    segments = []
+    for number, position in enumerate(starts):
+        end_position = starts[number + 1] if number + 1 < len(starts) else len(index)
+        before = [k for k in all_keyframes if k <= position - max(warmup_frames, 1)]
+        warmup_position = (before[-1] if before else 0) if number > 0 else position
+        segments.append(Segment(
+            index=number,
+            start=pts[position],
+            end=pts[end_position] if end_position < len(index) else None,
+            warmup_from=pts[warmup_position],
+            frames=end_position - position,
+        ))
+    return segments
+
+
+def auto_segment_count(cpus: float, duration_s: float | None, min_seconds: float) -> int:
+    """One segment per `min_seconds` of video, at most one per CPU of the cluster; short videos stay whole."""
+    if not duration_s:
+        return 1
+    return max(1, min(int(cpus), int(duration_s // min_seconds)))
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class SegmentStore:
+    """The hidden folder beside the output: finished segment files and `manifest.json`, for `--resume`.
+
+    The manifest records what the segments were made from (the source's path, size and modification time, the
+    settings that shape the output, the segment plan) and, per finished segment, its file, frame count and SHA-256.
+    A segment counts as done only if all of that still matches.
+    """
+
+    def __init__(self, output: Path, fingerprint: dict):
+        self.folder = output.with_name(f".{output.name}.segments")
+        self.manifest_path = self.folder / "manifest.json"
+        self.fingerprint = fingerprint
+        self.done: dict[int, dict] = {}
+
+    def open(self, resume: bool) -> None:
+        """Start afresh, or (resume) keep the finished segments the manifest vouches for."""
+        if resume and self.manifest_path.exists():
+            try:
+                manifest = json.loads(self.manifest_path.read_text())
+            except (OSError, ValueError):
+                manifest = {}
+            if manifest.get("fingerprint") == self.fingerprint:
+                for key, entry in manifest.get("segments", {}).items():
+                    path = self.folder / entry["file"]
+                    if path.exists() and file_digest(path) == entry["sha256"]:
+                        self.done[int(key)] = entry
+        if not self.done:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(exist_ok=True)
+        for leftover in self.folder.glob(".*"):  # partial files of a killed run
+            leftover.unlink(missing_ok=True)
+        self._write_manifest()
+
+    def path_of(self, segment: Segment) -> Path:
+        return self.folder / f"segment_{segment.index:05d}{SEGMENT_SUFFIX}"
+
+    def finish(self, segment: Segment, frames: int) -> None:
+        path = self.path_of(segment)
+        self.done[segment.index] = {"file": path.name, "frames": frames, "sha256": file_digest(path),
+                                    "start": segment.start, "end": segment.end}
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        text = json.dumps({"fingerprint": self.fingerprint,
+                           "segments": {str(k): v for k, v in sorted(self.done.items())}}, indent=1)
+        temporary = self.manifest_path.with_name(".manifest.json.partial")
+        temporary.write_text(text)
+        os.replace(temporary, self.manifest_path)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def fingerprint(source: str, segments: list[Segment], settings: dict) -> dict:
+    """What a finished segment depends on: the source file as it is now, the plan, the output settings."""
+    stat = os.stat(source)
+    return {"source": str(Path(source).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "segments": [asdict(s) for s in segments], "settings": settings}
+
+
+def join_segments(files: list[Path], output: Path, depth_format: str, info: VideoInfo, copy_audio: bool,
+                  metadata: dict[str, str]) -> Path:
+    """The segment files' video packets, in order, into `output` (atomically), with the source's audio copied."""
+    with av.open(str(files[0])) as first:
+        template = first.streams.video[0]
+        writer = DepthVideoWriter(output, depth_format, info, (template.height, template.width),
+                                  copy_audio_from=info.source if copy_audio else None, metadata=metadata,
+                                  video_template=template)
+    try:
+        for path in files:
+            with av.open(str(path)) as segment:
+                for packet in segment.demux(segment.streams.video[0]):
+                    if packet.size:
+                        writer.write_packet(packet)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def check_segmentable(index: list[tuple[int, bool]], source: str) -> None:
+    if not index:
+        raise PipelineError(f"{source}: no timestamped video packets; it cannot be split into segments")
