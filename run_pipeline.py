@@ -173,8 +173,11 @@ def run(args: argparse.Namespace) -> dict:
             graph.shutdown()
     summary["seconds_including_model_load"] = round(time.monotonic() - started, 3)
     if summary.get("unreadable_frames"):
+        where = ", ".join(f"segment {s['index']} ({s['time']}): {s['unreadable_frames']}"
+                          for s in summary.get("segments", []) if s["unreadable_frames"])
         print(f"warning: {source}: {summary['unreadable_frames']} frames could not be read (damaged or truncated "
-              f"file); depth was written for the {summary['frames_in']} decodable frames", file=sys.stderr)
+              f"file{'; ' + where if where else ''}); depth was written for the {summary['frames_in']} decodable "
+              f"frames", file=sys.stderr)
     if summary.get("repaired_timestamps"):
         print(f"warning: {source}: {summary['repaired_timestamps']} frames repeated or went back on the previous "
               f"frame's timestamp; each was moved one tick past it", file=sys.stderr)

@@ -206,12 +206,14 @@ class VideoDecoder:
         (robust to variable rates, and to MP4 edit lists that hide leading frames the sample count includes). When
         packets were damaged and the container gives an exact count, the count's shortfall is used if larger.
         """
+        if self._pts_range is not None and self._pts_range[1] is not None:
+            return 0  # a range before the end: the caller compares with its packet count
         missing_at_end = 0
         end_s = self._end_seconds
         if end_s is not None and self._last_pts is not None and self.info.rate:
             covered_s = float(self._last_pts * self.info.time_base) + 1 / float(self.info.rate)
             missing_at_end = max(0, round((end_s - covered_s) * float(self.info.rate)))
-        if self._expected_is_exact and (self.corrupt_packets or end_s is None):
+        if self._expected_is_exact and self._pts_range is None and (self.corrupt_packets or end_s is None):
             return max(missing_at_end, self.info.expected_frames - self.frames_decoded)
         return missing_at_end
 

@@ -441,8 +441,13 @@ class DepthGraph:
 
         def run(segment: Segment) -> None:
             try:
-                results[segment.index] = self._run_segment(source, store, segment, info, segment_render, on_progress)
-                store.finish(segment, results[segment.index].sink["frames_out"])
+                result = results[segment.index] = self._run_segment(source, store, segment, info, segment_render,
+                                                                    on_progress)
+                written = result.sink["frames_out"]
+                # Frames the index promised that could not be decoded (damaged packets), or missing at the end
+                missing = (segment.frames - written if result.decode["corrupt_packets"] else 0) + \
+                    result.decode["unreadable_frames"]
+                store.finish(segment, written, max(missing, 0))
             except BaseException as error:  # noqa: BLE001 - handed to the driver thread below
                 failures.append(error)
 
@@ -479,8 +484,10 @@ class DepthGraph:
         summary = self._summary(source, [results[i] for i in sorted(results)], time.monotonic() - started)
         written = sum(store.done[s.index]["frames"] for s in plan)
         return {**summary, "output": str(path), "frames_in": written, "frames_out": written,
+                "unreadable_frames": sum(store.done[s.index]["missing"] for s in plan),
                 "segments": [{"index": s.index, "time": s.time_range(info.time_base),
-                              "frames": store.done[s.index]["frames"], "reused": s in reused} for s in plan]}
+                              "frames": store.done[s.index]["frames"], "unreadable_frames": store.done[s.index]["missing"],
+                              "reused": s in reused} for s in plan]}
 
     def _run_segment(self, source: str, store: SegmentStore, segment: Segment, info: VideoInfo,
                      render: RenderOptions, on_progress) -> "StreamResult":

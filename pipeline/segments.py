@@ -139,10 +139,12 @@ class SegmentStore:
     def path_of(self, segment: Segment) -> Path:
         return self.folder / f"segment_{segment.index:05d}{SEGMENT_SUFFIX}"
 
-    def finish(self, segment: Segment, frames: int) -> None:
+    def finish(self, segment: Segment, frames: int, missing: int = 0) -> None:
+        """Record a finished segment: `frames` written, `missing` that its range should have had but could not be
+        decoded (a damaged stretch of the file, reported, not silently skipped)."""
         path = self.path_of(segment)
-        self.done[segment.index] = {"file": path.name, "frames": frames, "sha256": file_digest(path),
-                                    "start": segment.start, "end": segment.end}
+        self.done[segment.index] = {"file": path.name, "frames": frames, "missing": missing,
+                                    "sha256": file_digest(path), "start": segment.start, "end": segment.end}
         self._write_manifest()
 
     def _write_manifest(self) -> None:

@@ -91,6 +91,10 @@ def test_bad_settings_fail_before_ray_starts(clips, tmp_path, capsys, monkeypatc
                              "not a readable PyTorch checkpoint"),
         "summary directory missing": (["--summary", tmp_path / "no" / "summary.json"], "cannot write the summary"),
         "no overwrite": (["-o", existing, "--no-overwrite"], "output exists and --no-overwrite was given"),
+        "zero segments": (["--segments", "0"], "--segments must be >= 1, got 0 (or auto)"),
+        "segments not a number": (["--segments", "many"], "--segments must be a whole number, got 'many' (or auto)"),
+        "negative warm-up": (["--config", config(tmp_path, "segments:\n  warmup_seconds: -1\n")],
+                             "segments.warmup_seconds must be >= 0"),
     }
     for case, (extra, expected) in cases.items():
         argv = [good, *FAST, *extra]

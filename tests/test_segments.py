@@ -148,6 +148,24 @@ def test_killed_run_resumes_without_redoing_finished_segments(ray_cluster, clips
             __import__("os").kill(pid, signal.SIGKILL)
 
 
+def test_a_damaged_stretch_in_the_middle_is_reported_with_its_segment(ray_cluster, tmp_path, capsys):
+    source = clip(tmp_path, "whole.mp4", width=128, height=72, frames=90, keyframe_interval=15, fast_start=True)
+    data = bytearray(source.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4000] = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    code, summary, err = cli(capsys, damaged, "-o", tmp_path / "depth.mp4", "--random-weights", "vits",
+                             "--input-size", "70", "--segments", 3)
+    assert code == 0, err
+    assert summary["unreadable_frames"] > 0
+    assert summary["frames_out"] + summary["unreadable_frames"] == 90
+    hit = [s for s in summary["segments"] if s["unreadable_frames"]]
+    assert hit and all(s["index"] > 0 for s in hit), "the damage is in the middle, not the first segment"
+    assert f"frames could not be read (damaged or truncated file; segment {hit[0]['index']} (" in err
+    assert read_video(tmp_path / "depth.mp4")["count"] == summary["frames_out"]
+
+
 def test_a_segment_that_keeps_failing_is_named_and_nothing_is_left(ray_cluster, clips, tmp_path, capsys,
                                                                     monkeypatch):
     """Errors that are not a lost worker are not retried; the message names the segment and its time range."""
