@@ -177,31 +177,44 @@ class DecodeActor:
         }
 
 
-@ray.remote
+# A model actor whose process dies is started again by Ray (it loads the model on its first call), and the calls
+# that were in flight are sent to it again: a lost worker costs a reload, not the job
+MODEL_ACTOR_RESTARTS = 3
+
+
+@ray.remote(max_restarts=MODEL_ACTOR_RESTARTS, max_task_retries=MODEL_ACTOR_RESTARTS)
 class ModelActor:
     def __init__(self, source: ModelSource, options: PredictorOptions, device: str, threads: int, batch_size: int):
         self._args = (source, options, device, threads, batch_size)
         self._worker: DepthWorker | None = None
+        self._loading = threading.Lock()  # two calls at once on a GPU: one loads, the other waits
 
     def ready(self) -> bool:
         """Answers as soon as the actor is placed and its process runs (before the model is loaded)."""
         return True  # (SinkActor.ready likewise)
 
     def load(self) -> dict:
-        source, options, device, threads, batch_size = self._args
-        self._worker = DepthWorker.create(source, options, device, threads, batch_size)
-        self._cpu_after_load = cpu_seconds()
-        config = self._worker.predictor.net.config
-        return {"variant": config.variant, "version": config.version, "device": str(self._worker.device),
+        worker = self._loaded()
+        config = worker.predictor.net.config
+        return {"variant": config.variant, "version": config.version, "device": str(worker.device),
                 "torch_threads": torch.get_num_threads()}
 
+    def _loaded(self) -> DepthWorker:
+        with self._loading:
+            if self._worker is None:
+                source, options, device, threads, batch_size = self._args
+                self._worker = DepthWorker.create(source, options, device, threads, batch_size)
+                self._cpu_after_load = cpu_seconds()
+        return self._worker
+
     def infer(self, batch: FrameBatch, depth_dtype: str):
-        return self._worker.infer(batch, depth_dtype)
+        return self._loaded().infer(batch, depth_dtype)
 
     def usage(self) -> dict:
         """Peak memory; CPU seconds and frames since the model was loaded (all streams together)."""
+        worker = self._loaded()
         return {"peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_seconds() - self._cpu_after_load,
-                "predict_cpu_s": self._worker.predict_cpu_s, "frames": self._worker.frames_processed}
+                "predict_cpu_s": worker.predict_cpu_s, "frames": worker.frames_processed}
 
 
 @ray.remote(num_cpus=0)

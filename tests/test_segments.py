@@ -184,3 +184,55 @@ def test_a_segment_that_keeps_failing_is_named_and_nothing_is_left(ray_cluster, 
     assert code == 2
     assert "error: segment 2 (1.502-2.502 s): " in err and "No space left on device" in err
     assert list(tmp_path.iterdir()) == [], "segment files and manifest removed on a clean error"
+
+
+@pytest.mark.parametrize("victim", ["model", "sink"])
+def test_a_worker_killed_mid_run_costs_only_its_work(ray_cluster, clips, tmp_path, victim):
+    """A model actor's process killed mid-run is restarted by Ray and its calls sent again; a segment whose sink
+    dies is run again. Either way every frame is written once, as an undisturbed run writes it."""
+    import ray
+
+    from pipeline import graph as graph_module
+
+    settings = load_settings(None, {"model.random_weights": "vits", "model.input_size": 70,
+                                    "batching.batch_size": 1, "smoothing.name": "none",
+                                    "output.depth_format": "gray16"})
+    graph = DepthGraph(settings)
+    sinks = []
+    original_sink = graph_module.SinkActor
+
+    class RecordingSink:  # the sinks the graph makes, so that the test can kill one
+        @staticmethod
+        def options(**kwargs):
+            maker = original_sink.options(**kwargs)
+
+            class Make:
+                @staticmethod
+                def remote(*args):
+                    sinks.append(maker.remote(*args))
+                    return sinks[-1]
+            return Make
+
+    written = []
+
+    def kill_once(count: int) -> None:
+        written.append(count)
+        if len(written) == 5:
+            target = graph.model_actors[0] if victim == "model" else sinks[-1]
+            ray.kill(target, no_restart=False)
+
+    try:
+        graph_module.SinkActor = RecordingSink
+        output = tmp_path / "depth.mkv"
+        summary = graph.process(str(clips["open_gop"]), str(output), on_progress=kill_once, segments=3)
+    finally:
+        graph_module.SinkActor = original_sink
+        graph.shutdown()
+    assert summary["frames_out"] == 90 and len(written) >= 5
+    reference = tmp_path / "reference.mkv"
+    undisturbed = DepthGraph(settings)
+    try:
+        undisturbed.process(str(clips["open_gop"]), str(reference), segments=3)
+    finally:
+        undisturbed.shutdown()
+    assert np.array_equal(gray16_frames(output), gray16_frames(reference))
