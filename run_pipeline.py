@@ -64,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output")
     parser.add_argument("--segments", type=lambda text: int(text) if text.isdigit() else text, metavar="N|auto",
                         help="split a long video at keyframes into N streams run at once, joined by stream copy "
-                             "(auto: one per minute of video, at most one per CPU; default 1)")
+                             "(auto, the default: one per minute of video, at most one per CPU the model actors "
+                             "leave; so short videos and small machines stay whole)")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the segments a killed or interrupted run finished (with --segments)")
     return parser.parse_args(argv)
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> dict:
         source = args.input  # a path or a URL, as given
     output = Path(args.output) if args.output else default_output(source, settings.output.depth_format)
     check_output_path(output, settings.output.depth_format)
+    args.resolved_output = output
     if not is_url(source) and output.exists() and output.resolve() == Path(source).resolve():
         raise PipelineError(f"{output}: output would overwrite the input; choose another name")
     if args.no_overwrite and output.exists():
@@ -243,7 +245,9 @@ def main(argv=None) -> int:
         return 1
     except (KeyboardInterrupt, Terminated) as stop:
         what = "terminated" if isinstance(stop, Terminated) else "interrupted"
-        kept = " (finished segments are kept: run again with --resume)" if args.segments not in (None, 1) else ""
+        output = getattr(args, "resolved_output", None)
+        segments = output is not None and output.with_name(f".{output.name}.segments").is_dir()
+        kept = " (finished segments are kept: run again with --resume)" if segments else ""
         print(f"error: {what}; no output written{kept}", file=sys.stderr)
         return 130 if what == "interrupted" else 143
     finally:

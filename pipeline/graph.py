@@ -427,8 +427,8 @@ class DepthGraph:
             return []
         if segments == "auto":
             duration = (info.expected_frames / float(info.rate)) if info.expected_frames and info.rate else None
-            count = auto_segment_count(ray.cluster_resources().get("CPU", 1), duration,
-                                       self.settings.segments.min_seconds)
+            spare = ray.cluster_resources().get("CPU", 1) - self.plan.model_actors
+            count = auto_segment_count(spare, duration, self.settings.segments.min_seconds)
             if count == 1:
                 return []
         else:

@@ -88,11 +88,12 @@ def plan_segments(index: list[tuple[int, bool]], count: int, warmup_frames: int 
     return segments
 
 
-def auto_segment_count(cpus: float, duration_s: float | None, min_seconds: float) -> int:
-    """One segment per `min_seconds` of video, at most one per CPU of the cluster; short videos stay whole."""
+def auto_segment_count(spare_cpus: float, duration_s: float | None, min_seconds: float) -> int:
+    """One segment per `min_seconds` of video, at most one per CPU the model actors leave (a stream's decode and
+    sink keep about one core busy); short videos, and machines with no core to spare, stay whole."""
     if not duration_s:
         return 1
-    return max(1, min(int(cpus), int(duration_s // min_seconds)))
+    return max(1, min(int(spare_cpus), int(duration_s // min_seconds)))
 
 
 def file_digest(path: Path) -> str:

@@ -63,7 +63,7 @@ OutputSettings = RenderOptions
 
 @dataclass(frozen=True)
 class SegmentSettings:
-    count: int | str = 1  # segments of one video, at keyframes; "auto": one per min_seconds, at most one per CPU
+    count: int | str = "auto"  # segments of one video, at keyframes; auto: one per min_seconds, at most one per spare CPU
     min_seconds: float = 60.0  # "auto" leaves videos shorter than two of these whole
     retries: int = 2  # a stream whose worker or node died is run again this many times
     warmup_seconds: float = 5.0  # decoded before a segment's start (from a keyframe), smoothed, not written

@@ -17,7 +17,7 @@ import run_pipeline
 from benchmarks.pipeline_ceiling import build_instant_depth
 from pipeline.encode import read_depth_scale
 from pipeline.graph import DepthGraph
-from pipeline.segments import packet_index, plan_segments
+from pipeline.segments import auto_segment_count, packet_index, plan_segments
 from pipeline.settings import load_settings
 from tests.clips import assert_same_timing, clip, gray16_frames, read_video
 from tests.test_cli_faults import ray_agents, wait_for
@@ -236,3 +236,9 @@ def test_a_worker_killed_mid_run_costs_only_its_work(ray_cluster, clips, tmp_pat
     finally:
         undisturbed.shutdown()
     assert np.array_equal(gray16_frames(output), gray16_frames(reference))
+
+
+@pytest.mark.parametrize("spare_cpus, seconds, expected", [(1, 600, 1), (15, 600, 10), (15, 100, 1), (0, 600, 1),
+                                                           (4, None, 1), (4, 7200, 4)])
+def test_auto_splits_long_videos_on_machines_with_cores_to_spare(spare_cpus, seconds, expected):
+    assert auto_segment_count(spare_cpus, seconds, min_seconds=60) == expected
