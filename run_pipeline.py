@@ -23,9 +23,9 @@ from pathlib import Path
 
 from model import VARIANTS, CheckpointError, check_checkpoint
 from model.hub import DEFAULT_MODEL, MODEL_NAMES, NON_COMMERCIAL, resolve_checkpoint
-from pipeline.decode import is_url
-from pipeline.encode import DEPTH_FORMATS, check_output_path
-from pipeline.frames import PipelineError
+from pipeline.stages.decode import is_url
+from pipeline.stages.encode import DEPTH_FORMATS, check_output_path
+from pipeline.stages.frames import PipelineError
 from pipeline.settings import load_settings
 
 SAMPLE_INPUT = Path("outputs/sample_input.mp4")
@@ -142,9 +142,9 @@ def run(args: argparse.Namespace) -> dict:
         raise PipelineError(f"{output}: output exists and --no-overwrite was given")
     check_summary_path(args.summary)
 
-    from pipeline.decode import VideoDecoder
+    from pipeline.stages.decode import VideoDecoder
     from pipeline.graph import DepthGraph, start_ray
-    from pipeline.infer import cpu_only_torch_on_a_gpu_machine
+    from pipeline.stages.infer import cpu_only_torch_on_a_gpu_machine
 
     if model.device != "cpu" and cpu_only_torch_on_a_gpu_machine():
         print("warning: this machine has an NVIDIA GPU but this torch is a CPU-only build; everything runs on the "
@@ -190,8 +190,12 @@ class Terminated(BaseException):
     """SIGTERM, raised like KeyboardInterrupt (not an Exception) so that the same clean-up runs as for Ctrl-C."""
 
 
-def on_sigterm(signum, frame):
-    raise Terminated()
+def on_stop_signal(signum, frame):
+    """The first Ctrl-C or SIGTERM stops the run; later ones are ignored, so that the clean-up (the sink removing
+    its temporary file, Ray shutting down) is not cut short by an impatient second Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 @contextlib.contextmanager
@@ -228,7 +232,8 @@ def stop_ray_ignoring_signals() -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     is_main_thread = threading.current_thread() is threading.main_thread()
-    previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if is_main_thread else None
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {n: signal.signal(n, on_stop_signal) for n in stop_signals} if is_main_thread else {}
     try:
         summary = run(args)
         text = json.dumps(summary, indent=2, default=str)
@@ -252,7 +257,8 @@ def main(argv=None) -> int:
         return 130 if what == "interrupted" else 143
     finally:
         if is_main_thread:
-            signal.signal(signal.SIGTERM, previous_handler)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
     print(text)
     return 0
 

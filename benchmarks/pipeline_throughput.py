@@ -32,14 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import DepthPredictor, PredictorOptions  # noqa: E402
 from model.random_weights import random_model  # noqa: E402
-from pipeline.colorize import DepthColorizer  # noqa: E402
-from pipeline.decode import VideoDecoder  # noqa: E402
-from pipeline.encode import DepthVideoWriter  # noqa: E402
-from pipeline.frames import DepthBatch  # noqa: E402
+from pipeline.stages.colorize import DepthColorizer  # noqa: E402
+from pipeline.stages.decode import VideoDecoder  # noqa: E402
+from pipeline.stages.encode import DepthVideoWriter  # noqa: E402
+from pipeline.stages.frames import DepthBatch  # noqa: E402
 from pipeline.graph import DepthGraph, start_ray  # noqa: E402
 from pipeline.sample_video import make_sample_clip  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
-from pipeline.smoothing import make_smoother  # noqa: E402
+from pipeline.stages.smoothing import make_smoother  # noqa: E402
 
 SEED = 0
 

@@ -32,10 +32,6 @@ import torch
 from model import CheckpointError, PredictorOptions
 from model.hub import DEFAULT_MODEL, ResolvedCheckpoint, resolve_checkpoint
 
-from .colorize import DepthQuantizer
-from .decode import VideoDecoder
-from .frames import FrameBatch, PipelineError, VideoInfo
-from .infer import DepthWorker, ModelSource
 from .segments import (
     Segment,
     SegmentStore,
@@ -47,8 +43,12 @@ from .segments import (
     plan_segments,
 )
 from .settings import PipelineSettings
-from .sink import DepthSink, RenderOptions, output_metadata
-from .smoothing import make_smoother
+from .stages.colorize import DepthQuantizer
+from .stages.decode import VideoDecoder
+from .stages.frames import FrameBatch, PipelineError, VideoInfo
+from .stages.infer import DepthWorker, ModelSource
+from .stages.sink import DepthSink, RenderOptions, output_metadata
+from .stages.smoothing import make_smoother
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SINKS_GPU_ROOM = 0.1  # of each GPU, kept for sinks that smooth there (smoothing.device: cuda)

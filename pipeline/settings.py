@@ -22,11 +22,11 @@ import yaml
 from model import PRECISIONS, VARIANTS
 from model.hub import MODEL_NAMES
 
-from .colorize import colormap_id, colormap_names
-from .encode import DEPTH_FORMATS, X264_PRESETS
-from .frames import PipelineError
-from .sink import RenderOptions
-from .smoothing import SMOOTHER_NAMES, make_smoother
+from .stages.colorize import colormap_id, colormap_names
+from .stages.encode import DEPTH_FORMATS, X264_PRESETS
+from .stages.frames import PipelineError
+from .stages.sink import RenderOptions
+from .stages.smoothing import SMOOTHER_NAMES, make_smoother
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.frames import PipelineError
+from pipeline.stages.frames import PipelineError
 from pipeline.graph import plan_actors
 from pipeline.settings import load_settings
 

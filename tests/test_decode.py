@@ -8,8 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.decode import VideoDecoder
-from pipeline.frames import PipelineError
+from pipeline.stages.decode import VideoDecoder
+from pipeline.stages.frames import PipelineError
 from pipeline.sample_video import make_sample_clip, sample_frame
 from tests.clips import clip, hide_leading_frames, read_video, truncate
 

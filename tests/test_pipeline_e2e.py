@@ -12,8 +12,8 @@ import torch
 import run_pipeline
 from model import DepthPredictor, PredictorOptions
 from model.random_weights import random_model
-from pipeline.decode import VideoDecoder
-from pipeline.encode import read_depth_scale
+from pipeline.stages.decode import VideoDecoder
+from pipeline.stages.encode import read_depth_scale
 from tests.clips import assert_same_timing, clip, gray16_frames, read_video, truncate
 
 FAST = ["--random-weights", "vits", "--input-size", "70", "--batch-size", "3"]

@@ -15,7 +15,7 @@ import pytest
 
 import run_pipeline
 from benchmarks.pipeline_ceiling import build_instant_depth
-from pipeline.encode import read_depth_scale
+from pipeline.stages.encode import read_depth_scale
 from pipeline.graph import DepthGraph
 from pipeline.segments import auto_segment_count, packet_index, plan_segments
 from pipeline.settings import load_settings

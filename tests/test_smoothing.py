@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks.temporal_data import evaluate, make_sequence
-from pipeline.smoothing import AlignedSmoothing, make_smoother
+from pipeline.stages.smoothing import AlignedSmoothing, make_smoother
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,8 @@ def test_bad_parameters():
 def test_sink_resets_the_display_range_on_a_cut(tmp_path):
     from fractions import Fraction
 
-    from pipeline.frames import DepthBatch, FrameBatch, VideoInfo
-    from pipeline.sink import DepthSink, RenderOptions
+    from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
+    from pipeline.stages.sink import DepthSink, RenderOptions
 
     sequence = make_sequence(height=72, width=96, frames_per_shot=8, seed=2)
     frames = len(sequence.truth)

@@ -9,14 +9,14 @@ import torch
 
 from model import DepthPredictor, PredictorOptions, resize_depth
 from model.random_weights import random_model
-from pipeline.colorize import DepthColorizer, DepthQuantizer, RangeTracker, colormap_id
-from pipeline.decode import VideoDecoder
-from pipeline.encode import DepthVideoWriter, check_output_path, read_depth_scale
-from pipeline.frames import PipelineError
-from pipeline.infer import DepthWorker
+from pipeline.stages.colorize import DepthColorizer, DepthQuantizer, RangeTracker, colormap_id
+from pipeline.stages.decode import VideoDecoder
+from pipeline.stages.encode import DepthVideoWriter, check_output_path, read_depth_scale
+from pipeline.stages.frames import PipelineError
+from pipeline.stages.infer import DepthWorker
 from pipeline.settings import load_settings
-from pipeline.sink import DepthSink, RenderOptions
-from pipeline.smoothing import make_smoother
+from pipeline.stages.sink import DepthSink, RenderOptions
+from pipeline.stages.smoothing import make_smoother
 from tests.clips import clip, gray16_frames, read_video
 
 SMALL = PredictorOptions(input_size=70)
