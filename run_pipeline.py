@@ -25,7 +25,7 @@ from model import VARIANTS, CheckpointError, check_checkpoint
 from model.hub import DEFAULT_MODEL, MODEL_NAMES, NON_COMMERCIAL, resolve_checkpoint
 from pipeline.stages.decode import is_url
 from pipeline.stages.encode import DEPTH_FORMATS, check_output_path
-from pipeline.stages.frames import PipelineError
+from pipeline.stages.frames import PipelineError, one_line
 from pipeline.settings import load_settings
 
 SAMPLE_INPUT = Path("outputs/sample_input.mp4")
@@ -262,10 +262,6 @@ def main(argv=None) -> int:
     print(text)
     return 0
 
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 if __name__ == "__main__":

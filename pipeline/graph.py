@@ -45,7 +45,7 @@ from .segments import (
 from .settings import PipelineSettings
 from .stages.colorize import DepthQuantizer
 from .stages.decode import VideoDecoder
-from .stages.frames import FrameBatch, PipelineError, VideoInfo
+from .stages.frames import FrameBatch, PipelineError, VideoInfo, one_line
 from .stages.infer import DepthWorker, ModelSource
 from .stages.sink import DepthSink, RenderOptions, output_metadata
 from .stages.smoothing import make_smoother
@@ -254,11 +254,6 @@ class StreamResult:
 # A worker process or node that died: the stream's work is redone (a segment is retried), not given up
 RETRIABLE = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
              ray.exceptions.OwnerDiedError, ray.exceptions.NodeDiedError)
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ class PipelineError(RuntimeError):
     """A problem with the user's input, output or settings; the message is one line that names the file or URL."""
 
 
+def one_line(error: BaseException) -> str:
+    """An error's message as one line (its first), for messages that must stay one line."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the encoder needs to reproduce the source's timing and the sink's frame size."""
