@@ -8,7 +8,7 @@ side, output at the model's resolution and back), sink (default smoother, tracke
 straight to YUV, libx264 ultrafast), audio-less MP4 out. The stand-in returns a cheap depth-like map (a blurred
 luminance) at the model's resolution, so what is measured is what a GPU node pays per frame outside its GPU.
 
-Prints, in one run: fps for one stream and for two concurrent streams on the same model actor, and CPU ms per frame
+Prints, in one run, for frames sent as RGB (as before) and as I420 (the default): fps for one stream and for two concurrent streams on the same model actor, and CPU ms per frame
 of each actor (decode, model actor, sink and its smooth / render / encode steps) and of the driver. The model actor's
 input preparation (uint8 -> float, bicubic resize, normalisation) and the stand-in's arithmetic are device work,
 done by the GPU on a GPU node: they are counted apart, not in the total.
@@ -81,41 +81,51 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--layouts", nargs="+", default=["rgb24", "auto"], choices=["rgb24", "auto"],
+                        help="how frames travel to the model: RGB as before, I420 where the video is (auto)")
     args = parser.parse_args()
     start_ray(num_cpus=2)
     folder = Path(tempfile.mkdtemp(prefix="ceiling_"))
     clips = [make_sample_clip(folder / f"clip{i}.mp4", width=args.width, height=args.height, frames=args.frames,
                               rate=30) for i in range(2)]
-    settings = load_settings("configs/default.yaml", {"model.device": "cpu", "batching.batch_size": args.batch_size})
-    graph = DepthGraph(settings, builder=build_instant_depth)
-    try:
-        graph.process(str(clips[0]), str(folder / "warm_up.mp4"))  # actor start-up and first-call costs
-        print(f"{args.width}x{args.height}, {args.frames} frames per stream, instant stand-in model, default "
-              f"smoother, colour output, batch {args.batch_size}, torch {torch.__version__}")
-        for streams in (1, 2):
-            model_before = model_actor_usage(graph)
-            seconds, summaries, driver_cpu = run_streams(graph, clips[:streams], folder)
-            model_after = model_actor_usage(graph)
-            frames = sum(s["frames_out"] for s in summaries)
-            each = ", ".join(f"{s['fps']:.1f}" for s in summaries)
-            print(f"\n{streams} stream(s): {frames / seconds:6.1f} fps in all ({each} fps each, start to end)")
-            costs: dict[str, float] = {}
-            for summary in summaries:
-                for stage, ms in summary["cpu_ms_per_frame"].items():
-                    costs[stage] = costs.get(stage, 0.0) + ms * summary["frames_out"] / frames
-            used = {key: (model_after[key] - model_before[key]) * 1e3 / frames for key in ("cpu_s", "predict_cpu_s")}
-            costs["model actor: Ray, casts, copies"] = used["cpu_s"] - used["predict_cpu_s"]
-            costs["driver"] = driver_cpu * 1e3 / frames
-            device_work = used["predict_cpu_s"]
-            for stage, ms in costs.items():
-                print(f"  {stage:36s} {ms:6.2f} ms CPU per frame")
-            total = sum(ms for stage, ms in costs.items() if not stage.startswith("sink: "))
-            print(f"  {'total outside the model':36s} {total:6.2f} ms  (goal <= 15)")
-            print(f"  {'(+ input preparation and stand-in':36s} {device_work:6.2f} ms: on a GPU node the GPU does it)")
-            print(f"  peak RSS MB: {summaries[0]['peak_rss_mb']}")
-    finally:
-        graph.shutdown()
+    print(f"{args.width}x{args.height}, {args.frames} frames per stream, instant stand-in model, default "
+          f"smoother, colour output, batch {args.batch_size}, torch {torch.__version__}")
+    for layout in args.layouts:
+        settings = load_settings("configs/default.yaml", {"model.device": "cpu", "batching.batch_size": args.batch_size,
+                                                          "batching.frame_layout": layout})
+        graph = DepthGraph(settings, builder=build_instant_depth)
+        try:
+            graph.process(str(clips[0]), str(folder / "warm_up.mp4"))  # actor start-up and first-call costs
+            for streams in (1, 2):
+                print(f"\nframes as {LAYOUT_NAMES[layout]}, ", end="")
+                measure(graph, clips[:streams], folder)
+        finally:
+            graph.shutdown()
 
+
+LAYOUT_NAMES = {"rgb24": "RGB (before)", "auto": "I420 (frame_layout: auto)"}
+
+
+def measure(graph: DepthGraph, clips: list[Path], folder: Path) -> None:
+    model_before = model_actor_usage(graph)
+    seconds, summaries, driver_cpu = run_streams(graph, clips, folder)
+    model_after = model_actor_usage(graph)
+    frames = sum(s["frames_out"] for s in summaries)
+    each = ", ".join(f"{s['fps']:.1f}" for s in summaries)
+    print(f"{len(clips)} stream(s): {frames / seconds:6.1f} fps in all ({each} fps each, start to end)")
+    costs: dict[str, float] = {}
+    for summary in summaries:
+        for stage, ms in summary["cpu_ms_per_frame"].items():
+            costs[stage] = costs.get(stage, 0.0) + ms * summary["frames_out"] / frames
+    used = {key: (model_after[key] - model_before[key]) * 1e3 / frames for key in ("cpu_s", "predict_cpu_s")}
+    costs["model actor: Ray, casts, copies"] = used["cpu_s"] - used["predict_cpu_s"]
+    costs["driver"] = driver_cpu * 1e3 / frames
+    for stage, ms in costs.items():
+        print(f"  {stage:36s} {ms:6.2f} ms CPU per frame")
+    total = sum(ms for stage, ms in costs.items() if not stage.startswith("sink: "))
+    print(f"  {'total outside the model':36s} {total:6.2f} ms  (goal <= 15)")
+    print(f"  {'(+ input preparation and stand-in':36s} {used['predict_cpu_s']:6.2f} ms: on a GPU node the GPU does it)")
+    print(f"  peak RSS MB: {summaries[0]['peak_rss_mb']}")
 
 if __name__ == "__main__":
     main()

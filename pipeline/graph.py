@@ -12,6 +12,7 @@ per `DepthGraph` and can serve many videos; their batches are returned out of or
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
@@ -43,6 +44,7 @@ from .segments import (
     plan_segments,
 )
 from .settings import PipelineSettings
+from .work_pool import run_in_threads
 from .stages.colorize import DepthQuantizer
 from .stages.decode import VideoDecoder
 from .stages.frames import FrameBatch, PipelineError, VideoInfo, one_line
@@ -155,9 +157,9 @@ def unwrap_ray_error(error: Exception) -> Exception:
 @ray.remote(num_cpus=0)
 class DecodeActor:
     def __init__(self, source: str, batch_size: int, max_wait_s: float | None,
-                 pts_range: tuple[int, int | None] | None = None):
+                 pts_range: tuple[int, int | None] | None = None, layout: str = "auto"):
         self._cpu_at_start = cpu_seconds()
-        self._decoder = VideoDecoder(source, pts_range=pts_range)
+        self._decoder = VideoDecoder(source, pts_range=pts_range, layout=layout)
         self._batches = self._decoder.batches(batch_size, max_wait_s)
 
     @ray.method(num_returns=2)
@@ -342,6 +344,16 @@ class DepthGraph:
         self._next_actor = 0
         self.batch_size = self.plan.batch_size
 
+    def with_settings(self, settings: PipelineSettings) -> "DepthGraph":
+        """The same model actors under another video's settings (output, smoothing, segments: a batch manifest's
+        per-video options). A view: nothing is started or copied."""
+        for section in ("model", "batching", "ray"):
+            if getattr(settings, section) != getattr(self.settings, section):
+                raise PipelineError(f"per-video settings cannot change the {section} section (shared actors)")
+        view = copy.copy(self)
+        view.settings = settings
+        return view
+
     @property
     def model_info(self) -> dict:
         """What the model actors loaded (waits for them); their errors arrive here as one-line exceptions."""
@@ -461,25 +473,9 @@ class DepthGraph:
 
         # Segments in flight at once: one per CPU of the cluster (each holds a decode and a sink actor); each
         # thread drives one segment's stream at a time, and all streams share the model actors
-        pending = deque(todo)
-        lock = threading.Lock()
-
-        def worker() -> None:
-            while True:
-                with lock:
-                    if not pending or failures:
-                        return
-                    segment = pending.popleft()
-                run(segment)
-
-        parallel = max(1, min(len(todo), int(ray.cluster_resources().get("CPU", 1))))
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(parallel)]
+        parallel = int(ray.cluster_resources().get("CPU", 1))
         try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(timeout=0.2)  # short waits, so that Ctrl-C reaches this thread
+            run_in_threads(todo, run, parallel, stop=lambda: bool(failures))
             if failures:
                 raise failures[0]
             files = [store.path_of(segment) for segment in plan]
@@ -526,7 +522,7 @@ class DepthGraph:
         """decode -> shared model actors -> sink for one stream (a video, or a segment of one), bounded in flight."""
         settings = self.settings
         pts_range = (segment.warmup_from, segment.end) if segment is not None else None
-        decoder = DecodeActor.remote(source, self.batch_size, None, pts_range)
+        decoder = DecodeActor.remote(source, self.batch_size, None, pts_range, self.settings.batching.frame_layout)
         sink = SinkActor.options(**self.plan.sink_options).remote(
             output, info, render, settings.smoothing.name, dict(settings.smoothing.params),
             self.plan.smoother_device, segment.start if segment is not None else None,

@@ -32,12 +32,12 @@ def test_frames_keep_exact_timestamps_and_rate(clips):
     assert (decoder.info.width, decoder.info.height) == (642, 362)
     frames = list(decoder.frames())
     assert [pts for pts, _ in frames] == read_video(clips["odd"])["pts"]
-    assert all(rgb.shape == (362, 642, 3) and rgb.dtype == np.uint8 for _, rgb in frames)
+    assert all(i420.shape == (543, 642) and i420.dtype == np.uint8 for _, i420 in frames)
     assert decoder.unreadable_frames == 0
 
 
 def test_rotation_metadata_is_applied(clips):
-    decoder = VideoDecoder(str(clips["rotated"]))
+    decoder = VideoDecoder(str(clips["rotated"]), layout="rgb24")
     assert decoder.info.rotation == 90
     assert (decoder.info.width, decoder.info.height) == (96, 160)
     _, upright = next(iter(decoder.frames()))
@@ -62,7 +62,9 @@ def test_batches_cover_every_frame_once(clips):
     batches = list(decoder.batches(batch_size=5))
     assert [len(b) for b in batches] == [5, 5, 2]
     assert [b.first_index for b in batches] == [0, 5, 10]
-    assert batches[0].rgb.shape == (5, 362, 642, 3)
+    assert batches[0].layout == "yuv420p" and batches[0].pixels.shape == (5, 362 * 3 // 2, 642)
+    rgb_batches = list(VideoDecoder(str(clips["odd"]), layout="rgb24").batches(batch_size=5))
+    assert rgb_batches[0].layout == "rgb24" and rgb_batches[0].pixels.shape == (5, 362, 642, 3)
 
 
 @pytest.mark.parametrize("name", ["long_mkv", "faststart"])

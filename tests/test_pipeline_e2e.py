@@ -14,6 +14,7 @@ from model import DepthPredictor, PredictorOptions
 from model.random_weights import random_model
 from pipeline.stages.decode import VideoDecoder
 from pipeline.stages.encode import read_depth_scale
+from pipeline.stages.pixels import i420_to_rgb
 from tests.clips import assert_same_timing, clip, gray16_frames, read_video, truncate
 
 FAST = ["--random-weights", "vits", "--input-size", "70", "--batch-size", "3"]
@@ -73,8 +74,8 @@ def test_gray16_decodes_back_to_model_depth_with_two_model_actors(ray_cluster, c
     assert code == 0, err
     written = gray16_frames(output).astype(np.float64) / read_depth_scale(output)
     predictor = DepthPredictor(random_model("vits", seed=0), PredictorOptions(input_size=70))
-    frames = np.stack([rgb for _, rgb in VideoDecoder(str(source)).frames()])
-    expected = predictor(torch.from_numpy(frames)).numpy()
+    frames = np.stack([i420 for _, i420 in VideoDecoder(str(source)).frames()])
+    expected = predictor(i420_to_rgb(torch.from_numpy(frames))).numpy()  # the model actor's conversion
     assert written.shape == expected.shape
     # Within half a quantisation step (plus float noise between batchings): also proves frame order
     assert np.abs(written - expected).max() <= 0.5 / summary["depth_scale"] + 1e-4 * expected.max()

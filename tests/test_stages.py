@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,7 @@ from pipeline.stages.decode import VideoDecoder
 from pipeline.stages.encode import DepthVideoWriter, check_output_path, read_depth_scale
 from pipeline.stages.frames import PipelineError
 from pipeline.stages.infer import DepthWorker
+from pipeline.stages.pixels import i420_to_rgb
 from pipeline.settings import load_settings
 from pipeline.stages.sink import DepthSink, RenderOptions
 from pipeline.stages.smoothing import make_smoother
@@ -39,7 +41,9 @@ def test_worker_gives_depth_at_model_resolution(worker, sample, depth_dtype, tol
     # 64 x 96 frames: the short side becomes 70, the long side 105 = 7.5 patches, rounded half-to-even to 8: 112
     assert depth_batch.depth.shape == (4, 70, 112) and depth_batch.depth.dtype == np.dtype(depth_dtype)
     assert depth_batch.pts == batch.pts and depth_batch.first_index == 0
-    direct = worker.predictor(torch.from_numpy(batch.rgb), at_frame_size=False).numpy()
+    assert batch.layout == "yuv420p"  # converted to RGB by the worker, on the model's device
+    rgb = i420_to_rgb(torch.from_numpy(batch.pixels))
+    direct = worker.predictor(rgb, at_frame_size=False).numpy()
     np.testing.assert_allclose(depth_batch.depth, direct, rtol=tolerance, atol=tolerance * direct.max())
 
 
@@ -52,7 +56,7 @@ def test_sink_resizes_model_resolution_depth_to_the_frame_as_the_original(worker
     sink = DepthSink(str(output), decoder.info, RenderOptions(depth_format="gray16"), make_smoother("none"))
     sink.write(worker.infer(batch, "float32"), batch)
     stats = sink.close()
-    expected = worker.predictor(torch.from_numpy(batch.rgb)).numpy()  # resized by torch, on the model's side
+    expected = worker.predictor(i420_to_rgb(torch.from_numpy(batch.pixels))).numpy()  # resized on the model's side
     written = gray16_frames(output) / read_depth_scale(output)
     assert written.shape == expected.shape == (4, 64, 96)
     np.testing.assert_allclose(written, expected, atol=0.51 / stats["depth_scale"] + 1e-4 * expected.max())
@@ -209,6 +213,20 @@ def test_yuv_colour_path_matches_the_rgb_colormap(sample, tmp_path):
         writer.close()
         decoded[name] = read_video(tmp_path / f"{name}.mp4")["frames"][0].to_ndarray(format="rgb24").astype(int)
     assert np.abs(decoded["yuv"] - decoded["rgb"]).mean() < 2
+
+
+def test_colour_looked_up_at_model_resolution_matches_colouring_the_resized_depth():
+    """The sink colours depth at the model's resolution and resizes the picture: the same as resizing the depth
+    first and colouring that, to within a level or two (a rounding, and the colormap's slope)."""
+    ys, xs = np.mgrid[0:70, 0:112].astype(np.float32)
+    depth = (np.sin(xs / 25) + np.cos(ys / 20) + 2).astype(np.float32)
+    frame_hw = (96, 160)
+    resized_first = cv2.resize(depth, frame_hw[::-1], interpolation=cv2.INTER_LINEAR)
+    for render in ("yuv420", "__call__"):
+        at_model = getattr(DepthColorizer("inferno"), render)(depth, frame_hw).astype(int)
+        at_frame = getattr(DepthColorizer("inferno"), render)(resized_first).astype(int)
+        assert at_model.shape == at_frame.shape
+        assert np.abs(at_model - at_frame).mean() < 1.0 and np.percentile(np.abs(at_model - at_frame), 99) <= 4
 
 
 def test_compiled_model_sees_one_batch_size_only(sample, monkeypatch):

@@ -52,7 +52,7 @@ def test_inputs_are_what_they_claim(inputs):
 @pytest.mark.parametrize("name", [*INPUTS, "editlist.mp4"])
 @pytest.mark.parametrize("preset", ["ultrafast", "veryfast"], ids=["no-bframes-out", "bframes-out"])
 def test_every_frame_keeps_its_timestamp(inputs, tmp_path, name, suffix, preset):
-    decoder = VideoDecoder(str(inputs[name]))
+    decoder = VideoDecoder(str(inputs[name]), layout="rgb24")
     frames = list(decoder.frames())
     output = tmp_path / f"out{suffix}"
     writer = DepthVideoWriter(output, "color", decoder.info, (48, 64), preset=preset)

@@ -80,32 +80,43 @@ class DepthColorizer:
         # convertScaleAbs rounds and saturates at 255 but takes |x|: clamp at `low` first so nothing goes negative
         return cv2.convertScaleAbs(np.maximum(depth, low), alpha=scale, beta=-low * scale)
 
-    def __call__(self, depth: np.ndarray) -> np.ndarray:
-        """H x W x 3 uint8 RGB, or H x W uint8 for gray."""
+    def __call__(self, depth: np.ndarray, size_hw: tuple[int, int] | None = None) -> np.ndarray:
+        """H x W x 3 uint8 RGB, or H x W uint8 for gray; at `size_hw` when given (resized after the colour lookup,
+        bilinear: depth at the model's resolution is coloured there, at a fraction of the frame's pixels)."""
         levels = self.levels(depth)
-        if self.colormap is None:
-            return levels
-        return cv2.cvtColor(cv2.applyColorMap(levels, self.colormap), cv2.COLOR_BGR2RGB)
+        image = levels if self.colormap is None else cv2.cvtColor(cv2.applyColorMap(levels, self.colormap),
+                                                                 cv2.COLOR_BGR2RGB)
+        return _resized(image, size_hw)
 
-    def yuv420(self, depth: np.ndarray) -> np.ndarray:
-        """The colormapped frame straight in I420 layout, (3H/2) x W uint8, for even H and W.
+    def yuv420(self, depth: np.ndarray, size_hw: tuple[int, int] | None = None) -> np.ndarray:
+        """The colormapped frame straight in I420 layout, (3H/2) x W uint8, for even H and W (those of `size_hw`
+        when given, else the depth's).
 
         Looks the colour up in Y, U and V tables instead of making RGB and converting it (the encoder would): about
         a fifth of the work. The tables come from the colormap through FFmpeg's own RGB -> YUV conversion, so colours
-        match the RGB path.
+        match the RGB path. Depth smaller than the frame is looked up at its own size and each plane resized
+        (bilinear) to the frame's, or to half of it for the chroma.
         """
         if self._yuv_tables is None:
             self._yuv_tables = _yuv_tables(self.colormap)
         levels = self.levels(depth)
-        height, width = levels.shape
+        height, width = size_hw or levels.shape
         luma, blue_diff, red_diff = self._yuv_tables
-        half = (width // 2, height // 2)
+        half = (height // 2, width // 2)
         # Chroma averaged over each 2x2 block (as the encoder's own conversion would), not point-sampled
-        planes = [cv2.LUT(levels, luma)] + [
-            cv2.resize(cv2.LUT(levels, table), half, interpolation=cv2.INTER_AREA) for table in (blue_diff, red_diff)
+        planes = [_resized(cv2.LUT(levels, luma), (height, width))] + [
+            _resized(cv2.LUT(levels, table), half) for table in (blue_diff, red_diff)
         ]
         # I420 is the three planes back to back; viewed as rows of W it is 3H/2 rows (H even)
         return np.concatenate([plane.ravel() for plane in planes]).reshape(height * 3 // 2, width)
+
+
+def _resized(image: np.ndarray, size_hw: tuple[int, int] | None) -> np.ndarray:
+    """`image` at `size_hw`, bilinear with half-pixel centres (OpenCV's area average is several times slower at the
+    non-integer ratios of model to frame size)."""
+    if size_hw is None or tuple(image.shape[:2]) == tuple(size_hw):
+        return image
+    return cv2.resize(image, size_hw[::-1], interpolation=cv2.INTER_LINEAR)
 
 
 class DepthQuantizer:

@@ -2,10 +2,12 @@
 Decode: a video file or URL -> upright RGB frames with their exact timestamps, grouped into batches.
 
 Takes: a path or URL PyAV can open.
-Gives: `VideoInfo` (size, exact rate, time base, rotation) and an iterator of `FrameBatch` (B x H x W x 3 uint8).
+Gives: `VideoInfo` (size, exact rate, time base, rotation) and an iterator of `FrameBatch` (uint8, in `layout`).
 
-Frames are converted once, to packed RGB at the stream's display size (rotation metadata applied with a lossless
-90-degree turn), which is what the model's preparation takes. Decoding is threaded by FFmpeg. Corrupt packets are
+Frames leave as the decoder made them when that is 8-bit YUV 4:2:0 of even size (I420, B x H*3/2 x W: one copy,
+no conversion; the model actor converts on its device), and are converted once to packed RGB (B x H x W x 3)
+otherwise. Rotation metadata is applied with a lossless 90-degree turn (each plane turned for I420). Decoding is
+threaded by FFmpeg. Corrupt packets are
 skipped and counted rather than ending the run, so a file truncated mid-stream still yields every decodable frame.
 """
 
@@ -21,6 +23,7 @@ import av
 import numpy as np
 
 from .frames import FrameBatch, PipelineError, VideoInfo
+from .pixels import RGB24, YUV420P, i420_planes
 
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "srt://", "udp://", "tcp://")
 
@@ -50,19 +53,26 @@ def open_video(source: str, options: dict | None = None):
     return container, container.streams.video[0]
 
 
-def rotate_upright(rgb_hwc: np.ndarray, rotation: int) -> np.ndarray:
-    """Apply a display-matrix rotation (degrees counter-clockwise, multiples of 90)."""
+def rotate_upright(pixels: np.ndarray, rotation: int, layout: str = RGB24) -> np.ndarray:
+    """Apply a display-matrix rotation (degrees counter-clockwise, multiples of 90) to one frame in `layout`."""
     quarter_turns = round(rotation / 90) % 4
-    return np.ascontiguousarray(np.rot90(rgb_hwc, k=quarter_turns)) if quarter_turns else rgb_hwc
+    if not quarter_turns:
+        return pixels
+    if layout == RGB24:
+        return np.ascontiguousarray(np.rot90(pixels, k=quarter_turns))
+    planes = [np.rot90(plane, k=quarter_turns) for plane in i420_planes(pixels, pixels.shape[0] * 2 // 3)]
+    width = planes[0].shape[1]
+    return np.concatenate([plane.reshape(-1) for plane in planes]).reshape(-1, width)
 
 
 class VideoDecoder:
     """Iterates a source's video frames as upright RGB; `info` describes the stream, counters describe losses."""
 
     def __init__(self, source: str, threads: int = 0, options: dict | None = None,
-                 pts_range: tuple[int, int | None] | None = None):
+                 pts_range: tuple[int, int | None] | None = None, layout: str = "auto"):
         """`pts_range` (first, end): only frames with first <= pts < end (end None: to the end), found by seeking to
-        the keyframe at or before `first` and decoding from there (a segment of a long video)."""
+        the keyframe at or before `first` and decoding from there (a segment of a long video). `layout`: "auto"
+        (I420 where the stream is 8-bit 4:2:0 of even size, RGB otherwise) or "rgb24"."""
         self.source = str(source)
         self._pts_range = pts_range
         self._container, self._stream = open_video(self.source, options)
@@ -81,6 +91,9 @@ class VideoDecoder:
         width, height = stream.codec_context.width, stream.codec_context.height
         if round(rotation / 90) % 2:
             width, height = height, width
+        coded_format = stream.codec_context.format.name if stream.codec_context.format else None
+        self.layout = (YUV420P if layout == "auto" and coded_format == YUV420P and width % 2 == 0 and height % 2 == 0
+                       else RGB24)
         self.info = VideoInfo(
             source=self.source,
             width=width,
@@ -155,7 +168,7 @@ class VideoDecoder:
     # .................................................................................................................
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(pts, upright RGB H x W x 3 uint8) for every decodable frame, in presentation order."""
+        """(pts, one upright frame in `layout`, uint8) for every decodable frame, in presentation order."""
         rate, time_base = self.info.rate, self.info.time_base
         frame_step = max(1, round(1 / (rate * time_base))) if rate and time_base else 1
         last_pts = None
@@ -175,28 +188,30 @@ class VideoDecoder:
                 continue  # decoded from the keyframe before the range: needed as a reference only
             if end_pts is not None and pts >= end_pts:
                 return  # frames come out in presentation order: everything before `end` has been seen
-            rgb = frame.to_ndarray(format="rgb24")
-            if frame.width != self._stream.codec_context.width or frame.height != self._stream.codec_context.height:
-                rgb = frame.reformat(width=self._stream.codec_context.width,
-                                     height=self._stream.codec_context.height, format="rgb24").to_ndarray()
+            coded_width, coded_height = self._stream.codec_context.width, self._stream.codec_context.height
+            if frame.width != coded_width or frame.height != coded_height or (
+                    self.layout == YUV420P and frame.format.name != YUV420P):
+                # A mid-stream size or format change: scaled back to what the stream started with
+                frame = frame.reformat(width=coded_width, height=coded_height, format=self.layout)
+            pixels = frame.to_ndarray(format=self.layout)
             self.frames_decoded += 1
-            yield pts, rotate_upright(rgb, self.info.rotation)
+            yield pts, rotate_upright(pixels, self.info.rotation, self.layout)
 
     def batches(self, batch_size: int, max_wait_s: float | None = None) -> Iterator[FrameBatch]:
         """Consecutive frames in batches of `batch_size`; a live source also closes a batch after `max_wait_s`."""
         index, pts_list, images, started = 0, [], [], 0.0
-        for pts, rgb in self.frames():
+        for pts, pixels in self.frames():
             if not images:
                 started = time.monotonic()
             pts_list.append(pts)
-            images.append(rgb)
+            images.append(pixels)
             waited_out = max_wait_s is not None and time.monotonic() - started >= max_wait_s
             if len(images) >= batch_size or waited_out:
-                yield FrameBatch(index, pts_list, self.info.time_base, np.stack(images))
+                yield FrameBatch(index, pts_list, self.info.time_base, np.stack(images), self.layout)
                 index += len(images)
                 pts_list, images = [], []
         if images:
-            yield FrameBatch(index, pts_list, self.info.time_base, np.stack(images))
+            yield FrameBatch(index, pts_list, self.info.time_base, np.stack(images), self.layout)
 
     @property
     def unreadable_frames(self) -> int:

@@ -1,9 +1,10 @@
 """
 What flows between the stages: batches of frames and of depth maps, each frame with its index and exact timestamp.
 
-A `FrameBatch` carries B decoded frames as one B x H x W x 3 uint8 RGB array (the layout the model wants, upright
-after any rotation metadata); a `DepthBatch` the matching relative inverse depth, B x h x w at the model's resolution. Timestamps stay
-in the source's units (`pts` in `time_base`), so variable frame rates and 29.97 fps survive exactly.
+A `FrameBatch` carries B decoded frames as one uint8 array, upright after any rotation metadata: I420 (YUV 4:2:0,
+half the bytes, converted to RGB on the model's device) or packed RGB; a `DepthBatch` the matching relative inverse
+depth, B x h x w at the model's resolution. Timestamps stay in the source's units (`pts` in `time_base`), so
+variable frame rates and 29.97 fps survive exactly.
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ class VideoInfo:
 
 @dataclass
 class FrameBatch:
-    """B consecutive frames: `rgb` B x H x W x 3 uint8, `pts[i]` in `time_base` units, indices from `first_index`."""
+    """B consecutive frames, `pts[i]` in `time_base` units, indices from `first_index`. `pixels` is uint8 in `layout`
+    (see `pixels.py`): "rgb24", B x H x W x 3, or "yuv420p" (I420), B x (H * 3 / 2) x W, half the bytes."""
 
     first_index: int
     pts: list[int]
     time_base: Fraction
-    rgb: np.ndarray
+    pixels: np.ndarray
+    layout: str = "rgb24"
 
     def __len__(self) -> int:
         return len(self.pts)

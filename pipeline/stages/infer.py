@@ -1,11 +1,12 @@
 """
 Infer: batches of frames -> batches of depth, on the model's device.
 
-Takes: `FrameBatch` (B x H x W x 3 uint8 RGB, host memory).
+Takes: `FrameBatch` (uint8 in host memory: I420, B x H*3/2 x W, converted to RGB on the model's device; or RGB,
+B x H x W x 3).
 Gives: `DepthBatch` (B x h x w relative inverse depth at the model's resolution, float16 or float32, host memory);
 the sink smooths it there and resizes it to the frame size once, for rendering.
 
-On a GPU, each call stages its frames in a reusable pinned host buffer and issues a non-blocking copy on a
+On a GPU, each call stages its frames (as they came: I420 is half the bytes of RGB) in a reusable pinned host buffer and issues a non-blocking copy on a
 dedicated copy stream; the compute stream waits only on that copy's event. The Ray actor around this class allows
 two calls at once, so the copy of batch N+1 runs while batch N computes. Results come back through pinned buffers
 too, copied on a third stream outside the compute lock. On the CPU the same `infer` runs without any of that.
@@ -31,6 +32,7 @@ from model.hub import resolve_checkpoint
 from model.random_weights import random_model
 
 from .frames import DepthBatch, FrameBatch, PipelineError
+from .pixels import YUV420P, i420_to_rgb
 
 DEPTH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -139,25 +141,31 @@ class DepthWorker:
         """Depth at the model's resolution (B x h x w), in `depth_dtype`: float16 is plenty for 8-bit pictures and
         half the bytes to move; the 16-bit output asks for float32."""
         dtype = DEPTH_DTYPES[depth_dtype]
-        rgb = batch.rgb
+        pixels = batch.pixels
         if len(batch) < self._padded_batch:  # repeat the last frame; its depth is dropped below
-            rgb = np.concatenate([rgb, np.repeat(rgb[-1:], self._padded_batch - len(batch), axis=0)])
-        depth = self._infer_cuda(rgb, dtype) if self._use_cuda else self._infer_cpu(rgb, dtype)
+            pixels = np.concatenate([pixels, np.repeat(pixels[-1:], self._padded_batch - len(batch), axis=0)])
+        run = self._infer_cuda if self._use_cuda else self._infer_cpu
+        depth = run(pixels, batch.layout, dtype)
         depth = depth[: len(batch)]
         self.frames_processed += len(batch)
         return DepthBatch(batch.first_index, batch.pts, batch.time_base, depth)
 
-    def _infer_cpu(self, rgb_bhwc: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    def _predict(self, frames: torch.Tensor, layout: str) -> torch.Tensor:
+        """Frames on the model's device, in `layout` -> float32 depth B x h x w at the model's resolution."""
+        rgb_bhwc = i420_to_rgb(frames) if layout == YUV420P else frames
+        return self.predictor(rgb_bhwc, at_frame_size=False)
+
+    def _infer_cpu(self, pixels: np.ndarray, layout: str, dtype: torch.dtype) -> np.ndarray:
         with self._compute_lock:
             started = time.process_time()
-            depth = self.predictor(torch.from_numpy(rgb_bhwc), at_frame_size=False)
+            depth = self._predict(torch.from_numpy(pixels), layout)
             self.predict_cpu_s += time.process_time() - started  # input preparation + network: device work
         return depth.to(dtype).numpy()
 
-    def _infer_cuda(self, rgb_bhwc: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-        staging = self._pinned.take(rgb_bhwc.shape, torch.uint8)
+    def _infer_cuda(self, pixels: np.ndarray, layout: str, dtype: torch.dtype) -> np.ndarray:
+        staging = self._pinned.take(pixels.shape, torch.uint8)
         try:
-            staging.numpy()[...] = rgb_bhwc  # one host copy into page-locked memory
+            staging.numpy()[...] = pixels  # one host copy into page-locked memory
             with torch.cuda.stream(self._copy_stream):
                 frames_on_device = staging.to(self.device, non_blocking=True)
                 copied = torch.cuda.Event()
@@ -166,7 +174,7 @@ class DepthWorker:
                 self._compute_stream.wait_event(copied)
                 # The input was allocated on the copy stream: tell the allocator the compute stream uses it too
                 frames_on_device.record_stream(self._compute_stream)
-                depth_on_device = self.predictor(frames_on_device, at_frame_size=False).to(dtype)
+                depth_on_device = self._predict(frames_on_device, layout).to(dtype)
                 computed = torch.cuda.Event()
                 computed.record(self._compute_stream)
             # The copy back runs on its own stream, outside the lock: the next batch's compute need not wait for it

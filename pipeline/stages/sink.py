@@ -22,7 +22,8 @@ import numpy as np
 from .colorize import GRAY, DepthColorizer, DepthQuantizer
 from .encode import DepthVideoWriter
 from .frames import DepthBatch, FrameBatch, VideoInfo
-from .smoothing import Smoother
+from .pixels import frame_height, to_rgb
+from .smoothing import Guide, Smoother
 
 
 @dataclass(frozen=True)
@@ -74,22 +75,20 @@ class DepthSink:
         self._waiting[depth_batch.first_index] = (depth_batch, frame_batch)
         while self._next_index in self._waiting:
             depth_batch, frame_batch = self._waiting.pop(self._next_index)
-            for depth, rgb, pts in zip(depth_batch.depth, frame_batch.rgb, depth_batch.pts):
-                self._write_frame(depth, rgb, pts)
+            for depth, pixels, pts in zip(depth_batch.depth, frame_batch.pixels, depth_batch.pts):
+                self._write_frame(depth, pixels, frame_batch.layout, pts)
             self._next_index += len(depth_batch)
         return self.frames_written
 
-    def _write_frame(self, depth: np.ndarray, rgb: np.ndarray, pts: int) -> None:
+    def _write_frame(self, depth: np.ndarray, pixels: np.ndarray, layout: str, pts: int) -> None:
         started = time.process_time()
-        height, width = rgb.shape[:2]
+        height, width = frame_height(pixels, layout), pixels.shape[1]
         depth = depth.astype(np.float32, copy=False)
         model_hw = depth.shape
-        # Smoothing runs at the model's resolution (fewer pixels; the motion gate sees the frame shrunk to match),
-        # then the depth is resized once to the frame, bilinear with half-pixel centres, as the original does
-        guide = rgb if model_hw == (height, width) else cv2.resize(rgb, model_hw[::-1], interpolation=cv2.INTER_LINEAR)
+        # Smoothing runs at the model's resolution (fewer pixels; the motion gate sees the frame's grey shrunk to
+        # match), then the depth is resized once to the frame, bilinear with half-pixel centres, as the original does
+        guide = Guide.of_frame(pixels, model_hw, layout) if getattr(self.smoother, "uses_guide", False) else None
         smoothed = self.smoother.update(depth, guide)
-        if model_hw != (height, width):
-            smoothed = cv2.resize(smoothed, (width, height), interpolation=cv2.INTER_LINEAR)
         smoothed_at = time.process_time()
         if getattr(self.smoother, "cut_detected", False):
             self.colorizer.tracker.reset()  # a new shot gets its own display range at once, not a slow drift
@@ -99,17 +98,22 @@ class DepthSink:
                 self.colorizer.tracker.update(smoothed)
             self.warmup_frames += 1
             return
+        # Resized to the frame once: 16-bit depth before quantising; 8-bit pictures after the colour lookup (the
+        # lookup then runs on the model's pixels, about half a 720p frame's; the two differ by a rounding)
+        frame_hw = (height, width)
         if self.quantizer is not None:
+            if model_hw != frame_hw:
+                smoothed = cv2.resize(smoothed, (width, height), interpolation=cv2.INTER_LINEAR)
             image = self.quantizer(smoothed)
         elif self.options.depth_format == "side-by-side":
-            image = np.concatenate([rgb, self.colorizer(smoothed)], axis=1)
-        elif self.options.depth_format == "color" and smoothed.shape[0] % 2 == 0 and smoothed.shape[1] % 2 == 0:
-            image = self.colorizer.yuv420(smoothed)  # what the encoder takes, without an RGB detour
+            image = np.concatenate([to_rgb(pixels, layout), self.colorizer(smoothed, frame_hw)], axis=1)
+        elif self.options.depth_format == "color" and height % 2 == 0 and width % 2 == 0:
+            image = self.colorizer.yuv420(smoothed, frame_hw)  # what the encoder takes, without an RGB detour
         else:
-            image = self.colorizer(smoothed)
+            image = self.colorizer(smoothed, frame_hw)
         if self._writer is None:
-            frame_hw = smoothed.shape if self.options.depth_format != "side-by-side" else image.shape[:2]
-            self._writer = self._open_writer(tuple(frame_hw))
+            self._writer = self._open_writer(frame_hw if self.options.depth_format != "side-by-side"
+                                             else image.shape[:2])
         rendered_at = time.process_time()
         self._writer.write(image, pts)
         for stage, seconds in (("smooth", smoothed_at - started), ("render", rendered_at - smoothed_at),
