@@ -5,6 +5,7 @@ Turn a video into a depth video, streaming through Ray actors (decode -> infer -
     python run_pipeline.py INPUT -o OUTPUT                     # Depth-Anything small from the Hugging Face Hub
     python run_pipeline.py INPUT -o OUTPUT --model large       # or base, v2-small, ...; or --checkpoint PATH|REPO
     python run_pipeline.py --random-weights vits               # a sample clip, random weights: plumbing only
+    python run_pipeline.py batch INPUTS... --output-dir DIR     # many videos (see: run_pipeline.py batch --help)
 
 Prints a JSON summary on stdout at the end; errors are one line on stderr with a non-zero exit status.
 """
@@ -42,6 +43,43 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", nargs="?", help="video file or URL (omit for a generated sample clip)")
     parser.add_argument("-o", "--output", help="output video (.mp4/.mkv; .mkv for gray16); default: INPUT_depth.EXT")
+    add_shared_flags(parser)
+    parser.add_argument("--summary", help="also write the JSON summary to this file")
+    parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the segments a killed or interrupted run finished (with --segments)")
+    live = parser.add_argument_group("live (an rtsp/srt/udp/rtmp input, an rtsp:// output, or --realtime)")
+    live.add_argument("--realtime", action="store_true", help="play a file at its own rate, as a camera would")
+    live.add_argument("--record", help="also record the live depth stream to this file")
+    live.add_argument("--metrics", action="store_true", help="export live metrics with ray.util.metrics")
+    return parser.parse_args(argv)
+
+
+def parse_batch_args(argv) -> argparse.Namespace:
+    parser = OneLineParser(prog="run_pipeline.py batch", description=BATCH_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="folders (searched recursively), globs, video files, or manifests (.txt: one path per "
+                             "line; .jsonl: {\"input\": PATH, \"options\": {\"output.depth_format\": ...}})")
+    parser.add_argument("--output-dir", required=True, help="where outputs go, keeping each input's relative path")
+    add_shared_flags(parser)
+    parser.add_argument("--force", action="store_true", help="redo every video, even those finished before")
+    parser.add_argument("--videos-in-flight", type=int, metavar="N",
+                        help="videos open at once (default: one per CPU the model actors leave, at least 2)")
+    return parser.parse_args(argv)
+
+
+BATCH_HELP = """Many videos on one pool of model actors (a local Ray instance, or a cluster with --address).
+
+    python run_pipeline.py batch videos/ more/*.mp4 list.txt --output-dir depth/ [--address auto]
+
+Resumable: DIR/batch_status.jsonl records each finished video; the same command again skips them (without touching
+their outputs) and does the rest; --force redoes all. DIR/batch_report.json is the job's report. Exit status 0 when
+every video succeeded (or was done before), 3 when some failed (named in the report), 2 for bad settings or inputs."""
+
+
+def add_shared_flags(parser: argparse.ArgumentParser) -> None:
+    """The model, output and Ray flags the single-video and batch commands share."""
     parser.add_argument("--model", choices=MODEL_NAMES, metavar="NAME",
                         help=f"released weights from the Hugging Face Hub: {', '.join(MODEL_NAMES)} (default "
                              f"{DEFAULT_MODEL}; {' and '.join(NON_COMMERCIAL)} are non-commercial)")
@@ -58,17 +96,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="auto (default): float16 on a GPU, float32 on a CPU")
     parser.add_argument("--smoother", help="temporal smoother: default, ema, none")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--address", help="existing Ray cluster address (default: start a local one)")
+    parser.add_argument("--address", help="existing Ray cluster: auto (the one on this machine) or HOST:PORT "
+                                          "(default: start a private local one)")
     parser.add_argument("--model-actors", type=int, help="model actors (default: one per GPU, else one)")
-    parser.add_argument("--summary", help="also write the JSON summary to this file")
-    parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output")
     parser.add_argument("--segments", type=lambda text: int(text) if text.isdigit() else text, metavar="N|auto",
                         help="split a long video at keyframes into N streams run at once, joined by stream copy "
                              "(auto, the default: one per minute of video, at most one per CPU the model actors "
                              "leave; so short videos and small machines stay whole)")
-    parser.add_argument("--resume", action="store_true",
-                        help="reuse the segments a killed or interrupted run finished (with --segments)")
-    return parser.parse_args(argv)
 
 
 # Each setting a flag overrides, by its key; errors name the flag the user typed
@@ -120,8 +154,115 @@ def progress_bar(total: int | None):
     return tqdm(total=total, unit="frame", disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
 
+def warn_about_cpu_only_torch(settings) -> None:
+    from pipeline.stages.infer import cpu_only_torch_on_a_gpu_machine
+
+    if settings.model.device != "cpu" and cpu_only_torch_on_a_gpu_machine():
+        print("warning: this machine has an NVIDIA GPU but this torch is a CPU-only build; everything runs on the "
+              "CPU (see the README for installing a CUDA build of torch)", file=sys.stderr)
+
+
+def resolve_model(settings):
+    """The checkpoint to load (None for random weights), checked; last of the checks before Ray, since resolving a
+    name can mean a download that a bad input or setting should not wait for."""
+    model = settings.model
+    if model.random_weights:
+        print("note: random weights - the output shows the pipeline working, not real depth", file=sys.stderr)
+        return None
+    resolved = resolve_checkpoint(model.checkpoint or model.name or DEFAULT_MODEL)
+    check_checkpoint(resolved.path, model.version)
+    return resolved
+
+
+def run_batch(args: argparse.Namespace) -> tuple[dict, int]:
+    """The batch command: (the job's report, exit status)."""
+    from pipeline.jobs.batch import EXIT_SOME_FAILED, BatchJob, BatchOptions, report_table
+    from pipeline.jobs.inputs import find_inputs
+
+    settings = load_settings(args.config, overrides_from(args), flag_labels())
+    if args.videos_in_flight is not None and args.videos_in_flight < 1:
+        raise PipelineError(f"--videos-in-flight must be >= 1, got {args.videos_in_flight}")
+    folder = Path(args.output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise PipelineError(f"{folder}: --output-dir exists and is not a folder")
+    job = BatchJob(settings, find_inputs(args.inputs, folder), folder,
+                   BatchOptions(force=args.force, videos_in_flight=args.videos_in_flight or 0))
+    warn_about_cpu_only_torch(settings)
+    resolved = resolve_model(settings)
+    from pipeline.graph import DepthGraph, start_ray
+
+    with signals_deferred():
+        start_ray(settings.ray.address, settings.ray.num_cpus)
+    graph = DepthGraph(settings, resolved=resolved)
+    try:
+        report = job.run(graph)
+    except BaseException:
+        with signals_deferred():
+            graph.shutdown()
+            job.remove_partial_outputs()
+        raise
+    with signals_deferred():
+        graph.shutdown()
+    print(report_table(report), file=sys.stderr)
+    return report, (EXIT_SOME_FAILED if report["totals"]["failed"] else 0)
+
+
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "srt://", "udp://", "tcp://")
+
+
+def is_live(args: argparse.Namespace) -> bool:
+    """Live mode: a streaming input, an RTSP output, or a file played in real time."""
+    return bool(args.realtime or (args.input or "").startswith(LIVE_SCHEMES)
+                or (args.output or "").startswith(("rtsp://", "rtsps://")))
+
+
+def run_live(args: argparse.Namespace) -> dict:
+    """Live mode until Ctrl-C / SIGTERM (or the end of a --realtime file): the summary, exit 0."""
+    from pipeline.jobs.live import LiveJob, LiveTargets
+    from pipeline.stages.live_source import LiveSource
+
+    overrides = {**overrides_from(args), "live.metrics": True if args.metrics else None}
+    settings = load_settings(args.config, overrides, flag_labels())
+    if args.input is None:
+        raise PipelineError("live mode needs an input: a camera URL, or a file with --realtime")
+    publish = args.output if (args.output or "").startswith(("rtsp://", "rtsps://")) else None
+    record = args.record or (args.output if args.output and not publish else None)
+    if record:
+        check_output_path(Path(record), settings.output.depth_format)
+    if not publish and not record:
+        raise PipelineError("live mode needs somewhere to send depth: -o rtsp://SERVER/PATH and/or --record FILE")
+    check_summary_path(args.summary)
+    warn_about_cpu_only_torch(settings)
+    live = settings.live
+    source = LiveSource(args.input, realtime=args.realtime, transport=live.transport,
+                        read_timeout_s=live.read_timeout_s, backoff_s=(0.5, live.backoff_max_s))
+    source.open().close()  # a source that cannot be opened at start is an error, not a retry loop
+    resolved = resolve_model(settings)
+    from pipeline.graph import DepthGraph, start_ray
+
+    with signals_deferred():
+        start_ray(settings.ray.address, settings.ray.num_cpus)
+    graph = DepthGraph(settings, resolved=resolved)
+    job = LiveJob(settings, source, LiveTargets(publish, record))
+    _ = graph.model_info  # models loaded before the first frame is taken, so start-up is not counted as latency
+    decoder = source.open()
+    # Ctrl-C and SIGTERM end a live run normally: stop reading, finish what is in flight, close the session
+    stop = lambda number, frame: job.stop()  # noqa: E731
+    previous = {n: signal.signal(n, stop) for n in (signal.SIGINT, signal.SIGTERM)} \
+        if threading.current_thread() is threading.main_thread() else {}
+    try:
+        return job.run(graph, decoder)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        with signals_deferred():
+            graph.shutdown()
+
+
 def run(args: argparse.Namespace) -> dict:
     # Everything that can be checked without Ray is checked first, so a bad input or setting fails in about a second
+    if is_live(args):
+        return run_live(args)
     settings = load_settings(args.config, overrides_from(args), flag_labels())
     model = settings.model
     if args.input is None:
@@ -143,24 +284,13 @@ def run(args: argparse.Namespace) -> dict:
     check_summary_path(args.summary)
 
     from pipeline.stages.decode import VideoDecoder
-    from pipeline.graph import DepthGraph, start_ray
-    from pipeline.stages.infer import cpu_only_torch_on_a_gpu_machine
 
-    if model.device != "cpu" and cpu_only_torch_on_a_gpu_machine():
-        print("warning: this machine has an NVIDIA GPU but this torch is a CPU-only build; everything runs on the "
-              "CPU (see the README for installing a CUDA build of torch)", file=sys.stderr)
-
+    warn_about_cpu_only_torch(settings)
     probe = VideoDecoder(source)  # input errors before Ray starts
     info = probe.info
     probe.close()
-
-    # The weights last: resolving a name can mean a download, which a bad input or setting should not wait for
-    resolved = None
-    if model.random_weights:
-        print("note: random weights - the output shows the pipeline working, not real depth", file=sys.stderr)
-    else:
-        resolved = resolve_checkpoint(model.checkpoint or model.name or DEFAULT_MODEL)
-        check_checkpoint(resolved.path, model.version)
+    resolved = resolve_model(settings)
+    from pipeline.graph import DepthGraph, start_ray
 
     with signals_deferred():  # an interrupt during start-up would orphan Ray's processes: it waits until Ray is up
         start_ray(settings.ray.address, settings.ray.num_cpus)
@@ -230,14 +360,20 @@ def stop_ray_ignoring_signals() -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    batch = bool(argv) and argv[0] == "batch"
+    args = parse_batch_args(argv[1:]) if batch else parse_args(argv)
     is_main_thread = threading.current_thread() is threading.main_thread()
     stop_signals = (signal.SIGINT, signal.SIGTERM)
     previous = {n: signal.signal(n, on_stop_signal) for n in stop_signals} if is_main_thread else {}
+    status = 0
     try:
-        summary = run(args)
+        if batch:
+            summary, status = run_batch(args)
+        else:
+            summary = run(args)
         text = json.dumps(summary, indent=2, default=str)
-        if args.summary:
+        if getattr(args, "summary", None):
             Path(args.summary).write_text(text + "\n")
     except (PipelineError, CheckpointError, ValueError, OSError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
@@ -260,7 +396,7 @@ def main(argv=None) -> int:
             for number, handler in previous.items():
                 signal.signal(number, handler)
     print(text)
-    return 0
+    return status
 
 
 

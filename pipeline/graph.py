@@ -14,14 +14,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import os
 import re
 import resource
 import signal
 import socket
+import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,12 +50,17 @@ from .settings import PipelineSettings
 from .work_pool import run_in_threads
 from .stages.colorize import DepthQuantizer
 from .stages.decode import VideoDecoder
+from .stages.encode import temporary_path
 from .stages.frames import FrameBatch, PipelineError, VideoInfo, one_line
 from .stages.infer import DepthWorker, ModelSource
 from .stages.sink import DepthSink, RenderOptions, output_metadata
 from .stages.smoothing import make_smoother
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+HEALTH_CHECK_S = 5.0  # how often the driver looks at the model actors' health (and when a write takes this long)
+RETRY_PAUSE_S = 1.0  # before a stream's second attempt; twice that before its third
+SUSPECT_S = 30.0  # a model actor whose call failed gets no new batches for this long (unless it is the only one)
+SINK_ABORT_S = 5.0  # a failed stream's sink gets this long to remove its temporary file, then it is killed
 SINKS_GPU_ROOM = 0.1  # of each GPU, kept for sinks that smooth there (smoothing.device: cuda)
 SINK_GPU_SHARE = 0.02  # one such sink: the smoother's state and arithmetic, a few frames of depth at model size
 
@@ -70,6 +78,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, connect_t
     if ray.is_initialized():
         return
     kwargs = dict(logging_level="ERROR", log_to_driver=True)
+    # A stream that failed (a lost worker or node) is run again and its batches in flight abandoned: their errors
+    # are handled by the retry, and Ray's "unhandled error" dumps of them (tens of lines each) would only alarm
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     try:
         if address:
             check_reachable(address, connect_timeout_s)
@@ -84,7 +95,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, connect_t
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = f"Ray cluster at {address}" if address else "a local Ray instance"
-        raise PipelineError(f"cannot start or reach {where}: {str(error).strip().splitlines()[0][:200]}") from None
+        # Ray 2.59+ starts clusters with token authentication: a driver without the token cannot tell that apart
+        hint = (" (a cluster with token authentication needs RAY_AUTH_TOKEN set to what `ray get-auth-token` prints "
+                "on its head node)" if address else "")
+        raise PipelineError(f"cannot start or reach {where}: {str(error).strip().splitlines()[0][:200]}{hint}") \
+            from None
 
 
 def stop_ray() -> None:
@@ -144,6 +159,14 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def actor_state(actor_id: str) -> str | None:
+    """ALIVE, RESTARTING, PENDING_CREATION, DEAD, ... from the cluster's actor table (the GCS; no dashboard)."""
+    try:
+        return ray._private.state.actors(actor_id).get("State")
+    except Exception:  # noqa: BLE001 - an internal API: should it move, actors read as alive (no dropping)
+        return "ALIVE"
+
+
 def unwrap_ray_error(error: Exception) -> Exception:
     """The user's exception inside a Ray task error (for a one-line message), or the error itself."""
     cause = getattr(error, "cause", None)
@@ -154,16 +177,41 @@ def unwrap_ray_error(error: Exception) -> Exception:
 # Actors: construction stores arguments only; work (and errors) happen in method calls, so errors arrive intact
 
 
+# Decode and sink actors declare no CPU: they are light next to a model actor, and streams must never wait behind the
+# model actors for a core (on a 2-core machine the model actor takes one). How many are open at once is bounded by
+# the driver instead: streams per video (segments) and videos per job (jobs/batch.py).
+def naming_the_node(method):
+    """For a stream actor's methods: an error of the input or output names the node it happened on, when the
+    cluster has more than one (another machine may not see a path the driver sees)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (PipelineError, OSError) as error:
+            if sum(node["Alive"] for node in ray.nodes()) < 2:
+                raise
+            node = f"{socket.gethostname()}, {ray.util.get_node_ip_address()}"
+            raise PipelineError(f"{one_line(error)} (on node {node})") from None
+
+    return wrapper
+
+
 @ray.remote(num_cpus=0)
 class DecodeActor:
     def __init__(self, source: str, batch_size: int, max_wait_s: float | None,
                  pts_range: tuple[int, int | None] | None = None, layout: str = "auto"):
         self._cpu_at_start = cpu_seconds()
-        self._decoder = VideoDecoder(source, pts_range=pts_range, layout=layout)
-        self._batches = self._decoder.batches(batch_size, max_wait_s)
+        self._args = (source, batch_size, max_wait_s, pts_range, layout)
+        self._decoder = self._batches = None
 
+    @naming_the_node  # outside ray.method: functools.wraps carries its num_returns over to the wrapper
     @ray.method(num_returns=2)
     def next_batch(self) -> tuple[int, FrameBatch | None]:
+        if self._decoder is None:  # opened on the first call, so that its errors arrive as errors, not a dead actor
+            source, batch_size, max_wait_s, pts_range, layout = self._args
+            self._decoder = VideoDecoder(source, pts_range=pts_range, layout=layout)
+            self._batches = self._decoder.batches(batch_size, max_wait_s)
         batch = next(self._batches, None)
         return (len(batch) if batch is not None else 0), batch
 
@@ -222,14 +270,16 @@ class ModelActor:
 @ray.remote(num_cpus=0)
 class SinkActor:
     def __init__(self, output: str, info: VideoInfo, render: RenderOptions, smoother_name: str, params: dict,
-                 smoother_device: str, write_from_pts: int | None = None):
+                 smoother_device: str, write_from_pts: int | None = None, temporary_tag: str | None = None):
         self._cpu_at_start = cpu_seconds()
         self._sink = DepthSink(output, info, render, make_smoother(smoother_name, device=smoother_device, **params),
-                               write_from_pts)
+                               write_from_pts, temporary_tag)
 
+    @naming_the_node
     def write(self, depth_batch, frame_batch) -> int:
         return self._sink.write(depth_batch, frame_batch)
 
+    @naming_the_node
     def close(self) -> dict:
         return {**self._sink.close(), "peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_seconds() - self._cpu_at_start}
 
@@ -251,6 +301,7 @@ class StreamResult:
     sink: dict
     progress: dict
     finished: float
+    attempts: int = 1  # more than one: a worker or node was lost and the stream was run again
 
 
 # A worker process or node that died: the stream's work is redone (a segment is retried), not given up
@@ -342,6 +393,11 @@ class DepthGraph:
         self._loading = [actor.load.remote() for actor in self.model_actors]
         self._model_info: dict | None = None
         self._next_actor = 0
+        # Shared by every view (with_settings): model actor id -> when it was first seen not alive; last check
+        self._unhealthy_since: dict[str, float] = {}
+        self._checked_at = [0.0]
+        self._suspected_at: dict[str, float] = {}  # model actor id -> when a call to it last failed
+        self._pool_lock = threading.Lock()
         self.batch_size = self.plan.batch_size
 
     def with_settings(self, settings: PipelineSettings) -> "DepthGraph":
@@ -508,11 +564,17 @@ class DepthGraph:
         retries = self.settings.segments.retries
         for attempt in range(retries + 1):
             try:
-                return run()
+                return dataclasses.replace(run(), attempts=attempt + 1)
             except RETRIABLE as error:
                 if attempt == retries:
                     raise PipelineError(f"{source}: {where}failed {retries + 1} times, the last time: "
                                         f"{one_line(error)}") from None
+                # A lost node takes Ray a while to notice (heartbeats): until then its actors still read as alive.
+                # The model actor that failed is avoided for a while, and the next attempt waits a moment, so that
+                # the retries are not spent within a second on an actor that is gone
+                self._suspect(getattr(error, "actor_id", None))
+                time.sleep(RETRY_PAUSE_S * (attempt + 1))
+                self._check_model_actors()
             except (PipelineError, CheckpointError) as error:
                 raise type(error)(f"{where}{error}" if where else str(error)) from None
         raise AssertionError("unreachable")
@@ -522,10 +584,16 @@ class DepthGraph:
         """decode -> shared model actors -> sink for one stream (a video, or a segment of one), bounded in flight."""
         settings = self.settings
         pts_range = (segment.warmup_from, segment.end) if segment is not None else None
-        decoder = DecodeActor.remote(source, self.batch_size, None, pts_range, self.settings.batching.frame_layout)
-        sink = SinkActor.options(**self.plan.sink_options).remote(
+        # The sink's temporary file has a name the driver knows: if the sink's process or node dies, the driver
+        # removes what it left (on a filesystem every node sees, which outputs need anyway)
+        tag = uuid.uuid4().hex[:12]
+        # Streams are spread over the nodes (their actors declare no CPU, see below: Ray would otherwise pile them
+        # onto one node)
+        decoder = DecodeActor.options(scheduling_strategy="SPREAD").remote(
+            source, self.batch_size, None, pts_range, self.settings.batching.frame_layout)
+        sink = SinkActor.options(**self.plan.sink_options, scheduling_strategy="SPREAD").remote(
             output, info, render, settings.smoothing.name, dict(settings.smoothing.params),
-            self.plan.smoother_device, segment.start if segment is not None else None,
+            self.plan.smoother_device, segment.start if segment is not None else None, tag,
         )
         in_flight: deque = deque()
         progress = {"first_written_at": None, "frames_after_first": 0, "started": time.monotonic()}
@@ -543,8 +611,7 @@ class DepthGraph:
                     break
                 this_batch = batch_ref
                 count_ref, batch_ref = decoder.next_batch.remote()  # decode ahead while this batch is inferred
-                actor = self.model_actors[self._next_actor % len(self.model_actors)]
-                self._next_actor += 1
+                actor = self._next_model_actor()
                 depth_ref = actor.infer.remote(this_batch, depth_dtype)
                 in_flight.append((sink.write.remote(depth_ref, this_batch), count))
                 while len(in_flight) >= settings.batching.max_in_flight:
@@ -555,9 +622,12 @@ class DepthGraph:
             decode_stats = ray.get(decoder.stats.remote())
         except BaseException as error:
             try:
-                ray.get(sink.abort.remote())
-            except ray.exceptions.RayError:
+                # Bounded: the abort queues behind the sink's pending writes, which may wait on a model actor that
+                # is restarting (or never will); then the sink is killed below and its file removed here
+                ray.get(sink.abort.remote(), timeout=SINK_ABORT_S)
+            except (ray.exceptions.RayError, TimeoutError):
                 pass
+            temporary_path(Path(output), tag).unlink(missing_ok=True)  # the sink died, or is killed, with it open
             if isinstance(error, ray.exceptions.RayError) and not isinstance(error, RETRIABLE):
                 raise unwrap_ray_error(error) from None
             raise
@@ -568,7 +638,7 @@ class DepthGraph:
 
     def _summary(self, source: str, results: list["StreamResult"], seconds: float) -> dict:
         """Totals over the streams of one video (one, or its segments)."""
-        model_rss = [usage["peak_rss_mb"] for usage in ray.get([a.usage.remote() for a in self.model_actors])]
+        model_rss = self._model_actors_peak_rss()
         decode_stats = [r.decode for r in results]
         sink_stats = [r.sink for r in results]
         frames_in = sum(d["frames_in"] for d in decode_stats) - sum(k["warmup_frames"] for k in sink_stats)
@@ -589,6 +659,7 @@ class DepthGraph:
             "repaired_timestamps": sum(d["repaired_timestamps"] for d in decode_stats),
             "frames_out": frames_out,
             "dropped": 0,
+            "retried_streams": sum(r.attempts - 1 for r in results),  # lost to a dead worker or node, run again
             "seconds": round(seconds, 3),
             "fps": round(frames_out / seconds, 3) if seconds > 0 else None,
             "fps_steady": round(steady_frames / steady_s, 3) if steady_s > 0 else None,
@@ -596,7 +667,7 @@ class DepthGraph:
             "batch_size": self.batch_size,
             "model": self.model_info,
             "peak_rss_mb": {"decode": max((d["peak_rss_mb"] for d in decode_stats), default=None),
-                            "model": max(model_rss), "sink": max((k["peak_rss_mb"] for k in sink_stats), default=None)},
+                            "model": max(model_rss, default=None), "sink": max((k["peak_rss_mb"] for k in sink_stats), default=None)},
             # CPU of the streams' own actors, per frame (the model actors' is in their usage(): they are shared)
             "cpu_ms_per_frame": {stage: round(value * 1e3 / max(frames_out, 1), 2) for stage, value in cpu_s.items()},
         }
@@ -605,9 +676,11 @@ class DepthGraph:
                            saturated_pixels=sum(k["saturated_pixels"] for k in sink_stats))
         return summary
 
-    @staticmethod
-    def _wait_oldest(in_flight: deque, progress: dict, on_progress) -> None:
+    def _wait_oldest(self, in_flight: deque, progress: dict, on_progress) -> None:
         write_ref, count = in_flight.popleft()
+        while not ray.wait([write_ref], timeout=HEALTH_CHECK_S)[0]:
+            self._check_model_actors()
+        self._check_model_actors(every_s=HEALTH_CHECK_S)
         ray.get(write_ref)
         # Steady-state rate: from the first written batch on, so actor start-up and warm-up are not counted
         if progress["first_written_at"] is None:
@@ -616,6 +689,67 @@ class DepthGraph:
             progress["frames_after_first"] += count
         if on_progress:
             on_progress(count)
+
+    def _model_actors_peak_rss(self) -> list[float]:
+        """Peak memory of the model actors that answer within a few seconds (one restarting, or lost with its node,
+        would hold the summary up, or forever where it has no room to restart)."""
+        refs = [actor.usage.remote() for actor in self.model_actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=SINK_ABORT_S)
+        peaks = []
+        for ref in ready:
+            try:
+                peaks.append(ray.get(ref)["peak_rss_mb"])
+            except ray.exceptions.RayError:
+                pass
+        return peaks
+
+    def _suspect(self, actor_id: str | None) -> None:
+        """A call to this actor failed: send it nothing for SUSPECT_S (if it is one of the model actors)."""
+        with self._pool_lock:
+            if actor_id and any(a._actor_id.hex() == actor_id for a in self.model_actors):
+                self._suspected_at[actor_id] = time.monotonic()
+
+    def _next_model_actor(self):
+        """Round robin over the model actors that were alive when last looked at and have not failed a call lately
+        (all of them if none is)."""
+        now = time.monotonic()
+        with self._pool_lock:
+            alive = [a for a in self.model_actors if a._actor_id.hex() not in self._unhealthy_since
+                     and now - self._suspected_at.get(a._actor_id.hex(), -SUSPECT_S) >= SUSPECT_S]
+            actors = alive or self.model_actors
+            self._next_actor += 1
+            return actors[self._next_actor % len(actors)]
+
+    def _check_model_actors(self, every_s: float = 0.0) -> None:
+        """Look at the model actors' states (at most once per `every_s`); drop those lost for good.
+
+        Ray restarts a model actor whose process or node died wherever there is room (`max_restarts`), and sends it
+        the calls that were in flight again. While it restarts, new batches go to the others. Where there is no
+        room it would wait forever, and so would every batch sent to it: an actor not alive again within
+        `ray.restart_timeout_s` (counted from when Ray noticed) is killed and dropped, and the streams that waited on it fail with a retriable
+        error and run again on the actors that are left.
+        """
+        timeout_s, now = self.settings.ray.restart_timeout_s, time.monotonic()
+        with self._pool_lock:
+            if now - self._checked_at[0] < every_s:
+                return
+            self._checked_at[0] = now
+            for actor in list(self.model_actors):
+                key = actor._actor_id.hex()
+                state = actor_state(key)
+                if state == "ALIVE":
+                    self._unhealthy_since.pop(key, None)
+                    continue
+                since = self._unhealthy_since.setdefault(key, now)
+                if now - since < timeout_s:
+                    continue
+                self.model_actors.remove(actor)
+                ray.kill(actor, no_restart=True)
+                print(f"warning: a model actor was lost and could not be restarted within {timeout_s:g} s ({state}: no "
+                      f"node with room for it); going on with {len(self.model_actors)}", file=sys.stderr, flush=True)
+            if not self.model_actors:
+                raise PipelineError(f"every model actor was lost and none could be restarted within {timeout_s:g} s "
+                                    f"(nodes died and the cluster has no room left for them)")
 
     def shutdown(self) -> None:
         for actor in self.model_actors:

@@ -78,6 +78,19 @@ class RaySettings:
     model_actors: int = 0  # 0: one per GPU, or one on a CPU-only machine
     num_cpus: int | None = None  # for a local cluster; None: all cores
     placement_timeout_s: float = 60.0  # an actor the cluster cannot place within this long is an error, not a hang
+    restart_timeout_s: float = 60.0  # a lost model actor not running again within this long is dropped from the pool
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    transport: str = "tcp"  # RTSP in and out: tcp (no losses, one connection) or udp
+    read_timeout_s: float = 5.0  # a source silent this long is taken as gone: reconnect
+    backoff_max_s: float = 8.0  # reconnect / re-publish waits double from 0.5 s up to this
+    queue: int = 2  # frames waiting for the model at most; a new one pushes the oldest out (counted)
+    drop: str = "oldest"  # oldest | every-k (only every keep_every-th frame goes to the model)
+    keep_every: int = 2
+    log_every_s: float = 5.0  # the stderr line with fps, latency, drops, reconnects
+    metrics: bool = False  # also export them with ray.util.metrics (Prometheus format)
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,7 @@ class PipelineSettings:
     output: OutputSettings = OutputSettings()
     segments: SegmentSettings = SegmentSettings()
     ray: RaySettings = RaySettings()
+    live: LiveSettings = LiveSettings()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -173,6 +187,16 @@ RULES: dict[str, dict[str, Check]] = {
         "depth_scale": optional(number(above=0)),
         "copy_audio": of_type(bool, "true or false"),
     },
+    "live": {
+        "transport": one_of("tcp", "udp"),
+        "read_timeout_s": number(above=0),
+        "backoff_max_s": number(above=0),
+        "queue": integer(1),
+        "drop": one_of("oldest", "every-k"),
+        "keep_every": integer(1),
+        "log_every_s": number(above=0),
+        "metrics": of_type(bool, "true or false"),
+    },
     "segments": {
         "count": lambda value: None if value == "auto" else (integer(1)(value) and f"{integer(1)(value)} (or auto)"),
         "min_seconds": number(above=0),
@@ -184,6 +208,7 @@ RULES: dict[str, dict[str, Check]] = {
         "model_actors": integer(0),
         "num_cpus": optional(integer(1)),
         "placement_timeout_s": number(above=0),
+        "restart_timeout_s": number(above=0),
     },
 }
 

@@ -51,6 +51,21 @@ def check_output_path(output: str | Path, depth_format: str) -> Path:
     return output
 
 
+def pixel_format_of(image: np.ndarray, height: int) -> str:
+    """What a rendered image is, by its shape, for a picture `height` rows high: RGB, gray, 16-bit gray, or a ready
+    I420 frame (3H/2 rows)."""
+    if image.ndim == 3:
+        return "rgb24"
+    if image.dtype == np.uint16:
+        return "gray16le"
+    return "yuv420p" if image.shape[0] == height * 3 // 2 else "gray"
+
+
+def temporary_path(output: Path, tag: str) -> Path:
+    """Where a writer of `output` writes until it is complete: hidden, beside it, on the same filesystem."""
+    return output.with_name(f".{output.stem}.{tag}.partial{output.suffix}")
+
+
 class DepthVideoWriter:
     """Writes frames in order; copies the source's audio alongside, interleaved by time."""
 
@@ -66,13 +81,16 @@ class DepthVideoWriter:
         metadata: dict[str, str] | None = None,
         b_frames: bool = True,
         video_template: av.video.stream.VideoStream | None = None,
+        temporary_tag: str | None = None,
     ):
-        """`video_template`: copy already encoded packets of a stream like this one (`write_packet`), no encoder."""
+        """`video_template`: copy already encoded packets of a stream like this one (`write_packet`), no encoder.
+        `temporary_tag`: names the temporary file (`temporary_path`), so that whoever started this writer can remove
+        what it leaves if its process dies; unique by default."""
         self.output = check_output_path(output, depth_format)
         self.depth_format = depth_format
         self.frames_written = 0
         # Unique per writer: two runs on one output each write their own file, and the last to finish wins whole
-        self._temporary = self.output.with_name(f".{self.output.stem}.{uuid.uuid4().hex[:12]}.partial{self.output.suffix}")
+        self._temporary = temporary_path(self.output, temporary_tag or uuid.uuid4().hex[:12])
         self._time_base = info.time_base
         # MP4 takes every frame's duration from the timestamps except the last one's, which comes from its packet
         # (libx264 leaves it at 0). One packet is held back so that, at the end, the last frame can be given the
@@ -150,13 +168,6 @@ class DepthVideoWriter:
 
     # .................................................................................................................
 
-    def _pixel_format_of(self, image: np.ndarray) -> str:
-        """What an image is, by its shape: RGB, gray, 16-bit gray, or a ready I420 frame (3H/2 rows)."""
-        if image.ndim == 3:
-            return "rgb24"
-        if image.dtype == np.uint16:
-            return "gray16le"
-        return "yuv420p" if image.shape[0] == self._stream.height * 3 // 2 else "gray"
 
     @contextlib.contextmanager
     def _disk_errors(self):
@@ -173,7 +184,7 @@ class DepthVideoWriter:
             self._write(image, pts)
 
     def _write(self, image: np.ndarray, pts: int) -> None:
-        frame = av.VideoFrame.from_ndarray(image, format=self._pixel_format_of(image))
+        frame = av.VideoFrame.from_ndarray(image, format=pixel_format_of(image, self._stream.height))
         frame.pts, frame.time_base = pts, self._time_base
         if self._first_pts is None:
             self._first_pts = pts

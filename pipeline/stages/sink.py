@@ -49,10 +49,14 @@ class DepthSink:
     """Owns the smoother, the renderer and the writer of one output video."""
 
     def __init__(self, output: str, info: VideoInfo, options: RenderOptions, smoother: Smoother,
-                 write_from_pts: int | None = None):
+                 write_from_pts: int | None = None, temporary_tag: str | None = None, writer_factory=None):
         """`write_from_pts`: frames before it only warm the smoother and the colour range up and are not written (a
-        segment of a long video starts this way, so that its first written frames match an unsegmented run)."""
+        segment of a long video starts this way, so that its first written frames match an unsegmented run).
+        `temporary_tag`: see DepthVideoWriter. `writer_factory(frame_hw)`: something else to write to (live mode:
+        an RTSP publisher), with DepthVideoWriter's `write(image, pts)`, `close()`, `abort()`, `frames_written`."""
         self.output = output
+        self.temporary_tag = temporary_tag
+        self.writer_factory = writer_factory
         self.write_from_pts = write_from_pts
         self.warmup_frames = 0
         self.info = info
@@ -120,7 +124,14 @@ class DepthSink:
                                ("encode", time.process_time() - rendered_at)):
             self.stage_cpu_s[stage] += seconds
 
+    @property
+    def writer(self):
+        """What the frames are written to, once the first one has been (None before)."""
+        return self._writer
+
     def _open_writer(self, frame_hw: tuple[int, int]) -> DepthVideoWriter:
+        if self.writer_factory is not None:
+            return self.writer_factory(frame_hw)
         metadata = output_metadata(self.quantizer.scale if self.quantizer is not None else None)
         return DepthVideoWriter(
             self.output,
@@ -132,6 +143,7 @@ class DepthSink:
             crf=self.options.crf,
             metadata=metadata,
             b_frames=self.write_from_pts is None,  # segments are joined by stream copy: see DepthVideoWriter
+            temporary_tag=self.temporary_tag,
         )
 
     # .................................................................................................................

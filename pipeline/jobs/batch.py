@@ -1,0 +1,220 @@
+"""
+A batch job: many videos through one pool of model actors, resumable, with a report at the end.
+
+Takes: the videos (`BatchItem`s from inputs.py), an output folder, the job's settings and a `DepthGraph` (its model
+actors are the pool every video shares).
+Gives: each video's depth video under the folder (written atomically, by the sink or the segment join), a line per
+finished video in the status file (status.py), `DIR/batch_report.json` and the same report as a dict.
+
+Scheduling is Ray's wherever Ray has it: model actors declare their GPUs and CPUs and are restarted where a node
+died (`max_restarts`, `max_task_retries`), decode and sink actors are spread over the nodes, and a stream whose
+worker or node died is run again (`segments.retries`). What Ray has no notion of is a *video*: how many are open at
+once (each holds decode and sink actors and up to `batching.max_in_flight` batches), and that one that fails for its
+own reasons (corrupt, no video stream) is recorded and the job goes on. That part is here: a fixed number of driver
+threads, each taking the next video from a queue, so at most `videos_in_flight` are open; long videos are split
+into segments by the graph, so one film does not hold the job back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..segments import file_digest
+from ..settings import PipelineSettings, check_combination, merge
+from ..work_pool import run_in_threads
+from ..stages.frames import PipelineError, one_line
+from .inputs import BatchItem
+from .status import BatchStatus, input_stamp, settings_digest
+
+REPORT_NAME = "batch_report.json"
+EXIT_SOME_FAILED = 3  # the job ran, and at least one video failed (each is named in the report)
+PER_VIDEO_SECTIONS = ("output", "smoothing", "segments")  # what a manifest line may change for its video
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    force: bool = False  # redo every video, even those the status file says are done
+    videos_in_flight: int = 0  # 0: one per CPU the model actors leave free in the cluster, at least 2
+
+
+@dataclass
+class VideoPlan:
+    item: BatchItem
+    settings: PipelineSettings
+    output: Path
+    digest: str
+
+
+class BatchJob:
+    """Plans the job at construction (every video's settings and output, checked before Ray starts); `run(graph)`
+    does it."""
+
+    def __init__(self, settings: PipelineSettings, items: list[BatchItem], folder: Path,
+                 options: BatchOptions = BatchOptions(), log: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.graph = None
+        self.folder = folder
+        self.options = options
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.plans = [self._plan(item) for item in items]  # every manifest option checked before any work
+        self.status = BatchStatus(folder)
+        self._lock = threading.Lock()
+        self._open_outputs: set[Path] = set()
+        self._frames_done = 0
+        self._started_at = time.time()
+
+    def _plan(self, item: BatchItem) -> VideoPlan:
+        settings = self.settings
+        if item.options:
+            where = f"options of {item.source}"
+            for key in item.options:
+                if key.partition(".")[0] not in PER_VIDEO_SECTIONS:
+                    raise PipelineError(f"{where}: {key!r} cannot differ per video (the model actors are shared); "
+                                        f"a video may set {', '.join(s + '.*' for s in PER_VIDEO_SECTIONS)}")
+            settings = check_combination(merge(settings, item.options, where))
+            if settings.smoothing.device != self.settings.smoothing.device:
+                raise PipelineError(f"{where}: smoothing.device cannot differ per video")
+        shaping = {name: dataclasses.asdict(getattr(settings, name)) for name in ("model", "output", "smoothing")}
+        return VideoPlan(item, settings, item.output_in(self.folder, settings.output.depth_format),
+                         settings_digest(shaping))
+
+    # .................................................................................................................
+
+    def run(self, graph) -> dict:
+        """Process every video not done yet on the graph's model actors; returns the report (also written to
+        DIR/batch_report.json)."""
+        self.graph = graph
+        started = time.monotonic()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        rows: dict[str, dict] = {}
+        pending: list[VideoPlan] = []
+        for plan in self.plans:
+            if not self.options.force and self._is_done(plan):
+                record = self.status.last[plan.item.key]
+                rows[plan.item.key] = {"video": plan.item.key, "status": "skipped", "output": record["output"],
+                                       "frames": record["frames"], "reason": "done in an earlier run"}
+            else:
+                pending.append(plan)
+        total = len(self.plans)
+        self.log(f"batch: {total} videos, {total - len(pending)} already done, {len(pending)} to do; "
+                 f"outputs in {self.folder}")
+        if pending:
+            _ = graph.model_info  # the model actors placed and loaded: a failure there is the job's, not a video's
+        run_in_threads(pending, lambda plan: self._finish(plan, rows, started, total), self._videos_in_flight())
+        report = self._report([rows[plan.item.key] for plan in self.plans], time.monotonic() - started)
+        self._write_report(report)
+        return report
+
+    def remove_partial_outputs(self) -> None:
+        """After an interrupt: the temporary files of the videos that were open (their sinks were stopped)."""
+        for output in list(self._open_outputs):
+            _remove_partial_files(output)
+
+    def _videos_in_flight(self) -> int:
+        if self.options.videos_in_flight:
+            return self.options.videos_in_flight
+        import ray
+
+        spare = ray.cluster_resources().get("CPU", 1) - len(self.graph.model_actors)
+        return max(2, int(spare))
+
+    def _is_done(self, plan: VideoPlan) -> bool:
+        try:
+            stamp = input_stamp(plan.item.source)
+        except OSError:
+            return False
+        return self.status.is_done(plan.item.key, plan.digest, stamp, plan.output)
+
+    def _finish(self, plan: VideoPlan, rows: dict, started: float, total: int) -> None:
+        """Process one video, record it and log a line with the job's progress."""
+        row = self._process(plan)
+        with self._lock:
+            rows[plan.item.key] = row
+            self._frames_done += row.get("frames") or 0
+            elapsed = time.monotonic() - started
+            done = len(rows)
+        what = (f"{row['frames']} frames in {row['seconds']:.1f} s ({row['fps']:.1f} fps)"
+                if row["status"] == "done" else f"FAILED: {row['reason']}")
+        self.log(f"[{done}/{total} videos] {plan.item.key}: {what}; cluster "
+                 f"{self._frames_done / max(elapsed, 1e-9):.1f} fps")
+
+    def _process(self, plan: VideoPlan) -> dict:
+        key, source = plan.item.key, plan.item.source
+        started = time.monotonic()
+        with self._lock:
+            self._open_outputs.add(plan.output)
+        try:
+            stamp = input_stamp(source)  # before the work: a file changed meanwhile is redone next time
+            plan.output.parent.mkdir(parents=True, exist_ok=True)
+            _remove_partial_files(plan.output, older_than=self._started_at)  # left by a killed earlier run
+            summary = self.graph.with_settings(plan.settings).process(
+                str(source), str(plan.output), segments=plan.settings.segments.count, resume=True)
+            size = plan.output.stat().st_size
+            seconds = time.monotonic() - started
+            row = {"video": key, "status": "done", "output": str(plan.output.relative_to(self.folder)),
+                   "frames": summary["frames_out"], "unreadable_frames": summary.get("unreadable_frames", 0),
+                   "retried_streams": summary.get("retried_streams", 0),
+                   "seconds": round(seconds, 3), "fps": round(summary["frames_out"] / seconds, 3)}
+            self.status.record(key, **row, bytes=size, sha256=file_digest(plan.output), settings=plan.digest,
+                               input_stamp=stamp)
+            return row
+        except Exception as error:  # noqa: BLE001 - a video's own failure is recorded; the job goes on
+            reason = one_line(error) if isinstance(error, (PipelineError, OSError, ValueError)) else \
+                f"internal {type(error).__name__}: {one_line(error)}"
+            row = {"video": key, "status": "failed", "output": None, "frames": 0, "reason": reason,
+                   "seconds": round(time.monotonic() - started, 3), "fps": 0.0}
+            self.status.record(key, **row, settings=plan.digest)
+            return row
+        finally:
+            with self._lock:
+                self._open_outputs.discard(plan.output)
+
+    # .................................................................................................................
+
+    def _report(self, rows: list[dict], seconds: float) -> dict:
+        counts = {state: sum(1 for r in rows if r["status"] == state) for state in ("done", "skipped", "failed")}
+        frames = sum(r["frames"] or 0 for r in rows if r["status"] == "done")
+        return {
+            "output_dir": str(self.folder),
+            "videos": rows,
+            "totals": {"videos": len(rows), **counts, "frames": frames, "seconds": round(seconds, 3),
+                       "cluster_fps": round(frames / seconds, 3) if seconds > 0 else None,
+                       "retried_streams": sum(r.get("retried_streams", 0) for r in rows if r["status"] == "done")},
+        }
+
+    def _write_report(self, report: dict) -> None:
+        path = self.folder / REPORT_NAME
+        temporary = path.with_name(f".{REPORT_NAME}.partial")
+        temporary.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(temporary, path)
+
+
+def _remove_partial_files(output: Path, older_than: float | None = None) -> None:
+    """The sink's temporary files for `output` (see DepthVideoWriter), or those of them older than a time."""
+    for leftover in output.parent.glob(f".{output.stem}.*.partial{output.suffix}"):
+        try:
+            if older_than is None or leftover.stat().st_mtime < older_than:
+                leftover.unlink()
+        except OSError:
+            pass
+
+
+def report_table(report: dict, width: int = 48) -> str:
+    """A short table of the report for stderr: one line per video that did not simply succeed, then the totals."""
+    lines = []
+    for row in report["videos"]:
+        if row["status"] == "failed":
+            lines.append(f"  failed   {row['video'][:width]:{width}s} {row['reason']}")
+    totals = report["totals"]
+    lines.append(f"  {totals['videos']} videos: {totals['done']} done, {totals['skipped']} skipped (done before), "
+                 f"{totals['failed']} failed; {totals['frames']} frames in {totals['seconds']:.1f} s, cluster "
+                 f"{totals['cluster_fps'] or 0:.1f} fps")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""
+The batch job's memory across runs: `DIR/batch_status.jsonl`, one line per video that finished or failed.
+
+Takes: records from the job as each video ends (append-only, flushed and fsynced line by line, so a job killed at any
+moment leaves every earlier line intact; a torn last line is ignored when read).
+Gives: for the next run of the same command, which videos are done and can be skipped without touching their output:
+the last record for the video says done, for the same settings (a digest of the settings that shape the output) and
+the same input (size and modification time), and the output file is still there with the size recorded. The
+SHA-256 of each output is recorded as well, for anyone who wants to verify outputs later; checking it on every run
+would mean reading every output again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+STATUS_NAME = "batch_status.jsonl"
+
+
+def settings_digest(sections: dict) -> str:
+    """A short digest of the settings that shape an output (model, output, smoothing), as plain data."""
+    return hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def input_stamp(source: Path) -> dict:
+    """What says an input is the same file as last time: its size and modification time."""
+    stat = source.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+class BatchStatus:
+    """The status file of one output folder; thread-safe appends."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / STATUS_NAME
+        self._lock = threading.Lock()
+        self.last: dict[str, dict] = {}  # video key -> its latest record
+        if self.path.exists():
+            for line in self.path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                    self.last[record["video"]] = record
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line torn by a kill mid-write
+
+    def is_done(self, key: str, settings: str, stamp: dict, output: Path) -> bool:
+        record = self.last.get(key)
+        if not record or record.get("status") != "done":
+            return False
+        if record.get("settings") != settings or record.get("input_stamp") != stamp:
+            return False
+        return output.is_file() and output.stat().st_size == record.get("bytes")
+
+    def record(self, key: str, **fields) -> dict:
+        record = {"video": key, **fields, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        line = json.dumps(record, default=str) + "\n"
+        with self._lock:
+            with open(self.path, "a") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.last[key] = record
+        return record
