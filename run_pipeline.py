@@ -264,7 +264,6 @@ def run(args: argparse.Namespace) -> dict:
     if is_live(args):
         return run_live(args)
     settings = load_settings(args.config, overrides_from(args), flag_labels())
-    model = settings.model
     if args.input is None:
         from pipeline.sample_video import make_sample_clip
 

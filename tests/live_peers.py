@@ -1,0 +1,75 @@
+"""
+The live tests' peers on 127.0.0.1 (also used by benchmarks/live_latency.py): a camera and an RTSP server.
+
+Camera: tests/rtsp_camera.py (GStreamer's RTSP server, under the system Python) as a process that can be stopped and
+started again on the same port. Receiver: FFmpeg's RTSP listen mode through PyAV, the server the pipeline publishes
+to (ANNOUNCE / RECORD), keeping every decoded frame with its arrival time.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+PROJECT = Path(__file__).resolve().parents[1]
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def free_port() -> int:
+    """A port outside Ray's worker range (10002-19999)."""
+    return random.randint(21000, 29999)
+
+
+class Camera:
+    """tests/rtsp_camera.py as a process: start, stop, start again on the same port."""
+
+    def __init__(self, width=160, height=96, fps=15):
+        self.port, self.size = free_port(), (width, height, fps)
+        self.url = f"rtsp://127.0.0.1:{self.port}/camera"
+        self.process = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([SYSTEM_PYTHON, str(PROJECT / "tests" / "rtsp_camera.py"), str(self.port),
+                                         *map(str, self.size)], stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+class Receiver:
+    """The RTSP server the pipeline publishes to: FFmpeg's listen mode, one publisher per open, accepting the next
+    publisher after one leaves; every decoded frame is kept (time, picture as grey)."""
+
+    def __init__(self):
+        self.url = f"rtsp://127.0.0.1:{free_port()}/depth"
+        self.frames: list[tuple[float, np.ndarray]] = []
+        self.sessions = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> "Receiver":
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with av.open(self.url, options={"rtsp_flags": "listen", "listen_timeout": "60"}) as container:
+                    self.sessions += 1
+                    for frame in container.decode(video=0):
+                        self.frames.append((time.monotonic(), frame.to_ndarray(format="gray")))
+                        if self._stop.is_set():
+                            return
+            except (av.FFmpegError, OSError):
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
