@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the segments a killed or interrupted run finished (with --segments)")
-    live = parser.add_argument_group("live (an rtsp/srt/udp/rtmp input, an rtsp:// output, or --realtime)")
+    live = parser.add_argument_group("live (an rtsp/srt/udp/rtmp input, an rtsp:// output, --realtime or --live)")
+    live.add_argument("--live", action="store_true", help="treat the input as a live stream (e.g. an http one)")
     live.add_argument("--realtime", action="store_true", help="play a file at its own rate, as a camera would")
     live.add_argument("--record", help="also record the live depth stream to this file")
     live.add_argument("--metrics", action="store_true", help="export live metrics with ray.util.metrics")
@@ -211,8 +212,8 @@ LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "srt://", "udp://", "tcp://")
 
 
 def is_live(args: argparse.Namespace) -> bool:
-    """Live mode: a streaming input, an RTSP output, or a file played in real time."""
-    return bool(args.realtime or (args.input or "").startswith(LIVE_SCHEMES)
+    """Live mode: a streaming input, an RTSP output, a file played in real time, or asked for."""
+    return bool(args.live or args.realtime or (args.input or "").startswith(LIVE_SCHEMES)
                 or (args.output or "").startswith(("rtsp://", "rtsps://")))
 
 
@@ -230,7 +231,8 @@ def run_live(args: argparse.Namespace) -> dict:
     if record:
         check_output_path(Path(record), settings.output.depth_format)
     if not publish and not record:
-        raise PipelineError("live mode needs somewhere to send depth: -o rtsp://SERVER/PATH and/or --record FILE")
+        raise PipelineError(f"{args.input}: live mode needs somewhere to send depth: -o rtsp://SERVER/PATH and/or "
+                            f"--record FILE")
     check_summary_path(args.summary)
     warn_about_cpu_only_torch(settings)
     live = settings.live

@@ -112,7 +112,7 @@ def test_urls_stay_urls(capsys, tmp_path):
     code, err = run_cli(capsys, "http://127.0.0.1:9/clip.mp4", "-o", tmp_path / "x.mp4", *FAST)
     assert_one_line_error(code, err, "http://127.0.0.1:9/clip.mp4: not a readable video")
     code, err = run_cli(capsys, "rtsp://127.0.0.1:9/live", *FAST)
-    assert_one_line_error(code, err, "rtsp://127.0.0.1:9/live: an input URL needs an output name")
+    assert_one_line_error(code, err, "rtsp://127.0.0.1:9/live: live mode needs somewhere to send depth")
 
 
 @pytest.mark.parametrize("extra, expected", [
