@@ -611,7 +611,7 @@ class DepthGraph:
                     break
                 this_batch = batch_ref
                 count_ref, batch_ref = decoder.next_batch.remote()  # decode ahead while this batch is inferred
-                actor = self._next_model_actor()
+                actor = self.next_model_actor()
                 depth_ref = actor.infer.remote(this_batch, depth_dtype)
                 in_flight.append((sink.write.remote(depth_ref, this_batch), count))
                 while len(in_flight) >= settings.batching.max_in_flight:
@@ -709,7 +709,7 @@ class DepthGraph:
             if actor_id and any(a._actor_id.hex() == actor_id for a in self.model_actors):
                 self._suspected_at[actor_id] = time.monotonic()
 
-    def _next_model_actor(self):
+    def next_model_actor(self):
         """Round robin over the model actors that were alive when last looked at and have not failed a call lately
         (all of them if none is)."""
         now = time.monotonic()

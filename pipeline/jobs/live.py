@@ -159,6 +159,8 @@ class LiveJob:
         self.latency = LatencyStats()
         self.stopping = threading.Event()
         self.frames_out = self.filler_frames = 0
+        self.sink: DepthSink | None = None  # made when the run starts
+        self._last_publish = 0.0
         self._metrics = RayMetrics() if live.metrics else None
 
     def stop(self) -> None:
@@ -174,7 +176,7 @@ class LiveJob:
         reader.start()
         self.sink = self._sink(info, rate)
         index, last_pts, last_log = 0, -1, started
-        interval = {"in": 0, "out": 0, "dropped": self.buffer.dropped}
+        interval = {"in": 0, "out": 0}
         try:
             while True:
                 stopping = self.stopping.is_set()  # then what is waiting is still written (flushed), once
@@ -186,7 +188,7 @@ class LiveJob:
                     # Nothing new: keep viewers connected with the last picture, at the source's rate
                     writer = self.sink.writer
                     if writer is not None and writer.last_image is not None and now - self._last_publish >= 1.5 / rate:
-                        writer.repeat_last(now - started)
+                        writer.repeat_last(self.source.clock())
                         self.filler_frames += 1
                         self._last_publish = now
                     continue
@@ -199,7 +201,7 @@ class LiveJob:
                     pts_list.append(last_pts)
                 batch = FrameBatch(index, pts_list, LIVE_TIME_BASE, np.stack([f.pixels for f in frames]),
                                    frames[0].layout)
-                depth = ray.get(graph._next_model_actor().infer.remote(batch, "float16"))
+                depth = ray.get(graph.next_model_actor().infer.remote(batch, "float16"))
                 self.sink.write(depth, batch)
                 index += len(frames)
                 published = time.monotonic()
@@ -220,8 +222,6 @@ class LiveJob:
         return self._summary(time.monotonic() - started, writer_result)
 
     # .................................................................................................................
-
-    _last_publish = 0.0
 
     def _read(self, decoder) -> None:
         try:

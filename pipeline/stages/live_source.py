@@ -63,6 +63,10 @@ class LiveSource:
     def stop(self) -> None:
         self._stopped = True
 
+    def clock(self) -> float:
+        """Now, on the live clock (seconds; what a frame arriving now would be stamped with)."""
+        return time.monotonic() - self._started
+
     def open(self) -> VideoDecoder:
         """The first connection; errors are the caller's (a bad URL at start-up is an error, not a retry loop)."""
         decoder = VideoDecoder(self.source, options=self.options)
