@@ -51,6 +51,7 @@ class Receiver:
     def __init__(self):
         self.url = f"rtsp://127.0.0.1:{free_port()}/depth"
         self.frames: list[tuple[float, np.ndarray]] = []
+        self.stream_seconds: list[float | None] = []  # each frame's timestamp in the stream, as the server sees it
         self.sessions = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -65,6 +66,7 @@ class Receiver:
                 with av.open(self.url, options={"rtsp_flags": "listen", "listen_timeout": "60"}) as container:
                     self.sessions += 1
                     for frame in container.decode(video=0):
+                        self.stream_seconds.append(frame.time)
                         self.frames.append((time.monotonic(), frame.to_ndarray(format="gray")))
                         if self._stop.is_set():
                             return
