@@ -34,6 +34,7 @@ from model import DepthPredictor, PredictorOptions  # noqa: E402
 from model.random_weights import random_model  # noqa: E402
 from pipeline.stages.colorize import DepthColorizer  # noqa: E402
 from pipeline.stages.decode import VideoDecoder  # noqa: E402
+from pipeline.stages.pixels import frame_height, gray_at  # noqa: E402
 from pipeline.stages.encode import DepthVideoWriter  # noqa: E402
 from pipeline.stages.frames import DepthBatch  # noqa: E402
 from pipeline.graph import DepthGraph, start_ray  # noqa: E402
@@ -45,7 +46,7 @@ SEED = 0
 
 
 def model_alone_fps(clip: Path, options: PredictorOptions, batch_size: int) -> float:
-    frames = np.stack([rgb for _, rgb in VideoDecoder(str(clip)).frames()])
+    frames = np.stack([rgb for _, rgb in VideoDecoder(str(clip), layout="rgb24").frames()])
     predictor = DepthPredictor(random_model("vits", seed=SEED), options)
     predictor(torch.from_numpy(frames[:1]))  # warm-up: thread pools, position-table cache
     started = time.perf_counter()
@@ -94,8 +95,9 @@ class _Hop:
     """Stands in for an actor that receives a batch and returns depth of the frame size, as the model actor does."""
 
     def pass_on(self, batch):
+        height = frame_height(batch.pixels[0], batch.layout)
         return DepthBatch(batch.first_index, batch.pts, batch.time_base,
-                          np.zeros(batch.rgb.shape[:3], np.float32))
+                          np.zeros((len(batch), height, batch.pixels.shape[2]), np.float32))
 
 
 def cpu_ms_outside_model(clip: Path, folder: Path, batch_size: int) -> dict[str, float]:
@@ -117,8 +119,8 @@ def cpu_ms_outside_model(clip: Path, folder: Path, batch_size: int) -> dict[str,
     ray.kill(hop)
 
     # Smooth, depth-like maps (blurred luminance): noise would make the encoder's cost meaningless
-    depth = [np.stack([cv2.GaussianBlur(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (0, 0), 9).astype(np.float32) / 25
-                       for f in b.rgb]) for b in batches]
+    depth = [np.stack([cv2.GaussianBlur(gray_at(f, b.layout, (frame_height(f, b.layout), f.shape[1])), (0, 0), 9)
+                       / 25 for f in b.pixels]) for b in batches]
     smoother, colorizer = make_smoother("default"), DepthColorizer("inferno")
     started = time.process_time()
     for maps in depth:
