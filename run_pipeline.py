@@ -175,6 +175,22 @@ def resolve_model(settings):
     return resolved
 
 
+@contextlib.contextmanager
+def depth_graph(settings, resolved):
+    """Ray started (or joined) and the model actors made, for the block; the actors are shut down after it, with
+    Ctrl-C / SIGTERM held until that is done."""
+    from pipeline.graph import DepthGraph, start_ray
+
+    with signals_deferred():  # an interrupt during start-up would orphan Ray's processes: it waits until Ray is up
+        start_ray(settings.ray.address, settings.ray.num_cpus)
+    graph = DepthGraph(settings, resolved=resolved)
+    try:
+        yield graph
+    finally:
+        with signals_deferred():
+            graph.shutdown()
+
+
 def run_batch(args: argparse.Namespace) -> tuple[dict, int]:
     """The batch command: (the job's report, exit status)."""
     from pipeline.jobs.batch import EXIT_SOME_FAILED, BatchJob, BatchOptions, report_table
@@ -190,20 +206,13 @@ def run_batch(args: argparse.Namespace) -> tuple[dict, int]:
                    BatchOptions(force=args.force, videos_in_flight=args.videos_in_flight or 0))
     warn_about_cpu_only_torch(settings)
     resolved = resolve_model(settings)
-    from pipeline.graph import DepthGraph, start_ray
-
-    with signals_deferred():
-        start_ray(settings.ray.address, settings.ray.num_cpus)
-    graph = DepthGraph(settings, resolved=resolved)
     try:
-        report = job.run(graph)
+        with depth_graph(settings, resolved) as graph:
+            report = job.run(graph)
     except BaseException:
         with signals_deferred():
-            graph.shutdown()
-            job.remove_partial_outputs()
+            job.remove_partial_outputs()  # once the actors are gone: no sink can open another one
         raise
-    with signals_deferred():
-        graph.shutdown()
     print(report_table(report), file=sys.stderr)
     return report, (EXIT_SOME_FAILED if report["totals"]["failed"] else 0)
 
@@ -240,25 +249,19 @@ def run_live(args: argparse.Namespace) -> dict:
                         read_timeout_s=live.read_timeout_s, backoff_s=(0.5, live.backoff_max_s))
     source.open().close()  # a source that cannot be opened at start is an error, not a retry loop
     resolved = resolve_model(settings)
-    from pipeline.graph import DepthGraph, start_ray
-
-    with signals_deferred():
-        start_ray(settings.ray.address, settings.ray.num_cpus)
-    graph = DepthGraph(settings, resolved=resolved)
     job = LiveJob(settings, source, LiveTargets(publish, record))
-    _ = graph.model_info  # models loaded before the first frame is taken, so start-up is not counted as latency
-    decoder = source.open()
-    # Ctrl-C and SIGTERM end a live run normally: stop reading, finish what is in flight, close the session
-    stop = lambda number, frame: job.stop()  # noqa: E731
-    previous = {n: signal.signal(n, stop) for n in (signal.SIGINT, signal.SIGTERM)} \
-        if threading.current_thread() is threading.main_thread() else {}
-    try:
-        return job.run(graph, decoder)
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        with signals_deferred():
-            graph.shutdown()
+    with depth_graph(settings, resolved) as graph:
+        _ = graph.model_info  # models loaded before the first frame is taken, so start-up is not counted as latency
+        decoder = source.open()
+        # Ctrl-C and SIGTERM end a live run normally: stop reading, finish what is in flight, close the session
+        stop = lambda number, frame: job.stop()  # noqa: E731
+        previous = {n: signal.signal(n, stop) for n in (signal.SIGINT, signal.SIGTERM)} \
+            if threading.current_thread() is threading.main_thread() else {}
+        try:
+            return job.run(graph, decoder)
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -291,19 +294,10 @@ def run(args: argparse.Namespace) -> dict:
     info = probe.info
     probe.close()
     resolved = resolve_model(settings)
-    from pipeline.graph import DepthGraph, start_ray
-
-    with signals_deferred():  # an interrupt during start-up would orphan Ray's processes: it waits until Ray is up
-        start_ray(settings.ray.address, settings.ray.num_cpus)
-    started = time.monotonic()
-    graph = DepthGraph(settings, resolved=resolved)
-    try:
-        with progress_bar(info.expected_frames) as bar:
-            summary = graph.process(source, str(output), on_progress=bar.update, info=info,
-                                    segments=settings.segments.count, resume=args.resume)
-    finally:
-        with signals_deferred():
-            graph.shutdown()
+    with depth_graph(settings, resolved) as graph, progress_bar(info.expected_frames) as bar:
+        started = time.monotonic()
+        summary = graph.process(source, str(output), on_progress=bar.update, info=info,
+                                segments=settings.segments.count, resume=args.resume)
     summary["seconds_including_model_load"] = round(time.monotonic() - started, 3)
     if summary.get("unreadable_frames"):
         where = ", ".join(f"segment {s['index']} ({s['time']}): {s['unreadable_frames']}"

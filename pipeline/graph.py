@@ -21,7 +21,6 @@ import re
 import resource
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -46,6 +45,7 @@ from .segments import (
     packet_index,
     plan_segments,
 )
+from .model_pool import ModelPool
 from .settings import PipelineSettings
 from .work_pool import run_in_threads
 from .stages.colorize import DepthQuantizer
@@ -59,8 +59,7 @@ from .stages.smoothing import make_smoother
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HEALTH_CHECK_S = 5.0  # how often the driver looks at the model actors' health (and when a write takes this long)
 RETRY_PAUSE_S = 1.0  # before a stream's second attempt; twice that before its third
-SUSPECT_S = 30.0  # a model actor whose call failed gets no new batches for this long (unless it is the only one)
-SINK_ABORT_S = 5.0  # a failed stream's sink gets this long to remove its temporary file, then it is killed
+ANSWER_S = 5.0  # what an actor gets to answer a small call (a failed stream's sink abort, usage) before it is let go
 SINKS_GPU_ROOM = 0.1  # of each GPU, kept for sinks that smooth there (smoothing.device: cuda)
 SINK_GPU_SHARE = 0.02  # one such sink: the smoother's state and arithmetic, a few frames of depth at model size
 
@@ -159,14 +158,6 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def actor_state(actor_id: str) -> str | None:
-    """ALIVE, RESTARTING, PENDING_CREATION, DEAD, ... from the cluster's actor table (the GCS; no dashboard)."""
-    try:
-        return ray._private.state.actors(actor_id).get("State")
-    except Exception:  # noqa: BLE001 - an internal API: should it move, actors read as alive (no dropping)
-        return "ALIVE"
-
-
 def unwrap_ray_error(error: Exception) -> Exception:
     """The user's exception inside a Ray task error (for a one-line message), or the error itself."""
     cause = getattr(error, "cause", None)
@@ -177,9 +168,6 @@ def unwrap_ray_error(error: Exception) -> Exception:
 # Actors: construction stores arguments only; work (and errors) happen in method calls, so errors arrive intact
 
 
-# Decode and sink actors declare no CPU: they are light next to a model actor, and streams must never wait behind the
-# model actors for a core (on a 2-core machine the model actor takes one). How many are open at once is bounded by
-# the driver instead: streams per video (segments) and videos per job (jobs/batch.py).
 def naming_the_node(method):
     """For a stream actor's methods: an error of the input or output names the node it happened on, when the
     cluster has more than one (another machine may not see a path the driver sees)."""
@@ -197,6 +185,9 @@ def naming_the_node(method):
     return wrapper
 
 
+# Decode and sink actors declare no CPU: they are light next to a model actor, and streams must never wait behind the
+# model actors for a core (on a 2-core machine the model actor takes one). How many are open at once is bounded by
+# the driver instead: streams per video (segments) and videos per job (jobs/batch.py).
 @ray.remote(num_cpus=0)
 class DecodeActor:
     def __init__(self, source: str, batch_size: int, max_wait_s: float | None,
@@ -385,20 +376,20 @@ class DepthGraph:
                              builder=builder, hub_reference=resolved.spec if resolved and resolved.repo_id else None)
         # Inside an actor Ray makes only its assigned GPU visible, as cuda:0: "cuda:1" would not exist there
         device = "cuda" if self.plan.use_gpu else "cpu"
-        self.model_actors = [
+        actors = [
             ModelActor.options(**self.plan.model_options).remote(source, options, device, self.plan.torch_threads,
                                                                  self.plan.batch_size)
             for _ in range(self.plan.model_actors)
         ]
-        self._loading = [actor.load.remote() for actor in self.model_actors]
+        self._loading = [actor.load.remote() for actor in actors]
+        self.pool = ModelPool(actors, settings.ray.restart_timeout_s)  # shared by every view (with_settings)
         self._model_info: dict | None = None
-        self._next_actor = 0
-        # Shared by every view (with_settings): model actor id -> when it was first seen not alive; last check
-        self._unhealthy_since: dict[str, float] = {}
-        self._checked_at = [0.0]
-        self._suspected_at: dict[str, float] = {}  # model actor id -> when a call to it last failed
-        self._pool_lock = threading.Lock()
         self.batch_size = self.plan.batch_size
+
+    @property
+    def model_actors(self) -> list:
+        """The model actors in the pool now (fewer once one is lost for good)."""
+        return self.pool.actors
 
     def with_settings(self, settings: PipelineSettings) -> "DepthGraph":
         """The same model actors under another video's settings (output, smoothing, segments: a batch manifest's
@@ -572,9 +563,9 @@ class DepthGraph:
                 # A lost node takes Ray a while to notice (heartbeats): until then its actors still read as alive.
                 # The model actor that failed is avoided for a while, and the next attempt waits a moment, so that
                 # the retries are not spent within a second on an actor that is gone
-                self._suspect(getattr(error, "actor_id", None))
+                self.pool.suspect(getattr(error, "actor_id", None))
                 time.sleep(RETRY_PAUSE_S * (attempt + 1))
-                self._check_model_actors()
+                self.pool.check()
             except (PipelineError, CheckpointError) as error:
                 raise type(error)(f"{where}{error}" if where else str(error)) from None
         raise AssertionError("unreachable")
@@ -611,7 +602,7 @@ class DepthGraph:
                     break
                 this_batch = batch_ref
                 count_ref, batch_ref = decoder.next_batch.remote()  # decode ahead while this batch is inferred
-                actor = self.next_model_actor()
+                actor = self.pool.next()
                 depth_ref = actor.infer.remote(this_batch, depth_dtype)
                 in_flight.append((sink.write.remote(depth_ref, this_batch), count))
                 while len(in_flight) >= settings.batching.max_in_flight:
@@ -624,7 +615,7 @@ class DepthGraph:
             try:
                 # Bounded: the abort queues behind the sink's pending writes, which may wait on a model actor that
                 # is restarting (or never will); then the sink is killed below and its file removed here
-                ray.get(sink.abort.remote(), timeout=SINK_ABORT_S)
+                ray.get(sink.abort.remote(), timeout=ANSWER_S)
             except (ray.exceptions.RayError, TimeoutError):
                 pass
             temporary_path(Path(output), tag).unlink(missing_ok=True)  # the sink died, or is killed, with it open
@@ -667,7 +658,8 @@ class DepthGraph:
             "batch_size": self.batch_size,
             "model": self.model_info,
             "peak_rss_mb": {"decode": max((d["peak_rss_mb"] for d in decode_stats), default=None),
-                            "model": max(model_rss, default=None), "sink": max((k["peak_rss_mb"] for k in sink_stats), default=None)},
+                            "model": max(model_rss, default=None),
+                            "sink": max((k["peak_rss_mb"] for k in sink_stats), default=None)},
             # CPU of the streams' own actors, per frame (the model actors' is in their usage(): they are shared)
             "cpu_ms_per_frame": {stage: round(value * 1e3 / max(frames_out, 1), 2) for stage, value in cpu_s.items()},
         }
@@ -679,8 +671,8 @@ class DepthGraph:
     def _wait_oldest(self, in_flight: deque, progress: dict, on_progress) -> None:
         write_ref, count = in_flight.popleft()
         while not ray.wait([write_ref], timeout=HEALTH_CHECK_S)[0]:
-            self._check_model_actors()
-        self._check_model_actors(every_s=HEALTH_CHECK_S)
+            self.pool.check()
+        self.pool.check(every_s=HEALTH_CHECK_S)
         ray.get(write_ref)
         # Steady-state rate: from the first written batch on, so actor start-up and warm-up are not counted
         if progress["first_written_at"] is None:
@@ -694,7 +686,7 @@ class DepthGraph:
         """Peak memory of the model actors that answer within a few seconds (one restarting, or lost with its node,
         would hold the summary up, or forever where it has no room to restart)."""
         refs = [actor.usage.remote() for actor in self.model_actors]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=SINK_ABORT_S)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=ANSWER_S)
         peaks = []
         for ref in ready:
             try:
@@ -702,54 +694,6 @@ class DepthGraph:
             except ray.exceptions.RayError:
                 pass
         return peaks
-
-    def _suspect(self, actor_id: str | None) -> None:
-        """A call to this actor failed: send it nothing for SUSPECT_S (if it is one of the model actors)."""
-        with self._pool_lock:
-            if actor_id and any(a._actor_id.hex() == actor_id for a in self.model_actors):
-                self._suspected_at[actor_id] = time.monotonic()
-
-    def next_model_actor(self):
-        """Round robin over the model actors that were alive when last looked at and have not failed a call lately
-        (all of them if none is)."""
-        now = time.monotonic()
-        with self._pool_lock:
-            alive = [a for a in self.model_actors if a._actor_id.hex() not in self._unhealthy_since
-                     and now - self._suspected_at.get(a._actor_id.hex(), -SUSPECT_S) >= SUSPECT_S]
-            actors = alive or self.model_actors
-            self._next_actor += 1
-            return actors[self._next_actor % len(actors)]
-
-    def _check_model_actors(self, every_s: float = 0.0) -> None:
-        """Look at the model actors' states (at most once per `every_s`); drop those lost for good.
-
-        Ray restarts a model actor whose process or node died wherever there is room (`max_restarts`), and sends it
-        the calls that were in flight again. While it restarts, new batches go to the others. Where there is no
-        room it would wait forever, and so would every batch sent to it: an actor not alive again within
-        `ray.restart_timeout_s` (counted from when Ray noticed) is killed and dropped, and the streams that waited on it fail with a retriable
-        error and run again on the actors that are left.
-        """
-        timeout_s, now = self.settings.ray.restart_timeout_s, time.monotonic()
-        with self._pool_lock:
-            if now - self._checked_at[0] < every_s:
-                return
-            self._checked_at[0] = now
-            for actor in list(self.model_actors):
-                key = actor._actor_id.hex()
-                state = actor_state(key)
-                if state == "ALIVE":
-                    self._unhealthy_since.pop(key, None)
-                    continue
-                since = self._unhealthy_since.setdefault(key, now)
-                if now - since < timeout_s:
-                    continue
-                self.model_actors.remove(actor)
-                ray.kill(actor, no_restart=True)
-                print(f"warning: a model actor was lost and could not be restarted within {timeout_s:g} s ({state}: no "
-                      f"node with room for it); going on with {len(self.model_actors)}", file=sys.stderr, flush=True)
-            if not self.model_actors:
-                raise PipelineError(f"every model actor was lost and none could be restarted within {timeout_s:g} s "
-                                    f"(nodes died and the cluster has no room left for them)")
 
     def shutdown(self) -> None:
         for actor in self.model_actors:

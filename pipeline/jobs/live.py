@@ -201,7 +201,7 @@ class LiveJob:
                     pts_list.append(last_pts)
                 batch = FrameBatch(index, pts_list, LIVE_TIME_BASE, np.stack([f.pixels for f in frames]),
                                    frames[0].layout)
-                depth = ray.get(graph.next_model_actor().infer.remote(batch, "float16"))
+                depth = ray.get(graph.pool.next().infer.remote(batch, "float16"))
                 self.sink.write(depth, batch)
                 index += len(frames)
                 published = time.monotonic()
@@ -253,9 +253,7 @@ class LiveJob:
                          writer_factory=open_writer)
 
     def _log_line(self, seconds: float, interval: dict) -> None:
-        window = sorted(self.latency.window)
-        p50 = window[len(window) // 2] if window else 0
-        p95 = window[min(len(window) - 1, int(len(window) * 0.95))] if window else 0
+        p50, p95 = np.percentile(self.latency.window, [50, 95]) if self.latency.window else (0, 0)
         frames_in = self.source.frames_in
         self.log(f"live: in {(frames_in - interval['in']) / seconds:.1f} fps, out "
                  f"{interval['out'] / seconds:.1f} fps, latency p50 {p50:.0f} ms p95 {p95:.0f} ms, dropped "

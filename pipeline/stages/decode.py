@@ -23,7 +23,7 @@ import av
 import numpy as np
 
 from .frames import FrameBatch, PipelineError, VideoInfo
-from .pixels import RGB24, YUV420P, i420_planes
+from .pixels import RGB24, YUV420P, frame_height, i420_planes
 
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "srt://", "udp://", "tcp://")
 
@@ -60,7 +60,7 @@ def rotate_upright(pixels: np.ndarray, rotation: int, layout: str = RGB24) -> np
         return pixels
     if layout == RGB24:
         return np.ascontiguousarray(np.rot90(pixels, k=quarter_turns))
-    planes = [np.rot90(plane, k=quarter_turns) for plane in i420_planes(pixels, pixels.shape[0] * 2 // 3)]
+    planes = [np.rot90(plane, k=quarter_turns) for plane in i420_planes(pixels, frame_height(pixels, layout))]
     width = planes[0].shape[1]
     return np.concatenate([plane.reshape(-1) for plane in planes]).reshape(-1, width)
 

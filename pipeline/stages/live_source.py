@@ -24,7 +24,7 @@ import av
 import numpy as np
 
 from .decode import VideoDecoder, is_url
-from .frames import PipelineError, VideoInfo, one_line
+from .frames import PipelineError, one_line
 
 
 @dataclass
@@ -56,7 +56,6 @@ class LiveSource:
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.reconnects = 0
         self.frames_in = 0
-        self.info: VideoInfo | None = None
         self._started = time.monotonic()
         self._stopped = False
 
@@ -69,9 +68,7 @@ class LiveSource:
 
     def open(self) -> VideoDecoder:
         """The first connection; errors are the caller's (a bad URL at start-up is an error, not a retry loop)."""
-        decoder = VideoDecoder(self.source, options=self.options)
-        self.info = decoder.info
-        return decoder
+        return VideoDecoder(self.source, options=self.options)
 
     def frames(self, decoder: VideoDecoder) -> Iterator[LiveFrame]:
         delay, after_gap = self.backoff_s[0], False

@@ -89,20 +89,19 @@ class RtspPublisher:
 
     def _failed(self, error: BaseException, what: str) -> None:
         self.frames_lost += 1
-        self._close(quietly=True)
+        self._close()
         self._retry_at = time.monotonic() + self._delay
         self.log(f"live: {what} {self.url} ({one_line(error)}); trying again in {self._delay:.1f} s")
         self._delay = min(self._delay * 2, self.backoff_s[1])
 
-    def _close(self, quietly: bool) -> None:
+    def _close(self) -> None:
         container, self._container, self._stream = self._container, None, None
         if container is None:
             return
         try:
             container.close()  # TEARDOWN
         except (av.FFmpegError, OSError):
-            if not quietly:
-                raise
+            pass  # the server is gone already
 
     def close(self) -> None:
         """Flush the encoder and end the RTSP session cleanly."""
@@ -112,4 +111,4 @@ class RtspPublisher:
                     self._container.mux(packet)
             except (av.FFmpegError, OSError):
                 pass
-        self._close(quietly=True)
+        self._close()

@@ -1,0 +1,93 @@
+"""
+The model actors every stream shares, and which of them to send the next batch to.
+
+Takes: the model actors (Ray actor handles, made by `DepthGraph`), and reports from the streams: a call that failed
+(`suspect`), a write that is taking long (`check`).
+Gives: `next()`, round robin over the actors that are alive and have not failed a call lately; `actors`, the pool as it
+is now (smaller once an actor is lost for good).
+
+Ray restarts a model actor whose process or node died wherever there is room (`max_restarts`) and sends it the calls
+that were in flight again. Two things it does not do, done here:
+- a lost node takes Ray a while to notice (heartbeats, about 15 s): until then its actors read as alive and every
+  call to them fails at once, so an actor whose call failed gets no new batches for `SUSPECT_S`;
+- where no node has room for the restart, the actor (and every batch sent to it) would wait forever: one not alive
+  again within `restart_timeout_s` of being seen down is killed and dropped, so the streams that waited on it fail
+  with a retriable error and run again on the actors that are left.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import ray
+
+from .stages.frames import PipelineError
+
+SUSPECT_S = 30.0  # a model actor whose call failed gets no new batches for this long (unless it is the only one)
+
+
+def actor_state(actor_id: str) -> str | None:
+    """ALIVE, RESTARTING, PENDING_CREATION, DEAD, ... from the cluster's actor table (the GCS; no dashboard)."""
+    try:
+        return ray._private.state.actors(actor_id).get("State")
+    except Exception:  # noqa: BLE001 - an internal API: should it move, actors read as alive (no dropping)
+        return "ALIVE"
+
+
+class ModelPool:
+    """Thread-safe: the driver's stream threads share one pool."""
+
+    def __init__(self, actors: list, restart_timeout_s: float):
+        self.actors = list(actors)
+        self.restart_timeout_s = restart_timeout_s
+        self._down_since: dict[str, float] = {}  # actor id -> when it was first seen not alive
+        self._suspected_at: dict[str, float] = {}  # actor id -> when a call to it last failed
+        self._checked_at = 0.0
+        self._turn = 0
+        self._lock = threading.Lock()
+
+    def next(self):
+        """The actor for the next batch."""
+        now = time.monotonic()
+        with self._lock:
+            healthy = [a for a in self.actors if self._id(a) not in self._down_since
+                       and now - self._suspected_at.get(self._id(a), -SUSPECT_S) >= SUSPECT_S]
+            candidates = healthy or self.actors
+            self._turn += 1
+            return candidates[self._turn % len(candidates)]
+
+    def suspect(self, actor_id: str | None) -> None:
+        """A call to this actor failed (any actor id may come here; only the pool's count)."""
+        with self._lock:
+            if actor_id and any(self._id(a) == actor_id for a in self.actors):
+                self._suspected_at[actor_id] = time.monotonic()
+
+    def check(self, every_s: float = 0.0) -> None:
+        """Look at the actors' states (at most once per `every_s`); drop those lost for good."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._checked_at < every_s:
+                return
+            self._checked_at = now
+            for actor in list(self.actors):
+                key = self._id(actor)
+                state = actor_state(key)
+                if state == "ALIVE":
+                    self._down_since.pop(key, None)
+                    continue
+                if now - self._down_since.setdefault(key, now) < self.restart_timeout_s:
+                    continue
+                self.actors.remove(actor)
+                ray.kill(actor, no_restart=True)
+                print(f"warning: a model actor was lost and could not be restarted within {self.restart_timeout_s:g} "
+                      f"s ({state}: no node with room for it); going on with {len(self.actors)}",
+                      file=sys.stderr, flush=True)
+            if not self.actors:
+                raise PipelineError(f"every model actor was lost and none could be restarted within "
+                                    f"{self.restart_timeout_s:g} s (nodes died and the cluster has no room left)")
+
+    @staticmethod
+    def _id(actor) -> str:
+        return actor._actor_id.hex()
