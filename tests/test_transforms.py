@@ -9,7 +9,7 @@ import torch
 
 from model import PredictorOptions, DepthPredictor, model_input_size, prepare_frames, resize_depth
 from model.random_weights import random_model
-from model.transforms import IMAGENET_MEAN, IMAGENET_STD
+from model.transforms import IMAGENET_MEAN, IMAGENET_STD, prepare_frames_opencv, prepare_frames_torch
 
 
 @pytest.mark.parametrize(
@@ -43,8 +43,13 @@ def original_preparation(frame_rgb: np.ndarray, input_hw) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
 
 
-@pytest.mark.parametrize("frame_hw", [(362, 642), (480, 640), (700, 500)])
-def test_prepare_frames_matches_original(frame_hw):
+@pytest.mark.parametrize("frame_hw", [(362, 642), (480, 640), (700, 500), (518, 924)])
+@pytest.mark.parametrize("prepare, tolerance",
+                         [(prepare_frames_opencv, (1e-4, 2e-6)), (prepare_frames_torch, (2e-3, 1e-4))],
+                         ids=["opencv", "torch"])
+def test_prepare_frames_matches_original(frame_hw, prepare, tolerance):
+    """Both paths: OpenCV's (a CPU's: the original's own resize, so agreement to float32 rounding) and torch's (a
+    GPU's: same kernel, a = -0.75 and half-pixel centres, sampled slightly differently at the borders)."""
     rng = np.random.default_rng(0)
     # A smooth image plus a few hard edges: bicubic overshoot appears where the original keeps it
     ys, xs = np.mgrid[0 : frame_hw[0], 0 : frame_hw[1]]
@@ -52,12 +57,19 @@ def test_prepare_frames_matches_original(frame_hw):
     base[frame_hw[0] // 3 : frame_hw[0] // 2] = rng.integers(0, 256, size=3)
     frame = np.clip(base, 0, 255).astype(np.uint8)
     input_hw = model_input_size(frame_hw)
-    ours = prepare_frames(torch.from_numpy(frame)[None], input_hw)[0].numpy()
-    expected = original_preparation(frame, input_hw)
-    assert ours.shape == expected.shape
-    # Upscaling: torch bicubic and cv2 INTER_CUBIC share a = -0.75 and half-pixel centres
-    assert np.abs(ours - expected).max() < 2e-3
-    assert np.abs(ours - expected).mean() < 1e-4
+    frames = torch.from_numpy(np.stack([frame, frame[::-1].copy()]))
+    ours = prepare(frames, input_hw).numpy()
+    for index, expected in enumerate((original_preparation(frame, input_hw),
+                                      original_preparation(frame[::-1].copy(), input_hw))):
+        assert ours[index].shape == expected.shape
+        worst, mean = tolerance
+        assert np.abs(ours[index] - expected).max() < worst
+        assert np.abs(ours[index] - expected).mean() < mean
+
+
+def test_prepare_frames_takes_the_opencv_path_on_a_cpu():
+    frames = torch.randint(0, 256, (1, 40, 60, 3), dtype=torch.uint8)
+    assert torch.equal(prepare_frames(frames, (42, 56)), prepare_frames_opencv(frames, (42, 56)))
 
 
 def test_resize_depth_back_to_frame_size():
