@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import ray
 import torch
 
@@ -185,6 +186,13 @@ def naming_the_node(method):
     return wrapper
 
 
+def one_thread_each() -> None:
+    """A stream actor's OpenCV and torch work runs on its own thread: streams (segments, videos) are the parallelism,
+    and thread pools on small per-frame operations cost more CPU in hand-offs than they save in time."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 # Decode and sink actors declare no CPU: they are light next to a model actor, and streams must never wait behind the
 # model actors for a core (on a 2-core machine the model actor takes one). How many are open at once is bounded by
 # the driver instead: streams per video (segments) and videos per job (jobs/batch.py).
@@ -192,6 +200,7 @@ def naming_the_node(method):
 class DecodeActor:
     def __init__(self, source: str, batch_size: int, max_wait_s: float | None,
                  pts_range: tuple[int, int | None] | None = None, layout: str = "auto"):
+        one_thread_each()
         self._cpu_at_start = cpu_seconds()
         self._args = (source, batch_size, max_wait_s, pts_range, layout)
         self._decoder = self._batches = None
@@ -262,6 +271,7 @@ class ModelActor:
 class SinkActor:
     def __init__(self, output: str, info: VideoInfo, render: RenderOptions, smoother_name: str, params: dict,
                  smoother_device: str, write_from_pts: int | None = None, temporary_tag: str | None = None):
+        one_thread_each()
         self._cpu_at_start = cpu_seconds()
         self._sink = DepthSink(output, info, render, make_smoother(smoother_name, device=smoother_device, **params),
                                write_from_pts, temporary_tag)

@@ -11,7 +11,7 @@ from model.random_weights import random_model
 from pipeline.stages.decode import VideoDecoder, rotate_upright
 from pipeline.stages.infer import DepthWorker
 from pipeline.stages.pixels import RGB24, YUV420P, i420_to_rgb, i420_to_rgb_torch, to_rgb
-from pipeline.stages.smoothing import AlignedSmoothing, Guide
+from pipeline.stages.smoothing import Guide, _colour_histogram
 from tests.clips import clip
 
 
@@ -88,9 +88,10 @@ def test_smoother_guide_from_i420_matches_the_one_from_rgb(clips):
     size = (48, 80)
     from_i420 = Guide.of_frame(i420.pixels[0], size, YUV420P)
     from_rgb = Guide.of_frame(rgb.pixels[0], size, RGB24)
-    assert from_i420.gray.shape == from_rgb.gray.shape == size and from_i420.gray.dtype == np.float32
-    assert np.abs(from_i420.gray - from_rgb.gray).mean() < 1.5
-    histogram = AlignedSmoothing._colour_histogram
-    distance = 0.5 * (histogram(torch.from_numpy(from_i420.colours))
-                      - histogram(torch.from_numpy(from_rgb.colours))).abs().sum().item()
+    assert from_i420.gray.shape == from_rgb.gray.shape == size and from_i420.gray.dtype == np.uint8
+    assert from_rgb.gray_unit == 1.0 and from_i420.gray_unit == pytest.approx(255 / 219)
+    # The Y plane as it is: limited range (16-235), so 16 is black and a step is worth 255/219 grey levels
+    as_grey_levels = (from_i420.gray.astype(np.float32) - 16) * from_i420.gray_unit
+    assert np.abs(as_grey_levels - from_rgb.gray).mean() < 1.5
+    distance = 0.5 * np.abs(_colour_histogram(from_i420.colours) - _colour_histogram(from_rgb.colours)).sum()
     assert distance < 0.1  # a cut is 0.4

@@ -77,8 +77,8 @@ class DepthColorizer:
         """H x W uint8 on the tracked range (this advances the tracker: call once per frame)."""
         low, high = self.tracker.update(depth)
         scale = 255.0 / max(high - low, 1e-6)
-        # convertScaleAbs rounds and saturates at 255 but takes |x|: clamp at `low` first so nothing goes negative
-        return cv2.convertScaleAbs(np.maximum(depth, low), alpha=scale, beta=-low * scale)
+        # One pass: (depth - low) * scale, rounded and saturated to 0-255 (below `low` is 0)
+        return cv2.addWeighted(depth, scale, depth, 0.0, -low * scale, dtype=cv2.CV_8U)
 
     def __call__(self, depth: np.ndarray, size_hw: tuple[int, int] | None = None) -> np.ndarray:
         """H x W x 3 uint8 RGB, or H x W uint8 for gray; at `size_hw` when given (resized after the colour lookup,

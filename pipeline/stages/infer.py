@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -132,8 +133,9 @@ class DepthWorker:
     @classmethod
     def create(cls, source: ModelSource, options: PredictorOptions, device: str = "auto", threads: int = 0,
                batch_size: int = 0):
-        if threads:
+        if threads:  # the CPU's share of this actor, for the network (torch) and the input's resize (OpenCV)
             torch.set_num_threads(threads)
+            cv2.setNumThreads(threads)
         resolved = resolve_device(device)
         return cls(DepthPredictor(source.load(resolved), options), batch_size=batch_size)
 

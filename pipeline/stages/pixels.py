@@ -9,7 +9,7 @@ Takes / gives one of two layouts of uint8 frames:
 
 Why I420 travels between decode and the model: it is half the bytes of RGB through the object store, and the
 decoder skips its YUV -> RGB conversion (the largest part of its cost). The model actor converts on its own device
-(a GPU does it in microseconds), the sink's smoother takes its grey straight from the Y plane, and only the
+(a GPU does it in microseconds), the sink's smoother takes its luma straight from the Y plane, and only the
 side-by-side view converts on the host. The conversion is BT.601 with limited range, what FFmpeg's own YUV -> RGB
 gave before (within a level or two: chroma is upsampled by repetition here, by interpolation in swscale).
 """
@@ -27,8 +27,6 @@ LAYOUTS = (RGB24, YUV420P)
 _Y_SCALE, _C_SCALE = 255.0 / 219.0, 255.0 / 224.0
 _KR, _KB = 0.299, 0.114
 _KG = 1.0 - _KR - _KB
-# Y level -> full-range grey level 0-255 (float32), as one OpenCV table lookup
-_Y_TO_GRAY = np.clip((np.arange(256, dtype=np.float64) - 16.0) * _Y_SCALE, 0.0, 255.0).astype(np.float32)[None]
 
 
 def frame_height(pixels_hw: np.ndarray, layout: str) -> int:
@@ -87,19 +85,20 @@ def to_rgb(pixels_hw: np.ndarray, layout: str) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(pixels_hw), cv2.COLOR_YUV2RGB_I420)
 
 
-def gray_at(pixels_hw: np.ndarray, layout: str, size_hw: tuple[int, int]) -> np.ndarray:
-    """One frame -> its grey levels (BT.601 luma, full range 0-255) as float32 at `size_hw`, bilinear."""
+def luma_at(pixels_hw: np.ndarray, layout: str, size_hw: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """One frame -> its luma at `size_hw` (bilinear) as H x W uint8, and the full-range grey levels (0-255) one step
+    of it is worth: 255/219 for the Y plane of I420, taken as it is (limited range, no arithmetic on it), 1 for grey
+    made from RGB (BT.601 weights)."""
     if layout == YUV420P:
         y, _, _ = i420_planes(pixels_hw, frame_height(pixels_hw, layout))
-        if y.shape != size_hw:
-            y = cv2.resize(y, size_hw[::-1], interpolation=cv2.INTER_LINEAR)
-        return cv2.LUT(np.ascontiguousarray(y), _Y_TO_GRAY)
-    rgb = pixels_hw
-    if rgb.shape[:2] != size_hw:
-        rgb = cv2.resize(rgb, size_hw[::-1], interpolation=cv2.INTER_LINEAR)
-    # A weighted sum of the channels: three times faster on a CPU than a matrix product with the weights
-    rgb = rgb.astype(np.float32)
-    return rgb[..., 0] * _KR + rgb[..., 1] * _KG + rgb[..., 2] * _KB
+        return _resized(y, size_hw), _Y_SCALE
+    return cv2.cvtColor(_resized(pixels_hw, size_hw), cv2.COLOR_RGB2GRAY), 1.0
+
+
+def _resized(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == tuple(size_hw):
+        return np.ascontiguousarray(image)
+    return cv2.resize(image, tuple(size_hw)[::-1], interpolation=cv2.INTER_LINEAR)
 
 
 def colour_sample(pixels_hw: np.ndarray, layout: str, count: int = 20_000) -> np.ndarray:

@@ -1,8 +1,8 @@
 """
 Temporal smoothing of per-frame depth: a streaming, causal, stateful stage, fed in frame order.
 
-Takes: `update(depth, guide=None)` with depth H x W float32 relative inverse depth and what the picture shows: a
-`Guide` (grey levels at the depth's resolution and a sample of the frame's colours; `Guide.of_frame` makes one from
+Takes: `update(depth, guide=None)` with depth H x W float32 or float16 relative inverse depth and what the picture
+shows: a `Guide` (luma at the depth's resolution and a sample of the frame's colours; `Guide.of_frame` makes one from
 an RGB or I420 frame) or simply the H x W x 3 uint8 RGB frame.
 Gives: the smoothed H x W float32 depth for that frame; `reset()` forgets the past (scene cut, new stream).
 
@@ -28,22 +28,24 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .pixels import RGB24, colour_sample, gray_at
+from .pixels import RGB24, colour_sample, luma_at
 
 
 @dataclass(frozen=True)
 class Guide:
-    """What a smoother may look at in the picture: `gray`, H x W float32 grey levels (0-255) at the depth's
-    resolution (for the motion gate), and `colours`, N x 3 uint8 RGB pixels sampled over the frame (for the scene-cut
-    histogram)."""
+    """What a smoother may look at in the picture: `gray`, H x W uint8 luma at the depth's resolution (for the motion
+    gate), worth `gray_unit` full-range grey levels (0-255) a step, and `colours`, N x 3 uint8 RGB pixels sampled over
+    the frame (for the scene-cut histogram)."""
 
     gray: np.ndarray
     colours: np.ndarray
+    gray_unit: float = 1.0
 
     @classmethod
     def of_frame(cls, pixels: np.ndarray, size_hw: tuple[int, int], layout: str = RGB24) -> Guide:
         """From one frame in `layout` (see `pixels.py`), for depth of `size_hw`."""
-        return cls(gray_at(pixels, layout, tuple(size_hw)), colour_sample(pixels, layout))
+        gray, unit = luma_at(pixels, layout, tuple(size_hw))
+        return cls(gray, colour_sample(pixels, layout), unit)
 
 
 class Smoother(Protocol):
@@ -120,6 +122,8 @@ class AlignedSmoothing:
 
     def reset(self) -> None:
         self._output = self._gray = self._histogram = self._sample_index = None
+        self._gray_unit = 1.0
+        self._buffers: dict[str, torch.Tensor] = {}
         self._frame = 0
         self.cuts = []
 
@@ -128,7 +132,8 @@ class AlignedSmoothing:
     @torch.inference_mode()
     def update(self, depth, guide: Guide | np.ndarray | None = None):
         as_numpy = isinstance(depth, np.ndarray)
-        depth = torch.as_tensor(depth, device=self.device).float()
+        # A float32 copy that this smoother owns (it is scaled in place): never the caller's array
+        depth = torch.as_tensor(depth).to(self.device, torch.float32, copy=True)
         if guide is not None and not isinstance(guide, Guide):
             guide = Guide.of_frame(np.asarray(guide), tuple(depth.shape))  # an RGB frame
         smoothed = self._update(depth, guide)
@@ -136,114 +141,136 @@ class AlignedSmoothing:
 
     def _update(self, depth: torch.Tensor, guide: Guide | None) -> torch.Tensor:
         gray = torch.as_tensor(guide.gray, device=self.device) if guide is not None else None
-        histogram = self._colour_histogram(torch.as_tensor(guide.colours, device=self.device)) \
-            if guide is not None else None
+        histogram = _colour_histogram(guide.colours) if guide is not None else None
         previous = self._output
         self.cut_detected = False
         if previous is None or previous.shape != depth.shape:
-            return self._restart(depth, gray, histogram, cut=False)
-        if histogram is not None and 0.5 * (histogram - self._histogram).abs().sum().item() > self.cut_histogram:
-            return self._restart(depth, gray, histogram, cut=True)
+            return self._restart(depth, guide, gray, histogram, cut=False)
+        if histogram is not None and 0.5 * np.abs(histogram - self._histogram).sum() > self.cut_histogram:
+            return self._restart(depth, guide, gray, histogram, cut=True)
 
-        raw_samples = depth.reshape(-1)[self._sample_index].double()
-        previous_samples = previous.reshape(-1)[self._sample_index].double()
-        scale, shift = self._robust_fit(raw_samples, previous_samples)
+        # The fit runs on the host in float64 over a few thousand pixels (one transfer from a GPU, not dozens of
+        # tiny kernels and synchronising reads)
+        raw_samples, previous_samples = torch.stack(
+            [depth.reshape(-1)[self._sample_index], previous.reshape(-1)[self._sample_index]]).cpu().double().numpy()
+        scale, shift = _robust_fit(raw_samples, previous_samples)
         residual = scale * raw_samples + shift - previous_samples
-        spread = (previous_samples.quantile(0.9) - previous_samples.quantile(0.1)).item() + 1e-6
-        if residual.abs().median().item() / spread > self.cut_residual:
-            return self._restart(depth, gray, histogram, cut=True)
+        low_decile, high_decile = np.quantile(previous_samples, (0.1, 0.9))
+        spread = high_decile - low_decile + 1e-6
+        if _lower_median(np.abs(residual)) / spread > self.cut_residual:
+            return self._restart(depth, guide, gray, histogram, cut=True)
         # Anchor: lean the mapping towards the raw frame's own, so the output's scale follows the video slowly
         scale, shift = scale ** (1 - self.anchor), shift * (1 - self.anchor)
-        aligned = depth.mul(scale).add_(shift)
+        aligned = depth.mul_(scale).add_(shift)
 
-        # Per-pixel weight of the past, in place over full-size maps (each pass over the map costs as much as the
-        # arithmetic in it): strength where depth and picture hold still, falling to 0 through the two gates
-        noise = 1.4826 * (residual - residual.median()).abs().median().item() + 1e-6
+        # Per-pixel weight of the past, strength where depth and picture hold still, falling to 0 through the two
+        # gates; out = aligned + weight * (previous - aligned). Every pass over the map costs about as much as the
+        # arithmetic in it, so the passes are few, in place, and into buffers kept from frame to frame
+        noise = 1.4826 * _lower_median(np.abs(residual - _lower_median(residual))) + 1e-6
         low, high = self.noise_gate
-        weight = torch.sub(aligned, previous).abs_()
+        change = torch.sub(previous, aligned, out=self._scratch("change", aligned))
+        weight = torch.abs(change, out=self._scratch("weight", aligned))
         weight.mul_(-1.0 / ((high - low) * noise)).add_(high / (high - low)).clamp_(0.0, 1.0)
         if gray is not None:
+            # The motion gate on the 5 x 5 sum of luma changes: grey levels = sum * unit / 25
             span = self.motion_high - self.motion_low
-            motion = self._motion(gray, self._gray)
-            weight.mul_(motion.mul_(-self.strength / span).add_(self.strength * self.motion_high / span)
+            per_step = self.strength * self._gray_unit / (25.0 * span)
+            motion = self._motion_sum(gray, self._gray, self._scratch("motion", aligned))
+            weight.mul_(motion.mul_(-per_step).add_(self.strength * self.motion_high / span)
                         .clamp_(0.0, self.strength))
         else:
             weight.mul_(self.strength)
-        self._output = torch.lerp(aligned, previous, weight)
+        self._output = aligned.addcmul_(weight, change)
         self._gray, self._histogram = gray, histogram
         self._frame += 1
         return self._output
 
-    def _restart(self, depth, gray, histogram, cut: bool) -> torch.Tensor:
+    def _scratch(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """A float32 buffer the shape of `like`, kept for the next frame (fresh ones cost page faults on a CPU)."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != like.shape or buffer.device != like.device:
+            buffer = self._buffers[name] = torch.empty_like(like)
+        return buffer
+
+    def _restart(self, depth, guide, gray, histogram, cut: bool) -> torch.Tensor:
         if cut:
             self.cut_detected = True
             self.cuts.append(self._frame)
-        self._output = depth.clone()
+        self._output = depth
         self._gray, self._histogram = gray, histogram
+        self._gray_unit = guide.gray_unit if guide is not None else 1.0
         count = min(self.samples, depth.numel())
         self._sample_index = torch.randperm(depth.numel(), generator=self._generator)[:count].to(self.device)
         self._frame += 1
         return self._output
 
     @staticmethod
-    def _motion(gray_hw: torch.Tensor, previous_hw: torch.Tensor) -> torch.Tensor:
-        """Grey-level change, averaged over 5 x 5 pixels with replicated borders: a lone noisy pixel should not count
-        as motion.
+    def _motion_sum(gray_hw: torch.Tensor, previous_hw: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Absolute luma change (uint8 maps) summed over 5 x 5 pixels with replicated borders, as float32 in `out`: a
+        lone noisy pixel should not count as motion.
 
-        On a CPU, OpenCV (difference and box filter in two passes, 0.5 ms at 518 x 924, several times faster than
-        torch there); on a GPU, shifted sums. (Replicated, not mirrored: mirroring needs three pixels each way; a
-        video can be 1 pixel wide.)
+        On a CPU, OpenCV on the uint8 maps (difference, then a box sum in 16 bits: a few times faster than the same
+        in float32, which was in turn several times faster than torch there); on a GPU, shifted sums. (Replicated,
+        not mirrored: mirroring needs three pixels each way; a video can be 1 pixel wide.)
         """
         if gray_hw.device.type == "cpu":
             difference = cv2.absdiff(gray_hw.numpy(), previous_hw.numpy())
-            return torch.from_numpy(cv2.blur(difference, (5, 5), borderType=cv2.BORDER_REPLICATE))
-        padded = F.pad((gray_hw - previous_hw).abs_()[None, None], (2, 2, 2, 2), mode="replicate")[0, 0]
+            summed = cv2.boxFilter(difference, cv2.CV_16U, (5, 5), normalize=False, borderType=cv2.BORDER_REPLICATE)
+            return out.copy_(torch.from_numpy(summed))
+        difference = (gray_hw.float() - previous_hw.float()).abs_()
+        padded = F.pad(difference[None, None], (2, 2, 2, 2), mode="replicate")[0, 0]
         height, width = gray_hw.shape
         rows = sum(padded[:, k : k + width] for k in range(5))
-        return sum(rows[k : k + height] for k in range(5)) / 25.0
+        return out.copy_(sum(rows[k : k + height] for k in range(5)))
 
-    @staticmethod
-    def _colour_histogram(colours_n3: torch.Tensor) -> torch.Tensor:
-        """8x8x8 colour histogram of the sampled pixels, normalised to sum 1."""
-        bins = colours_n3.long() >> 5
-        counts = torch.bincount(bins[:, 0] * 64 + bins[:, 1] * 8 + bins[:, 2], minlength=512).float()
-        return counts / counts.sum().clamp(min=1.0)
 
-    @staticmethod
-    def _robust_fit(x: torch.Tensor, y: torch.Tensor, iterations: int = 4) -> tuple[float, float]:
-        """y ~ scale * x + shift on the pixels that agree: moving pixels are outliers.
+def _colour_histogram(colours_n3: np.ndarray) -> np.ndarray:
+    """8x8x8 colour histogram of the sampled pixels, normalised to sum 1."""
+    bins = np.asarray(colours_n3).astype(np.intp) >> 5
+    counts = np.bincount(bins[:, 0] * 64 + bins[:, 1] * 8 + bins[:, 2], minlength=512).astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
 
-        Iteratively reweighted least squares (Huber weights) finds the inliers; the scale is then the ratio of their
-        spreads (reduced major axis: sign(cov) * std(y) / std(x)), not the least-squares slope. The least-squares
-        slope shrinks towards zero whenever x is noisy (regression dilution), and as every frame's scale builds on
-        the last one's, that shrinkage compounded: the output faded towards zero over a few seconds of video.
-        """
-        weights = torch.ones_like(x)
-        for _ in range(iterations):
-            total = weights.sum()
-            mean_x, mean_y = (weights * x).sum() / total, (weights * y).sum() / total
-            variance = (weights * (x - mean_x) ** 2).sum()
-            if variance.item() <= 1e-12:
-                return 1.0, float(mean_y - mean_x)
-            scale_t = (weights * (x - mean_x) * (y - mean_y)).sum() / variance
-            shift_t = mean_y - scale_t * mean_x
-            residual = (scale_t * x + shift_t - y).abs()
-            threshold = 1.345 * 1.4826 * residual.median() + 1e-12
-            weights = torch.clamp(threshold / residual.clamp(min=1e-12), max=1.0)
+
+def _lower_median(values: np.ndarray) -> float:
+    """The lower of the two middle values for an even count (torch's median, which this smoother was tuned with)."""
+    middle = (len(values) - 1) // 2
+    return float(np.partition(values, middle)[middle])
+
+
+def _robust_fit(x: np.ndarray, y: np.ndarray, iterations: int = 4) -> tuple[float, float]:
+    """y ~ scale * x + shift on the pixels that agree: moving pixels are outliers.
+
+    Iteratively reweighted least squares (Huber weights) finds the inliers; the scale is then the ratio of their
+    spreads (reduced major axis: sign(cov) * std(y) / std(x)), not the least-squares slope. The least-squares
+    slope shrinks towards zero whenever x is noisy (regression dilution), and as every frame's scale builds on
+    the last one's, that shrinkage compounded: the output faded towards zero over a few seconds of video.
+    """
+    weights = np.ones_like(x)
+    for _ in range(iterations):
         total = weights.sum()
-        mean_x, mean_y = (weights * x).sum() / total, (weights * y).sum() / total
-        variance_x = (weights * (x - mean_x) ** 2).sum()
-        covariance = (weights * (x - mean_x) * (y - mean_y)).sum()
-        if variance_x.item() <= 1e-12 or covariance.item() <= 0:
-            # A degenerate frame (flat, or a cut the histogram missed): keep the frame's own scale
-            return 1.0, 0.0
-        variance_y = (weights * (y - mean_y) ** 2).sum()
-        scale = (variance_y / variance_x).sqrt()
-        # How far the fit is trusted: r^2 of the inliers. A frame that hardly resembles the last one (motion
-        # everywhere) keeps more of its own scale
-        trust = (covariance**2 / (variance_x * variance_y).clamp(min=1e-30)).item()
-        scale = scale ** trust
-        return scale.item(), (mean_y - scale * mean_x).item()
+        mean_x, mean_y = (weights @ x) / total, (weights @ y) / total
+        centred_x = x - mean_x
+        variance = weights @ (centred_x * centred_x)
+        if variance <= 1e-12:
+            return 1.0, float(mean_y - mean_x)
+        scale_t = (weights @ (centred_x * (y - mean_y))) / variance
+        residual = np.abs(scale_t * x + (mean_y - scale_t * mean_x) - y)
+        threshold = 1.345 * 1.4826 * _lower_median(residual) + 1e-12
+        weights = np.minimum(threshold / np.maximum(residual, 1e-12), 1.0)
+    total = weights.sum()
+    mean_x, mean_y = (weights @ x) / total, (weights @ y) / total
+    centred_x, centred_y = x - mean_x, y - mean_y
+    variance_x = weights @ (centred_x * centred_x)
+    covariance = weights @ (centred_x * centred_y)
+    if variance_x <= 1e-12 or covariance <= 0:
+        # A degenerate frame (flat, or a cut the histogram missed): keep the frame's own scale
+        return 1.0, 0.0
+    variance_y = weights @ (centred_y * centred_y)
+    # How far the fit is trusted: r^2 of the inliers. A frame that hardly resembles the last one (motion everywhere)
+    # keeps more of its own scale
+    trust = covariance**2 / max(variance_x * variance_y, 1e-30)
+    scale = np.sqrt(variance_y / variance_x) ** trust
+    return float(scale), float(mean_y - scale * mean_x)
 
 
 SMOOTHERS = {"none": NoSmoothing, "ema": EmaSmoothing, "aligned": AlignedSmoothing}
