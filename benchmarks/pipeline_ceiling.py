@@ -18,6 +18,7 @@ Goals (issue 10) on the 2-core build machine: one stream >= 60 fps; CPU outside 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -70,6 +71,29 @@ def run_streams(graph: DepthGraph, clips: list[Path], folder: Path) -> tuple[flo
     return time.perf_counter() - started, summaries, cpu_seconds() - cpu_before
 
 
+RAY_SYSTEM_PROCESSES = ("raylet", "gcs_server")  # the object store lives in the raylet
+
+
+def ray_system_cpu_s() -> float:
+    """CPU seconds used so far by this machine's Ray system processes (what moves objects between the actors)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, fields = stat.read_text().rsplit(")", 1)
+        except OSError:  # the process ended
+            continue
+        if name.split("(", 1)[1] in RAY_SYSTEM_PROCESSES:
+            total += sum(int(value) for value in fields.split()[11:13])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine since boot, from /proc/stat."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), sum(ticks) / os.sysconf("SC_CLK_TCK")
+
+
 def model_actor_usage(graph: DepthGraph) -> dict:
     usages = ray.get([actor.usage.remote() for actor in graph.model_actors])
     return {key: sum(u[key] for u in usages) for key in ("cpu_s", "predict_cpu_s", "frames")}
@@ -107,9 +131,9 @@ LAYOUT_NAMES = {"rgb24": "RGB (before)", "auto": "I420 (frame_layout: auto)"}
 
 
 def measure(graph: DepthGraph, clips: list[Path], folder: Path) -> None:
-    model_before = model_actor_usage(graph)
+    model_before, ray_before, machine_before = model_actor_usage(graph), ray_system_cpu_s(), machine_busy_s()
     seconds, summaries, driver_cpu = run_streams(graph, clips, folder)
-    model_after = model_actor_usage(graph)
+    model_after, ray_after, machine_after = model_actor_usage(graph), ray_system_cpu_s(), machine_busy_s()
     frames = sum(s["frames_out"] for s in summaries)
     each = ", ".join(f"{s['fps']:.1f}" for s in summaries)
     print(f"{len(clips)} stream(s): {frames / seconds:6.1f} fps in all ({each} fps each, start to end)")
@@ -125,6 +149,10 @@ def measure(graph: DepthGraph, clips: list[Path], folder: Path) -> None:
     total = sum(ms for stage, ms in costs.items() if not stage.startswith("sink: "))
     print(f"  {'total outside the model':36s} {total:6.2f} ms  (goal <= 15)")
     print(f"  {'(+ input preparation and stand-in':36s} {used['predict_cpu_s']:6.2f} ms: on a GPU node the GPU does it)")
+    print(f"  {'(+ Ray system: raylet, GCS':36s} {(ray_after - ray_before) * 1e3 / frames:6.2f} ms: the object store's "
+          f"side of the hand-overs)")
+    busy, every = (after - before for after, before in zip(machine_after, machine_before))
+    print(f"  machine busy {busy / every:.0%} of {os.cpu_count()} cores")
     print(f"  peak RSS MB: {summaries[0]['peak_rss_mb']}")
 
 if __name__ == "__main__":

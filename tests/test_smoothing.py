@@ -118,3 +118,15 @@ def test_gpu_smoother_matches_cpu(sequence):
     for depth, rgb in zip(sequence.observed[:10], sequence.rgb[:10]):
         expected, result = on_cpu.update(depth, rgb), on_gpu.update(depth, rgb)
     np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 4096, 20_001])
+def test_order_statistics_match_numpy_and_torch(count):
+    import torch
+
+    from pipeline.stages.statistics import lower_median, quantiles
+
+    values = np.random.default_rng(count).normal(size=count)
+    for fractions in ((0.1, 0.9), (0.01, 0.99), (0.0, 0.5, 1.0)):
+        np.testing.assert_allclose(quantiles(values, fractions), np.quantile(values, fractions), rtol=0, atol=1e-12)
+    assert lower_median(values) == torch.from_numpy(values).median().item()

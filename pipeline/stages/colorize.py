@@ -14,6 +14,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .statistics import quantiles
+
 GRAY = "gray"
 
 
@@ -53,7 +55,7 @@ class RangeTracker:
 
     def update(self, depth: np.ndarray) -> tuple[float, float]:
         step = max(1, int(np.sqrt(depth.size / 20_000)))  # about 20k samples whatever the resolution
-        low, high = np.percentile(depth[::step, ::step], self.percentiles)
+        low, high = quantiles(depth[::step, ::step].ravel(), tuple(p / 100 for p in self.percentiles))
         if self.range is None:
             self.range = (float(low), float(high))
         else:

@@ -29,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from .pixels import RGB24, colour_sample, luma_at
+from .statistics import lower_median, quantiles
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,9 @@ class AlignedSmoothing:
             [depth.reshape(-1)[self._sample_index], previous.reshape(-1)[self._sample_index]]).cpu().double().numpy()
         scale, shift = _robust_fit(raw_samples, previous_samples)
         residual = scale * raw_samples + shift - previous_samples
-        low_decile, high_decile = np.quantile(previous_samples, (0.1, 0.9))
+        low_decile, high_decile = quantiles(previous_samples, (0.1, 0.9))
         spread = high_decile - low_decile + 1e-6
-        if _lower_median(np.abs(residual)) / spread > self.cut_residual:
+        if lower_median(np.abs(residual)) / spread > self.cut_residual:
             return self._restart(depth, guide, gray, histogram, cut=True)
         # Anchor: lean the mapping towards the raw frame's own, so the output's scale follows the video slowly
         scale, shift = scale ** (1 - self.anchor), shift * (1 - self.anchor)
@@ -166,7 +167,7 @@ class AlignedSmoothing:
         # Per-pixel weight of the past, strength where depth and picture hold still, falling to 0 through the two
         # gates; out = aligned + weight * (previous - aligned). Every pass over the map costs about as much as the
         # arithmetic in it, so the passes are few, in place, and into buffers kept from frame to frame
-        noise = 1.4826 * _lower_median(np.abs(residual - _lower_median(residual))) + 1e-6
+        noise = 1.4826 * lower_median(np.abs(residual - lower_median(residual))) + 1e-6
         low, high = self.noise_gate
         change = torch.sub(previous, aligned, out=self._scratch("change", aligned))
         weight = torch.abs(change, out=self._scratch("weight", aligned))
@@ -231,12 +232,6 @@ def _colour_histogram(colours_n3: np.ndarray) -> np.ndarray:
     return counts / max(counts.sum(), 1.0)
 
 
-def _lower_median(values: np.ndarray) -> float:
-    """The lower of the two middle values for an even count (torch's median, which this smoother was tuned with)."""
-    middle = (len(values) - 1) // 2
-    return float(np.partition(values, middle)[middle])
-
-
 def _robust_fit(x: np.ndarray, y: np.ndarray, iterations: int = 4) -> tuple[float, float]:
     """y ~ scale * x + shift on the pixels that agree: moving pixels are outliers.
 
@@ -255,7 +250,7 @@ def _robust_fit(x: np.ndarray, y: np.ndarray, iterations: int = 4) -> tuple[floa
             return 1.0, float(mean_y - mean_x)
         scale_t = (weights @ (centred_x * (y - mean_y))) / variance
         residual = np.abs(scale_t * x + (mean_y - scale_t * mean_x) - y)
-        threshold = 1.345 * 1.4826 * _lower_median(residual) + 1e-12
+        threshold = 1.345 * 1.4826 * lower_median(residual) + 1e-12
         weights = np.minimum(threshold / np.maximum(residual, 1e-12), 1.0)
     total = weights.sum()
     mean_x, mean_y = (weights @ x) / total, (weights @ y) / total
