@@ -12,10 +12,10 @@ from model import DepthPredictor, PredictorOptions, resize_depth
 from model.random_weights import random_model
 from pipeline.stages.colorize import DepthColorizer, DepthQuantizer, RangeTracker, colormap_id
 from pipeline.stages.decode import VideoDecoder
-from pipeline.stages.encode import DepthVideoWriter, check_output_path, read_depth_scale
+from pipeline.stages.encode import DepthVideoWriter, blank_i420, check_output_path, read_depth_scale
 from pipeline.stages.frames import PipelineError
 from pipeline.stages.infer import DepthWorker
-from pipeline.stages.pixels import i420_to_rgb
+from pipeline.stages.pixels import i420_planes, i420_to_rgb
 from pipeline.settings import load_settings
 from pipeline.stages.sink import DepthSink, RenderOptions
 from pipeline.stages.smoothing import make_smoother
@@ -213,6 +213,27 @@ def test_yuv_colour_path_matches_the_rgb_colormap(sample, tmp_path):
         writer.close()
         decoded[name] = read_video(tmp_path / f"{name}.mp4")["frames"][0].to_ndarray(format="rgb24").astype(int)
     assert np.abs(decoded["yuv"] - decoded["rgb"]).mean() < 2
+
+
+def test_colour_written_into_an_encoder_frame_with_padded_rows(tmp_path, sample):
+    """The sink renders straight into the encoder's frame, whose rows are wider than the picture (1000 px: rows of
+    1008 bytes): every plane must land where the packed I420 array has it, and the file must decode to it."""
+    ys, xs = np.mgrid[0:300, 0:530].astype(np.float32)
+    depth = (np.sin(xs / 25) + np.cos(ys / 20) + 2).astype(np.float32)
+    frame_hw = (562, 1000)
+    packed = DepthColorizer("inferno").yuv420(depth, frame_hw)
+    frame, planes = blank_i420(*frame_hw)
+    assert frame.planes[0].line_size > frame_hw[1], "the test needs padded rows"
+    DepthColorizer("inferno").yuv420_into(depth, planes)
+    for ours, expected in zip(planes, i420_planes(packed, frame_hw[0])):
+        np.testing.assert_array_equal(ours, expected)
+    np.testing.assert_array_equal(frame.to_ndarray(format="yuv420p"), packed)
+    info = VideoDecoder(str(sample)).info
+    writer = DepthVideoWriter(tmp_path / "frame.mp4", "color", info, frame_hw, crf=0)
+    writer.write(frame, 0)
+    writer.close()
+    decoded = read_video(tmp_path / "frame.mp4")["frames"][0].to_ndarray(format="yuv420p").astype(int)
+    assert np.abs(decoded - packed).max() <= 1
 
 
 def test_colour_looked_up_at_model_resolution_matches_colouring_the_resized_depth():

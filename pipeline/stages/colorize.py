@@ -14,6 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .pixels import i420_planes
 from .statistics import quantiles
 
 GRAY = "gray"
@@ -92,25 +93,30 @@ class DepthColorizer:
 
     def yuv420(self, depth: np.ndarray, size_hw: tuple[int, int] | None = None) -> np.ndarray:
         """The colormapped frame straight in I420 layout, (3H/2) x W uint8, for even H and W (those of `size_hw`
-        when given, else the depth's).
+        when given, else the depth's). See `yuv420_into`."""
+        height, width = size_hw or depth.shape
+        packed = np.empty((height * 3 // 2, width), np.uint8)
+        self.yuv420_into(depth, i420_planes(packed, height))
+        return packed
+
+    def yuv420_into(self, depth: np.ndarray, planes: list[np.ndarray]) -> None:
+        """The colormapped frame written into Y (H x W), U and V (H/2 x W/2) uint8 planes: views with any row stride,
+        such as an encoder's frame (`encode.blank_i420`).
 
         Looks the colour up in Y, U and V tables instead of making RGB and converting it (the encoder would): about
         a fifth of the work. The tables come from the colormap through FFmpeg's own RGB -> YUV conversion, so colours
         match the RGB path. Depth smaller than the frame is looked up at its own size and each plane resized
-        (bilinear) to the frame's, or to half of it for the chroma.
+        (bilinear) to its own size: chroma averaged over each 2x2 block, as the encoder's own conversion would.
         """
         if self._yuv_tables is None:
             self._yuv_tables = _yuv_tables(self.colormap)
         levels = self.levels(depth)
-        height, width = size_hw or levels.shape
-        luma, blue_diff, red_diff = self._yuv_tables
-        half = (height // 2, width // 2)
-        # Chroma averaged over each 2x2 block (as the encoder's own conversion would), not point-sampled
-        planes = [_resized(cv2.LUT(levels, luma), (height, width))] + [
-            _resized(cv2.LUT(levels, table), half) for table in (blue_diff, red_diff)
-        ]
-        # I420 is the three planes back to back; viewed as rows of W it is 3H/2 rows (H even)
-        return np.concatenate([plane.ravel() for plane in planes]).reshape(height * 3 // 2, width)
+        for table, plane in zip(self._yuv_tables, planes):
+            looked_up = cv2.LUT(levels, table)
+            if looked_up.shape == plane.shape:
+                plane[...] = looked_up
+            else:
+                cv2.resize(looked_up, plane.shape[::-1], dst=plane, interpolation=cv2.INTER_LINEAR)
 
 
 def _resized(image: np.ndarray, size_hw: tuple[int, int] | None) -> np.ndarray:

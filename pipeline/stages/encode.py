@@ -61,6 +61,22 @@ def pixel_format_of(image: np.ndarray, height: int) -> str:
     return "yuv420p" if image.shape[0] == height * 3 // 2 else "gray"
 
 
+def video_frame_of(image: np.ndarray | av.VideoFrame, height: int) -> av.VideoFrame:
+    """A rendered image (see `pixel_format_of`) as a VideoFrame for the encoder; a VideoFrame passes through."""
+    if isinstance(image, av.VideoFrame):
+        return image
+    return av.VideoFrame.from_ndarray(image, format=pixel_format_of(image, height))
+
+
+def blank_i420(height: int, width: int) -> tuple[av.VideoFrame, list[np.ndarray]]:
+    """A new yuv420p VideoFrame (even height and width) and writable views of its Y, U and V planes at the picture's
+    size (rows `line_size` apart): a renderer fills the encoder's input in place, with no I420 array to assemble and
+    copy into a frame."""
+    frame = av.VideoFrame(width, height, "yuv420p")
+    return frame, [np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+                   for plane in frame.planes]
+
+
 def temporary_path(output: Path, tag: str) -> Path:
     """Where a writer of `output` writes until it is complete: hidden, beside it, on the same filesystem."""
     return output.with_name(f".{output.stem}.{tag}.partial{output.suffix}")
@@ -178,13 +194,13 @@ class DepthVideoWriter:
             reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
             raise PipelineError(f"{self.output}: cannot write the output ({reason})") from None
 
-    def write(self, image: np.ndarray, pts: int) -> None:
-        """Write one frame: H x W x 3 RGB, H x W gray (uint8 or uint16), or (3H/2) x W I420."""
+    def write(self, image: np.ndarray | av.VideoFrame, pts: int) -> None:
+        """Write one frame: H x W x 3 RGB, H x W gray (uint8 or uint16), (3H/2) x W I420, or a filled VideoFrame."""
         with self._disk_errors():
             self._write(image, pts)
 
     def _write(self, image: np.ndarray, pts: int) -> None:
-        frame = av.VideoFrame.from_ndarray(image, format=pixel_format_of(image, self._stream.height))
+        frame = video_frame_of(image, self._stream.height)
         frame.pts, frame.time_base = pts, self._time_base
         if self._first_pts is None:
             self._first_pts = pts

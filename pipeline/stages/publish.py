@@ -21,7 +21,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from .encode import pixel_format_of
+from .encode import video_frame_of
 from .frames import one_line
 
 LIVE_TIME_BASE = Fraction(1, 90_000)  # RTP's clock for video
@@ -63,7 +63,7 @@ class RtspPublisher:
         self._opened_once = True
         self._delay = self.backoff_s[0]
 
-    def write(self, image: np.ndarray, seconds: float) -> bool:
+    def write(self, image: np.ndarray | av.VideoFrame, seconds: float) -> bool:
         """Encode and send one frame; False when the server is away (the frame is counted as lost)."""
         if self._container is None:
             if time.monotonic() < self._retry_at:
@@ -75,7 +75,7 @@ class RtspPublisher:
                 self._failed(error, "cannot publish to")
                 return False
         pts = max(round(seconds / LIVE_TIME_BASE), self._last_pts + 1)  # strictly increasing, on the RTP clock
-        frame = av.VideoFrame.from_ndarray(image, format=pixel_format_of(image, self.frame_hw[0]))
+        frame = video_frame_of(image, self.frame_hw[0])
         frame.pts, frame.time_base = pts, LIVE_TIME_BASE
         try:
             for packet in self._stream.encode(frame):

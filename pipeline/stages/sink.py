@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .colorize import GRAY, DepthColorizer, DepthQuantizer
-from .encode import DepthVideoWriter
+from .encode import DepthVideoWriter, blank_i420
 from .frames import DepthBatch, FrameBatch, VideoInfo
 from .pixels import frame_height, to_rgb
 from .smoothing import Guide, Smoother
@@ -115,7 +115,9 @@ class DepthSink:
         elif self.options.depth_format == "side-by-side":
             image = np.concatenate([to_rgb(pixels, layout), self.colorizer(smoothed, frame_hw)], axis=1)
         elif self.options.depth_format == "color" and height % 2 == 0 and width % 2 == 0:
-            image = self.colorizer.yuv420(smoothed, frame_hw)  # what the encoder takes, without an RGB detour
+            # What the encoder takes, without an RGB detour, written straight into the encoder's frame
+            image, planes = blank_i420(height, width)
+            self.colorizer.yuv420_into(smoothed, planes)
         else:
             image = self.colorizer(smoothed, frame_hw)
         if self._writer is None:
