@@ -34,7 +34,7 @@ from model import DepthPredictor, PredictorOptions  # noqa: E402
 from model.random_weights import random_model  # noqa: E402
 from pipeline.stages.colorize import DepthColorizer  # noqa: E402
 from pipeline.stages.decode import VideoDecoder  # noqa: E402
-from pipeline.stages.pixels import frame_height, gray_at  # noqa: E402
+from pipeline.stages.pixels import frame_height, luma_at  # noqa: E402
 from pipeline.stages.encode import DepthVideoWriter  # noqa: E402
 from pipeline.stages.frames import DepthBatch  # noqa: E402
 from pipeline.graph import DepthGraph, start_ray  # noqa: E402
@@ -80,6 +80,8 @@ def sequential_fps(clip: Path, output: Path, options: PredictorOptions) -> float
 
 
 def pipeline_run(clip: Path, output: Path, input_size: int, batch_size: int) -> dict:
+    """The CLI's pipeline with default settings; `batch_size` 0: its own choice (on a CPU, batches of 4 between
+    actors and one frame at a time through the network)."""
     settings = load_settings("configs/default.yaml", {
         "model.random_weights": "vits", "model.input_size": input_size, "batching.batch_size": batch_size,
     })
@@ -119,8 +121,8 @@ def cpu_ms_outside_model(clip: Path, folder: Path, batch_size: int) -> dict[str,
     ray.kill(hop)
 
     # Smooth, depth-like maps (blurred luminance): noise would make the encoder's cost meaningless
-    depth = [np.stack([cv2.GaussianBlur(gray_at(f, b.layout, (frame_height(f, b.layout), f.shape[1])), (0, 0), 9)
-                       / 25 for f in b.pixels]) for b in batches]
+    depth = [np.stack([cv2.GaussianBlur(luma_at(f, b.layout, (frame_height(f, b.layout), f.shape[1]))[0], (0, 0), 9)
+                       .astype(np.float32) / 25 for f in b.pixels]) for b in batches]
     smoother, colorizer = make_smoother("default"), DepthColorizer("inferno")
     started = time.process_time()
     for maps in depth:
@@ -144,7 +146,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24, help="720p frames for the throughput comparison")
     parser.add_argument("--cost-frames", type=int, default=96, help="720p frames for the per-stage CPU costs")
     parser.add_argument("--input-size", type=int, default=518)
-    parser.add_argument("--batch-size", type=int, default=1, help="1 is fastest on a CPU")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="the pipeline's frames per batch (0: its default); the model alone and the sequential "
+                             "loop run one frame at a time, the fastest on a CPU, as the pipeline's network does")
     parser.add_argument("--short-frames", type=int, default=300)
     parser.add_argument("--long-frames", type=int, default=3000)
     parser.add_argument("--memory-input-size", type=int, default=70)
@@ -156,11 +160,11 @@ def main() -> None:
     clip = make_sample_clip(folder / "clip720.mp4", width=1280, height=720, frames=args.frames)
     options = PredictorOptions(input_size=args.input_size)
 
-    model_fps = model_alone_fps(clip, options, args.batch_size)
+    model_fps = model_alone_fps(clip, options, 1)
     summary = pipeline_run(clip, folder / "pipeline.mp4", args.input_size, args.batch_size)
     sequential = sequential_fps(clip, folder / "sequential.mp4", options)
-    print(f"720p clip, {args.frames} frames, vits, input size {args.input_size}, batch {args.batch_size}, "
-          f"float32, torch {torch.__version__}, 2 threads")
+    print(f"720p clip, {args.frames} frames, vits, input size {args.input_size}, pipeline batches of "
+          f"{summary['batch_size']} (one frame a network pass), float32, torch {torch.__version__}, 2 threads")
     print(f"  model alone (frames in memory) : {model_fps:7.3f} fps")
     print(f"  full pipeline (file to file)   : {summary['fps_steady']:7.3f} fps steady state "
           f"({summary['fps']:.3f} fps counting actor start-up and warm-up)")

@@ -235,8 +235,9 @@ MODEL_ACTOR_RESTARTS = 3
 
 @ray.remote(max_restarts=MODEL_ACTOR_RESTARTS, max_task_retries=MODEL_ACTOR_RESTARTS)
 class ModelActor:
-    def __init__(self, source: ModelSource, options: PredictorOptions, device: str, threads: int, batch_size: int):
-        self._args = (source, options, device, threads, batch_size)
+    def __init__(self, source: ModelSource, options: PredictorOptions, device: str, threads: int, batch_size: int,
+                 network_batch: int):
+        self._args = (source, options, device, threads, batch_size, network_batch)
         self._worker: DepthWorker | None = None
         self._loading = threading.Lock()  # two calls at once on a GPU: one loads, the other waits
 
@@ -253,8 +254,8 @@ class ModelActor:
     def _loaded(self) -> DepthWorker:
         with self._loading:
             if self._worker is None:
-                source, options, device, threads, batch_size = self._args
-                self._worker = DepthWorker.create(source, options, device, threads, batch_size)
+                source, options, device, threads, batch_size, network_batch = self._args
+                self._worker = DepthWorker.create(source, options, device, threads, batch_size, network_batch)
                 self._cpu_after_load = cpu_seconds()
         return self._worker
 
@@ -320,6 +321,7 @@ class ActorPlan:
     model_options: dict
     torch_threads: int
     batch_size: int
+    network_batch: int
     smoother_device: str
     sink_options: dict
 
@@ -354,12 +356,14 @@ def plan_actors(settings: PipelineSettings, resources: dict[str, float]) -> Acto
         share = 1 / math.ceil(count / gpus) * (1 - SINKS_GPU_ROOM if sinks_on_gpu else 1)
         model_options = {"num_gpus": round(share, 4), "max_concurrency": 2, "num_cpus": 1}
     threads = model.threads or (0 if use_gpu else max(1, int(cpus // count)))
+    batch_size = settings.batching.batch_size or (8 if use_gpu else 4)
     return ActorPlan(
         model_actors=count,
         use_gpu=use_gpu,
         model_options=model_options,
         torch_threads=threads,
-        batch_size=settings.batching.batch_size or (8 if use_gpu else 1),
+        batch_size=batch_size,
+        network_batch=settings.batching.network_batch or (batch_size if use_gpu else 1),
         smoother_device=smoother_device,
         sink_options={"num_gpus": SINK_GPU_SHARE} if sinks_on_gpu else {},
     )
@@ -389,7 +393,7 @@ class DepthGraph:
         device = "cuda" if self.plan.use_gpu else "cpu"
         actors = [
             ModelActor.options(**self.plan.model_options).remote(source, options, device, self.plan.torch_threads,
-                                                                 self.plan.batch_size)
+                                                                 self.plan.batch_size, self.plan.network_batch)
             for _ in range(self.plan.model_actors)
         ]
         self._loading = [actor.load.remote() for actor in actors]

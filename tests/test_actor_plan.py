@@ -31,7 +31,12 @@ def test_smoothing_on_the_gpu_leaves_room_for_the_sinks():
 def test_cpu_only_cluster():
     result = plan({"CPU": 4})
     assert not result.use_gpu and result.model_options == {"num_cpus": 1} and result.torch_threads == 4
-    assert result.batch_size == 1
+    # Batches of 4 between actors (a hand-over costs about a millisecond), one frame at a time through the network
+    assert result.batch_size == 4 and result.network_batch == 1
+    on_gpu = plan({"CPU": 16, "GPU": 1})
+    assert on_gpu.batch_size == on_gpu.network_batch == 8
+    chosen = plan({"CPU": 4}, **{"batching.batch_size": 6, "batching.network_batch": 2})
+    assert chosen.batch_size == 6 and chosen.network_batch == 2
 
 
 @pytest.mark.parametrize("resources, overrides, message", [

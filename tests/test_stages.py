@@ -269,3 +269,19 @@ def test_compiled_model_sees_one_batch_size_only(sample, monkeypatch):
     assert [len(r.depth) for r in results] == [4, 4, 2] and results[2].pts == batches[2].pts
     alone = DepthWorker(DepthPredictor(net, SMALL)).infer(batches[2], "float32")
     np.testing.assert_allclose(results[2].depth, alone.depth, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_passes_through_the_network_in_parts_of_network_batch(sample, monkeypatch):
+    """Batches travel 4 frames at a time, but a CPU runs the network on one frame at a time: the same depth, frame
+    for frame, as one pass of the whole batch."""
+    net = random_model("vits", seed=0)
+    whole = DepthWorker(DepthPredictor(net, SMALL)).infer(next(VideoDecoder(str(sample)).batches(4)), "float32")
+    seen_batch_sizes = []
+    original_forward = net.forward
+    monkeypatch.setattr(net, "forward", lambda image: seen_batch_sizes.append(len(image)) or original_forward(image))
+    worker = DepthWorker(DepthPredictor(net, SMALL), network_batch=3)
+    batch = next(VideoDecoder(str(sample)).batches(4))
+    parts = worker.infer(batch, "float32")
+    assert seen_batch_sizes == [3, 1]
+    assert parts.pts == whole.pts and parts.depth.shape == whole.depth.shape
+    np.testing.assert_allclose(parts.depth, whole.depth, rtol=1e-4, atol=1e-5)

@@ -115,9 +115,12 @@ class _PinnedSlots:
 class DepthWorker:
     """Runs the predictor on FrameBatches; thread-safe for `concurrency` overlapping calls on a GPU."""
 
-    def __init__(self, predictor: DepthPredictor, concurrency: int = 2, batch_size: int = 0):
+    def __init__(self, predictor: DepthPredictor, concurrency: int = 2, batch_size: int = 0, network_batch: int = 0):
+        """`network_batch`: frames per pass through the network (0: the whole batch at once)."""
         self.predictor = predictor
-        # torch.compile specialises on the batch size: a short last batch is padded to it rather than recompiled
+        self.network_batch = network_batch
+        # torch.compile specialises on the batch size: a short last batch is padded to the full size rather than
+        # recompiled (its passes through the network then have the same sizes as every other batch's)
         self._padded_batch = batch_size if predictor.options.compile else 0
         self.device = predictor.device
         self.frames_processed = 0
@@ -132,12 +135,12 @@ class DepthWorker:
 
     @classmethod
     def create(cls, source: ModelSource, options: PredictorOptions, device: str = "auto", threads: int = 0,
-               batch_size: int = 0):
+               batch_size: int = 0, network_batch: int = 0):
         if threads:  # the CPU's share of this actor, for the network (torch) and the input's resize (OpenCV)
             torch.set_num_threads(threads)
             cv2.setNumThreads(threads)
         resolved = resolve_device(device)
-        return cls(DepthPredictor(source.load(resolved), options), batch_size=batch_size)
+        return cls(DepthPredictor(source.load(resolved), options), batch_size=batch_size, network_batch=network_batch)
 
     def infer(self, batch: FrameBatch, depth_dtype: str = "float16") -> DepthBatch:
         """Depth at the model's resolution (B x h x w), in `depth_dtype`: float16 is plenty for 8-bit pictures and
@@ -155,7 +158,9 @@ class DepthWorker:
     def _predict(self, frames: torch.Tensor, layout: str) -> torch.Tensor:
         """Frames on the model's device, in `layout` -> float32 depth B x h x w at the model's resolution."""
         rgb_bhwc = i420_to_rgb(frames) if layout == YUV420P else frames
-        return self.predictor(rgb_bhwc, at_frame_size=False)
+        if not self.network_batch or len(rgb_bhwc) <= self.network_batch:
+            return self.predictor(rgb_bhwc, at_frame_size=False)
+        return torch.cat([self.predictor(part, at_frame_size=False) for part in rgb_bhwc.split(self.network_batch)])
 
     def _infer_cpu(self, pixels: np.ndarray, layout: str, dtype: torch.dtype) -> np.ndarray:
         with self._compute_lock:
