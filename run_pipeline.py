@@ -91,7 +91,9 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML preset, e.g. configs/cpu.yaml (flags override it)")
     parser.add_argument("--colormap", help="OpenCV colormap name (default inferno)")
     parser.add_argument("--depth-format", choices=DEPTH_FORMATS)
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int,
+                        help="frames per batch between actors (default: 8 on a GPU, 4 on a CPU; a CPU runs the "
+                             "network one frame at a time, batching.network_batch)")
     parser.add_argument("--input-size", type=int, help="short side fed to the model, multiple of 14 (default 518)")
     parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
                         help="auto (default): float16 on a GPU, float32 on a CPU")
