@@ -128,6 +128,27 @@ def test_side_by_side_and_audio(worker, sample, tmp_path):
     assert result["has_audio"] and result["audio_seconds"] == pytest.approx(source["audio_seconds"], abs=0.05)
 
 
+@pytest.mark.parametrize("colormap", ["inferno", "gray"])
+def test_side_by_side_straight_from_i420_matches_the_rgb_path(worker, sample, tmp_path, colormap):
+    """From I420 frames the side-by-side view is assembled in I420 (the frame's own planes, the colour looked up into
+    the right half); decoded, it must show what the RGB path shows, to within a level or two on average."""
+    i420 = list(VideoDecoder(str(sample)).batches(4))
+    rgb = list(VideoDecoder(str(sample), layout="rgb24").batches(4))
+    assert i420[0].layout == "yuv420p" and rgb[0].layout == "rgb24"
+    info = VideoDecoder(str(sample)).info
+    decoded = {}
+    for name, batches in (("i420", i420), ("rgb", rgb)):
+        output = tmp_path / f"{name}.mp4"
+        options = RenderOptions(depth_format="side-by-side", colormap=colormap, crf=0, copy_audio=False)
+        sink = DepthSink(str(output), info, options, make_smoother("none"))
+        for frames, same_depth in zip(batches, i420):
+            sink.write(worker.infer(same_depth), frames)
+        sink.close()
+        decoded[name] = np.stack([f.to_ndarray(format="rgb24") for f in read_video(output)["frames"]]).astype(int)
+    assert decoded["i420"].shape == decoded["rgb"].shape == (10, 64, 192, 3)
+    assert np.abs(decoded["i420"] - decoded["rgb"]).mean() < 2
+
+
 def test_output_path_checks(tmp_path):
     with pytest.raises(PipelineError, match="does not exist"):
         check_output_path(tmp_path / "missing" / "out.mp4", "color")

@@ -23,7 +23,7 @@ import torch
 from .colorize import GRAY, DepthColorizer, DepthQuantizer
 from .encode import DepthVideoWriter, blank_i420
 from .frames import DepthBatch, FrameBatch, VideoInfo
-from .pixels import frame_height, to_rgb
+from .pixels import YUV420P, frame_height, i420_planes, to_rgb
 from .smoothing import Guide, Smoother
 
 
@@ -113,7 +113,7 @@ class DepthSink:
                 smoothed = cv2.resize(smoothed, (width, height), interpolation=cv2.INTER_LINEAR)
             image = self.quantizer(smoothed)
         elif self.options.depth_format == "side-by-side":
-            image = np.concatenate([to_rgb(pixels, layout), self.colorizer(smoothed, frame_hw)], axis=1)
+            image = self._side_by_side(pixels, layout, smoothed, frame_hw)
         elif self.options.depth_format == "color" and height % 2 == 0 and width % 2 == 0:
             # What the encoder takes, without an RGB detour, written straight into the encoder's frame
             image, planes = blank_i420(height, width)
@@ -122,12 +122,28 @@ class DepthSink:
             image = self.colorizer(smoothed, frame_hw)
         if self._writer is None:
             self._writer = self._open_writer(frame_hw if self.options.depth_format != "side-by-side"
-                                             else image.shape[:2])
+                                             else (height, 2 * width))
         rendered_at = time.process_time()
         self._writer.write(image, pts)
         for stage, seconds in (("smooth", smoothed_at - started), ("render", rendered_at - smoothed_at),
                                ("encode", time.process_time() - rendered_at)):
             self.stage_cpu_s[stage] += seconds
+
+    def _side_by_side(self, pixels: np.ndarray, layout: str, depth: np.ndarray, frame_hw: tuple[int, int]):
+        """The frame on the left and its coloured depth on the right, twice the width. An I420 frame goes straight
+        into an I420 encoder frame (its planes copied to the left half, the colour looked up into the right half):
+        no RGB, and no RGB -> YUV in the encoder. Otherwise RGB."""
+        height, width = frame_hw
+        if layout == YUV420P:
+            image, planes = blank_i420(height, 2 * width)
+            for plane, source in zip(planes, i420_planes(pixels, height)):
+                plane[:, : source.shape[1]] = source
+            self.colorizer.yuv420_into(depth, [plane[:, plane.shape[1] // 2 :] for plane in planes])
+            return image
+        coloured = self.colorizer(depth, frame_hw)
+        if coloured.ndim == 2:  # the gray colormap
+            coloured = np.repeat(coloured[..., None], 3, axis=2)
+        return np.concatenate([to_rgb(pixels, layout), coloured], axis=1)
 
     @property
     def writer(self):
