@@ -67,6 +67,15 @@ def test_batches_cover_every_frame_once(clips):
     assert rgb_batches[0].layout == "rgb24" and rgb_batches[0].pixels.shape == (5, 362, 642, 3)
 
 
+@pytest.mark.parametrize("name, layout", [("odd", "auto"), ("odd", "rgb24"), ("rotated", "auto")])
+def test_batches_hold_the_same_pixels_as_single_frames(clips, name, layout):
+    """Batches are filled in place (I420 planes copied straight from the decoder's buffers, whose rows are wider
+    than 642 pixels): the same pixels, frame for frame, as decoding one frame at a time."""
+    single = np.stack([pixels for _, pixels in VideoDecoder(str(clips[name]), layout=layout).frames()])
+    batched = np.concatenate([b.pixels for b in VideoDecoder(str(clips[name]), layout=layout).batches(4)])
+    np.testing.assert_array_equal(batched, single)
+
+
 @pytest.mark.parametrize("name", ["long_mkv", "faststart"])
 def test_truncated_file_yields_decodable_frames_and_counts_the_rest(clips, tmp_path, name):
     source = clips[name]

@@ -169,6 +169,23 @@ class VideoDecoder:
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
         """(pts, one upright frame in `layout`, uint8) for every decodable frame, in presentation order."""
+        for pts, frame in self._timed_frames():
+            yield pts, self._pixels(frame)
+
+    def _pixels(self, frame: av.VideoFrame) -> np.ndarray:
+        return rotate_upright(frame.to_ndarray(format=self.layout), self.info.rotation, self.layout)
+
+    def _pixels_into(self, frame: av.VideoFrame, out: np.ndarray) -> None:
+        """One frame, upright, into `out` (its place in a batch). An unrotated I420 frame is copied plane by plane
+        straight from the decoder's buffers: one copy, not one into an array and a second into the batch."""
+        if self.layout == YUV420P and not round(self.info.rotation / 90) % 4:
+            for target, plane in zip(i420_planes(out, self.info.height), frame.planes):
+                target[...] = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+        else:
+            out[...] = self._pixels(frame)
+
+    def _timed_frames(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        """(pts, decoded frame in the stream's starting size and, for I420, format) in presentation order."""
         rate, time_base = self.info.rate, self.info.time_base
         frame_step = max(1, round(1 / (rate * time_base))) if rate and time_base else 1
         last_pts = None
@@ -193,25 +210,28 @@ class VideoDecoder:
                     self.layout == YUV420P and frame.format.name != YUV420P):
                 # A mid-stream size or format change: scaled back to what the stream started with
                 frame = frame.reformat(width=coded_width, height=coded_height, format=self.layout)
-            pixels = frame.to_ndarray(format=self.layout)
             self.frames_decoded += 1
-            yield pts, rotate_upright(pixels, self.info.rotation, self.layout)
+            yield pts, frame
 
     def batches(self, batch_size: int, max_wait_s: float | None = None) -> Iterator[FrameBatch]:
-        """Consecutive frames in batches of `batch_size`; a live source also closes a batch after `max_wait_s`."""
-        index, pts_list, images, started = 0, [], [], 0.0
-        for pts, pixels in self.frames():
-            if not images:
+        """Consecutive frames in batches of `batch_size`; a live source also closes a batch after `max_wait_s`.
+        Each batch's array is allocated once and the frames decoded into it."""
+        height, width = self.info.height, self.info.width
+        frame_shape = (height * 3 // 2, width) if self.layout == YUV420P else (height, width, 3)
+        index, pts_list, pixels, started = 0, [], None, 0.0
+        for pts, frame in self._timed_frames():
+            if not pts_list:
                 started = time.monotonic()
+                pixels = np.empty((batch_size, *frame_shape), np.uint8)
+            self._pixels_into(frame, pixels[len(pts_list)])
             pts_list.append(pts)
-            images.append(pixels)
             waited_out = max_wait_s is not None and time.monotonic() - started >= max_wait_s
-            if len(images) >= batch_size or waited_out:
-                yield FrameBatch(index, pts_list, self.info.time_base, np.stack(images), self.layout)
-                index += len(images)
-                pts_list, images = [], []
-        if images:
-            yield FrameBatch(index, pts_list, self.info.time_base, np.stack(images), self.layout)
+            if len(pts_list) >= batch_size or waited_out:
+                yield FrameBatch(index, pts_list, self.info.time_base, pixels[: len(pts_list)], self.layout)
+                index += len(pts_list)
+                pts_list = []
+        if pts_list:
+            yield FrameBatch(index, pts_list, self.info.time_base, pixels[: len(pts_list)], self.layout)
 
     @property
     def unreadable_frames(self) -> int:
