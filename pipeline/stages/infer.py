@@ -6,10 +6,11 @@ B x H x W x 3).
 Gives: `DepthBatch` (B x h x w relative inverse depth at the model's resolution, float16 or float32, host memory);
 the sink smooths it there and resizes it to the frame size once, for rendering.
 
-On a GPU, each call stages its frames (as they came: I420 is half the bytes of RGB) in a reusable pinned host buffer and issues a non-blocking copy on a
-dedicated copy stream; the compute stream waits only on that copy's event. The Ray actor around this class allows
-two calls at once, so the copy of batch N+1 runs while batch N computes. Results come back through pinned buffers
-too, copied on a third stream outside the compute lock. On the CPU the same `infer` runs without any of that.
+On a GPU, each call stages its frames (as they came: I420 is half the bytes of RGB) in a reusable pinned host buffer
+and issues a non-blocking copy on a dedicated copy stream; the compute stream waits only on that copy's event. The
+Ray actor around this class allows two calls at once, so the copy of batch N+1 runs while batch N computes. Results
+come back through pinned buffers too (from torch's caching host allocator, returned as views), copied on a third
+stream outside the compute lock. On the CPU the same `infer` runs without any of that.
 """
 
 from __future__ import annotations
@@ -188,15 +189,14 @@ class DepthWorker:
             with torch.cuda.stream(self._download_stream):
                 self._download_stream.wait_event(computed)
                 depth_on_device.record_stream(self._download_stream)
-                result = self._pinned.take(tuple(depth_on_device.shape), dtype)
+                # A pinned buffer from torch's caching host allocator, not one of the reused slots: Ray serialises
+                # the return value after this returns, so the result leaves as a view of it (no host copy), and the
+                # allocator takes the block back once Ray has let go of it
+                result = torch.empty(tuple(depth_on_device.shape), dtype=dtype, pin_memory=True)
                 result.copy_(depth_on_device, non_blocking=True)
                 done = torch.cuda.Event()
                 done.record(self._download_stream)
             done.synchronize()
-            # The pinned buffer is reused by the next call, and Ray serialises the return value after this returns:
-            # one small copy (a float16 518x924 map is 1 MB) keeps the result intact
-            depth = result.numpy().copy()
-            self._pinned.give_back(result)
-            return depth
+            return result.numpy()
         finally:
             self._pinned.give_back(staging)
