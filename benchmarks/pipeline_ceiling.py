@@ -34,14 +34,20 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import make_config  # noqa: E402
-from pipeline.graph import DepthGraph, cpu_seconds, start_ray  # noqa: E402
+from model import DepthPredictor, PredictorOptions, make_config  # noqa: E402
+from pipeline.graph import DepthGraph, cpu_seconds, one_thread_each, start_ray  # noqa: E402
+from pipeline.stages.decode import VideoDecoder  # noqa: E402
+from pipeline.stages.infer import DepthWorker  # noqa: E402
+from pipeline.stages.sink import DepthSink, RenderOptions  # noqa: E402
+from pipeline.stages.smoothing import make_smoother  # noqa: E402
 from pipeline.sample_video import make_sample_clip  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
 
 
 class InstantDepth(nn.Module):
-    """Stand-in network: normalised B x 3 x h x w in, B x h x w "depth" out (a 4x-pooled luminance, upsampled)."""
+    """Stand-in network: normalised B x 3 x h x w in, B x h x w "depth" out: a 4x-pooled luminance upsampled
+    bilinearly, as the real head's last step upsamples its features (smooth surfaces, soft edges). Nearest-neighbour
+    upsampling, used before, made 4-pixel steps all over the map: nothing like depth, and costlier to encode."""
 
     def __init__(self):
         super().__init__()
@@ -50,7 +56,8 @@ class InstantDepth(nn.Module):
 
     def forward(self, image_bchw: torch.Tensor) -> torch.Tensor:
         pooled = F.avg_pool2d(image_bchw.mean(1, keepdim=True), 4)
-        return F.interpolate(pooled, size=image_bchw.shape[-2:], mode="nearest")[:, 0] + 3 + self.offset
+        return F.interpolate(pooled, size=image_bchw.shape[-2:], mode="bilinear", align_corners=True)[:, 0] + 3 \
+            + self.offset
 
 
 def build_instant_depth() -> nn.Module:
@@ -129,6 +136,32 @@ def main() -> None:
                 measure(graph, clips[:streams], folder)
         finally:
             graph.shutdown()
+    stages_alone(clips[0], folder, args.batch_size)
+
+
+def stages_alone(clip: Path, folder: Path, batch_size: int) -> None:
+    """The decode and sink stages of one stream in this process, without Ray and with no other work on the machine:
+    what each costs on a core of its own (in the runs above, four busy processes share two cores)."""
+    one_thread_each()
+    decoder = VideoDecoder(str(clip), threads=1)
+    started = time.process_time()
+    for _ in decoder.batches(batch_size):  # each batch dropped, as the decode actor's is once it is in the store
+        pass
+    decode_s = time.process_time() - started
+    decoder = VideoDecoder(str(clip), threads=1)
+    batches = list(decoder.batches(batch_size))
+    worker = DepthWorker(DepthPredictor(build_instant_depth(), PredictorOptions()))
+    depth = [worker.infer(batch, "float16") for batch in batches]
+    sink = DepthSink(str(folder / "alone.mp4"), decoder.info, RenderOptions(), make_smoother("default"))
+    started = time.process_time()
+    for depth_batch, frame_batch in zip(depth, batches):
+        sink.write(depth_batch, frame_batch)
+    sink.close()
+    sink_s = time.process_time() - started
+    frames = decoder.frames_decoded
+    print(f"\nalone, one thread, no Ray ({decoder.layout}): decode {decode_s * 1e3 / frames:.2f} ms, sink "
+          f"{sink_s * 1e3 / frames:.2f} ms (" + ", ".join(f"{stage} {seconds * 1e3 / frames:.2f}"
+                                                       for stage, seconds in sink.stage_cpu_s.items()) + ") per frame")
 
 
 LAYOUT_NAMES = {"rgb24": "RGB (before)", "auto": "I420 (frame_layout: auto)"}
