@@ -210,6 +210,9 @@ def test_settings_presets_overrides_and_unknown_keys(tmp_path):
         assert load_settings(f"configs/{preset}.yaml").model.input_size % 14 == 0
     settings = load_settings("configs/cpu.yaml", {"batching.batch_size": 7, "model.input_size": None})
     assert settings.batching.batch_size == 7 and settings.model.input_size == 364
+    assert settings.batching.network_batch == 1  # the CPU preset: one frame a pass through the network
+    with pytest.raises(PipelineError, match="batching.network_batch must be >= 0, got -1"):
+        load_settings("configs/default.yaml", {"batching.network_batch": -1})
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  input_sise: 518\n")
     with pytest.raises(PipelineError, match=r"bad.yaml \[model\]: unknown setting 'input_sise'"):
