@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .pixels import i420_planes
+from .pixels import i420_planes, resized
 from .statistics import quantiles
 
 GRAY = "gray"
@@ -89,7 +89,7 @@ class DepthColorizer:
         levels = self.levels(depth)
         image = levels if self.colormap is None else cv2.cvtColor(cv2.applyColorMap(levels, self.colormap),
                                                                  cv2.COLOR_BGR2RGB)
-        return _resized(image, size_hw)
+        return resized(image, size_hw)
 
     def yuv420(self, depth: np.ndarray, size_hw: tuple[int, int] | None = None) -> np.ndarray:
         """The colormapped frame straight in I420 layout, (3H/2) x W uint8, for even H and W (those of `size_hw`
@@ -117,14 +117,6 @@ class DepthColorizer:
                 plane[...] = looked_up
             else:
                 cv2.resize(looked_up, plane.shape[::-1], dst=plane, interpolation=cv2.INTER_LINEAR)
-
-
-def _resized(image: np.ndarray, size_hw: tuple[int, int] | None) -> np.ndarray:
-    """`image` at `size_hw`, bilinear with half-pixel centres (OpenCV's area average is several times slower at the
-    non-integer ratios of model to frame size)."""
-    if size_hw is None or tuple(image.shape[:2]) == tuple(size_hw):
-        return image
-    return cv2.resize(image, size_hw[::-1], interpolation=cv2.INTER_LINEAR)
 
 
 class DepthQuantizer:

@@ -91,13 +91,15 @@ def luma_at(pixels_hw: np.ndarray, layout: str, size_hw: tuple[int, int]) -> tup
     made from RGB (BT.601 weights)."""
     if layout == YUV420P:
         y, _, _ = i420_planes(pixels_hw, frame_height(pixels_hw, layout))
-        return _resized(y, size_hw), _Y_SCALE
-    return cv2.cvtColor(_resized(pixels_hw, size_hw), cv2.COLOR_RGB2GRAY), 1.0
+        return resized(y, size_hw), _Y_SCALE
+    return cv2.cvtColor(resized(pixels_hw, size_hw), cv2.COLOR_RGB2GRAY), 1.0
 
 
-def _resized(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    if image.shape[:2] == tuple(size_hw):
-        return np.ascontiguousarray(image)
+def resized(image: np.ndarray, size_hw: tuple[int, int] | None) -> np.ndarray:
+    """`image` at `size_hw` (as it is for None or its own size), bilinear with half-pixel centres (OpenCV's area
+    average is several times slower at the non-integer ratios of model to frame size)."""
+    if size_hw is None or tuple(image.shape[:2]) == tuple(size_hw):
+        return image
     return cv2.resize(image, tuple(size_hw)[::-1], interpolation=cv2.INTER_LINEAR)
 
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
 from .colorize import GRAY, DepthColorizer, DepthQuantizer
 from .encode import DepthVideoWriter, blank_i420
@@ -91,11 +90,9 @@ class DepthSink:
         model_hw = depth.shape
         # Smoothing runs at the model's resolution (fewer pixels; the motion gate sees the frame's luma shrunk to
         # match), then the depth is resized once to the frame, bilinear with half-pixel centres, as the original does.
-        # Depth arrives as float16 or float32; the smoothers work in float32 and convert it themselves
+        # Depth arrives as float16 or float32; every smoother gives float32
         guide = Guide.of_frame(pixels, model_hw, layout) if getattr(self.smoother, "uses_guide", False) else None
         smoothed = self.smoother.update(depth, guide)
-        if smoothed.dtype != np.float32:  # no smoothing: depth as it came
-            smoothed = torch.from_numpy(smoothed).float().numpy()  # (four times faster than NumPy's astype)
         smoothed_at = time.process_time()
         if getattr(self.smoother, "cut_detected", False):
             self.colorizer.tracker.reset()  # a new shot gets its own display range at once, not a slow drift
