@@ -13,7 +13,7 @@ from model.random_weights import random_model
 from pipeline.stages.colorize import DepthColorizer, DepthQuantizer, RangeTracker, colormap_id
 from pipeline.stages.decode import VideoDecoder
 from pipeline.stages.encode import DepthVideoWriter, blank_i420, check_output_path, read_depth_scale
-from pipeline.stages.frames import PipelineError
+from pipeline.stages.frames import DepthBatch, PipelineError
 from pipeline.stages.infer import DepthWorker
 from pipeline.stages.pixels import i420_planes, i420_to_rgb
 from pipeline.settings import load_settings
@@ -309,3 +309,32 @@ def test_batch_passes_through_the_network_in_parts_of_network_batch(sample, monk
     assert seen_batch_sizes == [3, 1]
     assert parts.pts == whole.pts and parts.depth.shape == whole.depth.shape
     np.testing.assert_allclose(parts.depth, whole.depth, rtol=1e-4, atol=1e-5)
+
+
+def x264_settings_of(path) -> str:
+    """The settings x264 wrote into the stream (its SEI text: '... rc=cqp ... qp=16 ...')."""
+    import av
+
+    with av.open(str(path)) as container:
+        first = bytes(next(container.demux(video=0)))
+    return first[first.index(b"x264 - core"):].split(b"\x00")[0].decode("ascii", "replace")
+
+
+def test_depth_is_encoded_at_a_constant_quantizer_unless_a_crf_is_set(sample, tmp_path):
+    """The default rate control is x264's cheapest (constant QP 16); a crf, when set, is used instead (the
+    high-quality preset's); both are checked against the ranges x264 takes."""
+    info = VideoDecoder(str(sample)).info
+    depth = np.tile(np.linspace(0, 1, 96, dtype=np.float32), (64, 1))
+    encoded = {}
+    for name in ("default", "high-quality"):
+        render = load_settings(f"configs/{name}.yaml", {"output.preset": "ultrafast"}).output
+        sink = DepthSink(str(tmp_path / f"{name}.mp4"), info, render, make_smoother("none"))
+        frames = next(VideoDecoder(str(sample)).batches(2))
+        sink.write(DepthBatch(0, frames.pts, frames.time_base, np.stack([depth, depth])), frames)
+        sink.close()
+        encoded[name] = x264_settings_of(tmp_path / f"{name}.mp4")
+    assert " rc=cqp " in encoded["default"] and " qp=16 " in encoded["default"]
+    assert " rc=crf " in encoded["high-quality"] and " crf=14.0 " in encoded["high-quality"]
+    for key, value in (("output.qp", 52), ("output.crf", -1)):
+        with pytest.raises(PipelineError, match=key.replace(".", r"\.")):
+            load_settings(None, {key: value})

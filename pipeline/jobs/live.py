@@ -241,10 +241,11 @@ class LiveJob:
         render = settings.output
 
         def open_writer(frame_hw: tuple[int, int]) -> LiveWriter:
-            publisher = (RtspPublisher(self.targets.publish, frame_hw, rate, settings.live.transport, log=self.log)
-                         if self.targets.publish else None)
+            publisher = (RtspPublisher(self.targets.publish, frame_hw, rate, settings.live.transport, log=self.log,
+                                       qp=render.qp, crf=render.crf) if self.targets.publish else None)
             recorder = (DepthVideoWriter(self.targets.record, render.depth_format, live_info, frame_hw,
-                                         preset=render.preset, crf=render.crf, metadata=output_metadata(None),
+                                         preset=render.preset, qp=render.qp, crf=render.crf,
+                                         metadata=output_metadata(None),
                                          b_frames=False) if self.targets.record else None)
             return LiveWriter(publisher, recorder)
 

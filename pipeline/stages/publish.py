@@ -21,7 +21,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from .encode import video_frame_of
+from .encode import video_frame_of, x264_options
 from .frames import one_line
 
 LIVE_TIME_BASE = Fraction(1, 90_000)  # RTP's clock for video
@@ -29,8 +29,10 @@ LIVE_TIME_BASE = Fraction(1, 90_000)  # RTP's clock for video
 
 class RtspPublisher:
     def __init__(self, url: str, frame_hw: tuple[int, int], rate: float, transport: str = "tcp",
-                 backoff_s: tuple[float, float] = (0.5, 8.0), log=None):
+                 backoff_s: tuple[float, float] = (0.5, 8.0), log=None, qp: int = 16, crf: int | None = None):
+        """`qp` / `crf`: the picture's quality, as for files (see `encode.x264_options`)."""
         self.url = url
+        self.rate_control = (qp, crf)
         self.frame_hw = frame_hw
         self.rate = rate
         self.transport = transport
@@ -49,8 +51,8 @@ class RtspPublisher:
                             options={"rtsp_transport": self.transport, "timeout": "5000000"})
         stream = container.add_stream("libx264", rate=max(1, round(self.rate)))
         gop = max(1, round(self.rate))
-        stream.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(gop), "bf": "0",
-                          "x264-params": "repeat-headers=1", "threads": "1"}
+        stream.options = {**x264_options("ultrafast", *self.rate_control), "tune": "zerolatency", "g": str(gop),
+                          "bf": "0", "x264-params": "repeat-headers=1"}
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         stream.time_base = LIVE_TIME_BASE
