@@ -7,6 +7,8 @@ The driver only moves object references: pixels go from the decoder's object-sto
 actor and the sink. At most `max_in_flight` batches are between decode and write at any time (the driver waits on
 the oldest write before sending more), so memory does not grow with video length. Model actors are created once
 per `DepthGraph` and can serve many videos; their batches are returned out of order and the sink restores order.
+A stream's decode and sink actors are kept for the next stream when it succeeds (`stream_pool.py`): a new pair costs a
+second or two of process start-up, which every video of a batch job and every segment would otherwise pay.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from .segments import (
     plan_segments,
 )
 from .model_pool import ModelPool
+from .stream_pool import StreamActorPool
 from .settings import PipelineSettings
 from .work_pool import run_in_threads
 from .stages.colorize import DepthQuantizer
@@ -198,9 +201,15 @@ def one_thread_each() -> None:
 # the driver instead: streams per video (segments) and videos per job (jobs/batch.py).
 @ray.remote(num_cpus=0)
 class DecodeActor:
-    def __init__(self, source: str, batch_size: int, max_wait_s: float | None,
-                 pts_range: tuple[int, int | None] | None = None, layout: str = "auto"):
+    """One stream's decoder at a time: `open` names the stream, `next_batch` reads it, `stats` ends it (the actor is
+    then ready for the next stream: see stream_pool.py)."""
+
+    def __init__(self):
         one_thread_each()
+        self._decoder = self._batches = self._args = None
+
+    def open(self, source: str, batch_size: int, max_wait_s: float | None,
+             pts_range: tuple[int, int | None] | None = None, layout: str = "auto") -> None:
         self._cpu_at_start = cpu_seconds()
         self._args = (source, batch_size, max_wait_s, pts_range, layout)
         self._decoder = self._batches = None
@@ -271,23 +280,41 @@ class ModelActor:
 
 @ray.remote(num_cpus=0)
 class SinkActor:
-    def __init__(self, output: str, info: VideoInfo, render: RenderOptions, smoother_name: str, params: dict,
-                 smoother_device: str, write_from_pts: int | None = None, temporary_tag: str | None = None):
+    """One stream's sink at a time: `open` names the stream's output and settings, `write` takes its batches,
+    `close` (or `abort`) ends it; the actor is then ready for the next stream."""
+
+    def __init__(self):
         one_thread_each()
+        self._sink = self._args = None
+
+    def open(self, output: str, info: VideoInfo, render: RenderOptions, smoother_name: str, params: dict,
+             smoother_device: str, write_from_pts: int | None = None, temporary_tag: str | None = None) -> None:
         self._cpu_at_start = cpu_seconds()
-        self._sink = DepthSink(output, info, render, make_smoother(smoother_name, device=smoother_device, **params),
-                               write_from_pts, temporary_tag)
+        self._args = (output, info, render, smoother_name, params, smoother_device, write_from_pts, temporary_tag)
+        self._sink = None
+
+    def _opened(self) -> DepthSink:
+        """The stream's sink, made on its first write, so that its errors arrive as the write's errors."""
+        if self._sink is None:
+            output, info, render, smoother_name, params, smoother_device, write_from_pts, tag = self._args
+            self._sink = DepthSink(output, info, render,
+                                   make_smoother(smoother_name, device=smoother_device, **params), write_from_pts, tag)
+        return self._sink
 
     @naming_the_node
     def write(self, depth_batch, frame_batch) -> int:
-        return self._sink.write(depth_batch, frame_batch)
+        return self._opened().write(depth_batch, frame_batch)
 
     @naming_the_node
     def close(self) -> dict:
-        return {**self._sink.close(), "peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_seconds() - self._cpu_at_start}
+        stats = self._opened().close()
+        self._sink = None
+        return {**stats, "peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_seconds() - self._cpu_at_start}
 
     def abort(self) -> None:
-        self._sink.abort()
+        if self._sink is not None:
+            self._sink.abort()
+            self._sink = None
 
     def ready(self) -> bool:
         return True
@@ -398,8 +425,15 @@ class DepthGraph:
         ]
         self._loading = [actor.load.remote() for actor in actors]
         self.pool = ModelPool(actors, settings.ray.restart_timeout_s)  # shared by every view (with_settings)
+        self.streams = StreamActorPool(self._start_stream_actors)  # likewise
         self._model_info: dict | None = None
         self.batch_size = self.plan.batch_size
+
+    def _start_stream_actors(self) -> tuple:
+        """A new decode actor and sink actor for a stream. Streams are spread over the nodes (their actors declare
+        no CPU, see above: Ray would otherwise pile them onto one node)."""
+        return (DecodeActor.options(scheduling_strategy="SPREAD").remote(),
+                SinkActor.options(**self.plan.sink_options, scheduling_strategy="SPREAD").remote())
 
     @property
     def model_actors(self) -> list:
@@ -579,6 +613,7 @@ class DepthGraph:
                 # The model actor that failed is avoided for a while, and the next attempt waits a moment, so that
                 # the retries are not spent within a second on an actor that is gone
                 self.pool.suspect(getattr(error, "actor_id", None))
+                self.streams.clear()
                 time.sleep(RETRY_PAUSE_S * (attempt + 1))
                 self.pool.check()
             except (PipelineError, CheckpointError) as error:
@@ -593,14 +628,10 @@ class DepthGraph:
         # The sink's temporary file has a name the driver knows: if the sink's process or node dies, the driver
         # removes what it left (on a filesystem every node sees, which outputs need anyway)
         tag = uuid.uuid4().hex[:12]
-        # Streams are spread over the nodes (their actors declare no CPU, see below: Ray would otherwise pile them
-        # onto one node)
-        decoder = DecodeActor.options(scheduling_strategy="SPREAD").remote(
-            source, self.batch_size, None, pts_range, self.settings.batching.frame_layout)
-        sink = SinkActor.options(**self.plan.sink_options, scheduling_strategy="SPREAD").remote(
-            output, info, render, settings.smoothing.name, dict(settings.smoothing.params),
-            self.plan.smoother_device, segment.start if segment is not None else None, tag,
-        )
+        decoder, sink = pair = self.streams.take()  # warm from an earlier stream, or new
+        decoder.open.remote(source, self.batch_size, None, pts_range, self.settings.batching.frame_layout)
+        sink.open.remote(output, info, render, settings.smoothing.name, dict(settings.smoothing.params),
+                         self.plan.smoother_device, segment.start if segment is not None else None, tag)
         in_flight: deque = deque()
         progress = {"first_written_at": None, "frames_after_first": 0, "started": time.monotonic()}
         # float16 depth is finer than any 8-bit picture; the 16-bit output keeps float32
@@ -633,13 +664,12 @@ class DepthGraph:
                 ray.get(sink.abort.remote(), timeout=ANSWER_S)
             except (ray.exceptions.RayError, TimeoutError):
                 pass
+            self.streams.discard(pair)  # a failed stream's actors are not reused: they may be gone, or mid-write
             temporary_path(Path(output), tag).unlink(missing_ok=True)  # the sink died, or is killed, with it open
             if isinstance(error, ray.exceptions.RayError) and not isinstance(error, RETRIABLE):
                 raise unwrap_ray_error(error) from None
             raise
-        finally:
-            ray.kill(decoder)
-            ray.kill(sink)
+        self.streams.give_back(pair)
         return StreamResult(decode_stats, sink_stats, progress, time.monotonic())
 
     def _summary(self, source: str, results: list["StreamResult"], seconds: float) -> dict:
@@ -711,5 +741,6 @@ class DepthGraph:
         return peaks
 
     def shutdown(self) -> None:
+        self.streams.clear()
         for actor in self.model_actors:
             ray.kill(actor)

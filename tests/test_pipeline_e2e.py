@@ -149,3 +149,32 @@ def test_videos_a_few_pixels_in_size(ray_cluster, tmp_path, capsys, width, heigh
     code, summary, err = run_cli(capsys, source, "-o", output, *FAST)
     assert code == 0, err
     assert summary["frames_out"] == 6 and read_video(output)["size"] == (height, width)
+
+
+def test_stream_actors_are_kept_for_the_next_video_and_replaced_when_lost(ray_cluster, clips, tmp_path):
+    """One decode / sink pair serves video after video (a new pair is a second or two of process start-up); a pair
+    lost while idle (its node died between videos) costs a retry on a new pair, not a frame."""
+    import ray
+
+    from pipeline.graph import DepthGraph
+    from pipeline.settings import load_settings
+
+    settings = load_settings(None, {"model.random_weights": "vits", "model.input_size": 70,
+                                    "batching.batch_size": 3})
+    graph = DepthGraph(settings)
+    try:
+        outputs = [tmp_path / f"depth{i}.mp4" for i in range(4)]
+        for name, output in zip(("audio", "odd_2997", "audio"), outputs):
+            summary = graph.process(str(clips[name]), str(output))
+            assert summary["frames_out"] == read_video(clips[name])["count"] == read_video(output)["count"]
+            assert summary["retried_streams"] == 0
+        assert (graph.streams.started, graph.streams.idle) == (1, 1)
+        _, idle_sink = graph.streams._idle[0]
+        ray.kill(idle_sink)
+        summary = graph.process(str(clips["long"]), str(outputs[3]))
+        assert summary["retried_streams"] == 1 and summary["frames_out"] == read_video(outputs[3])["count"] == 40
+        assert (graph.streams.started, graph.streams.idle) == (2, 1)
+    finally:
+        graph.shutdown()
+    assert graph.streams.idle == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in outputs], "no temporary file left"
