@@ -296,9 +296,11 @@ def run(args: argparse.Namespace) -> dict:
     info = probe.info
     probe.close()
     resolved = resolve_model(settings)
+    from pipeline.jobs.file import process_video
+
     with depth_graph(settings, resolved) as graph, progress_bar(info.expected_frames) as bar:
         started = time.monotonic()
-        summary = graph.process(source, str(output), on_progress=bar.update, info=info,
+        summary = process_video(graph, source, str(output), on_progress=bar.update, info=info,
                                 segments=settings.segments.count, resume=args.resume)
     summary["seconds_including_model_load"] = round(time.monotonic() - started, 3)
     if summary.get("unreadable_frames"):

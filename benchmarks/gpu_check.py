@@ -107,6 +107,7 @@ class BusySampler:
 
 def pipeline_speed(frames: int) -> None:
     from pipeline.graph import DepthGraph, start_ray, stop_ray
+    from pipeline.jobs.file import process_video
     from pipeline.sample_video import make_sample_clip
     from pipeline.settings import load_settings
 
@@ -116,7 +117,7 @@ def pipeline_speed(frames: int) -> None:
              for i in range(4)]
     graph = DepthGraph(load_settings("configs/default.yaml", {"model.random_weights": "vits"}))
     try:
-        graph.process(str(clips[0]), str(folder / "warm_up.mp4"))
+        process_video(graph, str(clips[0]), str(folder / "warm_up.mp4"))
         for streams in (1, 4):
             with BusySampler() as busy:
                 seconds, summaries, _ = run_streams(graph, clips[:streams], folder)

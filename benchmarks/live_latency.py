@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    print(f"| case | frames in | out | dropped | latency p50 | p95 | max |\n|---|---|---|---|---|---|---|")
+    print("| case | frames in | out | dropped | latency p50 | p95 | max |\n|---|---|---|---|---|---|---|")
     for name, (size, input_size) in CASES.items():
         summary = run_case(size, input_size, args.seconds)
         latency = summary["latency_ms"]

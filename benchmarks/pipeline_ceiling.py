@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import DepthPredictor, PredictorOptions, make_config  # noqa: E402
 from pipeline.graph import DepthGraph, cpu_seconds, one_thread_each, start_ray  # noqa: E402
+from pipeline.jobs.file import process_video  # noqa: E402
 from pipeline.stages.decode import VideoDecoder  # noqa: E402
 from pipeline.stages.infer import DepthWorker  # noqa: E402
 from pipeline.stages.sink import DepthSink, RenderOptions  # noqa: E402
@@ -69,7 +70,7 @@ def run_streams(graph: DepthGraph, clips: list[Path], folder: Path) -> tuple[flo
     summaries: list[dict | None] = [None] * len(clips)
 
     def one(index: int) -> None:
-        summaries[index] = graph.process(str(clips[index]), str(folder / f"out_{len(clips)}_{index}.mp4"))
+        summaries[index] = process_video(graph, str(clips[index]), str(folder / f"out_{len(clips)}_{index}.mp4"))
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(clips))]
     cpu_before, started = cpu_seconds(), time.perf_counter()
@@ -130,7 +131,7 @@ def main() -> None:
                                                           "batching.frame_layout": layout})
         graph = DepthGraph(settings, builder=build_instant_depth)
         try:
-            graph.process(str(clips[0]), str(folder / "warm_up.mp4"))  # actor start-up and first-call costs
+            process_video(graph, str(clips[0]), str(folder / "warm_up.mp4"))  # actor start-up and first-call costs
             for streams in (1, 2):
                 print(f"\nframes as {LAYOUT_NAMES[layout]}, ", end="")
                 measure(graph, clips[:streams], folder)

@@ -40,6 +40,7 @@ from pipeline.stages.pixels import frame_height, luma_at  # noqa: E402
 from pipeline.stages.encode import DepthVideoWriter  # noqa: E402
 from pipeline.stages.frames import DepthBatch  # noqa: E402
 from pipeline.graph import DepthGraph, start_ray  # noqa: E402
+from pipeline.jobs.file import process_video  # noqa: E402
 from pipeline.sample_video import make_sample_clip  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
 from pipeline.stages.smoothing import make_smoother  # noqa: E402
@@ -93,7 +94,7 @@ def pipeline_run(clip: Path, output: Path, input_size: int, batch_size: int) -> 
     """One run on a graph of its own (model and stream actors started for it)."""
     graph = DepthGraph(pipeline_settings(input_size, batch_size))
     try:
-        return graph.process(str(clip), str(output))
+        return process_video(graph, str(clip), str(output))
     finally:
         graph.shutdown()
 
@@ -105,10 +106,10 @@ def compare_in_turns(clip: Path, folder: Path, options: PredictorOptions, batch_
     of a batch job after the first) runs; its fps is the steady state from the first written frame."""
     graph = DepthGraph(pipeline_settings(options.input_size, batch_size))
     try:
-        graph.process(str(clip), str(folder / "warm_up.mp4"))  # model loaded, stream actors started
+        process_video(graph, str(clip), str(folder / "warm_up.mp4"))  # model loaded, stream actors started
         contenders = {
             "model alone": lambda: model_alone_fps(clip, options, 1),
-            "pipeline": lambda: graph.process(str(clip), str(folder / "pipeline.mp4"))["fps_steady"],
+            "pipeline": lambda: process_video(graph, str(clip), str(folder / "pipeline.mp4"))["fps_steady"],
             "sequential": lambda: sequential_fps(clip, folder / "sequential.mp4", options),
         }
         names = list(contenders)

@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.graph import DepthGraph, start_ray  # noqa: E402
+from pipeline.jobs.file import process_video  # noqa: E402
 from pipeline.sample_video import make_sample_clip  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
 
@@ -40,13 +41,13 @@ def main() -> None:
     })
     graph = DepthGraph(settings)
     try:
-        graph.process(str(clip), str(folder / "warm_up.mp4"))
+        process_video(graph, str(clip), str(folder / "warm_up.mp4"))
         print(f"720p, {args.frames} frames, vits at input {args.input_size}, default smoother, colour, "
               f"warm-up {args.warmup_seconds:g} s per segment, {graph.plan.model_actors} model actor(s)")
         base = None
         for count in (int(c) for c in args.counts.split(",")):
             started = time.perf_counter()
-            summary = graph.process(str(clip), str(folder / f"out_{count}.mp4"), segments=count)
+            summary = process_video(graph, str(clip), str(folder / f"out_{count}.mp4"), segments=count)
             fps = summary["frames_out"] / (time.perf_counter() - started)
             base = base or fps
             print(f"  {count} segment(s): {fps:6.1f} fps  ({fps / base:.2f}x one segment; "

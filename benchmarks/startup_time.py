@@ -20,6 +20,7 @@ started = time.monotonic()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.graph import DepthGraph, start_ray, stop_ray  # noqa: E402
+from pipeline.jobs.file import process_video  # noqa: E402
 from pipeline.sample_video import make_sample_clip  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
 
@@ -36,7 +37,7 @@ def main() -> None:
             ("ray.init", lambda: start_ray()),
             ("DepthGraph (model actors start loading)", lambda: steps.__setitem__("graph", DepthGraph(settings))),
             ("process (decode + sink actors, wait for models, run)",
-             lambda: steps["graph"].process(str(source), str(Path(folder) / "depth.mp4"))),
+             lambda: process_video(steps["graph"], str(source), str(Path(folder) / "depth.mp4"))),
             ("shutdown", lambda: (steps.pop("graph").shutdown(), stop_ray())),
         ):
             begun = time.monotonic()

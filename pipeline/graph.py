@@ -38,26 +38,14 @@ import torch
 from model import CheckpointError, PredictorOptions
 from model.hub import DEFAULT_MODEL, ResolvedCheckpoint, resolve_checkpoint
 
-from .segments import (
-    Segment,
-    SegmentStore,
-    auto_segment_count,
-    check_segmentable,
-    fingerprint,
-    join_segments,
-    packet_index,
-    plan_segments,
-)
 from .model_pool import ModelPool
 from .stream_pool import StreamActorPool
 from .settings import PipelineSettings
-from .work_pool import run_in_threads
-from .stages.colorize import DepthQuantizer
 from .stages.decode import VideoDecoder
 from .stages.encode import temporary_path
 from .stages.frames import FrameBatch, PipelineError, VideoInfo, one_line
 from .stages.infer import DepthWorker, ModelSource
-from .stages.sink import DepthSink, RenderOptions, output_metadata
+from .stages.sink import DepthSink, RenderOptions
 from .stages.smoothing import make_smoother
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -397,10 +385,12 @@ def plan_actors(settings: PipelineSettings, resources: dict[str, float]) -> Acto
 
 
 class DepthGraph:
-    """Model actors (created once) plus a method that streams one video through decode -> infer -> sink.
+    """Model actors (created once), the streams' own actors (kept warm between streams), and `run_stream`, which sends
+    one stream (a video, or a segment of one) through decode -> infer -> sink. What a user runs is a job on top of it
+    (`jobs/file.py`: a video, whole or in segments; `jobs/batch.py`: many; `jobs/live.py`: a camera).
 
-    The model actors start loading at construction; `process` starts the video's own actors meanwhile and waits for
-    the models only when the first batch is ready for them (start-up overlaps start-up).
+    The model actors start loading at construction; the first stream starts its own actors meanwhile and waits for
+    the models only when its first batch is ready for them (start-up overlaps start-up).
     """
 
     def __init__(self, settings: PipelineSettings, builder=None, resolved: ResolvedCheckpoint | None = None):
@@ -481,121 +471,7 @@ class DepthGraph:
             return {**self.checkpoint.describe(), **info}
         return {"random_weights": self.settings.model.random_weights, **info}
 
-    def process(
-        self, source: str, output: str, on_progress: Callable[[int], None] | None = None, info: VideoInfo | None = None,
-        segments: int | str = 1, resume: bool = False,
-    ) -> dict:
-        """Stream one video; returns the run's summary. The output exists only if this returns.
-
-        `info` is the source's VideoInfo when the caller has already probed it; otherwise it is probed here, which
-        also validates the input with a clean error before any actor starts. `segments` (a count, or "auto") splits
-        the video at keyframes into streams that run at once on the shared model actors and are joined by stream
-        copy; `resume` reuses the segments a killed run finished (see `pipeline/segments.py`).
-        """
-        if info is None:
-            probe = VideoDecoder(source)
-            info = probe.info
-            probe.close()
-        started = time.monotonic()
-        render = self._render_options(source)
-        plan = self._segment_plan(source, info, segments)
-        if len(plan) <= 1:
-            result = self._retrying(source, "", lambda: self._run_stream(source, output, info, render, None,
-                                                                         on_progress))
-            summary = self._summary(source, [result], time.monotonic() - started)
-            return {**summary, "output": result.sink["output"]}
-        return self._process_segments(source, Path(output), info, render, plan, resume, on_progress, started)
-
-    # .................................................................................................................
-
-    def _render_options(self, source: str) -> RenderOptions:
-        """The output settings, with the 16-bit scale fixed before any frame is written (see `_depth_scale`)."""
-        render = self.settings.output
-        if render.depth_format == "gray16" and render.depth_scale is None:
-            render = dataclasses.replace(render, depth_scale=self._depth_scale(source))
-        return render
-
-    def _depth_scale(self, source: str) -> float:
-        """The 16-bit scale from the first frame alone: one value for the whole file however it is split (and the
-        same for a whole run and a segmented one, so that they agree bit for bit)."""
-        decoder = VideoDecoder(source)
-        first = next(decoder.batches(1))
-        decoder.close()
-        _ = self.model_info  # the models' errors first
-        depth = ray.get(self.model_actors[0].infer.remote(first, "float32")).depth
-        return DepthQuantizer.scale_for(depth[0])
-
-    def _segment_plan(self, source: str, info: VideoInfo, segments: int | str) -> list[Segment]:
-        if segments == 1:
-            return []
-        if segments == "auto":
-            duration = (info.expected_frames / float(info.rate)) if info.expected_frames and info.rate else None
-            spare = ray.cluster_resources().get("CPU", 1) - self.plan.model_actors
-            count = auto_segment_count(spare, duration, self.settings.segments.min_seconds)
-            if count == 1:
-                return []
-        else:
-            count = int(segments)
-        index = packet_index(source)
-        check_segmentable(index, source)
-        warmup_frames = round(self.settings.segments.warmup_seconds * float(info.rate or 30))
-        return plan_segments(index, count, warmup_frames)
-
-    def _process_segments(self, source: str, output: Path, info: VideoInfo, render: RenderOptions,
-                          plan: list[Segment], resume: bool, on_progress, started: float) -> dict:
-        fingerprint_settings = {"output": dataclasses.asdict(render), "model": dataclasses.asdict(self.settings.model),
-                                "smoothing": dataclasses.asdict(self.settings.smoothing)}
-        store = SegmentStore(output, fingerprint(source, plan, fingerprint_settings))
-        store.open(resume)
-        segment_render = dataclasses.replace(render, copy_audio=False)
-        todo = [segment for segment in plan if segment.index not in store.done]
-        reused = [segment for segment in plan if segment.index in store.done]
-        if on_progress:
-            on_progress(sum(store.done[s.index]["frames"] for s in reused))
-        results: dict[int, StreamResult] = {}
-        failures: list[BaseException] = []
-
-        def run(segment: Segment) -> None:
-            try:
-                result = results[segment.index] = self._run_segment(source, store, segment, info, segment_render,
-                                                                    on_progress)
-                written = result.sink["frames_out"]
-                # Frames the index promised that could not be decoded (damaged packets), or missing at the end
-                missing = (segment.frames - written if result.decode["corrupt_packets"] else 0) + \
-                    result.decode["unreadable_frames"]
-                store.finish(segment, written, max(missing, 0))
-            except BaseException as error:  # noqa: BLE001 - handed to the driver thread below
-                failures.append(error)
-
-        # Segments in flight at once: one per CPU of the cluster (each holds a decode and a sink actor); each
-        # thread drives one segment's stream at a time, and all streams share the model actors
-        parallel = int(ray.cluster_resources().get("CPU", 1))
-        try:
-            run_in_threads(todo, run, parallel, stop=lambda: bool(failures))
-            if failures:
-                raise failures[0]
-            files = [store.path_of(segment) for segment in plan]
-            path = join_segments(files, output, render.depth_format, info, render.copy_audio,
-                                 output_metadata(render.depth_scale if render.depth_format == "gray16" else None))
-        except Exception:  # an error: nothing is left behind. (Ctrl-C, SIGTERM: finished segments stay for --resume)
-            store.remove()
-            raise
-        store.remove()
-        summary = self._summary(source, [results[i] for i in sorted(results)], time.monotonic() - started)
-        written = sum(store.done[s.index]["frames"] for s in plan)
-        return {**summary, "output": str(path), "frames_in": written, "frames_out": written,
-                "unreadable_frames": sum(store.done[s.index]["missing"] for s in plan),
-                "segments": [{"index": s.index, "time": s.time_range(info.time_base),
-                              "frames": store.done[s.index]["frames"], "unreadable_frames": store.done[s.index]["missing"],
-                              "reused": s in reused} for s in plan]}
-
-    def _run_segment(self, source: str, store: SegmentStore, segment: Segment, info: VideoInfo,
-                     render: RenderOptions, on_progress) -> "StreamResult":
-        where = f"segment {segment.index} ({segment.time_range(info.time_base)}): "
-        return self._retrying(source, where, lambda: self._run_stream(source, str(store.path_of(segment)), info,
-                                                                      render, segment, on_progress))
-
-    def _retrying(self, source: str, where: str, run: Callable[[], "StreamResult"]) -> "StreamResult":
+    def retrying(self, source: str, where: str, run: Callable[[], "StreamResult"]) -> "StreamResult":
         """Run a stream again when a worker or node was lost (`segments.retries` times); errors name `where`.
 
         A stream's output is written atomically, so a retry starts clean. Errors of the input or settings are not
@@ -620,18 +496,21 @@ class DepthGraph:
                 raise type(error)(f"{where}{error}" if where else str(error)) from None
         raise AssertionError("unreachable")
 
-    def _run_stream(self, source: str, output: str, info: VideoInfo, render: RenderOptions,
-                    segment: Segment | None, on_progress) -> "StreamResult":
-        """decode -> shared model actors -> sink for one stream (a video, or a segment of one), bounded in flight."""
+    def run_stream(self, source: str, output: str, info: VideoInfo, render: RenderOptions,
+                   pts_range: tuple[int, int | None] | None = None, write_from_pts: int | None = None,
+                   on_progress: Callable[[int], None] | None = None) -> "StreamResult":
+        """decode -> shared model actors -> sink for one stream (a video, or a segment of one), bounded in flight.
+
+        `pts_range`: decode only [start, end) (a segment with its warm-up); `write_from_pts`: frames before it only
+        warm the smoother and the colour range up (see DepthSink)."""
         settings = self.settings
-        pts_range = (segment.warmup_from, segment.end) if segment is not None else None
         # The sink's temporary file has a name the driver knows: if the sink's process or node dies, the driver
         # removes what it left (on a filesystem every node sees, which outputs need anyway)
         tag = uuid.uuid4().hex[:12]
         decoder, sink = pair = self.streams.take()  # warm from an earlier stream, or new
         decoder.open.remote(source, self.batch_size, None, pts_range, self.settings.batching.frame_layout)
         sink.open.remote(output, info, render, settings.smoothing.name, dict(settings.smoothing.params),
-                         self.plan.smoother_device, segment.start if segment is not None else None, tag)
+                         self.plan.smoother_device, write_from_pts, tag)
         in_flight: deque = deque()
         progress = {"first_written_at": None, "frames_after_first": 0, "started": time.monotonic()}
         # float16 depth is finer than any 8-bit picture; the 16-bit output keeps float32
@@ -672,47 +551,6 @@ class DepthGraph:
         self.streams.give_back(pair)
         return StreamResult(decode_stats, sink_stats, progress, time.monotonic())
 
-    def _summary(self, source: str, results: list["StreamResult"], seconds: float) -> dict:
-        """Totals over the streams of one video (one, or its segments)."""
-        model_rss = self._model_actors_peak_rss()
-        decode_stats = [r.decode for r in results]
-        sink_stats = [r.sink for r in results]
-        frames_in = sum(d["frames_in"] for d in decode_stats) - sum(k["warmup_frames"] for k in sink_stats)
-        frames_out = sum(k["frames_out"] for k in sink_stats)
-        steady_frames = sum(r.progress["frames_after_first"] for r in results)
-        first_written = [r.progress["first_written_at"] for r in results if r.progress["first_written_at"]]
-        steady_s = (max(r.finished for r in results) - min(first_written)) if first_written else 0
-        cpu_s: dict[str, float] = {}
-        for decode, sink in zip(decode_stats, sink_stats):
-            for stage, value in (("decode", decode["cpu_s"]), ("sink", sink["cpu_s"]),
-                                 *((f"sink: {k}", v) for k, v in sink["stage_cpu_s"].items())):
-                cpu_s[stage] = cpu_s.get(stage, 0.0) + value
-        summary = {
-            "input": source,
-            "frames_in": frames_in,
-            "unreadable_frames": sum(d["unreadable_frames"] for d in decode_stats) if len(results) == 1 else 0,
-            "corrupt_packets": sum(d["corrupt_packets"] for d in decode_stats),
-            "repaired_timestamps": sum(d["repaired_timestamps"] for d in decode_stats),
-            "frames_out": frames_out,
-            "dropped": 0,
-            "retried_streams": sum(r.attempts - 1 for r in results),  # lost to a dead worker or node, run again
-            "seconds": round(seconds, 3),
-            "fps": round(frames_out / seconds, 3) if seconds > 0 else None,
-            "fps_steady": round(steady_frames / steady_s, 3) if steady_s > 0 else None,
-            "depth_format": self.settings.output.depth_format,
-            "batch_size": self.batch_size,
-            "model": self.model_info,
-            "peak_rss_mb": {"decode": max((d["peak_rss_mb"] for d in decode_stats), default=None),
-                            "model": max(model_rss, default=None),
-                            "sink": max((k["peak_rss_mb"] for k in sink_stats), default=None)},
-            # CPU of the streams' own actors, per frame (the model actors' is in their usage(): they are shared)
-            "cpu_ms_per_frame": {stage: round(value * 1e3 / max(frames_out, 1), 2) for stage, value in cpu_s.items()},
-        }
-        if self.settings.output.depth_format == "gray16" and sink_stats:
-            summary.update(depth_scale=sink_stats[0]["depth_scale"],
-                           saturated_pixels=sum(k["saturated_pixels"] for k in sink_stats))
-        return summary
-
     def _wait_oldest(self, in_flight: deque, progress: dict, on_progress) -> None:
         write_ref, count = in_flight.popleft()
         while not ray.wait([write_ref], timeout=HEALTH_CHECK_S)[0]:
@@ -727,7 +565,7 @@ class DepthGraph:
         if on_progress:
             on_progress(count)
 
-    def _model_actors_peak_rss(self) -> list[float]:
+    def model_actors_peak_rss(self) -> list[float]:
         """Peak memory of the model actors that answer within a few seconds (one restarting, or lost with its node,
         would hold the summary up, or forever where it has no room to restart)."""
         refs = [actor.usage.remote() for actor in self.model_actors]

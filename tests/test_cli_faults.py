@@ -7,7 +7,6 @@ behind; settings and inputs that can be checked without Ray must fail before Ray
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -157,6 +157,7 @@ def test_stream_actors_are_kept_for_the_next_video_and_replaced_when_lost(ray_cl
     import ray
 
     from pipeline.graph import DepthGraph
+    from pipeline.jobs.file import process_video
     from pipeline.settings import load_settings
 
     settings = load_settings(None, {"model.random_weights": "vits", "model.input_size": 70,
@@ -165,13 +166,13 @@ def test_stream_actors_are_kept_for_the_next_video_and_replaced_when_lost(ray_cl
     try:
         outputs = [tmp_path / f"depth{i}.mp4" for i in range(4)]
         for name, output in zip(("audio", "odd_2997", "audio"), outputs):
-            summary = graph.process(str(clips[name]), str(output))
+            summary = process_video(graph, str(clips[name]), str(output))
             assert summary["frames_out"] == read_video(clips[name])["count"] == read_video(output)["count"]
             assert summary["retried_streams"] == 0
         assert (graph.streams.started, graph.streams.idle) == (1, 1)
         _, idle_sink = graph.streams._idle[0]
         ray.kill(idle_sink)
-        summary = graph.process(str(clips["long"]), str(outputs[3]))
+        summary = process_video(graph, str(clips["long"]), str(outputs[3]))
         assert summary["retried_streams"] == 1 and summary["frames_out"] == read_video(outputs[3])["count"] == 40
         assert (graph.streams.started, graph.streams.idle) == (2, 1)
     finally:

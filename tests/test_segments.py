@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ import run_pipeline
 from benchmarks.pipeline_ceiling import build_instant_depth
 from pipeline.stages.encode import read_depth_scale
 from pipeline.graph import DepthGraph
-from pipeline.segments import auto_segment_count, packet_index, plan_segments
+from pipeline.jobs.file import process_video
+from pipeline.jobs.segments import auto_segment_count, packet_index, plan_segments
 from pipeline.settings import load_settings
 from tests.clips import assert_same_timing, clip, gray16_frames, read_video
 from tests.test_cli_faults import ray_agents, wait_for
@@ -98,7 +98,7 @@ def test_default_smoother_seams_within_tolerance(ray_cluster, clips, tmp_path):
     try:
         outputs = {n: tmp_path / f"smooth_{n}.mkv" for n in (1, 4)}
         for count, output in outputs.items():
-            graph.process(str(clips["smooth"]), str(output), segments=count)
+            process_video(graph, str(clips["smooth"]), str(output), segments=count)
     finally:
         graph.shutdown()
     whole, split = (gray16_frames(outputs[n]) / read_depth_scale(outputs[n]) for n in (1, 4))
@@ -171,14 +171,14 @@ def test_a_segment_that_keeps_failing_is_named_and_nothing_is_left(ray_cluster, 
     """Errors that are not a lost worker are not retried; the message names the segment and its time range."""
     import pipeline.graph
 
-    original = pipeline.graph.DepthGraph._run_stream
+    original = pipeline.graph.DepthGraph.run_stream
 
-    def failing(self, source, output, info, render, segment, on_progress):
-        if segment is not None and segment.index == 2:
+    def failing(self, source, output, info, render, **stream):
+        if output.endswith("segment_00002.nut"):
             raise pipeline.graph.PipelineError(f"{output}: cannot write the output (No space left on device)")
-        return original(self, source, output, info, render, segment, on_progress)
+        return original(self, source, output, info, render, **stream)
 
-    monkeypatch.setattr(pipeline.graph.DepthGraph, "_run_stream", failing)
+    monkeypatch.setattr(pipeline.graph.DepthGraph, "run_stream", failing)
     output = tmp_path / "depth.mkv"
     code, _, err = cli(capsys, clips["open_gop"], "-o", output, *EXACT, "--segments", 4)
     assert code == 2
@@ -224,7 +224,7 @@ def test_a_worker_killed_mid_run_costs_only_its_work(ray_cluster, clips, tmp_pat
     try:
         graph_module.SinkActor = RecordingSink
         output = tmp_path / "depth.mkv"
-        summary = graph.process(str(clips["open_gop"]), str(output), on_progress=kill_once, segments=3)
+        summary = process_video(graph, str(clips["open_gop"]), str(output), on_progress=kill_once, segments=3)
     finally:
         graph_module.SinkActor = original_sink
         graph.shutdown()
@@ -232,7 +232,7 @@ def test_a_worker_killed_mid_run_costs_only_its_work(ray_cluster, clips, tmp_pat
     reference = tmp_path / "reference.mkv"
     undisturbed = DepthGraph(settings)
     try:
-        undisturbed.process(str(clips["open_gop"]), str(reference), segments=3)
+        process_video(undisturbed, str(clips["open_gop"]), str(reference), segments=3)
     finally:
         undisturbed.shutdown()
     assert np.array_equal(gray16_frames(output), gray16_frames(reference))

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..segments import file_digest
+from .file import process_video
+from .segments import file_digest
 from ..settings import PipelineSettings, check_combination, merge
 from ..work_pool import run_in_threads
 from ..stages.frames import PipelineError, one_line
@@ -155,8 +156,8 @@ class BatchJob:
             stamp = input_stamp(source)  # before the work: a file changed meanwhile is redone next time
             plan.output.parent.mkdir(parents=True, exist_ok=True)
             _remove_partial_files(plan.output, older_than=self._started_at)  # left by a killed earlier run
-            summary = self.graph.with_settings(plan.settings).process(
-                str(source), str(plan.output), segments=plan.settings.segments.count, resume=True)
+            summary = process_video(self.graph.with_settings(plan.settings), str(source), str(plan.output),
+                                    segments=plan.settings.segments.count, resume=True)
             size = plan.output.stat().st_size
             seconds = time.monotonic() - started
             row = {"video": key, "status": "done", "output": str(plan.output.relative_to(self.folder)),

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import av
 
-from .stages.encode import DepthVideoWriter
-from .stages.frames import PipelineError, VideoInfo
+from ..stages.encode import DepthVideoWriter
+from ..stages.frames import PipelineError, VideoInfo
 
 SEGMENT_SUFFIX = ".nut"
 

@@ -1,0 +1,195 @@
+"""
+The file job: one video through a `DepthGraph`, whole or in keyframe segments joined at the end; its summary.
+
+Takes: a graph (model actors and the stream wiring), a source (file or URL), an output path, and how to split it
+(`segments`: 1, a count, or "auto"; `resume`: reuse the segments a killed run finished).
+Gives: the output, which exists only if `process_video` returns, and the run's summary (frames in and out, fps,
+CPU per frame of each stage, peak memory, the segments).
+
+Policy only: what runs as how many streams, what is retried, what is fixed for the whole file before any frame
+(the 16-bit scale), what is counted. The pixels are the stages' business and the actors the graph's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ray
+
+from ..graph import DepthGraph, StreamResult
+from ..stages.colorize import DepthQuantizer
+from ..stages.decode import VideoDecoder
+from ..stages.frames import VideoInfo
+from ..stages.sink import RenderOptions, output_metadata
+from ..work_pool import run_in_threads
+from .segments import (
+    Segment,
+    SegmentStore,
+    auto_segment_count,
+    check_segmentable,
+    fingerprint,
+    join_segments,
+    packet_index,
+    plan_segments,
+)
+
+
+def process_video(
+    graph: DepthGraph, source: str, output: str, on_progress: Callable[[int], None] | None = None,
+    info: VideoInfo | None = None, segments: int | str = 1, resume: bool = False,
+) -> dict:
+    """Stream one video; returns the run's summary. The output exists only if this returns.
+
+    `info` is the source's VideoInfo when the caller has already probed it; otherwise it is probed here, which
+    also validates the input with a clean error before any actor starts. `segments` (a count, or "auto") splits
+    the video at keyframes into streams that run at once on the shared model actors and are joined by stream
+    copy; `resume` reuses the segments a killed run finished (see `segments.py`).
+    """
+    if info is None:
+        probe = VideoDecoder(source)
+        info = probe.info
+        probe.close()
+    started = time.monotonic()
+    render = _render_options(graph, source)
+    plan = _segment_plan(graph, source, info, segments)
+    if len(plan) <= 1:
+        result = graph.retrying(source, "", lambda: graph.run_stream(source, output, info, render,
+                                                                     on_progress=on_progress))
+        summary = summarize(graph, source, [result], time.monotonic() - started)
+        return {**summary, "output": result.sink["output"]}
+    return _process_segments(graph, source, Path(output), info, render, plan, resume, on_progress, started)
+
+# .................................................................................................................
+
+def _render_options(graph: DepthGraph, source: str) -> RenderOptions:
+    """The output settings, with the 16-bit scale fixed before any frame is written (see `_depth_scale`)."""
+    render = graph.settings.output
+    if render.depth_format == "gray16" and render.depth_scale is None:
+        render = dataclasses.replace(render, depth_scale=_depth_scale(graph, source))
+    return render
+
+def _depth_scale(graph: DepthGraph, source: str) -> float:
+    """The 16-bit scale from the first frame alone: one value for the whole file however it is split (and the
+    same for a whole run and a segmented one, so that they agree bit for bit)."""
+    decoder = VideoDecoder(source)
+    first = next(decoder.batches(1))
+    decoder.close()
+    _ = graph.model_info  # the models' errors first
+    depth = ray.get(graph.model_actors[0].infer.remote(first, "float32")).depth
+    return DepthQuantizer.scale_for(depth[0])
+
+def _segment_plan(graph: DepthGraph, source: str, info: VideoInfo, segments: int | str) -> list[Segment]:
+    if segments == 1:
+        return []
+    if segments == "auto":
+        duration = (info.expected_frames / float(info.rate)) if info.expected_frames and info.rate else None
+        spare = ray.cluster_resources().get("CPU", 1) - graph.plan.model_actors
+        count = auto_segment_count(spare, duration, graph.settings.segments.min_seconds)
+        if count == 1:
+            return []
+    else:
+        count = int(segments)
+    index = packet_index(source)
+    check_segmentable(index, source)
+    warmup_frames = round(graph.settings.segments.warmup_seconds * float(info.rate or 30))
+    return plan_segments(index, count, warmup_frames)
+
+def _process_segments(graph: DepthGraph, source: str, output: Path, info: VideoInfo, render: RenderOptions,
+                      plan: list[Segment], resume: bool, on_progress, started: float) -> dict:
+    fingerprint_settings = {"output": dataclasses.asdict(render), "model": dataclasses.asdict(graph.settings.model),
+                            "smoothing": dataclasses.asdict(graph.settings.smoothing)}
+    store = SegmentStore(output, fingerprint(source, plan, fingerprint_settings))
+    store.open(resume)
+    segment_render = dataclasses.replace(render, copy_audio=False)
+    todo = [segment for segment in plan if segment.index not in store.done]
+    reused = [segment for segment in plan if segment.index in store.done]
+    if on_progress:
+        on_progress(sum(store.done[s.index]["frames"] for s in reused))
+    results: dict[int, StreamResult] = {}
+    failures: list[BaseException] = []
+
+    def run(segment: Segment) -> None:
+        try:
+            result = results[segment.index] = _run_segment(graph, source, store, segment, info, segment_render,
+                                                                on_progress)
+            written = result.sink["frames_out"]
+            # Frames the index promised that could not be decoded (damaged packets), or missing at the end
+            missing = (segment.frames - written if result.decode["corrupt_packets"] else 0) + \
+                result.decode["unreadable_frames"]
+            store.finish(segment, written, max(missing, 0))
+        except BaseException as error:  # noqa: BLE001 - handed to the driver thread below
+            failures.append(error)
+
+    # Segments in flight at once: one per CPU of the cluster (each holds a decode and a sink actor); each
+    # thread drives one segment's stream at a time, and all streams share the model actors
+    parallel = int(ray.cluster_resources().get("CPU", 1))
+    try:
+        run_in_threads(todo, run, parallel, stop=lambda: bool(failures))
+        if failures:
+            raise failures[0]
+        files = [store.path_of(segment) for segment in plan]
+        path = join_segments(files, output, render.depth_format, info, render.copy_audio,
+                             output_metadata(render.depth_scale if render.depth_format == "gray16" else None))
+    except Exception:  # an error: nothing is left behind. (Ctrl-C, SIGTERM: finished segments stay for --resume)
+        store.remove()
+        raise
+    store.remove()
+    summary = summarize(graph, source, [results[i] for i in sorted(results)], time.monotonic() - started)
+    written = sum(store.done[s.index]["frames"] for s in plan)
+    return {**summary, "output": str(path), "frames_in": written, "frames_out": written,
+            "unreadable_frames": sum(store.done[s.index]["missing"] for s in plan),
+            "segments": [{"index": s.index, "time": s.time_range(info.time_base),
+                          "frames": store.done[s.index]["frames"], "unreadable_frames": store.done[s.index]["missing"],
+                          "reused": s in reused} for s in plan]}
+
+def _run_segment(graph: DepthGraph, source: str, store: SegmentStore, segment: Segment, info: VideoInfo,
+                 render: RenderOptions, on_progress) -> StreamResult:
+    where = f"segment {segment.index} ({segment.time_range(info.time_base)}): "
+    return graph.retrying(source, where, lambda: graph.run_stream(
+        source, str(store.path_of(segment)), info, render, pts_range=(segment.warmup_from, segment.end),
+        write_from_pts=segment.start, on_progress=on_progress))
+
+
+def summarize(graph: DepthGraph, source: str, results: list[StreamResult], seconds: float) -> dict:
+    """Totals over the streams of one video (one, or its segments)."""
+    model_rss = graph.model_actors_peak_rss()
+    decode_stats = [r.decode for r in results]
+    sink_stats = [r.sink for r in results]
+    frames_in = sum(d["frames_in"] for d in decode_stats) - sum(k["warmup_frames"] for k in sink_stats)
+    frames_out = sum(k["frames_out"] for k in sink_stats)
+    steady_frames = sum(r.progress["frames_after_first"] for r in results)
+    first_written = [r.progress["first_written_at"] for r in results if r.progress["first_written_at"]]
+    steady_s = (max(r.finished for r in results) - min(first_written)) if first_written else 0
+    cpu_s: dict[str, float] = {}
+    for decode, sink in zip(decode_stats, sink_stats):
+        for stage, value in (("decode", decode["cpu_s"]), ("sink", sink["cpu_s"]),
+                             *((f"sink: {k}", v) for k, v in sink["stage_cpu_s"].items())):
+            cpu_s[stage] = cpu_s.get(stage, 0.0) + value
+    summary = {
+        "input": source,
+        "frames_in": frames_in,
+        "unreadable_frames": sum(d["unreadable_frames"] for d in decode_stats) if len(results) == 1 else 0,
+        "corrupt_packets": sum(d["corrupt_packets"] for d in decode_stats),
+        "repaired_timestamps": sum(d["repaired_timestamps"] for d in decode_stats),
+        "frames_out": frames_out,
+        "dropped": 0,
+        "retried_streams": sum(r.attempts - 1 for r in results),  # lost to a dead worker or node, run again
+        "seconds": round(seconds, 3),
+        "fps": round(frames_out / seconds, 3) if seconds > 0 else None,
+        "fps_steady": round(steady_frames / steady_s, 3) if steady_s > 0 else None,
+        "depth_format": graph.settings.output.depth_format,
+        "batch_size": graph.batch_size,
+        "model": graph.model_info,
+        "peak_rss_mb": {"decode": max((d["peak_rss_mb"] for d in decode_stats), default=None),
+                        "model": max(model_rss, default=None),
+                        "sink": max((k["peak_rss_mb"] for k in sink_stats), default=None)},
+        # CPU of the streams' own actors, per frame (the model actors' is in their usage(): they are shared)
+        "cpu_ms_per_frame": {stage: round(value * 1e3 / max(frames_out, 1), 2) for stage, value in cpu_s.items()},
+    }
+    if graph.settings.output.depth_format == "gray16" and sink_stats:
+        summary.update(depth_scale=sink_stats[0]["depth_scale"],
+                       saturated_pixels=sum(k["saturated_pixels"] for k in sink_stats))
+    return summary
