@@ -10,7 +10,10 @@ cores for a pair on the build machine, paid by every video of a batch job and ev
 that finished a stream is as good as new (each stream opens its own decoder and sink in it), so the next stream
 takes it instead. Only a stream that succeeded gives its pair back; after a failure both actors are killed, and
 after a lost worker or node (`clear`) every idle pair is too, since some of them may have gone with it. The pool
-never holds more pairs than streams ran at once.
+never holds more pairs than streams ran at once, and a pair that has served `streams_per_pair` streams is retired
+(as a worker pool's "max tasks per child"): whatever a stream leaves behind in its process cannot add up over a
+batch job of thousands of videos (measured: a sink's peak memory rose 5 MB over its first 5 videos, then 1 MB over
+the next 35).
 """
 
 from __future__ import annotations
@@ -21,14 +24,19 @@ from collections.abc import Callable
 import ray
 
 StreamActors = tuple  # (decode actor, sink actor): Ray actor handles
+STREAMS_PER_PAIR = 200
 
 
 class StreamActorPool:
     """Thread-safe: the driver's stream threads share one pool."""
 
-    def __init__(self, start_pair: Callable[[], StreamActors]):
+    def __init__(self, start_pair: Callable[[], StreamActors], streams_per_pair: int = STREAMS_PER_PAIR,
+                 kill: Callable = ray.kill):
         self._start_pair = start_pair
+        self._streams_per_pair = streams_per_pair
+        self._kill = kill
         self._idle: list[StreamActors] = []
+        self._served: dict[int, int] = {}  # id(pair) -> streams it finished
         self._lock = threading.Lock()
         self.started = 0  # pairs started so far (the rest of the streams reused one)
 
@@ -37,16 +45,25 @@ class StreamActorPool:
             if self._idle:
                 return self._idle.pop()
             self.started += 1
-        return self._start_pair()
+        pair = self._start_pair()
+        with self._lock:
+            self._served[id(pair)] = 0
+        return pair
 
     def give_back(self, pair: StreamActors) -> None:
+        """After a stream that succeeded: the pair waits for the next stream, or is retired after its last."""
         with self._lock:
-            self._idle.append(pair)
+            served = self._served[id(pair)] = self._served.get(id(pair), 0) + 1
+            if served < self._streams_per_pair:
+                self._idle.append(pair)
+                return
+        self.discard(pair)
 
-    @staticmethod
-    def discard(pair: StreamActors) -> None:
+    def discard(self, pair: StreamActors) -> None:
+        with self._lock:
+            self._served.pop(id(pair), None)
         for actor in pair:
-            ray.kill(actor)
+            self._kill(actor)
 
     def clear(self) -> None:
         """Kill every idle pair (a worker or node was lost: some of them may be gone, and would fail their stream)."""
