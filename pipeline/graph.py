@@ -1,5 +1,6 @@
 """
-The Ray wiring: thin actors around the plain stages, and the loop that streams one video through them.
+The Ray wiring: thin actors around the plain stages, and `run_stream`, which sends one stream (a video, or a segment
+of one) through them. The jobs (jobs/: a file, a batch of files, a camera) decide which streams to run.
 
     DecodeActor (VideoDecoder) --FrameBatch--> ModelActor x N (DepthWorker) --DepthBatch--> SinkActor (DepthSink)
 

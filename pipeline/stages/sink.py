@@ -31,9 +31,7 @@ class RenderOptions:
     depth_format: str = "color"  # color | gray | gray16 | side-by-side
     colormap: str = "inferno"
     preset: str = "ultrafast"  # libx264
-    # Constant quantizer by default: x264's cheapest rate control (CRF runs a look-ahead analysis of every frame at
-    # half size, about 40% of ultrafast's encoding CPU); 16 looks like CRF 18 on depth maps. `crf` set: CRF instead
-    qp: int = 16
+    qp: int = 16  # H.264 constant quantizer, or a constant rate factor when `crf` is set: see encode.x264_options
     crf: int | None = None
     depth_scale: float | None = None  # gray16: uint16 = depth * scale; None: set from the first frame
     copy_audio: bool = True
