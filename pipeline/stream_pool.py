@@ -53,7 +53,7 @@ class StreamActorPool:
     def give_back(self, pair: StreamActors) -> None:
         """After a stream that succeeded: the pair waits for the next stream, or is retired after its last."""
         with self._lock:
-            served = self._served[id(pair)] = self._served.get(id(pair), 0) + 1
+            served = self._served[id(pair)] = self._served[id(pair)] + 1
             if served < self._streams_per_pair:
                 self._idle.append(pair)
                 return
