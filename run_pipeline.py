@@ -22,10 +22,24 @@ import threading
 import time
 from pathlib import Path
 
+
+def _stopped_while_importing(signum, frame):
+    """Ctrl-C / SIGTERM during the imports below (torch, a second or two): one line and the usual status, not a
+    KeyboardInterrupt traceback from deep inside an import. Nothing has started yet, so there is nothing to clean."""
+    what = "interrupted" if signum == signal.SIGINT else "terminated"
+    print(f"error: {what} while starting; nothing was written", file=sys.stderr, flush=True)
+    os._exit(130 if signum == signal.SIGINT else 143)
+
+
+if __name__ == "__main__":
+    for _number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_number, _stopped_while_importing)
+
 from model import VARIANTS, CheckpointError, check_checkpoint
 from model.hub import DEFAULT_MODEL, MODEL_NAMES, NON_COMMERCIAL, resolve_checkpoint
 from pipeline.stages.decode import is_url
-from pipeline.stages.encode import DEPTH_FORMATS, check_output_path
+from pipeline.jobs.outputs import InputFiles, check_output, check_output_folder, check_summary_path
+from pipeline.stages.encode import DEPTH_FORMATS
 from pipeline.stages.frames import PipelineError, one_line
 from pipeline.settings import load_settings
 
@@ -142,27 +156,11 @@ def default_output(source: str, depth_format: str) -> Path:
     return path.with_name(f"{path.stem}_depth{'.mkv' if depth_format == 'gray16' else '.mp4'}")
 
 
-def check_summary_path(path: str | None) -> None:
-    if path is None:
-        return
-    folder = Path(path).parent
-    if Path(path).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise PipelineError(f"{path}: cannot write the summary there (missing or read-only directory, or a directory)")
-
-
 def progress_bar(total: int | None):
     """tqdm on a terminal (frames, fps, ETA); nothing when stderr is not a TTY."""
     from tqdm import tqdm
 
     return tqdm(total=total, unit="frame", disable=not sys.stderr.isatty(), dynamic_ncols=True)
-
-
-def warn_about_cpu_only_torch(settings) -> None:
-    from pipeline.stages.infer import cpu_only_torch_on_a_gpu_machine
-
-    if settings.model.device != "cpu" and cpu_only_torch_on_a_gpu_machine():
-        print("warning: this machine has an NVIDIA GPU but this torch is a CPU-only build; everything runs on the "
-              "CPU (see the README for installing a CUDA build of torch)", file=sys.stderr)
 
 
 def resolve_model(settings):
@@ -201,12 +199,13 @@ def run_batch(args: argparse.Namespace) -> tuple[dict, int]:
     settings = load_settings(args.config, overrides_from(args), flag_labels())
     if args.videos_in_flight is not None and args.videos_in_flight < 1:
         raise PipelineError(f"--videos-in-flight must be >= 1, got {args.videos_in_flight}")
-    folder = Path(args.output_dir)
-    if folder.exists() and not folder.is_dir():
-        raise PipelineError(f"{folder}: --output-dir exists and is not a folder")
-    job = BatchJob(settings, find_inputs(args.inputs, folder), folder,
-                   BatchOptions(force=args.force, videos_in_flight=args.videos_in_flight or 0))
-    warn_about_cpu_only_torch(settings)
+    folder = check_output_folder(args.output_dir)
+    job = args.batch_job = BatchJob(settings, find_inputs(args.inputs, folder), folder,
+                                    BatchOptions(force=args.force, videos_in_flight=args.videos_in_flight or 0))
+    if not job.pending:  # a rerun with nothing left to do: no model, no Ray
+        report = job.run(None)
+        print(report_table(report), file=sys.stderr)
+        return report, (EXIT_SOME_FAILED if report["totals"]["failed"] else 0)
     resolved = resolve_model(settings)
     try:
         with depth_graph(settings, resolved) as graph:
@@ -237,19 +236,28 @@ def run_live(args: argparse.Namespace) -> dict:
     settings = load_settings(args.config, overrides, flag_labels())
     if args.input is None:
         raise PipelineError("live mode needs an input: a camera URL, or a file with --realtime")
+    for flag, given in (("--segments", args.segments is not None), ("--resume", args.resume)):
+        if given:
+            raise PipelineError(f"{flag} is for files; a live stream is one stream, run as it comes")
     publish = args.output if (args.output or "").startswith(("rtsp://", "rtsps://")) else None
+    if args.output and not publish and args.record:
+        raise PipelineError(f"-o {args.output} and --record {args.record}: live mode records to one file; give it "
+                            f"once (-o takes an rtsp:// URL to publish to, or the recording)")
     record = args.record or (args.output if args.output and not publish else None)
     if record:
-        check_output_path(Path(record), settings.output.depth_format)
+        check_output(record, settings.output.depth_format, InputFiles([args.input]), args.no_overwrite, "recording")
     if not publish and not record:
         raise PipelineError(f"{args.input}: live mode needs somewhere to send depth: -o rtsp://SERVER/PATH and/or "
                             f"--record FILE")
     check_summary_path(args.summary)
-    warn_about_cpu_only_torch(settings)
     live = settings.live
     source = LiveSource(args.input, realtime=args.realtime, transport=live.transport,
                         read_timeout_s=live.read_timeout_s, backoff_s=(0.5, live.backoff_max_s))
     source.open().close()  # a source that cannot be opened at start is an error, not a retry loop
+    if publish:
+        from pipeline.stages.publish import check_reachable
+
+        check_reachable(publish, live.read_timeout_s)  # likewise a destination
     resolved = resolve_model(settings)
     job = LiveJob(settings, source, LiveTargets(publish, record))
     with depth_graph(settings, resolved) as graph:
@@ -280,18 +288,16 @@ def run(args: argparse.Namespace) -> dict:
         source = str(SAMPLE_INPUT)
     else:
         source = args.input  # a path or a URL, as given
+    if args.record:
+        raise PipelineError(f"--record {args.record}: a recording is for live mode (a camera URL, --realtime or "
+                            f"--live); a file run writes its output with -o")
     output = Path(args.output) if args.output else default_output(source, settings.output.depth_format)
-    check_output_path(output, settings.output.depth_format)
+    output = check_output(output, settings.output.depth_format, InputFiles([source]), args.no_overwrite)
     args.resolved_output = output
-    if not is_url(source) and output.exists() and output.resolve() == Path(source).resolve():
-        raise PipelineError(f"{output}: output would overwrite the input; choose another name")
-    if args.no_overwrite and output.exists():
-        raise PipelineError(f"{output}: output exists and --no-overwrite was given")
     check_summary_path(args.summary)
 
     from pipeline.stages.decode import VideoDecoder
 
-    warn_about_cpu_only_torch(settings)
     probe = VideoDecoder(source)  # input errors before Ray starts
     info = probe.info
     probe.close()
@@ -309,22 +315,32 @@ def run(args: argparse.Namespace) -> dict:
         print(f"warning: {source}: {summary['unreadable_frames']} frames could not be read (damaged or truncated "
               f"file{'; ' + where if where else ''}); depth was written for the {summary['frames_in']} decodable "
               f"frames", file=sys.stderr)
+    if summary.get("resized_frames"):
+        print(f"warning: {source}: the frame size changed mid-stream; {summary['resized_frames']} frames were scaled "
+              f"to the first frame's size, {info.width}x{info.height}", file=sys.stderr)
     if summary.get("repaired_timestamps"):
         print(f"warning: {source}: {summary['repaired_timestamps']} frames repeated or went back on the previous "
               f"frame's timestamp; each was moved one tick past it", file=sys.stderr)
     return summary
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised like KeyboardInterrupt (not an Exception) so that the same clean-up runs as for Ctrl-C."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as a KeyboardInterrupt so that the same clean-up runs as for Ctrl-C, and so that Ray's own
+    waits (its Cython calls check for signals) pass it on as they pass Ctrl-C on: any other exception raised from a
+    signal handler inside them came out as `SystemError: ... returned a result with an exception set`."""
 
 
 def on_stop_signal(signum, frame):
     """The first Ctrl-C or SIGTERM stops the run; later ones are ignored, so that the clean-up (the sink removing
     its temporary file, Ray shutting down) is not cut short by an impatient second Ctrl-C."""
+    global _stopped_by
+    _stopped_by = signum
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+_stopped_by: int | None = None  # the signal that stopped the run (Ray's waits re-raise a plain KeyboardInterrupt)
 
 
 @contextlib.contextmanager
@@ -342,6 +358,12 @@ def signals_deferred():
                 for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    except SystemExit as exit_:
+        # ray.init puts in a SIGTERM handler of its own, which calls sys.exit(15): a SIGTERM during its start-up
+        # arrives as that. Taken as the SIGTERM it is: Ray is shut down and the run ends with 143, saying so
+        if exit_.code != signal.SIGTERM:
+            raise
+        received.append(signal.SIGTERM)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
@@ -356,6 +378,20 @@ def stop_ray_ignoring_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stop_ray()
+
+
+def what_was_kept(args: argparse.Namespace) -> str:
+    """After Ctrl-C / SIGTERM: what the user has (a batch job's finished videos, a long video's segments)."""
+    job = getattr(args, "batch_job", None)
+    if job is not None:
+        done = job.finished_now
+        return (f"{done} video{'s' if done != 1 else ''} finished in this run and recorded in "
+                f"{job.status.path}; run the same command again to go on (batch_report.json is marked interrupted)")
+    output = getattr(args, "resolved_output", None)
+    from pipeline.jobs.segments import work_folders
+
+    kept = " (finished segments are kept: run again with --resume)" if output and work_folders(output) else ""
+    return f"no output written{kept}"
 
 
 def main(argv=None) -> int:
@@ -378,17 +414,15 @@ def main(argv=None) -> int:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except Exception as error:  # a fault of ours, not of the input: still one line, the traceback on request
-        if os.environ.get("DEPTH_TRACEBACK"):
+        if os.environ.get("DEPTH_TRACEBACK", "0").strip().lower() not in ("", "0", "false", "no", "off"):
             raise
         print(f"error: internal {type(error).__name__}: {one_line(error)} (DEPTH_TRACEBACK=1 shows where)",
               file=sys.stderr)
         return 1
-    except (KeyboardInterrupt, Terminated) as stop:
-        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
-        output = getattr(args, "resolved_output", None)
-        segments = output is not None and output.with_name(f".{output.name}.segments").is_dir()
-        kept = " (finished segments are kept: run again with --resume)" if segments else ""
-        print(f"error: {what}; no output written{kept}", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
+        terminated = isinstance(stop, Terminated) or _stopped_by == signal.SIGTERM
+        what = "terminated" if terminated else "interrupted"
+        print(f"error: {what}; {what_was_kept(args)}", file=sys.stderr)
         return 130 if what == "interrupted" else 143
     finally:
         if is_main_thread:

@@ -6,9 +6,10 @@ Gives: float32 relative inverse depth B x H x W on the model's device (or B x h 
 
 Precision: "float32" (faithful; TF32 matmuls on a GPU), "bfloat16" (CPUs with AVX512-BF16/AMX and GPUs), "float16"
 (GPU only), or "auto": float16 on a GPU, float32 on a CPU.
-Reduced precision on a GPU casts the weights once (LayerNorm's kept in float32; the position-table resampling runs
-in float32); on a CPU it runs under autocast (bfloat16 autocast is the faster of the two there), so LayerNorm,
-softmax statistics and the resampling stay in float32 while matrix products and convolutions run in bfloat16.
+Reduced precision on a GPU casts every weight once (LayerNorm's too: CUDA's kernel wants one dtype, and keeps its
+statistics in float32; the position-table resampling runs in float32); on a CPU it runs under autocast (bfloat16
+autocast is the faster of the two there), so LayerNorm, softmax statistics and the resampling stay in float32 while
+matrix products and convolutions run in bfloat16.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class PredictorOptions:
     even_grid: bool = False
     precision: str = "float32"
     compile: bool = False
-    # Reduced precision by casting the weights once (LayerNorm kept in float32) instead of autocast, which re-casts
+    # Reduced precision by casting the weights once (LayerNorm's too) instead of autocast, which re-casts
     # every weight on every call. None: on a GPU yes, on a CPU no (bf16 autocast is the measured-faster path there)
     cast_weights: bool | None = None
 
@@ -89,10 +90,8 @@ class DepthPredictor:
 
 
 def cast_weights_once(net: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """All weights to `dtype`, except LayerNorm's, which stay float32 (PyTorch's layer norm takes a half-precision
-    input with float32 parameters and normalises in float32)."""
-    net.to(dtype)
-    for module in net.modules():
-        if isinstance(module, nn.LayerNorm):
-            module.float()
-    return net
+    """Every weight to `dtype`, LayerNorm's included. CUDA's layer norm refuses parameters of another dtype than its
+    input (PyTorch issue 135969; only the CPU kernel takes the mix), and for half-precision input it computes the
+    mean and variance in float32 anyway, so the statistics keep float32's accuracy (tests/test_cuda_rules.py compares
+    this with normalising in float32 and casting back: no less accurate, without two extra casts a norm)."""
+    return net.to(dtype)

@@ -24,6 +24,7 @@ import re
 import resource
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -45,7 +46,7 @@ from .settings import PipelineSettings
 from .stages.decode import VideoDecoder
 from .stages.encode import temporary_path
 from .stages.frames import FrameBatch, PipelineError, VideoInfo, one_line
-from .stages.infer import DepthWorker, ModelSource
+from .stages.infer import DepthWorker, ModelSource, cuda_problem
 from .stages.sink import DepthSink, RenderOptions
 from .stages.smoothing import make_smoother
 
@@ -54,7 +55,9 @@ HEALTH_CHECK_S = 5.0  # how often the driver looks at the model actors' health (
 RETRY_PAUSE_S = 1.0  # before a stream's second attempt; twice that before its third
 ANSWER_S = 5.0  # what an actor gets to answer a small call (a failed stream's sink abort, usage) before it is let go
 SINKS_GPU_ROOM = 0.1  # of each GPU, kept for sinks that smooth there (smoothing.device: cuda)
-SINK_GPU_SHARE = 0.02  # one such sink: the smoother's state and arithmetic, a few frames of depth at model size
+# One such sink: a token share (its work is a few ms of arithmetic a frame), so that 100 streams fit on a GPU; with
+# 0.02 the sixth stream on a GPU could not be placed, and a batch job or a segmented video opens more than that
+SINK_GPU_SHARE = 0.001
 
 
 _started_local_ray = False  # whether this process started the Ray instance it uses (so may end what it left)
@@ -73,6 +76,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, connect_t
     # A stream that failed (a lost worker or node) is run again and its batches in flight abandoned: their errors
     # are handled by the retry, and Ray's "unhandled error" dumps of them (tens of lines each) would only alarm
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    # A driver thread still waiting when Ray is shut down (Ctrl-C in a batch job) must not start a new Ray instance
+    # by calling into it: Ray's auto-connect would do just that (RAY_ENABLE_AUTO_CONNECT=0, read when ray is imported)
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+    ray._private.auto_init_hook.enable_auto_connect = False
     try:
         if address:
             check_reachable(address, connect_timeout_s)
@@ -221,6 +228,7 @@ class DecodeActor:
             "unreadable_frames": self._decoder.unreadable_frames,
             "corrupt_packets": self._decoder.corrupt_packets,
             "repaired_timestamps": self._decoder.repaired_timestamps,
+            "resized_frames": self._decoder.resized_frames,
             "peak_rss_mb": peak_rss_mb(),
             "cpu_s": cpu_seconds() - self._cpu_at_start,
         }
@@ -231,7 +239,10 @@ class DecodeActor:
 MODEL_ACTOR_RESTARTS = 3
 
 
-@ray.remote(max_restarts=MODEL_ACTOR_RESTARTS, max_task_retries=MODEL_ACTOR_RESTARTS)
+# Control calls (ready, load, usage) have a thread of their own: they answer while batches are being inferred,
+# instead of queueing behind every batch in flight (a placement check or a summary waited for the whole queue)
+@ray.remote(max_restarts=MODEL_ACTOR_RESTARTS, max_task_retries=MODEL_ACTOR_RESTARTS,
+            concurrency_groups={"control": 1})
 class ModelActor:
     def __init__(self, source: ModelSource, options: PredictorOptions, device: str, threads: int, batch_size: int,
                  network_batch: int):
@@ -239,10 +250,12 @@ class ModelActor:
         self._worker: DepthWorker | None = None
         self._loading = threading.Lock()  # two calls at once on a GPU: one loads, the other waits
 
+    @ray.method(concurrency_group="control")
     def ready(self) -> bool:
         """Answers as soon as the actor is placed and its process runs (before the model is loaded)."""
         return True  # (SinkActor.ready likewise)
 
+    @ray.method(concurrency_group="control")
     def load(self) -> dict:
         worker = self._loaded()
         config = worker.predictor.net.config
@@ -260,6 +273,7 @@ class ModelActor:
     def infer(self, batch: FrameBatch, depth_dtype: str):
         return self._loaded().infer(batch, depth_dtype)
 
+    @ray.method(concurrency_group="control")
     def usage(self) -> dict:
         """Peak memory; CPU seconds and frames since the model was loaded (all streams together)."""
         worker = self._loaded()
@@ -334,6 +348,7 @@ class ActorPlan:
 
     model_actors: int
     use_gpu: bool
+    notes: tuple[str, ...]  # what the user should know about the plan (a GPU torch cannot use): warnings
     model_options: dict
     torch_threads: int
     batch_size: int
@@ -342,14 +357,24 @@ class ActorPlan:
     sink_options: dict
 
 
-def plan_actors(settings: PipelineSettings, resources: dict[str, float]) -> ActorPlan:
+def plan_actors(settings: PipelineSettings, resources: dict[str, float], cuda_problem: str | None = None) -> ActorPlan:
     """Check the settings against the cluster's resources before any actor is made.
 
     Ray would otherwise leave an actor it can never place pending forever, without a word: every request that the
-    whole cluster cannot satisfy is a one-line `PipelineError` here.
+    whole cluster cannot satisfy is a one-line `PipelineError` here. `cuda_problem`: why torch cannot use the GPUs
+    Ray sees (a CPU-only build of torch, a driver older than torch's CUDA), where the driver can tell (a local
+    cluster: its workers run this torch); then `--device auto` runs on the CPU with a note that says why, and a
+    CUDA device asked for is an error before any actor starts.
     """
     model, ray_settings = settings.model, settings.ray
     gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+    notes = []
+    if gpus >= 1 and cuda_problem:
+        for name, device in (("--device", model.device), ("smoothing.device", settings.smoothing.device)):
+            if device.startswith("cuda"):
+                raise PipelineError(f"{name} {device}: Ray sees {gpus:g} GPU but {cuda_problem}")
+        notes.append(f"Ray sees {gpus:g} GPU but {cuda_problem}: everything runs on the CPU")
+        gpus = 0
     if gpus < 1:
         for name, device in (("--device", model.device), ("smoothing.device", settings.smoothing.device)):
             if device.startswith("cuda"):
@@ -363,7 +388,8 @@ def plan_actors(settings: PipelineSettings, resources: dict[str, float]) -> Acto
     smoothing_device = settings.smoothing.device
     # auto: the CPU. Depth arrives at the model's resolution, where the smoother costs a few ms of one core; on the
     # GPU every stream's sink would open its own CUDA context (~0.5 GB, seconds) and hold a share of the GPU
-    smoother_device = "cpu" if smoothing_device == "auto" else smoothing_device
+    # Inside an actor Ray shows only the GPU it assigned, as cuda:0: "cuda:1" would be an invalid ordinal there
+    smoother_device = "cpu" if smoothing_device == "auto" else smoothing_device.partition(":")[0]
     sinks_on_gpu = smoother_device.startswith("cuda")
     model_options = {"num_cpus": 1}
     if use_gpu:
@@ -376,6 +402,7 @@ def plan_actors(settings: PipelineSettings, resources: dict[str, float]) -> Acto
     return ActorPlan(
         model_actors=count,
         use_gpu=use_gpu,
+        notes=tuple(notes),
         model_options=model_options,
         torch_threads=threads,
         batch_size=batch_size,
@@ -400,7 +427,10 @@ class DepthGraph:
         """
         self.settings = settings
         model = settings.model
-        self.plan = plan_actors(settings, ray.cluster_resources())
+        # A local cluster's workers run this torch: whether it can use the GPUs Ray sees is known here
+        self.plan = plan_actors(settings, ray.cluster_resources(), cuda_problem() if _started_local_ray else None)
+        for note in self.plan.notes:
+            print(f"warning: {note}", file=sys.stderr, flush=True)
         options = PredictorOptions(model.input_size, model.even_grid, model.precision, model.compile)
         if resolved is None and builder is None and not model.random_weights:
             resolved = resolve_checkpoint(model.checkpoint or model.name or DEFAULT_MODEL)

@@ -11,6 +11,7 @@ the settings are read: before any model, video or Ray work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,6 +133,8 @@ def number(minimum: float | None = None, above: float | None = None) -> Check:
     def check(value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"must be a number, got {value!r}"
+        if not math.isfinite(value):  # YAML's .nan / .inf: no duration, scale or rate means that
+            return f"must be a finite number, got {value}"
         if minimum is not None and value < minimum:
             return f"must be >= {minimum}, got {value}"
         if above is not None and value <= above:
@@ -222,6 +225,8 @@ RULES: dict[str, dict[str, Check]] = {
 def _apply(section, values: dict, where: str, section_name: str, labels: dict[str, str]):
     known = {f.name: f for f in dataclasses.fields(section)}
     for key, value in values.items():
+        if not isinstance(key, str):
+            raise PipelineError(f"{where} [{section_name}]: a setting name must be text, got {key!r}")
         if key not in known:
             raise PipelineError(f"{where} [{section_name}]: unknown setting {key!r}; expected one of {', '.join(known)}")
         problem = RULES[section_name][key](value)
@@ -231,20 +236,21 @@ def _apply(section, values: dict, where: str, section_name: str, labels: dict[st
     return dataclasses.replace(section, **values)
 
 
-def check_combination(settings: PipelineSettings) -> PipelineSettings:
-    """What single values cannot show: settings that contradict each other, smoother parameters."""
+def check_combination(settings: PipelineSettings, where: str = "settings") -> PipelineSettings:
+    """What single values cannot show: settings that contradict each other, smoother parameters. `where` names the
+    source in errors (a manifest line)."""
     model = settings.model
     given = [what for what, value in (("a model name", model.name), ("a checkpoint", model.checkpoint),
                                       ("random weights", model.random_weights)) if value]
     if len(given) > 1:
-        raise PipelineError(f"settings: {' and '.join(given)} were both given; choose one")
+        raise PipelineError(f"{where}: {' and '.join(given)} were both given; choose one")
     if model.precision == "float16" and model.device == "cpu":
-        raise PipelineError("settings: float16 needs a CUDA device; use bfloat16 or float32 on the CPU")
+        raise PipelineError(f"{where}: float16 needs a CUDA device; use bfloat16 or float32 on the CPU")
     smoothing = settings.smoothing
     try:
         make_smoother(smoothing.name, device="cpu", **smoothing.params)
-    except ValueError as error:
-        raise PipelineError(f"settings: smoothing.params: {error}") from None
+    except (ValueError, TypeError) as error:
+        raise PipelineError(f"{where}: smoothing.params: {error}") from None
     return settings
 
 
@@ -257,9 +263,14 @@ def merge(settings: PipelineSettings, overrides: dict[str, Any], where: str,
     sections = {f.name for f in dataclasses.fields(settings)}
     grouped: dict[str, dict] = {}
     for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise PipelineError(f"{where}: a setting name must be text, got {key!r}")
         section, _, name = key.partition(".")
         if section not in sections:
-            raise PipelineError(f"{where}: unknown section {section!r}; expected one of {', '.join(sorted(sections))}")
+            owners = [s for s in sorted(sections) if key in {f.name for f in dataclasses.fields(getattr(settings, s))}]
+            hint = f" ({key!r} is a setting of the {owners[0]} section: {owners[0]}.{key})" if owners else ""
+            raise PipelineError(f"{where}: unknown section {section!r}; expected one of "
+                                f"{', '.join(sorted(sections))}{hint}")
         if name:
             grouped.setdefault(section, {})[name] = value
         elif isinstance(value, dict):
@@ -279,7 +290,9 @@ def load_settings(preset: str | Path | None = None, overrides: dict[str, Any] | 
         if not path.is_file():
             raise PipelineError(f"{path}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise PipelineError(f"{path}: not a UTF-8 text file (a YAML preset is expected)") from None
         except yaml.YAMLError as error:
             raise PipelineError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
         if not isinstance(data, dict):

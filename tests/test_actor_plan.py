@@ -25,7 +25,28 @@ def test_gpu_shares_follow_the_actor_count(gpus, actors, share):
 
 def test_smoothing_on_the_gpu_leaves_room_for_the_sinks():
     result = plan({"CPU": 16, "GPU": 1}, **{"smoothing.device": "cuda"})
-    assert result.model_options["num_gpus"] == 0.9 and result.sink_options == {"num_gpus": 0.02}
+    assert result.model_options["num_gpus"] == 0.9
+    # A batch job or a segmented video opens tens of streams on a GPU node: every sink of 64 must fit in the room
+    assert 64 * result.sink_options["num_gpus"] <= 1 - result.model_options["num_gpus"] + 1e-9
+
+
+def test_smoothing_on_gpu_n_is_the_sinks_own_gpu():
+    """Ray shows an actor only the GPU it assigned, as cuda:0: cuda:1 would be an invalid ordinal inside the sink."""
+    assert plan({"CPU": 16, "GPU": 2}, **{"smoothing.device": "cuda:1"}).smoother_device == "cuda"
+
+
+def test_a_gpu_that_torch_cannot_use():
+    """Ray sees a GPU, but torch is a CPU-only build (or its CUDA is newer than the driver): auto runs on the CPU
+    with a note that says why; a CUDA device asked for is an error before any actor starts."""
+    problem = "this torch is a CPU-only build"
+    settings = load_settings(None, {})
+    fallback = plan_actors(settings, {"CPU": 8, "GPU": 1}, cuda_problem=problem)
+    assert not fallback.use_gpu and fallback.model_options == {"num_cpus": 1}
+    assert fallback.notes == (f"Ray sees 1 GPU but {problem}: everything runs on the CPU",)
+    for key, device in (("model.device", "cuda"), ("smoothing.device", "cuda:0")):
+        with pytest.raises(PipelineError, match=f"{device}: Ray sees 1 GPU but {problem}"):
+            plan_actors(load_settings(None, {key: device}), {"CPU": 8, "GPU": 1}, cuda_problem=problem)
+    assert plan_actors(settings, {"CPU": 8, "GPU": 1}).use_gpu and not plan({"CPU": 8, "GPU": 1}).notes
 
 
 def test_cpu_only_cluster():

@@ -17,7 +17,7 @@ from benchmarks.pipeline_ceiling import build_instant_depth
 from pipeline.stages.encode import read_depth_scale
 from pipeline.graph import DepthGraph
 from pipeline.jobs.file import process_video
-from pipeline.jobs.segments import auto_segment_count, packet_index, plan_segments
+from pipeline.jobs.segments import auto_segment_count, packet_index, plan_segments, work_folders
 from pipeline.settings import load_settings
 from tests.clips import assert_same_timing, clip, gray16_frames, read_video
 from tests.test_cli_faults import ray_agents, wait_for
@@ -114,11 +114,14 @@ def start_cli(*argv) -> subprocess.Popen:
 
 
 def finished_segments(output: Path) -> int:
-    manifest = output.with_name(f".{output.name}.segments") / "manifest.json"
-    try:
-        return len(json.loads(manifest.read_text())["segments"])
-    except (OSError, ValueError, KeyError):
-        return 0
+    """Segments finished by the runs on `output` (each run works in a folder of its own)."""
+    count = 0
+    for folder in work_folders(output):
+        try:
+            count += len(json.loads((folder / "manifest.json").read_text())["segments"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return count
 
 
 def test_killed_run_resumes_without_redoing_finished_segments(ray_cluster, clips, tmp_path, capsys):

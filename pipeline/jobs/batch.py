@@ -18,6 +18,7 @@ into segments by the graph, so one film does not hold the job back.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import sys
@@ -32,7 +33,9 @@ from .segments import file_digest
 from ..settings import PipelineSettings, check_combination, merge
 from ..work_pool import run_in_threads
 from ..stages.frames import PipelineError, one_line
+from ..stages.file_lock import is_held_elsewhere
 from .inputs import BatchItem
+from .outputs import InputFiles, check_output
 from .status import BatchStatus, input_stamp, settings_digest
 
 REPORT_NAME = "batch_report.json"
@@ -65,54 +68,76 @@ class BatchJob:
         self.folder = folder
         self.options = options
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.plans = [self._plan(item) for item in items]  # every manifest option checked before any work
+        inputs = InputFiles(item.source for item in items)
+        self.plans = [self._plan(item, inputs) for item in items]  # every manifest option checked before any work
         self.status = BatchStatus(folder)
+        self.rows: dict[str, dict] = {}  # video key -> its row in the report, as each finishes
+        # What a rerun has left to do (known before Ray starts: with nothing to do, Ray is not started)
+        self.pending: list[VideoPlan] = []
+        for plan in self.plans:
+            if not self.options.force and self._is_done(plan):
+                record = self.status.last[plan.item.key]
+                self.rows[plan.item.key] = {"video": plan.item.key, "status": "skipped", "output": record["output"],
+                                            "frames": record["frames"], "reason": "done in an earlier run"}
+            else:
+                self.pending.append(plan)
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._open_outputs: set[Path] = set()
         self._frames_done = 0
         self._started_at = time.time()
 
-    def _plan(self, item: BatchItem) -> VideoPlan:
+    def _plan(self, item: BatchItem, inputs: InputFiles) -> VideoPlan:
         settings = self.settings
         if item.options:
-            where = f"options of {item.source}"
+            where = f"{item.where or item.source}: options"
             for key in item.options:
-                if key.partition(".")[0] not in PER_VIDEO_SECTIONS:
+                if isinstance(key, str) and "." in key and key.partition(".")[0] not in PER_VIDEO_SECTIONS:
                     raise PipelineError(f"{where}: {key!r} cannot differ per video (the model actors are shared); "
                                         f"a video may set {', '.join(s + '.*' for s in PER_VIDEO_SECTIONS)}")
-            settings = check_combination(merge(settings, item.options, where))
+            settings = check_combination(merge(settings, item.options, where), where)
             if settings.smoothing.device != self.settings.smoothing.device:
                 raise PipelineError(f"{where}: smoothing.device cannot differ per video")
         shaping = {name: dataclasses.asdict(getattr(settings, name)) for name in ("model", "output", "smoothing")}
-        return VideoPlan(item, settings, item.output_in(self.folder, settings.output.depth_format),
-                         settings_digest(shaping))
+        output = check_output(item.output_in(self.folder, settings.output.depth_format),
+                              settings.output.depth_format, inputs, what=f"output of {item.source}",
+                              folder_made_later=True)
+        return VideoPlan(item, settings, output, settings_digest(shaping))
 
     # .................................................................................................................
 
     def run(self, graph) -> dict:
-        """Process every video not done yet on the graph's model actors; returns the report (also written to
-        DIR/batch_report.json)."""
+        """Process every video not done yet on the graph's model actors (`graph` None: nothing is pending); returns
+        the report (also written to DIR/batch_report.json, marked `interrupted` when Ctrl-C or SIGTERM stops it)."""
         self.graph = graph
         started = time.monotonic()
         self.folder.mkdir(parents=True, exist_ok=True)
-        rows: dict[str, dict] = {}
-        pending: list[VideoPlan] = []
-        for plan in self.plans:
-            if not self.options.force and self._is_done(plan):
-                record = self.status.last[plan.item.key]
-                rows[plan.item.key] = {"video": plan.item.key, "status": "skipped", "output": record["output"],
-                                       "frames": record["frames"], "reason": "done in an earlier run"}
-            else:
-                pending.append(plan)
-        total = len(self.plans)
+        total, pending, rows = len(self.plans), self.pending, self.rows
         self.log(f"batch: {total} videos, {total - len(pending)} already done, {len(pending)} to do; "
                  f"outputs in {self.folder}")
-        if pending:
-            _ = graph.model_info  # the model actors placed and loaded: a failure there is the job's, not a video's
-        run_in_threads(pending, lambda plan: self._finish(plan, rows, started, total), self._videos_in_flight())
+        try:
+            if pending:
+                _ = graph.model_info  # the model actors placed and loaded: a failure there is the job's, not a video's
+                run_in_threads(pending, lambda plan: self._finish(plan, rows, started, total),
+                               self._videos_in_flight())
+        except BaseException:
+            self._stopping.set()  # videos cut short by the stop are neither recorded nor logged as failed
+            # The report of this run, not an earlier one's: what finished, and the rest marked as not done
+            with self._lock:
+                report = self._report([rows.get(plan.item.key) or {"video": plan.item.key, "status": "not done",
+                                                                   "output": None, "frames": 0}
+                                       for plan in self.plans], time.monotonic() - started)
+            self._write_report({**report, "interrupted": True})
+            raise
         report = self._report([rows[plan.item.key] for plan in self.plans], time.monotonic() - started)
         self._write_report(report)
         return report
+
+    @property
+    def finished_now(self) -> int:
+        """Videos this run finished (written and recorded in the status file)."""
+        with self._lock:
+            return sum(row["status"] == "done" for row in self.rows.values())
 
     def remove_partial_outputs(self) -> None:
         """After an interrupt: the temporary files of the videos that were open (their sinks were stopped)."""
@@ -137,6 +162,8 @@ class BatchJob:
     def _finish(self, plan: VideoPlan, rows: dict, started: float, total: int) -> None:
         """Process one video, record it and log a line with the job's progress."""
         row = self._process(plan)
+        if row is None:
+            return  # cut short by Ctrl-C / SIGTERM
         with self._lock:
             rows[plan.item.key] = row
             self._frames_done += row.get("frames") or 0
@@ -147,7 +174,7 @@ class BatchJob:
         self.log(f"[{done}/{total} videos] {plan.item.key}: {what}; cluster "
                  f"{self._frames_done / max(elapsed, 1e-9):.1f} fps")
 
-    def _process(self, plan: VideoPlan) -> dict:
+    def _process(self, plan: VideoPlan) -> dict | None:
         key, source = plan.item.key, plan.item.source
         started = time.monotonic()
         with self._lock:
@@ -168,6 +195,8 @@ class BatchJob:
                                input_stamp=stamp)
             return row
         except Exception as error:  # noqa: BLE001 - a video's own failure is recorded; the job goes on
+            if self._stopping.is_set():
+                return None  # not its own failure: the job was stopped under it
             reason = one_line(error) if isinstance(error, (PipelineError, OSError, ValueError)) else \
                 f"internal {type(error).__name__}: {one_line(error)}"
             row = {"video": key, "status": "failed", "output": None, "frames": 0, "reason": reason,
@@ -182,6 +211,8 @@ class BatchJob:
 
     def _report(self, rows: list[dict], seconds: float) -> dict:
         counts = {state: sum(1 for r in rows if r["status"] == state) for state in ("done", "skipped", "failed")}
+        if any(r["status"] == "not done" for r in rows):
+            counts["not_done"] = sum(1 for r in rows if r["status"] == "not done")
         frames = sum(r["frames"] or 0 for r in rows if r["status"] == "done")
         return {
             "output_dir": str(self.folder),
@@ -199,10 +230,11 @@ class BatchJob:
 
 
 def _remove_partial_files(output: Path, older_than: float | None = None) -> None:
-    """The sink's temporary files for `output` (see DepthVideoWriter), or those of them older than a time."""
-    for leftover in output.parent.glob(f".{output.stem}.*.partial{output.suffix}"):
+    """The sink's temporary files for `output` (see DepthVideoWriter), or those of them older than a time; never
+    one that a live writer holds (another job's, on the same folder)."""
+    for leftover in output.parent.glob(f".{glob.escape(output.stem)}.*.partial{glob.escape(output.suffix)}"):
         try:
-            if older_than is None or leftover.stat().st_mtime < older_than:
+            if (older_than is None or leftover.stat().st_mtime < older_than) and not is_held_elsewhere(leftover):
                 leftover.unlink()
         except OSError:
             pass

@@ -133,8 +133,11 @@ def _process_segments(graph: DepthGraph, source: str, output: Path, info: VideoI
         files = [store.path_of(segment) for segment in plan]
         path = join_segments(files, output, render.depth_format, info, render.copy_audio,
                              output_metadata(render.depth_scale if render.depth_format == "gray16" else None))
-    except Exception:  # an error: nothing is left behind. (Ctrl-C, SIGTERM: finished segments stay for --resume)
+    except Exception:  # an error: nothing is left behind
         store.remove()
+        raise
+    except BaseException:  # Ctrl-C, SIGTERM: finished segments stay for --resume
+        store.release()
         raise
     store.remove()
     summary = summarize(graph, source, [results[i] for i in sorted(results)], time.monotonic() - started)
@@ -174,6 +177,7 @@ def summarize(graph: DepthGraph, source: str, results: list[StreamResult], secon
         "unreadable_frames": sum(d["unreadable_frames"] for d in decode_stats) if len(results) == 1 else 0,
         "corrupt_packets": sum(d["corrupt_packets"] for d in decode_stats),
         "repaired_timestamps": sum(d["repaired_timestamps"] for d in decode_stats),
+        "resized_frames": sum(d["resized_frames"] for d in decode_stats),
         "frames_out": frames_out,
         "dropped": 0,
         "retried_streams": sum(r.attempts - 1 for r in results),  # lost to a dead worker or node, run again

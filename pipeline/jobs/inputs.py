@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
+
 from ..stages.frames import PipelineError
+from .status import BatchStatus
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
                             ".flv", ".wmv", ".nut", ".3gp", ".ogv", ".y4m"})
@@ -30,6 +35,8 @@ class BatchItem:
     source: Path  # as found (absolute)
     relative: Path  # where it sits below the folder, glob root or manifest it came from
     options: dict = field(default_factory=dict)  # per-video setting overrides (from a JSONL manifest)
+    where: str = ""  # the manifest line it came from ("jobs.jsonl:3"), for errors about its options
+    searched: bool = False  # found by searching a folder or a glob (not named by the user)
 
     def output_in(self, folder: Path, depth_format: str) -> Path:
         suffix = ".mkv" if depth_format == "gray16" else ".mp4"
@@ -50,6 +57,8 @@ def find_inputs(specs: list[str], output_folder: Path | None = None) -> list[Bat
             raise PipelineError(f"{spec}: no video files found there")
         for item in found:
             items.setdefault(item.source, item)
+    if output_folder is not None:
+        items = _without_our_outputs(items, output_folder)
     ordered = sorted(items.values(), key=lambda item: item.key)
     seen: dict[str, BatchItem] = {}
     for item in ordered:
@@ -61,22 +70,89 @@ def find_inputs(specs: list[str], output_folder: Path | None = None) -> list[Bat
     return ordered
 
 
+def _without_our_outputs(items: dict[Path, BatchItem], folder: Path) -> dict[Path, BatchItem]:
+    """Drop the depth videos an earlier run of this job wrote, where a search found them (an output folder that is
+    the input folder). Only files the folder's status file records as written, or that carry this pipeline's depth
+    tag (Matroska keeps it): a user's own file that happens to have an output's name stays an input, and the job
+    then refuses to overwrite it."""
+    outputs = {item.output_in(folder, fmt).resolve(): item for item in items.values() for fmt in ("color", "gray16")}
+    written = {(folder / record["output"]).resolve() for record in BatchStatus(folder).last.values()
+               if record.get("status") == "done" and isinstance(record.get("output"), str)}
+    kept = {}
+    for source, item in items.items():
+        if item.searched and source in outputs and outputs[source] is not item and (
+                source in written or _is_depth_video(source)):
+            continue
+        kept[source] = item
+    return kept
+
+
+def _is_depth_video(path: Path) -> bool:
+    try:
+        with av.open(str(path)) as container:
+            return "DEPTH_MODEL" in container.metadata
+    except (av.FFmpegError, OSError, UnicodeDecodeError):
+        return False
+
+
 def _expand(spec: str, output_folder: Path | None) -> list[BatchItem]:
     path = Path(spec)
     if glob.has_magic(spec):
         root = _glob_root(spec)
-        return [BatchItem(p.resolve(), p.relative_to(root)) for p in map(Path, glob.glob(spec, recursive=True))
-                if _is_video(p)]
+        pattern = _glob_regex(Path(spec).relative_to(root).as_posix() if root != Path(".") else spec)
+        return [BatchItem(p.resolve(), p.relative_to(root), searched=True) for p in _search(root, output_folder)
+                if pattern.fullmatch(p.relative_to(root).as_posix())]
     if path.is_dir():
-        resolved_output = output_folder.resolve() if output_folder else None
-        return [BatchItem(p.resolve(), p.relative_to(path)) for p in sorted(path.rglob("*"))
-                if _is_video(p) and not p.name.startswith(".")
-                and not (resolved_output and resolved_output in p.resolve().parents)]  # not our own outputs
+        return [BatchItem(p.resolve(), p.relative_to(path), searched=True) for p in _search(path, output_folder)]
     if path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
         return _read_manifest(path)
     if path.is_file():
         return [BatchItem(path.resolve(), Path(path.name))]
     raise PipelineError(f"{spec}: no such file, folder or manifest")
+
+
+def _search(root: Path, output_folder: Path | None) -> list[Path]:
+    """Video files below `root`, sorted: hidden files and folders skipped (a run's `.X.segments/` work), symbolic
+    links to folders not followed (a link to `.` or `..` would loop), and the output folder left out when it lies
+    inside (this job's own outputs), but not when it is `root` itself."""
+    resolved_root = root.resolve()
+    skip = output_folder.resolve() if output_folder is not None else None
+    found = []
+    for folder, subfolders, files in os.walk(root):  # followlinks=False: linked folders are not entered
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")
+                               and not (skip is not None and skip != resolved_root
+                                        and (Path(folder) / name).resolve() == skip))
+        found += [Path(folder) / name for name in sorted(files) if not name.startswith(".")
+                  and _is_video(Path(folder) / name)]
+    return found
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A glob (`*`, `?`, `[...]`, `**` for any depth) as a regular expression over `/`-separated relative paths."""
+    parts, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            parts.append("(?:[^/]+/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            parts.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            parts.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            parts.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1:end]
+            body = body.replace("\\", "\\\\")
+            parts.append("[" + ("^" + body[1:] if body[0] == "!" else body) + "]")
+            i = end + 1
+        else:
+            parts.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(parts))
 
 
 def _is_video(path: Path) -> bool:
@@ -90,29 +166,47 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
+MANIFEST_KEYS = ("input", "options")
+
+
 def _read_manifest(manifest: Path) -> list[BatchItem]:
     folder = manifest.parent
+    try:
+        text = manifest.read_text()
+    except UnicodeDecodeError:
+        raise PipelineError(f"{manifest}: not a UTF-8 text manifest") from None
     items = []
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         text = line.strip()
+        where = f"{manifest}:{number}"
         if not text or text.startswith("#"):
             continue
         options: dict = {}
         if manifest.suffix.lower() == ".jsonl":
             try:
                 entry = json.loads(text)
-                name, options = entry["input"], entry.get("options", {})
-            except (ValueError, KeyError, TypeError):
-                raise PipelineError(f"{manifest}:{number}: expected {{\"input\": PATH, \"options\": {{...}}}}, got "
+            except ValueError:
+                raise PipelineError(f"{where}: not valid JSON; expected {{\"input\": PATH, \"options\": {{...}}}}, got "
                                     f"{text[:80]!r}") from None
+            if not isinstance(entry, dict) or "input" not in entry:
+                raise PipelineError(f"{where}: expected {{\"input\": PATH, \"options\": {{...}}}}, got {text[:80]!r}")
+            unknown = [key for key in entry if key not in MANIFEST_KEYS]
+            if unknown:
+                raise PipelineError(f"{where}: unknown key {unknown[0]!r}; a line has {' and '.join(MANIFEST_KEYS)}")
+            name, options = entry["input"], entry.get("options", {})
             if not isinstance(options, dict):
-                raise PipelineError(f"{manifest}:{number}: options must be a mapping of setting keys")
+                raise PipelineError(f"{where}: options must be a mapping of setting keys, got {options!r}")
         else:
             name = text
+        if not isinstance(name, str) or not name.strip():
+            raise PipelineError(f"{where}: input must be a path to a video file, got {name!r}")
         path = Path(name) if Path(name).is_absolute() else folder / name
+        if not path.is_file():
+            what = "a folder (a manifest names video files)" if path.is_dir() else "no such file"
+            raise PipelineError(f"{where}: {name}: {what}")
         resolved = path.resolve()
         # Below the manifest's folder: the path from there; elsewhere: the whole path (without its root)
         relative = resolved.relative_to(folder.resolve()) if folder.resolve() in resolved.parents \
             else Path(*resolved.parts[1:])
-        items.append(BatchItem(resolved, relative, options))
+        items.append(BatchItem(resolved, relative, options, where))
     return items

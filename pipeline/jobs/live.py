@@ -117,12 +117,17 @@ class LiveWriter:
         self.publisher, self.recorder = publisher, recorder
         self.frames_written = 0
         self.last_image: np.ndarray | None = None
+        self._record_origin: int | None = None
 
     def write(self, image: np.ndarray, pts: int) -> None:
         if self.publisher is not None:
             self.publisher.write(image, float(pts * LIVE_TIME_BASE))
         if self.recorder is not None:
-            self.recorder.write(image, pts)
+            # The recording's clock starts at its first frame: the live clock runs from the process's start, and
+            # the seconds of start-up before the first frame would be an empty stretch at the head of the file
+            if self._record_origin is None:
+                self._record_origin = pts
+            self.recorder.write(image, pts - self._record_origin)
         self.last_image = image
         self.frames_written += 1
 

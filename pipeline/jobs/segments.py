@@ -15,10 +15,12 @@ base, any codec), so the join keeps every timestamp.
 from __future__ import annotations
 
 import bisect
+import glob
 import hashlib
 import json
 import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +28,7 @@ from pathlib import Path
 import av
 
 from ..stages.encode import DepthVideoWriter
+from ..stages.file_lock import FileLock
 from ..stages.frames import PipelineError, VideoInfo
 
 SEGMENT_SUFFIX = ".nut"
@@ -104,38 +107,87 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-class SegmentStore:
-    """The hidden folder beside the output: finished segment files and `manifest.json`, for `--resume`.
+WORK_SUFFIX = ".segments"
+LOCK_NAME = "lock"  # held by the run working in the folder (file_lock.py)
 
-    The manifest records what the segments were made from (the source's path, size and modification time, the
-    settings that shape the output, the segment plan) and, per finished segment, its file, frame count and SHA-256.
-    A segment counts as done only if all of that still matches.
+
+def work_folders(output: Path) -> list[Path]:
+    """The segment folders of every run on `output`, live or over: `.NAME.<run>.segments` (and `.NAME.segments`,
+    the single folder of earlier versions)."""
+    return sorted(p for p in output.parent.glob(f".{glob.escape(output.name)}*{WORK_SUFFIX}") if p.is_dir())
+
+
+class SegmentStore:
+    """A run's hidden folder beside the output: finished segment files and `manifest.json`, for `--resume`.
+
+    Each run works in a folder of its own (`.NAME.<run>.segments`), locked while the run lives, so two runs on one
+    output never see each other's segments: each joins its own, and the last to finish wins, whole. The manifest
+    records what the segments were made from (the source's path, size and modification time, the settings that shape
+    the output, the segment plan) and, per finished segment, its file, frame count and SHA-256. A segment counts as
+    done only if all of that still matches.
     """
 
     def __init__(self, output: Path, fingerprint: dict):
-        self.folder = output.with_name(f".{output.name}.segments")
-        self.manifest_path = self.folder / "manifest.json"
+        self.output = output
         self.fingerprint = fingerprint
+        self.folder: Path | None = None  # chosen by open()
+        self._lock: FileLock | None = None
         self.done: dict[int, dict] = {}
 
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / "manifest.json"
+
     def open(self, resume: bool) -> None:
-        """Start afresh, or (resume) keep the finished segments the manifest vouches for."""
-        if resume and self.manifest_path.exists():
+        """Take the folder of an earlier run that is over and made the same segments (resume), or start a new one.
+        Folders of runs that are over and cannot be resumed from are removed; a live run's folder is never touched."""
+        for folder in work_folders(self.output):
+            lock = FileLock(folder / LOCK_NAME)
             try:
-                manifest = json.loads(self.manifest_path.read_text())
-            except (OSError, ValueError):
-                manifest = {}
-            if manifest.get("fingerprint") == self.fingerprint:
-                for key, entry in manifest.get("segments", {}).items():
-                    path = self.folder / entry["file"]
-                    if path.exists() and file_digest(path) == entry["sha256"]:
-                        self.done[int(key)] = entry
-        if not self.done:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(exist_ok=True)
+                if not lock.acquire():
+                    continue  # a run that is still working
+            except OSError:
+                continue  # not ours to take (another user's, read-only)
+            done = self._finished_in(folder) if resume and self.folder is None else {}
+            if done:
+                self.folder, self._lock, self.done = folder, lock, done
+                continue
+            shutil.rmtree(folder, ignore_errors=True)  # superseded by this run, as a fresh run always was
+            lock.release()
+        if self.folder is None:
+            self.folder, self._lock = self._new_folder()
         for leftover in self.folder.glob(".*"):  # partial files of a killed run
             leftover.unlink(missing_ok=True)
+        for unvouched in self.folder.glob(f"segment_*{SEGMENT_SUFFIX}"):
+            if unvouched.name not in {entry["file"] for entry in self.done.values()}:
+                unvouched.unlink(missing_ok=True)
         self._write_manifest()
+
+    def _finished_in(self, folder: Path) -> dict[int, dict]:
+        """The segments a run that is over finished, if it made them from the same source, plan and settings."""
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(manifest, dict) or manifest.get("fingerprint") != self.fingerprint:
+            return {}
+        done = {}
+        for key, entry in manifest.get("segments", {}).items():
+            path = folder / entry["file"]
+            if path.exists() and file_digest(path) == entry["sha256"]:
+                done[int(key)] = entry
+        return done
+
+    def _new_folder(self) -> tuple[Path, FileLock]:
+        """A folder of this run's own, locked before it appears under a name other runs look at."""
+        name = f".{self.output.name}.{uuid.uuid4().hex[:12]}"
+        building = self.output.with_name(name + ".new")
+        building.mkdir()
+        lock = FileLock(building / LOCK_NAME)
+        lock.acquire()
+        folder = self.output.with_name(name + WORK_SUFFIX)
+        os.replace(building, folder)
+        return folder, lock
 
     def path_of(self, segment: Segment) -> Path:
         return self.folder / f"segment_{segment.index:05d}{SEGMENT_SUFFIX}"
@@ -156,7 +208,15 @@ class SegmentStore:
         os.replace(temporary, self.manifest_path)
 
     def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """The run is done with its folder (joined, or failed): removed, and its lock let go."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        """Let go of the folder, leaving it for `--resume` (an interrupted run)."""
+        if self._lock is not None:
+            self._lock.release()
 
 
 def fingerprint(source: str, segments: list[Segment], settings: dict) -> dict:

@@ -82,13 +82,19 @@ class VideoDecoder:
         self.frames_decoded = 0
         self.corrupt_packets = 0
         self.repaired_timestamps = 0  # frames whose timestamp repeated or went backwards in the source
+        self.resized_frames = 0  # frames of another size than the stream's first, scaled to it
         self._last_pts = None
         self._first_frame = self._read_first_frame()
         stream = self._stream
         self._end_seconds = self._stream_end_seconds()
         expected_frames, self._expected_is_exact = self._expected_frame_count()
         rotation = int(self._first_frame.rotation or 0) if self._first_frame is not None else 0
-        width, height = stream.codec_context.width, stream.codec_context.height
+        # The size of the first frame, as decoded (before rotation): the stream's size for the whole run. (The codec
+        # context's size follows the stream: after a mid-stream change it is the new size)
+        first = self._first_frame
+        width, height = (first.width, first.height) if first is not None else (stream.codec_context.width,
+                                                                              stream.codec_context.height)
+        self._coded_size = (width, height)
         if round(rotation / 90) % 2:
             width, height = height, width
         coded_format = stream.codec_context.format.name if stream.codec_context.format else None
@@ -205,11 +211,12 @@ class VideoDecoder:
                 continue  # decoded from the keyframe before the range: needed as a reference only
             if end_pts is not None and pts >= end_pts:
                 return  # frames come out in presentation order: everything before `end` has been seen
-            coded_width, coded_height = self._stream.codec_context.width, self._stream.codec_context.height
-            if frame.width != coded_width or frame.height != coded_height or (
-                    self.layout == YUV420P and frame.format.name != YUV420P):
+            coded_width, coded_height = self._coded_size
+            resized = frame.width != coded_width or frame.height != coded_height
+            if resized or (self.layout == YUV420P and frame.format.name != YUV420P):
                 # A mid-stream size or format change: scaled back to what the stream started with
                 frame = frame.reformat(width=coded_width, height=coded_height, format=self.layout)
+                self.resized_frames += resized
             self.frames_decoded += 1
             yield pts, frame
 

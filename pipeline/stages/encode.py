@@ -21,6 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from .file_lock import FileLock
 from .frames import PipelineError, VideoInfo
 
 DEPTH_FORMATS = ("color", "gray", "gray16", "side-by-side")
@@ -31,16 +32,18 @@ AUDIO_LEAD_S = 0.5
 ENCODER_THREADS = int(os.environ.get("DEPTH_ENCODER_THREADS", "1"))
 
 
-def check_output_path(output: str | Path, depth_format: str) -> Path:
-    """Validate an output path before any work starts; one-line PipelineError naming it otherwise."""
+def check_output_path(output: str | Path, depth_format: str, folder_made_later: bool = False) -> Path:
+    """Validate an output path before any work starts; one-line PipelineError naming it otherwise.
+    `folder_made_later`: its folder is made when the work starts (a batch job's), so only the name is checked."""
     output = Path(output)
     if depth_format not in DEPTH_FORMATS:
         raise PipelineError(f"unknown depth format {depth_format!r}; expected one of {', '.join(DEPTH_FORMATS)}")
     directory = output.parent if str(output.parent) else Path(".")
-    if not directory.is_dir():
+    if directory.is_dir():
+        if not os.access(directory, os.W_OK):
+            raise PipelineError(f"{output}: output directory {directory} is not writable")
+    elif not folder_made_later:
         raise PipelineError(f"{output}: output directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise PipelineError(f"{output}: output directory {directory} is not writable")
     if output.is_dir():
         raise PipelineError(f"{output}: output path is a directory")
     # .nut: FFmpeg's own container, exact timestamps in any time base: the segments of a long video before the join
@@ -129,7 +132,10 @@ class DepthVideoWriter:
         # Copied AAC audio starts before zero (encoder priming); without this the muxer would shift every video
         # timestamp to make room (Matroska by 21 ms), and the output would no longer match the input's timing
         self._container = self._audio_in = None  # for abort(), whatever fails next
+        # Held while this writer lives: a clean-up of killed runs' leftovers (jobs/batch.py) leaves a live file alone
+        self._lock = FileLock(self._temporary)
         with self._disk_errors():
+            self._lock.acquire()
             self._container = av.open(str(self._temporary), mode="w", options={"avoid_negative_ts": "disabled"})
         self._container.metadata.update(metadata or {})
 
@@ -253,6 +259,7 @@ class DepthVideoWriter:
             if self._audio_in is not None:
                 self._audio_in.close()
             os.replace(self._temporary, self.output)
+        self._lock.release()
         return self.output
 
     def abort(self) -> None:
@@ -264,6 +271,7 @@ class DepthVideoWriter:
             except Exception:  # the file is being discarded; a failed flush does not matter
                 pass
         self._temporary.unlink(missing_ok=True)
+        self._lock.release()
 
 
 def read_depth_scale(path: str | Path) -> float:

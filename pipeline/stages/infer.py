@@ -16,7 +16,6 @@ stream outside the compute lock. On the CPU the same `infer` runs without any of
 from __future__ import annotations
 
 import queue
-import shutil
 import socket
 import threading
 import time
@@ -72,10 +71,16 @@ class ModelSource:
         raise PipelineError("no model: pass --checkpoint PATH (or --random-weights VARIANT for a plumbing test)")
 
 
-def cpu_only_torch_on_a_gpu_machine() -> bool:
-    """An NVIDIA driver is present but this torch was built without CUDA: everything would silently run on the CPU."""
-    has_driver = Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
-    return has_driver and torch.version.cuda is None
+def cuda_problem() -> str | None:
+    """Why this torch cannot use a GPU (None when it can): what a plan that sees GPUs in Ray says before running on
+    the CPU instead."""
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return ("this torch is a CPU-only build (install a CUDA build: pip install torch --index-url "
+                "https://download.pytorch.org/whl/cu126, or the CUDA version the driver supports)")
+    return (f"this torch (built for CUDA {torch.version.cuda}) cannot use it: a driver older than that CUDA, or no "
+            f"device visible to this process")
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -86,31 +91,48 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-class _PinnedSlots:
-    """A few reusable pinned host buffers per (shape, dtype), handed out one per call in flight."""
+def _pinned_empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, pin_memory=True)
 
-    def __init__(self, slots: int, max_shapes: int = 8):
-        self._slots = slots
-        self._max_shapes = max_shapes
-        self._free: dict[tuple, queue.SimpleQueue] = {}
+
+class PinnedSlots:
+    """A few reusable pinned host buffers per frame shape, handed out one per call in flight.
+
+    Each slot holds `batch_size` frames; a shorter batch (every video's last) gets a view of a slot's first frames,
+    not a buffer of its own: page-locking new memory (cudaHostAlloc) stalls every stream while it runs. Shapes are
+    kept least recently used first; past `max_shapes` the least recently used one is let go (a stream of a size
+    not seen for a while), never the one in use.
+    """
+
+    def __init__(self, slots: int, batch_size: int, max_shapes: int = 8, allocate=_pinned_empty):
+        self._slots, self._batch_size, self._max_shapes = slots, batch_size, max_shapes
+        self._allocate = allocate  # (shape, dtype) -> a page-locked tensor; a seam for the tests
+        self._pools: dict[tuple, tuple[int, queue.SimpleQueue]] = {}  # (frame shape, dtype) -> (frames a slot, free)
         self._lock = threading.Lock()
 
-    def take(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        key = (shape, dtype)
+    def take(self, shape: tuple, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the slot, a view of it of `shape`); give the slot back when the copy from it is complete."""
+        frames, key = shape[0], (tuple(shape[1:]), dtype)
         with self._lock:
-            if key not in self._free:
-                if len(self._free) >= self._max_shapes:  # streams of many sizes: retire the oldest size
-                    self._free.pop(next(iter(self._free)))
-                self._free[key] = queue.SimpleQueue()
+            pool = self._pools.pop(key, None)
+            if pool is None:
+                if len(self._pools) >= self._max_shapes:  # streams of many sizes: let the least recently used go
+                    self._pools.pop(next(iter(self._pools)))
+                capacity = max(self._batch_size, frames)
+                pool = (capacity, queue.SimpleQueue())
                 for _ in range(self._slots):
-                    self._free[key].put(torch.empty(shape, dtype=dtype, pin_memory=True))
-            pool = self._free[key]
-        return pool.get()
+                    pool[1].put(self._allocate((capacity, *key[0]), dtype))
+            self._pools[key] = pool  # (re)inserted last: the most recently used
+        capacity, free = pool
+        # A batch larger than the slots (the batch size was not known): a buffer of its own, not kept
+        slot = free.get() if frames <= capacity else self._allocate(shape, dtype)
+        return slot, slot[:frames]
 
-    def give_back(self, buffer: torch.Tensor) -> None:
-        pool = self._free.get((tuple(buffer.shape), buffer.dtype))
-        if pool is not None:
-            pool.put(buffer)
+    def give_back(self, slot: torch.Tensor) -> None:
+        with self._lock:
+            pool = self._pools.get((tuple(slot.shape[1:]), slot.dtype))
+        if pool is not None and len(slot) == pool[0]:
+            pool[1].put(slot)
 
 
 class DepthWorker:
@@ -132,7 +154,10 @@ class DepthWorker:
             self._copy_stream = torch.cuda.Stream(self.device)
             self._compute_stream = torch.cuda.Stream(self.device)
             self._download_stream = torch.cuda.Stream(self.device)
-            self._pinned = _PinnedSlots(concurrency)
+            self._pinned = PinnedSlots(concurrency, batch_size)
+            # The weights were cast and moved on the default stream; the compute stream must not read them before
+            # that is done (nothing else orders the two streams)
+            torch.cuda.synchronize(self.device)
 
     @classmethod
     def create(cls, source: ModelSource, options: PredictorOptions, device: str = "auto", threads: int = 0,
@@ -172,12 +197,14 @@ class DepthWorker:
         return depth.numpy()
 
     def _infer_cuda(self, pixels: np.ndarray, layout: str, dtype: torch.dtype) -> np.ndarray:
-        staging = self._pinned.take(pixels.shape, torch.uint8)
+        slot, staging = self._pinned.take(pixels.shape, torch.uint8)
+        copied = None
         try:
             staging.numpy()[...] = pixels  # one host copy into page-locked memory
             with torch.cuda.stream(self._copy_stream):
                 frames_on_device = staging.to(self.device, non_blocking=True)
-                copied = torch.cuda.Event()
+                # Blocking events: a thread that waits on one sleeps instead of spinning a core the sinks need
+                copied = torch.cuda.Event(blocking=True)
                 copied.record(self._copy_stream)
             with self._compute_lock, torch.cuda.stream(self._compute_stream):
                 self._compute_stream.wait_event(copied)
@@ -195,9 +222,13 @@ class DepthWorker:
                 # allocator takes the block back once Ray has let go of it
                 result = torch.empty(tuple(depth_on_device.shape), dtype=dtype, pin_memory=True)
                 result.copy_(depth_on_device, non_blocking=True)
-                done = torch.cuda.Event()
+                done = torch.cuda.Event(blocking=True)
                 done.record(self._download_stream)
             done.synchronize()
             return result.numpy()
         finally:
-            self._pinned.give_back(staging)
+            # The slot goes back only once the copy from it is complete: after an error the copy may still be
+            # queued, and the next call would overwrite memory it reads
+            if copied is not None:
+                copied.synchronize()
+            self._pinned.give_back(slot)

@@ -14,17 +14,35 @@ parameter sets repeated before every keyframe. RTSP over TCP: no losses on a bus
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from fractions import Fraction
+from urllib.parse import urlsplit
 
 import av
 import numpy as np
 
 from .encode import video_frame_of, x264_options
-from .frames import one_line
+from .frames import PipelineError, one_line
 
 LIVE_TIME_BASE = Fraction(1, 90_000)  # RTP's clock for video
+
+
+def check_reachable(url: str, timeout_s: float = 5.0) -> None:
+    """A TCP connection to the RTSP server (closed at once): a destination that cannot be reached at start is a
+    one-line `PipelineError`, not a run that retries to the end and publishes nothing. (One lost later is retried.)"""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (322 if parts.scheme == "rtsps" else 554)
+    except ValueError:
+        raise PipelineError(f"{url}: not a valid RTSP URL (bad port)") from None
+    if not parts.hostname:
+        raise PipelineError(f"{url}: not a valid RTSP URL (no host)")
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise PipelineError(f"{url}: cannot reach the RTSP server to publish to ({error.strerror or error})") from None
 
 
 class RtspPublisher:

@@ -1,0 +1,92 @@
+"""
+Whether a path may be written: the one place every job (one video, segments, batch, live recording) asks, before Ray
+starts.
+
+Takes: an output path and its depth format, the job's inputs (`InputFiles`), and whether an existing file may be
+replaced (`--no-overwrite`); or an output folder.
+Gives: the path, checked, or a one-line `PipelineError` that names the output (and the input it would replace).
+
+What is refused: an output that is one of the job's inputs, however spelled (relative, `..`, a symlink, a hard
+link); an existing output under `--no-overwrite`; a folder that is missing under a read-only parent, read-only, or a
+file; a name the format cannot be written to. What is not a question here: two runs on one output. Each writes
+its own temporary file (and its own segment folder), locked while it lives, and the last to finish wins, whole
+(stages/encode.py, jobs/segments.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..stages.decode import is_url
+from ..stages.encode import check_output_path
+from ..stages.frames import PipelineError
+
+
+class InputFiles:
+    """A job's input files, recognised by identity (device and inode) and by resolved path."""
+
+    def __init__(self, sources: Iterable[str | Path]):
+        self._by_identity: dict[tuple[int, int], str] = {}
+        self._by_path: dict[Path, str] = {}
+        for source in sources:
+            if source is None or is_url(str(source)):
+                continue
+            self._by_path[Path(source).resolve()] = str(source)
+            try:
+                stat = os.stat(source)
+                self._by_identity[(stat.st_dev, stat.st_ino)] = str(source)
+            except OSError:
+                pass
+
+    def find(self, path: str | Path) -> str | None:
+        """The input `path` is (the same file), or None."""
+        try:
+            stat = os.stat(path)
+            found = self._by_identity.get((stat.st_dev, stat.st_ino))
+            if found is not None:
+                return found
+        except OSError:
+            pass
+        return self._by_path.get(Path(path).resolve())
+
+
+def check_output(output: str | Path, depth_format: str, inputs: InputFiles, no_overwrite: bool = False,
+                 what: str = "output", folder_made_later: bool = False) -> Path:
+    """An output file that may be written, or a one-line error naming it (`what`: output, recording, ...).
+    `folder_made_later`: a batch job's output, whose folders are made when it starts (see check_output_folder)."""
+    output = check_output_path(output, depth_format, folder_made_later)
+    source = inputs.find(output)
+    if source is not None:
+        same = "" if Path(source) == output else f" {source}"
+        raise PipelineError(f"{output}: the {what} would overwrite the input{same}; choose another name")
+    if no_overwrite and output.exists():
+        raise PipelineError(f"{output}: {what} exists and --no-overwrite was given")
+    return output
+
+
+def check_output_folder(folder: str | Path, flag: str = "--output-dir") -> Path:
+    """A folder outputs can be written under: an existing writable folder, or a missing one whose nearest existing
+    parent is a writable folder (it is made when the job starts)."""
+    folder = Path(folder)
+    if folder.exists():
+        if not folder.is_dir():
+            raise PipelineError(f"{folder}: {flag} exists and is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PipelineError(f"{folder}: {flag} is not writable")
+        return folder
+    parent = folder.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PipelineError(f"{folder}: {flag} does not exist and cannot be made ({parent} is not writable)")
+    return folder
+
+
+def check_summary_path(path: str | None) -> None:
+    if path is None:
+        return
+    folder = Path(path).parent
+    if Path(path).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise PipelineError(f"{path}: cannot write the summary there (missing or read-only directory, or a directory)")
