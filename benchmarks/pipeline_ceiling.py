@@ -20,7 +20,9 @@ Goals (issue 10) on the 2-core build machine: one stream >= 60 fps; CPU outside 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -135,9 +137,28 @@ def main() -> None:
             for streams in (1, 2):
                 print(f"\nframes as {LAYOUT_NAMES[layout]}, ", end="")
                 measure(graph, clips[:streams], folder)
+            if layout == "auto":
+                encoder_thread_in_turn(graph, clips[0], folder)
         finally:
             graph.shutdown()
     stages_alone(clips[0], folder, args.batch_size)
+
+
+def encoder_thread_in_turn(graph: DepthGraph, clip: Path, folder: Path) -> None:
+    """One stream with the sink's encoder in the sink's thread and on its own (output.encoder_thread), in turn, three
+    times each: start-to-end and steady-state fps, and the medians' ratio."""
+    fps: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for encoder_thread in (False, True) * 3:
+        settings = dataclasses.replace(graph.settings, output=dataclasses.replace(graph.settings.output,
+                                                                                  encoder_thread=encoder_thread))
+        _, [summary], _ = run_streams(graph.with_settings(settings), [clip], folder)
+        fps[encoder_thread].append((summary["fps"], summary["fps_steady"]))
+    print("\none stream, the sink's encoder in its thread / on a thread of its own (three runs each, in turn):")
+    for flag, runs in fps.items():
+        print(f"  encoder_thread {str(flag).lower():5s}: " + ", ".join(f"{a:.1f} ({b:.1f})" for a, b in runs)
+              + " fps start to end (steady)")
+    medians = {flag: statistics.median(a for a, _ in runs) for flag, runs in fps.items()}
+    print(f"  median start to end: {medians[True] / medians[False]:.2f}x with the encoder thread")
 
 
 def stages_alone(clip: Path, folder: Path, batch_size: int) -> None:
@@ -153,16 +174,26 @@ def stages_alone(clip: Path, folder: Path, batch_size: int) -> None:
     batches = list(decoder.batches(batch_size))
     worker = DepthWorker(DepthPredictor(build_instant_depth(), PredictorOptions()))
     depth = [worker.infer(batch, "float16") for batch in batches]
-    sink = DepthSink(str(folder / "alone.mp4"), decoder.info, RenderOptions(), make_smoother("default"))
-    started = time.process_time()
-    for depth_batch, frame_batch in zip(depth, batches):
-        sink.write(depth_batch, frame_batch)
-    sink.close()
-    sink_s = time.process_time() - started
     frames = decoder.frames_decoded
-    print(f"\nalone, one thread, no Ray ({decoder.layout}): decode {decode_s * 1e3 / frames:.2f} ms, sink "
-          f"{sink_s * 1e3 / frames:.2f} ms (" + ", ".join(f"{stage} {seconds * 1e3 / frames:.2f}"
-                                                       for stage, seconds in sink.stage_cpu_s.items()) + ") per frame")
+    print(f"\nalone, no Ray ({decoder.layout}): decode {decode_s * 1e3 / frames:.2f} ms CPU per frame (one thread)")
+    # The sink's cap on one stream: wall-clock fps with everything in one thread, and with the encoder on its own
+    # (encoder_thread, the default), in turn, twice each
+    wall: dict[bool, list[float]] = {False: [], True: []}
+    for encoder_thread in (False, True, False, True):
+        sink = DepthSink(str(folder / "alone.mp4"), decoder.info, RenderOptions(encoder_thread=encoder_thread),
+                         make_smoother("default"))
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for depth_batch, frame_batch in zip(depth, batches):
+            sink.write(depth_batch, frame_batch)
+        sink.close()
+        wall[encoder_thread].append(frames / (time.perf_counter() - started))
+        sink_s = time.process_time() - cpu_started
+        print(f"  sink, encoder {'on its own thread' if encoder_thread else 'in the same thread'}: "
+              f"{wall[encoder_thread][-1]:6.1f} fps wall, {sink_s * 1e3 / frames:.2f} ms CPU per frame ("
+              + ", ".join(f"{stage} {seconds * 1e3 / frames:.2f}" for stage, seconds in sink.stage_cpu_s.items())
+              + ")")
+    print(f"  one stream's sink cap, encoder thread / one thread: "
+          f"{max(wall[True]) / max(wall[False]):.2f}x (best of two each)")
 
 
 LAYOUT_NAMES = {"rgb24": "RGB (before)", "auto": "I420 (frame_layout: auto)"}

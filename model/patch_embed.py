@@ -48,8 +48,11 @@ class PatchEmbed(nn.Module):
     # .................................................................................................................
 
     def position_encoding(self, grid_hw: tuple[int, int]) -> torch.Tensor:
-        """Position table for a grid, 1 x (1 + gh*gw) x D; cached while no gradient is being recorded."""
-        if torch.is_grad_enabled():
+        """Position table for a grid, 1 x (1 + gh*gw) x D; cached while no gradient is being recorded.
+
+        Under torch.compile the resampling is traced into the graph instead (the graph is specialised to the grid,
+        and the cache's lookup by data_ptr() would break the graph in two)."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._resample_table(grid_hw)
         table = self.position_table
         # data_ptr and _version change when the weights are moved or loaded, so a stale table is never reused

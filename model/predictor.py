@@ -56,6 +56,9 @@ class DepthPredictor:
         self.options = options
         if options.precision == "float16" and self.device.type != "cuda":
             raise ValueError("float16 needs a CUDA device; use bfloat16 on the CPU")
+        if self.device.type == "cuda":
+            # A stream keeps one input size for thousands of frames: cuDNN picks its fastest convolution per size once
+            torch.backends.cudnn.benchmark = True
         if self.device.type == "cuda" and options.precision == "float32":
             # TF32 tensor cores for float32 matmuls and convolutions (Ampere and later): relative error ~1e-3
             torch.backends.cuda.matmul.allow_tf32 = True

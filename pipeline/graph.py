@@ -278,7 +278,8 @@ class ModelActor:
         """Peak memory; CPU seconds and frames since the model was loaded (all streams together)."""
         worker = self._loaded()
         return {"peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_seconds() - self._cpu_after_load,
-                "predict_cpu_s": worker.predict_cpu_s, "frames": worker.frames_processed}
+                "predict_cpu_s": worker.predict_cpu_s, "frames": worker.frames_processed,
+                "gpu_busy_ms": worker.gpu_busy_ms}
 
 
 @ray.remote(num_cpus=0)
@@ -355,6 +356,7 @@ class ActorPlan:
     network_batch: int
     smoother_device: str
     sink_options: dict
+    max_streams: int  # streams open at once in the job (each a decode and a sink process)
 
 
 def plan_actors(settings: PipelineSettings, resources: dict[str, float], cuda_problem: str | None = None) -> ActorPlan:
@@ -409,7 +411,20 @@ def plan_actors(settings: PipelineSettings, resources: dict[str, float], cuda_pr
         network_batch=settings.batching.network_batch or (batch_size if use_gpu else 1),
         smoother_device=smoother_device,
         sink_options={"num_gpus": SINK_GPU_SHARE} if sinks_on_gpu else {},
+        max_streams=ray_settings.max_streams or max_streams_for(cpus - count, resources.get("memory", 0)),
     )
+
+
+STREAM_MEMORY_BYTES = 1.5e9  # a stream's decode and sink processes at 720p (peak RSS about 0.7 GB each)
+
+
+def max_streams_for(spare_cpus: float, memory_bytes: float) -> int:
+    """Streams a job opens at once: one per CPU the model actors leave (a stream's decode and sink keep about a core
+    busy), at least 2, and no more than Ray's memory resource holds. Without it, a batch job opened videos in flight
+    x segments streams: about 225 processes pairs on a 16-core node."""
+    by_cpu = max(2, int(spare_cpus))
+    by_memory = int(memory_bytes // STREAM_MEMORY_BYTES) if memory_bytes else by_cpu
+    return max(1, min(by_cpu, by_memory))
 
 
 class DepthGraph:
@@ -447,6 +462,7 @@ class DepthGraph:
         self._loading = [actor.load.remote() for actor in actors]
         self.pool = ModelPool(actors, settings.ray.restart_timeout_s)  # shared by every view (with_settings)
         self.streams = StreamActorPool(self._start_stream_actors)  # likewise
+        self.stream_slots = threading.BoundedSemaphore(self.plan.max_streams)  # likewise: one bound for the job
         self._model_info: dict | None = None
         self.batch_size = self.plan.batch_size
 
@@ -533,7 +549,14 @@ class DepthGraph:
         """decode -> shared model actors -> sink for one stream (a video, or a segment of one), bounded in flight.
 
         `pts_range`: decode only [start, end) (a segment with its warm-up); `write_from_pts`: frames before it only
-        warm the smoother and the colour range up (see DepthSink)."""
+        warm the smoother and the colour range up (see DepthSink). Waits for one of the job's stream slots first
+        (`plan.max_streams`: videos and segments together)."""
+        with self.stream_slots:
+            return self._run_stream(source, output, info, render, pts_range, write_from_pts, on_progress)
+
+    def _run_stream(self, source: str, output: str, info: VideoInfo, render: RenderOptions,
+                    pts_range: tuple[int, int | None] | None, write_from_pts: int | None,
+                    on_progress: Callable[[int], None] | None) -> "StreamResult":
         settings = self.settings
         # The sink's temporary file has a name the driver knows: if the sink's process or node dies, the driver
         # removes what it left (on a filesystem every node sees, which outputs need anyway)

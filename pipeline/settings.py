@@ -84,6 +84,7 @@ class RaySettings:
     num_cpus: int | None = None  # for a local cluster; None: all cores
     placement_timeout_s: float = 60.0  # an actor the cluster cannot place within this long is an error, not a hang
     restart_timeout_s: float = 60.0  # a lost model actor not running again within this long is dropped from the pool
+    max_streams: int = 0  # streams (videos, segments) open at once in a job; 0: from the cluster's CPUs and memory
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ RULES: dict[str, dict[str, Check]] = {
         "crf": optional(integer(0, 51)),
         "depth_scale": optional(number(above=0)),
         "copy_audio": of_type(bool, "true or false"),
+        "encoder_thread": of_type(bool, "true or false"),
     },
     "live": {
         "transport": one_of("tcp", "udp"),
@@ -218,6 +220,7 @@ RULES: dict[str, dict[str, Check]] = {
         "num_cpus": optional(integer(1)),
         "placement_timeout_s": number(above=0),
         "restart_timeout_s": number(above=0),
+        "max_streams": integer(0),
     },
 }
 

@@ -70,3 +70,14 @@ def test_cpu_only_cluster():
 def test_requests_the_cluster_cannot_meet(resources, overrides, message):
     with pytest.raises(PipelineError, match=message):
         plan(resources, **overrides)
+
+
+@pytest.mark.parametrize("resources, expected", [
+    ({"CPU": 16, "GPU": 1, "memory": 90e9}, 15),  # a GPU node: a stream per core the model actor leaves
+    ({"CPU": 16, "GPU": 1, "memory": 6e9}, 4),  # little memory: what it holds (about 1.5 GB a stream)
+    ({"CPU": 2, "memory": 16e9}, 2),  # at least two
+    ({"CPU": 64, "GPU": 8, "memory": 400e9}, 56),
+])
+def test_streams_open_at_once_are_bounded_by_cpus_and_memory(resources, expected):
+    assert plan(resources).max_streams == expected
+    assert plan(resources, **{"ray.max_streams": 3}).max_streams == 3

@@ -175,3 +175,14 @@ def test_control_calls_do_not_queue_behind_inference(ray_cluster):
         ray.kill(actor)
     assert answered_after < 2.0, f"usage waited {answered_after:.1f} s behind the batches"
     assert usage["frames"] < 4
+
+
+def test_the_network_compiles_as_one_graph():
+    """torch.compile traces the position table's resampling into the graph: the cache's lookup by data_ptr() (and
+    is_inference()) broke the graph in three, each break a return to Python between GPU kernels."""
+    net = random_model("vits", seed=0).eval()
+    image = torch.randn(1, 3, 70, 98)
+    with torch.inference_mode():
+        net(image)  # the eager run fills the cache, as a stream's first batches would
+        explanation = torch._dynamo.explain(net)(image)
+    assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -338,3 +338,61 @@ def test_depth_is_encoded_at_a_constant_quantizer_unless_a_crf_is_set(sample, tm
     for key, value in (("output.qp", 52), ("output.crf", -1)):
         with pytest.raises(PipelineError, match=key.replace(".", r"\.")):
             load_settings(None, {key: value})
+
+
+def test_background_writer_keeps_order_and_passes_errors_on(tmp_path):
+    from pipeline.stages.background_writer import BackgroundWriter
+
+    class Recording:
+        def __init__(self, fail_at=None):
+            self.pts, self.fail_at, self.closed, self.aborted = [], fail_at, False, False
+
+        def write(self, image, pts):
+            if pts == self.fail_at:
+                raise OSError("disk full")
+            self.pts.append(pts)
+
+        @property
+        def frames_written(self):
+            return len(self.pts)
+
+        def close(self):
+            self.closed = True
+            return "done"
+
+        def abort(self):
+            self.aborted = True
+
+    inner = Recording()
+    writer = BackgroundWriter(inner)
+    for pts in range(50):
+        writer.write(np.zeros((2, 2), np.uint8), pts)
+    assert writer.close() == "done" and inner.pts == list(range(50)) and writer.frames_written == 50
+    failing = Recording(fail_at=3)
+    writer = BackgroundWriter(failing)
+    with pytest.raises(OSError, match="disk full"):
+        for pts in range(50):
+            writer.write(np.zeros((2, 2), np.uint8), pts)
+        writer.close()
+    writer.abort()
+    assert failing.aborted and not failing.closed and failing.pts == [0, 1, 2]
+
+
+def test_encoder_thread_writes_the_same_file(tmp_path, worker):
+    """The sink with its encoder on a thread of its own writes what it writes in one thread, frame for frame."""
+    sample = clip(tmp_path, "threaded.mp4", width=96, height=64, frames=20)
+    decoder = VideoDecoder(str(sample))
+    batches = list(decoder.batches(4))
+    depth = [worker.infer(batch) for batch in batches]
+    outputs = {}
+    for encoder_thread in (False, True):
+        outputs[encoder_thread] = tmp_path / f"out_{encoder_thread}.mp4"
+        sink = DepthSink(str(outputs[encoder_thread]), decoder.info, RenderOptions(encoder_thread=encoder_thread),
+                         make_smoother("default"))
+        for depth_batch, frame_batch in zip(depth, batches):
+            sink.write(depth_batch, frame_batch)
+        stats = sink.close()
+        assert stats["frames_out"] == 20 and stats["stage_cpu_s"]["encode"] > 0
+    plain, threaded = (read_video(outputs[flag]) for flag in (False, True))
+    assert plain["pts"] == threaded["pts"]
+    assert all(np.array_equal(a.to_ndarray(), b.to_ndarray()) for a, b in zip(plain["frames"], threaded["frames"]))

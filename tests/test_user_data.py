@@ -203,29 +203,27 @@ def test_a_leftover_partial_file_is_removed_but_a_live_writers_is_not(tmp_path):
 # Exit statuses and messages
 
 
-def gcs_started(process: subprocess.Popen) -> bool:
-    """Ray's GCS server runs among the process's descendants."""
+def descendant_running(process: subprocess.Popen, command: bytes) -> bool:
+    """A process below `process` whose command line contains `command`."""
     from pipeline.graph import _descendant_pids
 
     for pid in _descendant_pids(process.pid):
         try:
-            if b"gcs_server" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if command in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return True
         except OSError:
             pass
     return False
+
+
+def gcs_started(process: subprocess.Popen) -> bool:
+    """Ray's GCS server runs: ray.init is under way (it installs its own SIGTERM handler about now)."""
+    return descendant_running(process, b"gcs_server")
 
 
 def model_actor_started(process: subprocess.Popen) -> bool:
-    from pipeline.graph import _descendant_pids
-
-    for pid in _descendant_pids(process.pid):
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ModelActor"):
-                return True
-        except OSError:
-            pass
-    return False
+    """A model actor's process runs: the driver is waiting for the actors to be placed and loaded."""
+    return descendant_running(process, b"ray::ModelActor")
 
 
 @pytest.mark.parametrize("moment", [gcs_started, model_actor_started])

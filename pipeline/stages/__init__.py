@@ -2,6 +2,7 @@
 
     decode.py (VideoDecoder) -> infer.py (DepthWorker) -> smoothing.py -> colorize.py -> encode.py (DepthVideoWriter)
 
-with frames.py (what flows between them), pixels.py (frame layouts), statistics.py (order statistics per frame) and
-sink.py (DepthSink: order, smooth, render, write for one output).
+with frames.py (what flows between them), pixels.py (frame layouts), statistics.py (order statistics per frame),
+sink.py (DepthSink: order, smooth, render, write for one output; background_writer.py: its encoder on a thread of
+its own), file_lock.py (work in progress marked for clean-ups), and live_source.py / publish.py for live streams.
 """

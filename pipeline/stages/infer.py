@@ -148,6 +148,7 @@ class DepthWorker:
         self.device = predictor.device
         self.frames_processed = 0
         self.predict_cpu_s = 0.0  # CPU seconds inside the predictor (CPU device only)
+        self.gpu_busy_ms = 0.0  # GPU milliseconds of compute, from CUDA events around each batch (GPU only)
         self._use_cuda = self.device.type == "cuda"
         self._compute_lock = threading.Lock()
         if self._use_cuda:
@@ -208,10 +209,12 @@ class DepthWorker:
                 copied.record(self._copy_stream)
             with self._compute_lock, torch.cuda.stream(self._compute_stream):
                 self._compute_stream.wait_event(copied)
+                compute_started = torch.cuda.Event(enable_timing=True)
+                compute_started.record(self._compute_stream)
                 # The input was allocated on the copy stream: tell the allocator the compute stream uses it too
                 frames_on_device.record_stream(self._compute_stream)
                 depth_on_device = self._predict(frames_on_device, layout).to(dtype)
-                computed = torch.cuda.Event()
+                computed = torch.cuda.Event(enable_timing=True)
                 computed.record(self._compute_stream)
             # The copy back runs on its own stream, outside the lock: the next batch's compute need not wait for it
             with torch.cuda.stream(self._download_stream):
@@ -225,6 +228,8 @@ class DepthWorker:
                 done = torch.cuda.Event(blocking=True)
                 done.record(self._download_stream)
             done.synchronize()
+            # The compute stream's span for this batch (calls' computes do not overlap: the lock orders them)
+            self.gpu_busy_ms += compute_started.elapsed_time(computed)
             return result.numpy()
         finally:
             # The slot goes back only once the copy from it is complete: after an error the copy may still be

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from .colorize import GRAY, DepthColorizer, DepthQuantizer
+from .background_writer import BackgroundWriter
 from .encode import DepthVideoWriter, blank_i420
 from .frames import DepthBatch, FrameBatch, VideoInfo
 from .pixels import YUV420P, frame_height, i420_planes, to_rgb
@@ -35,6 +36,8 @@ class RenderOptions:
     crf: int | None = None
     depth_scale: float | None = None  # gray16: uint16 = depth * scale; None: set from the first frame
     copy_audio: bool = True
+    # Encode on a thread of its own, beside smoothing and rendering (see background_writer.py); files only
+    encoder_thread: bool = True
 
 
 def output_metadata(depth_scale: float | None) -> dict[str, str]:
@@ -86,7 +89,7 @@ class DepthSink:
         return self.frames_written
 
     def _write_frame(self, depth: np.ndarray, pixels: np.ndarray, layout: str, pts: int) -> None:
-        started = time.process_time()
+        started = time.thread_time()  # this thread's CPU: the encoder may run on another (background_writer.py)
         height, width = frame_height(pixels, layout), pixels.shape[1]
         model_hw = depth.shape
         # Smoothing runs at the model's resolution (fewer pixels; the motion gate sees the frame's luma shrunk to
@@ -94,7 +97,7 @@ class DepthSink:
         # Depth arrives as float16 or float32; every smoother gives float32
         guide = Guide.of_frame(pixels, model_hw, layout) if getattr(self.smoother, "uses_guide", False) else None
         smoothed = self.smoother.update(depth, guide)
-        smoothed_at = time.process_time()
+        smoothed_at = time.thread_time()
         if getattr(self.smoother, "cut_detected", False):
             self.colorizer.tracker.reset()  # a new shot gets its own display range at once, not a slow drift
         if self.write_from_pts is not None and pts < self.write_from_pts:
@@ -121,10 +124,10 @@ class DepthSink:
         if self._writer is None:
             self._writer = self._open_writer(frame_hw if self.options.depth_format != "side-by-side"
                                              else (height, 2 * width))
-        rendered_at = time.process_time()
+        rendered_at = time.thread_time()
         self._writer.write(image, pts)
         for stage, seconds in (("smooth", smoothed_at - started), ("render", rendered_at - smoothed_at),
-                               ("encode", time.process_time() - rendered_at)):
+                               ("encode", time.thread_time() - rendered_at)):
             self.stage_cpu_s[stage] += seconds
 
     def _side_by_side(self, pixels: np.ndarray, layout: str, depth: np.ndarray, frame_hw: tuple[int, int]):
@@ -152,7 +155,7 @@ class DepthSink:
         if self.writer_factory is not None:
             return self.writer_factory(frame_hw)
         metadata = output_metadata(self.quantizer.scale if self.quantizer is not None else None)
-        return DepthVideoWriter(
+        writer = DepthVideoWriter(
             self.output,
             self.options.depth_format,
             self.info,
@@ -165,6 +168,7 @@ class DepthSink:
             b_frames=self.write_from_pts is None,  # segments are joined by stream copy: see DepthVideoWriter
             temporary_tag=self.temporary_tag,
         )
+        return BackgroundWriter(writer) if self.options.encoder_thread else writer
 
     # .................................................................................................................
 
@@ -178,6 +182,8 @@ class DepthSink:
         if self._writer is None:
             raise RuntimeError("no frames were written")
         path = self._writer.close()
+        if isinstance(self._writer, BackgroundWriter):  # the encoder's own CPU, beside the hand-over counted above
+            self.stage_cpu_s["encode"] += self._writer.encode_cpu_s
         stats = {"output": str(path), "frames_out": self.frames_written, "stage_cpu_s": dict(self.stage_cpu_s),
                  "warmup_frames": self.warmup_frames}
         if self.quantizer is not None:
