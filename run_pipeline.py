@@ -179,7 +179,8 @@ def resolve_model(settings):
 def depth_graph(settings, resolved):
     """Ray started (or joined) and the model actors made, for the block; the actors are shut down after it, with
     Ctrl-C / SIGTERM held until that is done."""
-    from pipeline.graph import DepthGraph, start_ray
+    from pipeline.graph import DepthGraph
+    from pipeline.runtime import start_ray
 
     with signals_deferred():  # an interrupt during start-up would orphan Ray's processes: it waits until Ray is up
         start_ray(settings.ray.address, settings.ray.num_cpus)
@@ -373,7 +374,7 @@ def signals_deferred():
 
 def stop_ray_ignoring_signals() -> None:
     """Shut Ray down with further Ctrl-C / SIGTERM ignored: a second interrupt must not cut the clean-up short."""
-    from pipeline.graph import stop_ray
+    from pipeline.runtime import stop_ray
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -212,7 +212,8 @@ def pipeline_speed(frames: int, stream_counts=(1, 2, 4, 8)) -> list[dict]:
     import ray
 
     from benchmarks.pipeline_ceiling import run_streams
-    from pipeline.graph import DepthGraph, start_ray, stop_ray
+    from pipeline.graph import DepthGraph
+    from pipeline.runtime import start_ray, stop_ray
     from pipeline.jobs.file import process_video
     from pipeline.sample_video import make_sample_clip
     from pipeline.settings import load_settings

@@ -37,7 +37,9 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import DepthPredictor, PredictorOptions, make_config  # noqa: E402
-from pipeline.graph import DepthGraph, cpu_seconds, one_thread_each, start_ray  # noqa: E402
+from pipeline.actors import cpu_seconds, one_thread_each  # noqa: E402
+from pipeline.graph import DepthGraph  # noqa: E402
+from pipeline.runtime import start_ray  # noqa: E402
 from pipeline.jobs.file import process_video  # noqa: E402
 from pipeline.stages.decode import VideoDecoder  # noqa: E402
 from pipeline.stages.infer import DepthWorker  # noqa: E402

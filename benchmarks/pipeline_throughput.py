@@ -39,7 +39,8 @@ from pipeline.stages.decode import VideoDecoder  # noqa: E402
 from pipeline.stages.pixels import frame_height, luma_at  # noqa: E402
 from pipeline.stages.encode import DepthVideoWriter  # noqa: E402
 from pipeline.stages.frames import DepthBatch  # noqa: E402
-from pipeline.graph import DepthGraph, start_ray  # noqa: E402
+from pipeline.graph import DepthGraph  # noqa: E402
+from pipeline.runtime import start_ray  # noqa: E402
 from pipeline.jobs.file import process_video  # noqa: E402
 from pipeline.sample_video import make_sample_clip  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402

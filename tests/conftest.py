@@ -61,7 +61,7 @@ def ray_cluster():
     """One local Ray instance for the whole session (starting one costs seconds and ~650 MB)."""
     import ray
 
-    from pipeline.graph import start_ray
+    from pipeline.runtime import start_ray
 
     start_ray(num_cpus=2)
     yield

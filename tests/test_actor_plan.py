@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.stages.frames import PipelineError
-from pipeline.graph import plan_actors
+from pipeline.plan import plan_actors
 from pipeline.settings import load_settings
 
 

@@ -184,7 +184,7 @@ def test_stream_actor_errors_name_the_node_on_a_multi_node_cluster(monkeypatch, 
     """On a cluster another machine may not see a path the driver sees: the error says which node it was."""
     import ray
 
-    from pipeline.graph import naming_the_node
+    from pipeline.actors import naming_the_node
 
     class Reader:
         @naming_the_node

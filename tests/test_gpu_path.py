@@ -156,7 +156,7 @@ def test_control_calls_do_not_queue_behind_inference(ray_cluster):
     import numpy as np
     import ray
 
-    from pipeline.graph import ModelActor
+    from pipeline.actors import ModelActor
     from pipeline.stages.frames import FrameBatch
     from pipeline.stages.infer import ModelSource
     from tests.stand_ins import build_slow_depth

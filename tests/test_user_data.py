@@ -7,7 +7,6 @@ failed on the code before the fix. What can be refused without Ray is checked wi
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -24,7 +23,6 @@ from pipeline.jobs.inputs import find_inputs
 from pipeline.jobs.segments import SegmentStore, work_folders
 from pipeline.stages.decode import VideoDecoder
 from pipeline.stages.file_lock import FileLock, is_held_elsewhere
-from pipeline.stages.frames import PipelineError
 from tests.clips import clip, read_video
 from tests.test_cli_faults import assert_one_line_error, run_cli, start_cli, wait_for
 from tests.test_pipeline_e2e import FAST
@@ -42,12 +40,12 @@ def clips(tmp_path_factory):
 
 @pytest.fixture
 def no_ray(monkeypatch):
-    import pipeline.graph
+    import pipeline.runtime
 
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started for a run that should have been refused (or had nothing to do)")
 
-    monkeypatch.setattr(pipeline.graph, "start_ray", refuse)
+    monkeypatch.setattr(pipeline.runtime, "start_ray", refuse)
 
 
 def copy_of(source: Path, target: Path) -> Path:
@@ -205,7 +203,7 @@ def test_a_leftover_partial_file_is_removed_but_a_live_writers_is_not(tmp_path):
 
 def descendant_running(process: subprocess.Popen, command: bytes) -> bool:
     """A process below `process` whose command line contains `command`."""
-    from pipeline.graph import _descendant_pids
+    from pipeline.runtime import _descendant_pids
 
     for pid in _descendant_pids(process.pid):
         try:
@@ -430,9 +428,9 @@ def test_a_rerun_with_nothing_to_do_does_not_start_ray(ray_cluster, clips, tmp_p
     out = tmp_path / "out"
     code, err = run_cli(capsys, "batch", clips["short"], "--output-dir", out, *FAST)
     assert code == 0, err
-    import pipeline.graph
+    import pipeline.runtime
 
-    monkeypatch.setattr(pipeline.graph, "start_ray", lambda *a, **k: pytest.fail("Ray started with nothing to do"))
+    monkeypatch.setattr(pipeline.runtime, "start_ray", lambda *a, **k: pytest.fail("Ray started with nothing to do"))
     code, err = run_cli(capsys, "batch", clips["short"], "--output-dir", out, *FAST)
     assert code == 0, err
     assert "1 skipped (done before)" in err

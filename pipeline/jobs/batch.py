@@ -147,9 +147,7 @@ class BatchJob:
     def _videos_in_flight(self) -> int:
         if self.options.videos_in_flight:
             return self.options.videos_in_flight
-        import ray
-
-        spare = ray.cluster_resources().get("CPU", 1) - len(self.graph.model_actors)
+        spare = self.graph.cluster_cpus - len(self.graph.model_actors)
         return max(2, int(spare))
 
     def _is_done(self, plan: VideoPlan) -> bool:

@@ -17,8 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import ray
-
 from ..graph import DepthGraph, StreamResult
 from ..stages.colorize import DepthQuantizer
 from ..stages.decode import VideoDecoder
@@ -77,16 +75,14 @@ def _depth_scale(graph: DepthGraph, source: str) -> float:
     decoder = VideoDecoder(source)
     first = next(decoder.batches(1))
     decoder.close()
-    _ = graph.model_info  # the models' errors first
-    depth = ray.get(graph.model_actors[0].infer.remote(first, "float32")).depth
-    return DepthQuantizer.scale_for(depth[0])
+    return DepthQuantizer.scale_for(graph.infer(first, "float32").depth[0])
 
 def _segment_plan(graph: DepthGraph, source: str, info: VideoInfo, segments: int | str) -> list[Segment]:
     if segments == 1:
         return []
     if segments == "auto":
         duration = (info.expected_frames / float(info.rate)) if info.expected_frames and info.rate else None
-        spare = ray.cluster_resources().get("CPU", 1) - graph.plan.model_actors
+        spare = graph.cluster_cpus - graph.plan.model_actors
         count = auto_segment_count(spare, duration, graph.settings.segments.min_seconds)
         if count == 1:
             return []
@@ -125,7 +121,7 @@ def _process_segments(graph: DepthGraph, source: str, output: Path, info: VideoI
 
     # Segments in flight at once: one per CPU of the cluster (each holds a decode and a sink actor); each
     # thread drives one segment's stream at a time, and all streams share the model actors
-    parallel = int(ray.cluster_resources().get("CPU", 1))
+    parallel = int(graph.cluster_cpus)
     try:
         run_in_threads(todo, run, parallel, stop=lambda: bool(failures))
         if failures:

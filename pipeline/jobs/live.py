@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-import ray
 
 from ..settings import PipelineSettings
 from ..stages.encode import DepthVideoWriter
@@ -40,6 +39,7 @@ from ..stages.live_source import LiveFrame, LiveSource
 from ..stages.publish import LIVE_TIME_BASE, RtspPublisher
 from ..stages.sink import DepthSink, output_metadata
 from ..stages.smoothing import make_smoother
+from ..live_metrics import RayMetrics
 
 
 class FrameBuffer:
@@ -206,7 +206,7 @@ class LiveJob:
                     pts_list.append(last_pts)
                 batch = FrameBatch(index, pts_list, LIVE_TIME_BASE, np.stack([f.pixels for f in frames]),
                                    frames[0].layout)
-                depth = ray.get(graph.pool.next().infer.remote(batch, "float16"))
+                depth = graph.infer(batch, "float16")
                 self.sink.write(depth, batch)
                 index += len(frames)
                 published = time.monotonic()
@@ -285,23 +285,3 @@ class LiveJob:
             "fps_out": round(self.frames_out / seconds, 3) if seconds > 0 else None,
         }
         return summary
-
-
-class RayMetrics:
-    """The live counters in Ray's metrics (Prometheus format, from each node's metrics endpoint)."""
-
-    def __init__(self):
-        from ray.util import metrics
-
-        self._in = metrics.Counter("depth_live_frames_in", description="frames read from the live source")
-        self._out = metrics.Counter("depth_live_frames_out", description="depth frames published")
-        self._latency = metrics.Histogram("depth_live_latency_ms", description="arrival to publication",
-                                          boundaries=[10, 25, 50, 100, 200, 400, 800, 1600, 3200])
-
-    def arrived(self) -> None:
-        self._in.inc()
-
-    def frames(self, count: int, latencies_ms: list[float]) -> None:
-        self._out.inc(count)
-        for ms in latencies_ms:
-            self._latency.observe(ms)

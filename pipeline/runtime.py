@@ -1,0 +1,115 @@
+"""
+Ray itself: start a private local instance or join a cluster, and stop it, leaving nothing behind.
+
+Takes: an address (None: a private local instance; "auto", host:port, ray://host:port: a cluster) and, for a local
+instance, its CPU count.
+Gives: Ray initialised in this process (`start_ray`), or shut down with every process it started ended
+(`stop_ray`); an address that does not answer, or a cluster that refuses, is one line (`PipelineError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+from pathlib import Path
+
+import ray
+
+from .stages.frames import PipelineError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_started_local_ray = False  # whether this process started the Ray instance it uses (so may end what it left)
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None, connect_timeout_s: float = 5.0) -> None:
+    """Connect to a cluster (`address`: "auto", host:port or ray://host:port) or start a private local one.
+
+    Workers of a local cluster inherit this process's environment, so this project is put on their PYTHONPATH
+    (no packaging, which cost about a second); workers on other machines get its packages shipped as `py_modules`.
+    An address that does not answer is a one-line `PipelineError` within `connect_timeout_s`, not a long retry.
+    """
+    if ray.is_initialized():
+        return
+    kwargs = dict(logging_level="ERROR", log_to_driver=True)
+    # A stream that failed (a lost worker or node) is run again and its batches in flight abandoned: their errors
+    # are handled by the retry, and Ray's "unhandled error" dumps of them (tens of lines each) would only alarm
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    # A driver thread still waiting when Ray is shut down (Ctrl-C in a batch job) must not start a new Ray instance
+    # by calling into it: Ray's auto-connect would do just that (RAY_ENABLE_AUTO_CONNECT=0, read when ray is imported)
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+    ray._private.auto_init_hook.enable_auto_connect = False
+    try:
+        if address:
+            check_reachable(address, connect_timeout_s)
+            runtime_env = {"py_modules": [str(PROJECT_ROOT / "model"), str(PROJECT_ROOT / "pipeline")]}
+            ray.init(address=address, runtime_env=runtime_env, **kwargs)
+        else:
+            paths = [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+            os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+            global _started_local_ray
+            _started_local_ray = True
+            # "local": a private instance, even when another Ray runs on this machine (which ray.init() would join)
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = f"Ray cluster at {address}" if address else "a local Ray instance"
+        # Ray 2.59+ starts clusters with token authentication: a driver without the token cannot tell that apart
+        hint = (" (a cluster with token authentication needs RAY_AUTH_TOKEN set to what `ray get-auth-token` prints "
+                "on its head node)" if address else "")
+        raise PipelineError(f"cannot start or reach {where}: {str(error).strip().splitlines()[0][:200]}{hint}") \
+            from None
+
+
+def stop_ray() -> None:
+    """Shut Ray down; for a local instance, also end whatever it started that outlives the shutdown.
+
+    Ray's dashboard and runtime-env agents, when Ray is stopped within seconds of starting (a Ctrl-C during
+    start-up), were left running for a minute or more: every process descended from this one is ended here.
+    """
+    global _started_local_ray
+    descendants = _descendant_pids(os.getpid()) if _started_local_ray else []
+    if ray.is_initialized():
+        ray.shutdown()
+    _started_local_ray = False
+    for pid in descendants:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _descendant_pids(root: int) -> list[int]:
+    """Every process below `root`, from /proc (Linux); empty where there is no /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (2nd field) can hold spaces: the parent pid is the 2nd field after its ')'
+            parent = int(entry.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.parent.name))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """For host:port addresses, a TCP connection to the cluster's GCS port, so a dead address fails fast."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
+    if match is None:
+        return  # "auto" and the like: Ray itself says at once when it finds no cluster
+    host, port = match[1], int(match[2])
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise PipelineError(f"cannot reach a Ray cluster at {address}: {error.strerror or error}") from None
+
+
+
+
+def started_local_ray() -> bool:
+    """Whether this process started the Ray instance it uses (its workers then run this machine's Python)."""
+    return _started_local_ray
