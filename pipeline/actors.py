@@ -16,12 +16,17 @@ import functools
 import resource
 import socket
 import threading
+import time
+from collections import deque
+from dataclasses import dataclass
 
 import cv2
 import ray
 import torch
 
 from model import PredictorOptions
+
+HEALTH_CHECK_S = 5.0  # how often a stream looks at the model actors' health (and when a write takes this long)
 
 from .stages.decode import VideoDecoder
 from .stages.frames import FrameBatch, PipelineError, VideoInfo, one_line
@@ -42,28 +47,35 @@ def cpu_seconds() -> float:
 
 
 def unwrap_ray_error(error: Exception) -> Exception:
-    """The user's exception inside a Ray task error (for a one-line message), or the error itself."""
-    cause = getattr(error, "cause", None)
-    return cause if isinstance(cause, Exception) else error
+    """The user's exception inside a Ray task error (for a one-line message), or the error itself; through every
+    level (a sink's error reaches the driver through the stream actor that waited on it)."""
+    while isinstance(getattr(error, "cause", None), Exception):
+        error = error.cause
+    return error
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Actors: construction stores arguments only; work (and errors) happen in method calls, so errors arrive intact
 
 
+def with_node(error: Exception) -> Exception:
+    """An error of the input or output, naming the node it happened on when the cluster has more than one (another
+    machine may not see a path the driver sees)."""
+    if sum(node["Alive"] for node in ray.nodes()) < 2:
+        return error
+    node = f"{socket.gethostname()}, {ray.util.get_node_ip_address()}"
+    return PipelineError(f"{one_line(error)} (on node {node})")
+
+
 def naming_the_node(method):
-    """For a stream actor's methods: an error of the input or output names the node it happened on, when the
-    cluster has more than one (another machine may not see a path the driver sees)."""
+    """For a stream actor's methods: errors of the input or output name the node (see `with_node`)."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         except (PipelineError, OSError) as error:
-            if sum(node["Alive"] for node in ray.nodes()) < 2:
-                raise
-            node = f"{socket.gethostname()}, {ray.util.get_node_ip_address()}"
-            raise PipelineError(f"{one_line(error)} (on node {node})") from None
+            raise with_node(error) from None
 
     return wrapper
 
@@ -75,46 +87,116 @@ def one_thread_each() -> None:
     torch.set_num_threads(1)
 
 
-# Decode and sink actors declare no CPU: they are light next to a model actor, and streams must never wait behind the
+@dataclass(frozen=True)
+class StreamJob:
+    """What a stream actor needs to run one stream: where to read, how to batch, what to ask of the model actors."""
+
+    source: str
+    batch_size: int
+    layout: str  # frame layout between actors: auto | rgb24
+    pts_range: tuple[int, int | None] | None  # decode only [start, end): a segment with its warm-up
+    depth_dtype: str  # float16, or float32 for the 16-bit output
+    max_in_flight: int  # batches decoded and not yet written, at most
+    restart_timeout_s: float  # a model actor down this long is dropped (model_pool.py)
+    sink_args: tuple = ()  # SinkActor.open's arguments: the stream opens its sink, so that open precedes its writes
+    progress_every_s: float = 0.5  # how often the stream tells the driver how far it is
+
+
+PROGRESS, RESULT = "progress", "result"
+
+
+# Stream and sink actors declare no CPU: they are light next to a model actor, and streams must never wait behind the
 # model actors for a core (on a 2-core machine the model actor takes one). How many are open at once is bounded by
-# the driver instead: streams per video (segments) and videos per job (jobs/batch.py).
+# the graph instead (plan.max_streams: videos and segments of a job together).
 @ray.remote(num_cpus=0)
-class DecodeActor:
-    """One stream's decoder at a time: `open` names the stream, `next_batch` reads it, `stats` ends it (the actor is
-    then ready for the next stream: see stream_pool.py)."""
+class StreamActor:
+    """A stream's own process: decodes it and drives every batch through a model actor to the stream's sink, on the
+    worker node, so the job's driver makes a handful of Ray calls per stream instead of three per batch.
+
+    `run` yields (PROGRESS, frames written since the last report) every `progress_every_s`, then (RESULT, the
+    stream's figures). At most `max_in_flight` batches are between decode and write: the oldest write is waited for
+    before another batch is decoded, so memory is flat for any length. The actor then serves the next stream
+    (stream_pool.py)."""
 
     def __init__(self):
         one_thread_each()
-        self._decoder = self._batches = self._args = None
 
-    def open(self, source: str, batch_size: int, max_wait_s: float | None,
-             pts_range: tuple[int, int | None] | None = None, layout: str = "auto") -> None:
-        self._cpu_at_start = cpu_seconds()
-        self._args = (source, batch_size, max_wait_s, pts_range, layout)
-        self._decoder = self._batches = None
+    @ray.method(num_returns="streaming")
+    def run(self, job: StreamJob, sink, model_actors: list, actor_nodes: dict[str, str]):
+        """`actor_nodes`: the node of each model actor, by actor id, where known: a batch sent to one on another
+        node crosses the network with its frames, and its depth comes back across it (both counted)."""
+        here = ray.get_runtime_context().get_node_id()
+        from .model_pool import ModelPool  # (the pool's health checks, on this side: a lost model actor is dropped)
 
-    @naming_the_node  # outside ray.method: functools.wraps carries its num_returns over to the wrapper
-    @ray.method(num_returns=2)
-    def next_batch(self) -> tuple[int, FrameBatch | None]:
-        if self._decoder is None:  # opened on the first call, so that its errors arrive as errors, not a dead actor
-            source, batch_size, max_wait_s, pts_range, layout = self._args
+        cpu_at_start = cpu_seconds()
+        pool = ModelPool(model_actors, job.restart_timeout_s, log=False)
+        sink.open.remote(*job.sink_args)  # (Ray keeps one caller's calls to an actor in order)
+        try:
             # One thread: streams are the parallelism (frame threads cost 10-15% more CPU a frame)
-            self._decoder = VideoDecoder(source, threads=1, pts_range=pts_range, layout=layout)
-            self._batches = self._decoder.batches(batch_size, max_wait_s)
-        batch = next(self._batches, None)
-        return (len(batch) if batch is not None else 0), batch
-
-    def stats(self) -> dict:
-        self._decoder.close()
-        return {
-            "frames_in": self._decoder.frames_decoded,
-            "unreadable_frames": self._decoder.unreadable_frames,
-            "corrupt_packets": self._decoder.corrupt_packets,
-            "repaired_timestamps": self._decoder.repaired_timestamps,
-            "resized_frames": self._decoder.resized_frames,
+            decoder = VideoDecoder(job.source, threads=1, pts_range=job.pts_range, layout=job.layout)
+        except (PipelineError, OSError) as error:
+            raise with_node(error) from None
+        in_flight: deque = deque()
+        frames_across = 0  # bytes of frames sent to a model actor on another node
+        progress = {"first_written_at": None, "frames_after_first": 0}
+        unreported, reported_at = 0, time.monotonic()
+        try:
+            for batch in decoder.batches(job.batch_size):
+                batch_ref = ray.put(batch)  # one copy in the store, read by the model actor and the sink
+                actor = pool.next()
+                depth_ref = actor.infer.remote(batch_ref, job.depth_dtype)
+                remote = actor_nodes.get(actor._actor_id.hex()) != here
+                frames_across += batch.pixels.nbytes if remote else 0
+                in_flight.append((sink.write.remote(depth_ref, batch_ref, remote), len(batch)))
+                while len(in_flight) >= job.max_in_flight:
+                    unreported += self._wait_oldest(in_flight, pool, progress)
+                if unreported and time.monotonic() - reported_at >= job.progress_every_s:
+                    yield PROGRESS, unreported
+                    unreported, reported_at = 0, time.monotonic()
+            while in_flight:
+                unreported += self._wait_oldest(in_flight, pool, progress)
+        finally:
+            decoder.close()
+        if unreported:
+            yield PROGRESS, unreported
+        sink_stats = ray.get(sink.close.remote())
+        decode_stats = {
+            "frames_in": decoder.frames_decoded,
+            "unreadable_frames": decoder.unreadable_frames,
+            "corrupt_packets": decoder.corrupt_packets,
+            "repaired_timestamps": decoder.repaired_timestamps,
+            "resized_frames": decoder.resized_frames,
             "peak_rss_mb": peak_rss_mb(),
-            "cpu_s": cpu_seconds() - self._cpu_at_start,
+            "cpu_s": cpu_seconds() - cpu_at_start,  # decoding and driving the stream
+            "node": f"{ray.util.get_node_ip_address()}/{here[:8]}",  # address, and id (local clusters share one)
+            "node_id": here,
+            "frame_bytes_across_nodes": frames_across,
         }
+        yield RESULT, {"decode": decode_stats, "sink": sink_stats, "progress": progress, "finished": time.time()}
+
+    @staticmethod
+    def _wait_oldest(in_flight: deque, pool, progress: dict) -> int:
+        write_ref, count = in_flight.popleft()
+        while not ray.wait([write_ref], timeout=HEALTH_CHECK_S)[0]:
+            pool.check()  # a model actor that cannot come back is dropped: the write waiting on it fails
+        pool.check(every_s=HEALTH_CHECK_S)
+        try:
+            ray.get(write_ref)
+        except ray.exceptions.RayTaskError as error:  # the sink's own error (a full disk): as itself, one line
+            cause = unwrap_ray_error(error)
+            if isinstance(cause, (PipelineError, OSError, ValueError, RuntimeError)) and \
+                    not isinstance(cause, ray.exceptions.RayError):
+                raise cause from None
+            raise
+        # Steady-state rate: from the first written batch on, so actor start-up and warm-up are not counted
+        if progress["first_written_at"] is None:
+            progress["first_written_at"] = time.time()
+        else:
+            progress["frames_after_first"] += count
+        return count
+
+    def ready(self) -> bool:
+        return True
 
 
 # A model actor whose process dies is started again by Ray (it loads the model on its first call), and the calls
@@ -173,15 +255,19 @@ class SinkActor:
     def __init__(self):
         one_thread_each()
         self._sink = self._args = None
+        self._depth_bytes_across = 0
 
     def open(self, output: str, info: VideoInfo, render: RenderOptions, smoother_name: str, params: dict,
              smoother_device: str, write_from_pts: int | None = None, temporary_tag: str | None = None) -> None:
         self._cpu_at_start = cpu_seconds()
+        self._depth_bytes_across = 0
         self._args = (output, info, render, smoother_name, params, smoother_device, write_from_pts, temporary_tag)
         self._sink = None
 
     def _opened(self) -> DepthSink:
         """The stream's sink, made on its first write, so that its errors arrive as the write's errors."""
+        if self._args is None:  # aborted: a write still queued from the failed stream must not start a new file
+            raise RuntimeError("the sink was aborted")
         if self._sink is None:
             output, info, render, smoother_name, params, smoother_device, write_from_pts, tag = self._args
             self._sink = DepthSink(output, info, render,
@@ -189,16 +275,21 @@ class SinkActor:
         return self._sink
 
     @naming_the_node
-    def write(self, depth_batch, frame_batch) -> int:
+    def write(self, depth_batch, frame_batch, from_another_node: bool = False) -> int:
+        """`from_another_node`: the depth came from a model actor on another node (its bytes are counted)."""
+        if from_another_node:
+            self._depth_bytes_across += depth_batch.depth.nbytes
         return self._opened().write(depth_batch, frame_batch)
 
     @naming_the_node
     def close(self) -> dict:
         stats = self._opened().close()
         self._sink = None
-        return {**stats, "peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_seconds() - self._cpu_at_start}
+        return {**stats, "peak_rss_mb": peak_rss_mb(), "cpu_s": cpu_seconds() - self._cpu_at_start,
+                "depth_bytes_across_nodes": self._depth_bytes_across}
 
     def abort(self) -> None:
+        self._args = None
         if self._sink is not None:
             self._sink.abort()
             self._sink = None

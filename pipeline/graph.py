@@ -3,15 +3,17 @@ DepthGraph: the model actors a job shares, its streams' own actors, and `run_str
 video, or a segment of one) through decode -> model -> sink. The jobs (jobs/: a file, a batch of files, a camera)
 decide which streams to run and ask the graph for what they need (`infer`, `cluster_cpus`), never Ray itself.
 
-    DecodeActor (VideoDecoder) --FrameBatch--> ModelActor x N (DepthWorker) --DepthBatch--> SinkActor (DepthSink)
+    StreamActor (VideoDecoder, drives the stream) --FrameBatch--> ModelActor (DepthWorker) --DepthBatch--> SinkActor
 
-The driver only moves object references: pixels go from the decoder's object-store entry straight to a model
-actor and the sink. At most `max_in_flight` batches are between decode and write at any time (the driver waits on
-the oldest write before sending more), so memory does not grow with video length. Model actors are created once
-per `DepthGraph` and can serve many videos; their batches are returned out of order and the sink restores order.
-A stream's decode and sink actors are kept for the next stream when it succeeds (`stream_pool.py`): a new pair costs a
-second or two of process start-up, which every video of a batch job and every segment would otherwise pay.
-Ray start-up is in runtime.py, the actors in actors.py, the resource plan in plan.py.
+A stream runs on its own actor, on a worker node: it decodes, sends each batch to a model actor and on to its sink,
+and keeps at most `max_in_flight` batches between decode and write, so memory does not grow with video length. The
+driver makes a handful of Ray calls per stream (take a pair of actors, start the stream, hear its progress about
+twice a second and its result), not three per batch: one driver process is no longer the cluster's limit.
+Where: `placement.py` picks a node with a model actor for each stream (in proportion to the model actors, within each
+node's CPUs and memory); the stream and its sink are started there and use the model actors there, so frames and
+depth stay in that node's object store (what crosses nodes is counted). Model actors are created once per
+`DepthGraph` and serve every stream; a stream's pair of actors is kept for the next stream on its node
+(`stream_pool.py`). Ray start-up is in runtime.py, the actors in actors.py, the resource plan in plan.py.
 """
 
 from __future__ import annotations
@@ -22,19 +24,20 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from model import CheckpointError, PredictorOptions
 from model.hub import DEFAULT_MODEL, ResolvedCheckpoint, resolve_checkpoint
 
-from .actors import DecodeActor, ModelActor, SinkActor, unwrap_ray_error
+from .actors import PROGRESS, RESULT, ModelActor, SinkActor, StreamActor, StreamJob, unwrap_ray_error
 from .model_pool import ModelPool
-from .plan import plan_actors
+from .placement import StreamPlacement
+from .plan import max_streams_for, plan_actors
 from .runtime import started_local_ray
 from .settings import PipelineSettings
 from .stages.encode import temporary_path
@@ -43,8 +46,8 @@ from .stages.infer import ModelSource, cuda_problem
 from .stages.sink import RenderOptions
 from .stream_pool import StreamActorPool
 
-HEALTH_CHECK_S = 5.0  # how often the driver looks at the model actors' health (and when a write takes this long)
 RETRY_PAUSE_S = 1.0  # before a stream's second attempt; twice that before its third
+HEALTH_CHECK_S = 5.0  # how often the driver looks at the model actors' health while a stream runs
 ANSWER_S = 5.0  # what an actor gets to answer a small call (a failed stream's sink abort, usage) before it is let go
 
 
@@ -61,7 +64,8 @@ class StreamResult:
 
 # A worker process or node that died: the stream's work is redone (a segment is retried), not given up
 RETRIABLE = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
-             ray.exceptions.OwnerDiedError, ray.exceptions.NodeDiedError)
+             ray.exceptions.OwnerDiedError, ray.exceptions.NodeDiedError,
+             ray.exceptions.ActorUnschedulableError)  # (stream actors bound to a node that died meanwhile)
 
 
 class DepthGraph:
@@ -92,22 +96,36 @@ class DepthGraph:
         # Inside an actor Ray makes only its assigned GPU visible, as cuda:0: "cuda:1" would not exist there
         device = "cuda" if self.plan.use_gpu else "cpu"
         actors = [
-            ModelActor.options(**self.plan.model_options).remote(source, options, device, self.plan.torch_threads,
-                                                                 self.plan.batch_size, self.plan.network_batch)
+            # Spread: each node with a model actor can keep its streams' frames to itself (placement.py)
+            ModelActor.options(**self.plan.model_options, scheduling_strategy="SPREAD").remote(
+                source, options, device, self.plan.torch_threads, self.plan.batch_size, self.plan.network_batch)
             for _ in range(self.plan.model_actors)
         ]
         self._loading = [actor.load.remote() for actor in actors]
         self.pool = ModelPool(actors, settings.ray.restart_timeout_s)  # shared by every view (with_settings)
         self.streams = StreamActorPool(self._start_stream_actors)  # likewise
         self.stream_slots = threading.BoundedSemaphore(self.plan.max_streams)  # likewise: one bound for the job
+        self.placement = StreamPlacement(lambda: {n: len(a) for n, a in self.pool.by_node().items()},
+                                         self._node_limits)  # likewise: and one per node
         self._model_info: dict | None = None
+        self._models_placed = threading.Event()  # shared by every view (with_settings), set once
         self.batch_size = self.plan.batch_size
 
-    def _start_stream_actors(self) -> tuple:
-        """A new decode actor and sink actor for a stream. Streams are spread over the nodes (their actors declare
-        no CPU, see above: Ray would otherwise pile them onto one node)."""
-        return (DecodeActor.options(scheduling_strategy="SPREAD").remote(),
-                SinkActor.options(**self.plan.sink_options, scheduling_strategy="SPREAD").remote())
+    def _start_stream_actors(self, node: str | None) -> tuple:
+        """A new stream actor and sink actor, both on `node` (the stream's, chosen by `placement`), or spread over
+        the nodes when none is known (their actors declare no CPU: Ray would otherwise pile them onto one node).
+        Hard affinity (soft affinity put 0-CPU actors elsewhere, measured on Ray 2.60): a node that died meanwhile
+        makes them unschedulable, an error the stream's retry takes care of."""
+        strategy = NodeAffinitySchedulingStrategy(node, soft=False) if node else "SPREAD"
+        return (StreamActor.options(scheduling_strategy=strategy).remote(),
+                SinkActor.options(**self.plan.sink_options, scheduling_strategy=strategy).remote())
+
+    def _node_limits(self) -> dict[str, int]:
+        """Streams each alive node may hold at once: its CPUs the model actors leave, and its memory."""
+        model_actors = {n: len(a) for n, a in self.pool.by_node().items()}
+        return {node["NodeID"]: max_streams_for(node["Resources"].get("CPU", 0) - model_actors.get(node["NodeID"], 0),
+                                                node["Resources"].get("memory", 0))
+                for node in ray.nodes() if node["Alive"]}
 
     def infer(self, batch: FrameBatch, depth_dtype: str = "float16"):
         """Depth for one batch from the next model actor, waited for (a live camera's frames, the 16-bit scale's
@@ -203,44 +221,58 @@ class DepthGraph:
         warm the smoother and the colour range up (see DepthSink). Waits for one of the job's stream slots first
         (`plan.max_streams`: videos and segments together)."""
         with self.stream_slots:
-            return self._run_stream(source, output, info, render, pts_range, write_from_pts, on_progress)
+            if not self._models_placed.is_set() and sum(n["Alive"] for n in ray.nodes()) > 1:
+                # Where the model actors run decides where streams run: on a cluster, know it before the first
+                # stream (on one machine every stream is beside them anyway, and the actors start meanwhile)
+                self._wait_placed(self.model_actors, "model actors", self.plan.model_options)
+                self._models_placed.set()
+            node = self.placement.acquire()
+            try:
+                return self._run_stream(source, output, info, render, pts_range, write_from_pts, on_progress, node)
+            finally:
+                self.placement.release(node)
 
     def _run_stream(self, source: str, output: str, info: VideoInfo, render: RenderOptions,
                     pts_range: tuple[int, int | None] | None, write_from_pts: int | None,
-                    on_progress: Callable[[int], None] | None) -> "StreamResult":
+                    on_progress: Callable[[int], None] | None, node: str | None) -> "StreamResult":
         settings = self.settings
         # The sink's temporary file has a name the driver knows: if the sink's process or node dies, the driver
         # removes what it left (on a filesystem every node sees, which outputs need anyway)
         tag = uuid.uuid4().hex[:12]
-        decoder, sink = pair = self.streams.take()  # warm from an earlier stream, or new
-        decoder.open.remote(source, self.batch_size, None, pts_range, self.settings.batching.frame_layout)
-        sink.open.remote(output, info, render, settings.smoothing.name, dict(settings.smoothing.params),
-                         self.plan.smoother_device, write_from_pts, tag)
-        in_flight: deque = deque()
-        progress = {"first_written_at": None, "frames_after_first": 0, "started": time.monotonic()}
-        # float16 depth is finer than any 8-bit picture; the 16-bit output keeps float32
-        depth_dtype = "float32" if render.depth_format == "gray16" else "float16"
+        stream, sink = pair = self.streams.take(node)  # warm from an earlier stream there, or new
+        job = StreamJob(source, self.batch_size, settings.batching.frame_layout, pts_range,
+                        # float16 depth is finer than any 8-bit picture; the 16-bit output keeps float32
+                        "float32" if render.depth_format == "gray16" else "float16",
+                        settings.batching.max_in_flight, settings.ray.restart_timeout_s,
+                        sink_args=(output, info, render, settings.smoothing.name, dict(settings.smoothing.params),
+                                   self.plan.smoother_device, write_from_pts, tag))
         try:
-            count_ref, batch_ref = decoder.next_batch.remote()
             if self.plan.sink_options:  # a GPU share: a cluster whose GPUs are taken would hold it forever
                 self._wait_placed([sink], "sink actors (smoothing on the GPU)", {**self.plan.sink_options,
                                                                                  "num_cpus": 0})
             _ = self.model_info  # the models were loading while this stream's actors started
+            # The stream runs on its own actor, beside its sink: this thread only hears how far it is, and the end
+            result = None
+            # The model actors on the stream's node, when it has any: its frames and depth then stay on that node
+            by_node = self.pool.by_node()
+            actor_nodes = {actor._actor_id.hex(): n for n, actors in by_node.items() for actor in actors}
+            model_actors = by_node.get(node) or self.pool.healthy()
+            items = stream.run.remote(job, sink, model_actors, actor_nodes)
             while True:
-                count = ray.get(count_ref)
-                if count == 0:
+                ready, _ = ray.wait([items], timeout=HEALTH_CHECK_S)
+                # The job's look at the model actors (the stream's own drops one it waits on in vain; this one
+                # says so, and keeps it from later streams)
+                self.pool.check(every_s=HEALTH_CHECK_S)
+                if not ready:
+                    continue
+                try:
+                    kind, value = ray.get(next(items))
+                except StopIteration:
                     break
-                this_batch = batch_ref
-                count_ref, batch_ref = decoder.next_batch.remote()  # decode ahead while this batch is inferred
-                actor = self.pool.next()
-                depth_ref = actor.infer.remote(this_batch, depth_dtype)
-                in_flight.append((sink.write.remote(depth_ref, this_batch), count))
-                while len(in_flight) >= settings.batching.max_in_flight:
-                    self._wait_oldest(in_flight, progress, on_progress)
-            while in_flight:
-                self._wait_oldest(in_flight, progress, on_progress)
-            sink_stats = ray.get(sink.close.remote())
-            decode_stats = ray.get(decoder.stats.remote())
+                if kind == PROGRESS and on_progress:
+                    on_progress(value)
+                elif kind == RESULT:
+                    result = value
         except BaseException as error:
             try:
                 # Bounded: the abort queues behind the sink's pending writes, which may wait on a model actor that
@@ -253,22 +285,8 @@ class DepthGraph:
             if isinstance(error, ray.exceptions.RayError) and not isinstance(error, RETRIABLE):
                 raise unwrap_ray_error(error) from None
             raise
-        self.streams.give_back(pair)
-        return StreamResult(decode_stats, sink_stats, progress, time.monotonic())
-
-    def _wait_oldest(self, in_flight: deque, progress: dict, on_progress) -> None:
-        write_ref, count = in_flight.popleft()
-        while not ray.wait([write_ref], timeout=HEALTH_CHECK_S)[0]:
-            self.pool.check()
-        self.pool.check(every_s=HEALTH_CHECK_S)
-        ray.get(write_ref)
-        # Steady-state rate: from the first written batch on, so actor start-up and warm-up are not counted
-        if progress["first_written_at"] is None:
-            progress["first_written_at"] = time.monotonic()
-        else:
-            progress["frames_after_first"] += count
-        if on_progress:
-            on_progress(count)
+        self.streams.give_back(pair, result["decode"]["node_id"])
+        return StreamResult(result["decode"], result["sink"], result["progress"], result["finished"])
 
     def model_actors_peak_rss(self) -> list[float]:
         """Peak memory of the model actors that answer within a few seconds (one restarting, or lost with its node,

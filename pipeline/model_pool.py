@@ -36,12 +36,23 @@ def actor_state(actor_id: str) -> str | None:
         return "ALIVE"
 
 
+def actor_node(actor_id: str) -> str | None:
+    """The node an alive actor runs on (hex id), from the same table; None while it is not alive, or unknown."""
+    try:
+        info = ray._private.state.actors(actor_id)
+    except Exception:  # noqa: BLE001 - see actor_state: then placement is left to Ray
+        return None
+    return info.get("Address", {}).get("NodeID") if info.get("State") == "ALIVE" else None
+
+
 class ModelPool:
     """Thread-safe: the driver's stream threads share one pool."""
 
-    def __init__(self, actors: list, restart_timeout_s: float):
+    def __init__(self, actors: list, restart_timeout_s: float, log: bool = True):
+        """`log`: say so on stderr when an actor is dropped (the job's own pool; a stream's copy stays quiet)."""
         self.actors = list(actors)
         self.restart_timeout_s = restart_timeout_s
+        self._log = log
         self._down_since: dict[str, float] = {}  # actor id -> when it was first seen not alive
         self._suspected_at: dict[str, float] = {}  # actor id -> when a call to it last failed
         self._checked_at = 0.0
@@ -50,13 +61,27 @@ class ModelPool:
 
     def next(self):
         """The actor for the next batch."""
+        candidates = self.healthy()
+        with self._lock:
+            self._turn += 1
+            return candidates[self._turn % len(candidates)]
+
+    def healthy(self) -> list:
+        """The actors to give a new stream: alive and not suspected, or all there are when none is."""
         now = time.monotonic()
         with self._lock:
             healthy = [a for a in self.actors if self._id(a) not in self._down_since
                        and now - self._suspected_at.get(self._id(a), -SUSPECT_S) >= SUSPECT_S]
-            candidates = healthy or self.actors
-            self._turn += 1
-            return candidates[self._turn % len(candidates)]
+            return healthy or list(self.actors)
+
+    def by_node(self) -> dict[str, list]:
+        """The healthy actors, by the node they run on now (an actor restarted elsewhere has moved)."""
+        nodes: dict[str, list] = {}
+        for actor in self.healthy():
+            node = actor_node(self._id(actor))
+            if node:
+                nodes.setdefault(node, []).append(actor)
+        return nodes
 
     def suspect(self, actor_id: str | None) -> None:
         """A call to this actor failed (any actor id may come here; only the pool's count)."""
@@ -77,13 +102,15 @@ class ModelPool:
                 if state == "ALIVE":
                     self._down_since.pop(key, None)
                     continue
-                if now - self._down_since.setdefault(key, now) < self.restart_timeout_s:
+                # DEAD never comes back (restarts used up, or dropped by a stream's pool): out at once
+                if state != "DEAD" and now - self._down_since.setdefault(key, now) < self.restart_timeout_s:
                     continue
                 self.actors.remove(actor)
                 ray.kill(actor, no_restart=True)
-                print(f"warning: a model actor was lost and could not be restarted within {self.restart_timeout_s:g} "
-                      f"s ({state}: no node with room for it); going on with {len(self.actors)}",
-                      file=sys.stderr, flush=True)
+                if self._log:
+                    print(f"warning: a model actor was lost and could not be restarted within "
+                          f"{self.restart_timeout_s:g} s ({state}: no node with room for it); going on with "
+                          f"{len(self.actors)}", file=sys.stderr, flush=True)
             if not self.actors:
                 raise PipelineError(f"every model actor was lost and none could be restarted within "
                                     f"{self.restart_timeout_s:g} s (nodes died and the cluster has no room left)")

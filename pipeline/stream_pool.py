@@ -30,48 +30,57 @@ STREAMS_PER_PAIR = 200
 class StreamActorPool:
     """Thread-safe: the driver's stream threads share one pool."""
 
-    def __init__(self, start_pair: Callable[[], StreamActors], streams_per_pair: int = STREAMS_PER_PAIR,
+    def __init__(self, start_pair: Callable[[str | None], StreamActors], streams_per_pair: int = STREAMS_PER_PAIR,
                  kill: Callable = ray.kill):
+        """`start_pair(node)`: a new pair on that node (None: wherever Ray puts it)."""
         self._start_pair = start_pair
         self._streams_per_pair = streams_per_pair
         self._kill = kill
-        self._idle: list[StreamActors] = []
+        self._idle: dict[str | None, list[StreamActors]] = {}  # node -> pairs waiting there
         self._served: dict[int, int] = {}  # id(pair) -> streams it finished
+        self._node: dict[int, str | None] = {}  # id(pair) -> the node it was started for
         self._lock = threading.Lock()
         self.started = 0  # pairs started so far (the rest of the streams reused one)
 
-    def take(self) -> StreamActors:
+    def take(self, node: str | None = None) -> StreamActors:
+        """An idle pair on `node`, else a new one there."""
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
+            if self._idle.get(node):
+                return self._idle[node].pop()
             self.started += 1
-        pair = self._start_pair()
+        pair = self._start_pair(node)
         with self._lock:
             self._served[id(pair)] = 0
+            self._node[id(pair)] = node
         return pair
 
-    def give_back(self, pair: StreamActors) -> None:
-        """After a stream that succeeded: the pair waits for the next stream, or is retired after its last."""
+    def give_back(self, pair: StreamActors, node: str | None = None) -> None:
+        """After a stream that succeeded: the pair waits for the next stream (on `node`, where it ran, when known),
+        or is retired after its last."""
         with self._lock:
+            if node is not None:
+                self._node[id(pair)] = node
             served = self._served[id(pair)] = self._served[id(pair)] + 1
             if served < self._streams_per_pair:
-                self._idle.append(pair)
+                self._idle.setdefault(self._node[id(pair)], []).append(pair)
                 return
         self.discard(pair)
 
     def discard(self, pair: StreamActors) -> None:
         with self._lock:
             self._served.pop(id(pair), None)
+            self._node.pop(id(pair), None)
         for actor in pair:
             self._kill(actor)
 
     def clear(self) -> None:
         """Kill every idle pair (a worker or node was lost: some of them may be gone, and would fail their stream)."""
         with self._lock:
-            idle, self._idle = self._idle, []
+            idle = [pair for pairs in self._idle.values() for pair in pairs]
+            self._idle = {}
         for pair in idle:
             self.discard(pair)
 
     @property
     def idle(self) -> int:
-        return len(self._idle)
+        return sum(len(pairs) for pairs in self._idle.values())

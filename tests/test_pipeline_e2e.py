@@ -170,7 +170,7 @@ def test_stream_actors_are_kept_for_the_next_video_and_replaced_when_lost(ray_cl
             assert summary["frames_out"] == read_video(clips[name])["count"] == read_video(output)["count"]
             assert summary["retried_streams"] == 0
         assert (graph.streams.started, graph.streams.idle) == (1, 1)
-        _, idle_sink = graph.streams._idle[0]
+        [[(_, idle_sink)]] = graph.streams._idle.values()
         ray.kill(idle_sink)
         summary = process_video(graph, str(clips["long"]), str(outputs[3]))
         assert summary["retried_streams"] == 1 and summary["frames_out"] == read_video(outputs[3])["count"] == 40

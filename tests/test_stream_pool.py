@@ -10,7 +10,8 @@ from pipeline.stream_pool import StreamActorPool
 def make_pool(streams_per_pair: int = 3):
     names = itertools.count()
     killed: list[str] = []
-    pool = StreamActorPool(lambda: (f"decoder{next(names)}", f"sink{next(names)}"), streams_per_pair, killed.append)
+    pool = StreamActorPool(lambda node: (f"decoder{next(names)}", f"sink{next(names)}"), streams_per_pair,
+                           killed.append)
     return pool, killed
 
 
@@ -43,3 +44,11 @@ def test_clear_kills_every_idle_pair():
     pool.clear()
     assert sorted(killed) == sorted(actor for pair in pairs[:2] for actor in pair) and pool.idle == 0
     assert pool.take() not in pairs and pool.started == 4
+
+
+def test_pairs_wait_on_the_node_they_ran_on():
+    pool, _ = make_pool()
+    anywhere = pool.take()  # placed by Ray (no node known yet)
+    pool.give_back(anywhere, node="node-a")
+    assert pool.take("node-b") is not anywhere
+    assert pool.take("node-a") is anywhere

@@ -188,6 +188,7 @@ class BatchJob:
             row = {"video": key, "status": "done", "output": str(plan.output.relative_to(self.folder)),
                    "frames": summary["frames_out"], "unreadable_frames": summary.get("unreadable_frames", 0),
                    "retried_streams": summary.get("retried_streams", 0),
+                   "nodes": summary.get("nodes", []), "bytes_across_nodes": summary.get("bytes_across_nodes", 0),
                    "seconds": round(seconds, 3), "fps": round(summary["frames_out"] / seconds, 3)}
             self.status.record(key, **row, bytes=size, sha256=file_digest(plan.output), settings=plan.digest,
                                input_stamp=stamp)

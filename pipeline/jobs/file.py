@@ -188,6 +188,10 @@ def summarize(graph: DepthGraph, source: str, results: list[StreamResult], secon
                         "sink": max((k["peak_rss_mb"] for k in sink_stats), default=None)},
         # CPU of the streams' own actors, per frame (the model actors' is in their usage(): they are shared)
         "cpu_ms_per_frame": {stage: round(value * 1e3 / max(frames_out, 1), 2) for stage, value in cpu_s.items()},
+        # Where its streams ran, and what crossed the network: frames to a model actor on another node, depth back
+        "nodes": sorted({d["node"] for d in decode_stats}),
+        "bytes_across_nodes": sum(d["frame_bytes_across_nodes"] for d in decode_stats)
+        + sum(k["depth_bytes_across_nodes"] for k in sink_stats),
     }
     if graph.settings.output.depth_format == "gray16" and sink_stats:
         summary.update(depth_scale=sink_stats[0]["depth_scale"],
