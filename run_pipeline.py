@@ -400,6 +400,8 @@ def main(argv=None) -> int:
     batch = bool(argv) and argv[0] == "batch"
     args = parse_batch_args(argv[1:]) if batch else parse_args(argv)
     is_main_thread = threading.current_thread() is threading.main_thread()
+    global _stopped_by
+    _stopped_by = None  # (main may run more than once in a process: the tests)
     stop_signals = (signal.SIGINT, signal.SIGTERM)
     previous = {n: signal.signal(n, on_stop_signal) for n in stop_signals} if is_main_thread else {}
     status = 0
@@ -420,9 +422,8 @@ def main(argv=None) -> int:
         print(f"error: internal {type(error).__name__}: {one_line(error)} (DEPTH_TRACEBACK=1 shows where)",
               file=sys.stderr)
         return 1
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
-        terminated = isinstance(stop, Terminated) or _stopped_by == signal.SIGTERM
-        what = "terminated" if terminated else "interrupted"
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated): which one, on_stop_signal recorded
+        what = "terminated" if _stopped_by == signal.SIGTERM else "interrupted"
         print(f"error: {what}; {what_was_kept(args)}", file=sys.stderr)
         return 130 if what == "interrupted" else 143
     finally:

@@ -221,10 +221,12 @@ class DepthGraph:
         warm the smoother and the colour range up (see DepthSink). Waits for one of the job's stream slots first
         (`plan.max_streams`: videos and segments together)."""
         with self.stream_slots:
-            if not self._models_placed.is_set() and sum(n["Alive"] for n in ray.nodes()) > 1:
+            if not self._models_placed.is_set():
                 # Where the model actors run decides where streams run: on a cluster, know it before the first
-                # stream (on one machine every stream is beside them anyway, and the actors start meanwhile)
-                self._wait_placed(self.model_actors, "model actors", self.plan.model_options)
+                # stream (on one machine every stream is beside them anyway, and the actors start meanwhile).
+                # Asked once: later streams find the model actors' nodes known
+                if sum(node["Alive"] for node in ray.nodes()) > 1:
+                    self._wait_placed(self.model_actors, "model actors", self.plan.model_options)
                 self._models_placed.set()
             node = self.placement.acquire()
             try:

@@ -233,20 +233,26 @@ def test_interrupt_during_start_up_leaves_no_ray_processes(clips, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def at_once(runs: dict[str, list]) -> dict[str, int]:
+    """The CLI's runs (name -> argv) at once, in threads sharing the test's Ray: name -> exit status."""
+    codes: dict[str, int] = {}
+
+    def one(name: str) -> None:
+        codes[name] = run_pipeline.main([str(a) for a in runs[name]])
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    return codes
+
+
 def test_two_runs_on_one_output(ray_cluster, clips, tmp_path):
     """Two runs at once (threads sharing the test's Ray) on one output: both finish, the file is whole."""
     output = tmp_path / "shared.mp4"
-    codes = {}
-
-    def one_run(name: str) -> None:
-        codes[name] = run_pipeline.main([str(clips["medium"]), "-o", str(output), *FAST,
-                                         "--summary", str(tmp_path / f"{name}.json")])
-
-    runs = [threading.Thread(target=one_run, args=(name,)) for name in ("first", "second")]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join(timeout=300)
+    codes = at_once({name: [clips["medium"], "-o", output, *FAST, "--summary", tmp_path / f"{name}.json"]
+                     for name in ("first", "second")})
     assert codes == {"first": 0, "second": 0}
     for name in codes:
         assert json.loads((tmp_path / f"{name}.json").read_text())["frames_out"] == 40

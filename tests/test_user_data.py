@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -24,7 +23,7 @@ from pipeline.jobs.segments import SegmentStore, work_folders
 from pipeline.stages.decode import VideoDecoder
 from pipeline.stages.file_lock import FileLock, is_held_elsewhere
 from tests.clips import clip, read_video
-from tests.test_cli_faults import assert_one_line_error, run_cli, start_cli, wait_for
+from tests.test_cli_faults import assert_one_line_error, at_once, run_cli, start_cli, wait_for
 from tests.test_pipeline_e2e import FAST
 
 
@@ -134,17 +133,8 @@ def test_two_segmented_runs_on_one_output_never_mix(ray_cluster, clips, tmp_path
                                   colormap, "--segments", "3"]) == 0
     shared = tmp_path / "shared" / "depth.mp4"
     shared.parent.mkdir()
-    codes = {}
-
-    def one_run(colormap: str) -> None:
-        codes[colormap] = run_pipeline.main([str(clips["segmentable"]), "-o", str(shared), *FAST, "--colormap",
-                                             colormap, "--segments", "3"])
-
-    runs = [threading.Thread(target=one_run, args=(colormap,)) for colormap in references]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join(timeout=300)
+    codes = at_once({colormap: [clips["segmentable"], "-o", shared, *FAST, "--colormap", colormap, "--segments", "3"]
+                     for colormap in references})
     assert codes == {"inferno": 0, "turbo": 0}
     frames = frames_of(shared)
     assert len(frames) == 45
@@ -157,17 +147,8 @@ def test_two_batch_jobs_on_one_folder_never_mix(ray_cluster, clips, tmp_path):
     copy_of(clips["segmentable"], inputs / "film.mp4")
     copy_of(clips["short"], inputs / "sub" / "clip.mp4")
     out = tmp_path / "out"
-    codes = {}
-
-    def one_job(colormap: str) -> None:
-        codes[colormap] = run_pipeline.main(["batch", str(inputs), "--output-dir", str(out), *FAST, "--colormap",
-                                             colormap, "--segments", "3", "--videos-in-flight", "2"])
-
-    jobs = [threading.Thread(target=one_job, args=(colormap,)) for colormap in ("inferno", "turbo")]
-    for job in jobs:
-        job.start()
-    for job in jobs:
-        job.join(timeout=300)
+    codes = at_once({colormap: ["batch", inputs, "--output-dir", out, *FAST, "--colormap", colormap, "--segments", "3",
+                                "--videos-in-flight", "2"] for colormap in ("inferno", "turbo")})
     assert codes == {"inferno": 0, "turbo": 0}
     assert read_video(out / "film_depth.mp4")["count"] == 45 and read_video(out / "sub" / "clip_depth.mp4")["count"] == 6
     lines = [json.loads(line) for line in (out / "batch_status.jsonl").read_text().splitlines()]
