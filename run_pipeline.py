@@ -6,6 +6,7 @@ Turn a video into a depth video, streaming through Ray actors (decode -> infer -
     python run_pipeline.py INPUT -o OUTPUT --model large       # or base, v2-small, ...; or --checkpoint PATH|REPO
     python run_pipeline.py --random-weights vits               # a sample clip, random weights: plumbing only
     python run_pipeline.py batch INPUTS... --output-dir DIR     # many videos (see: run_pipeline.py batch --help)
+    python run_pipeline.py live CAMERAS.yaml                   # many cameras (see: run_pipeline.py live --help)
 
 Prints a JSON summary on stdout at the end; errors are one line on stderr with a non-zero exit status.
 """
@@ -82,6 +83,30 @@ def parse_batch_args(argv) -> argparse.Namespace:
     parser.add_argument("--videos-in-flight", type=int, metavar="N",
                         help="videos open at once (default: one per CPU the model actors leave, at least 2)")
     return parser.parse_args(argv)
+
+
+def parse_live_args(argv) -> argparse.Namespace:
+    from pipeline.jobs.control_api import DEFAULT_CONTROL
+
+    parser = OneLineParser(prog="run_pipeline.py live", description=LIVE_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cameras", metavar="CAMERAS.yaml",
+                        help="the cameras: `cameras:` a list of {name, input, output and/or record, realtime, "
+                             "colormap, depth_format, drop, keep_every, queue, transport, smoothing}")
+    parser.add_argument("--control", default=DEFAULT_CONTROL, metavar="HOST:PORT",
+                        help=f"where the HTTP control API listens (default {DEFAULT_CONTROL}; port 0: any free one)")
+    add_shared_flags(parser)
+    parser.add_argument("--summary", help="also write the JSON summary to this file")
+    parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing recording")
+    return parser.parse_args(argv)
+
+
+LIVE_HELP = """Many cameras in one job, sharing the model actors: their frames go through the network together.
+
+    python run_pipeline.py live cameras.yaml [--control 127.0.0.1:8765] [model, output and Ray flags]
+
+Runs until Ctrl-C or SIGTERM, then closes every camera's outputs and prints the summary (exit 0). While it runs:
+GET /cameras, POST /cameras (a camera's entry as JSON), DELETE /cameras/NAME, GET /healthz, /readyz, /metrics."""
 
 
 BATCH_HELP = """Many videos on one pool of model actors (a local Ray instance, or a cluster with --address).
@@ -220,6 +245,47 @@ def run_batch(args: argparse.Namespace) -> tuple[dict, int]:
 
 
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "srt://", "udp://", "tcp://")
+
+
+def run_cameras(args: argparse.Namespace) -> dict:
+    """The live command: many cameras until Ctrl-C / SIGTERM; the summary, exit 0."""
+    from pipeline.jobs.cameras import CameraService, read_cameras_file
+    from pipeline.jobs.control_api import ControlServer, parse_address
+
+    settings = load_settings(args.config, overrides_from(args), flag_labels())
+    if args.segments is not None:
+        raise PipelineError("--segments is for files; a camera is one stream, run as it comes")
+    cameras = read_cameras_file(args.cameras, settings, args.no_overwrite)
+    check_summary_path(args.summary)
+    server = ControlServer(*parse_address(args.control))  # a port in use fails here, before Ray
+    try:
+        resolved = resolve_model(settings)
+        stopping = threading.Event()
+        stop = lambda number, frame: stopping.set()  # noqa: E731
+        with depth_graph(settings, resolved) as graph:
+            service = CameraService(settings, graph.camera_pool(), args.no_overwrite)
+            server.start(service)
+            print(f"live: {len(cameras)} cameras; control API at {server.url} (GET /cameras, /healthz, /readyz, "
+                  f"/metrics; POST /cameras; DELETE /cameras/NAME)", file=sys.stderr, flush=True)
+            # Ctrl-C and SIGTERM end the job normally: every camera's outputs closed, the summary printed
+            previous = {n: signal.signal(n, stop) for n in (signal.SIGINT, signal.SIGTERM)} \
+                if threading.current_thread() is threading.main_thread() else {}
+            try:
+                _ = graph.model_info  # loaded before the cameras start, so start-up is not counted as latency
+                service.model_loaded = True
+                for camera in cameras:
+                    if not stopping.is_set():
+                        service.add(camera)
+                while not stopping.wait(0.5):  # (a timed wait: signal handlers run between its rounds)
+                    pass
+                with signals_deferred():
+                    summary = service.stop_all()
+            finally:
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
+    finally:
+        server.close()
+    return {**summary, "control": server.url}
 
 
 def is_live(args: argparse.Namespace) -> bool:
@@ -397,8 +463,9 @@ def what_was_kept(args: argparse.Namespace) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    batch = bool(argv) and argv[0] == "batch"
-    args = parse_batch_args(argv[1:]) if batch else parse_args(argv)
+    command = argv[0] if argv and argv[0] in ("batch", "live") else None
+    parse = {"batch": parse_batch_args, "live": parse_live_args}.get(command)
+    args = parse(argv[1:]) if parse else parse_args(argv)
     is_main_thread = threading.current_thread() is threading.main_thread()
     global _stopped_by
     _stopped_by = None  # (main may run more than once in a process: the tests)
@@ -406,8 +473,10 @@ def main(argv=None) -> int:
     previous = {n: signal.signal(n, on_stop_signal) for n in stop_signals} if is_main_thread else {}
     status = 0
     try:
-        if batch:
+        if command == "batch":
             summary, status = run_batch(args)
+        elif command == "live":
+            summary = run_cameras(args)
         else:
             summary = run(args)
         text = json.dumps(summary, indent=2, default=str)

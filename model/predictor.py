@@ -80,16 +80,27 @@ class DepthPredictor:
 
     @torch.inference_mode()
     def predict(self, frames_bhwc: torch.Tensor, at_frame_size: bool = True) -> torch.Tensor:
-        frame_hw = tuple(frames_bhwc.shape[1:3])
-        image_bchw = prepare_frames(frames_bhwc.to(self.device, non_blocking=True), self.input_size_for(frame_hw))
-        if self._cast:
-            image_bchw = image_bchw.to(PRECISIONS[self.options.precision])
-        with self.autocast():
-            depth_bhw = self._forward(image_bchw)
-        depth_bhw = depth_bhw.float()
-        return resize_depth(depth_bhw, frame_hw) if at_frame_size else depth_bhw
+        """uint8 RGB frames B x H x W x 3 -> float32 depth B x H x W (or B x h x w, the network's resolution)."""
+        depth_bhw = self.forward(self.prepare(frames_bhwc))
+        return resize_depth(depth_bhw, tuple(frames_bhwc.shape[1:3])) if at_frame_size else depth_bhw
 
     __call__ = predict
+
+    @torch.inference_mode()
+    def prepare(self, frames_bhwc: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB frames B x H x W x 3 -> the network's input B x 3 x h x w on its device, in its dtype: h x w from
+        the frame's size (`input_size_for`), so frames of different sizes with one aspect ratio (1080p and 720p) give
+        inputs of one size, which can go through the network together (torch.cat, then `forward`)."""
+        frame_hw = tuple(frames_bhwc.shape[1:3])
+        image_bchw = prepare_frames(frames_bhwc.to(self.device, non_blocking=True), self.input_size_for(frame_hw))
+        return image_bchw.to(PRECISIONS[self.options.precision]) if self._cast else image_bchw
+
+    @torch.inference_mode()
+    def forward(self, image_bchw: torch.Tensor) -> torch.Tensor:
+        """The network on prepared input (`prepare`) -> float32 depth B x h x w at the network's resolution."""
+        with self.autocast():
+            depth_bhw = self._forward(image_bchw)
+        return depth_bhw.float()
 
 
 def cast_weights_once(net: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -28,6 +28,7 @@ from model import PredictorOptions
 
 HEALTH_CHECK_S = 5.0  # how often a stream looks at the model actors' health (and when a write takes this long)
 
+from .stages.cross_batcher import CrossStreamBatcher, batch_means
 from .stages.decode import VideoDecoder
 from .stages.frames import FrameBatch, PipelineError, VideoInfo, one_line
 from .stages.infer import DepthWorker, ModelSource
@@ -206,14 +207,20 @@ MODEL_ACTOR_RESTARTS = 3
 
 # Control calls (ready, load, usage) have a thread of their own: they answer while batches are being inferred,
 # instead of queueing behind every batch in flight (a placement check or a summary waited for the whole queue)
+# Live cameras' calls (`infer_frames`) wait in a group of their own, one thread each, while their frames are batched
+# together (stages/cross_batcher.py): up to LIVE_CALLS_AT_ONCE cameras per model actor
+LIVE_CALLS_AT_ONCE = 128
+
+
 @ray.remote(max_restarts=MODEL_ACTOR_RESTARTS, max_task_retries=MODEL_ACTOR_RESTARTS,
-            concurrency_groups={"control": 1})
+            concurrency_groups={"control": 1, "live": LIVE_CALLS_AT_ONCE})
 class ModelActor:
     def __init__(self, source: ModelSource, options: PredictorOptions, device: str, threads: int, batch_size: int,
                  network_batch: int):
         self._args = (source, options, device, threads, batch_size, network_batch)
         self._worker: DepthWorker | None = None
         self._loading = threading.Lock()  # two calls at once on a GPU: one loads, the other waits
+        self._batchers: dict[tuple, CrossStreamBatcher] = {}
 
     @ray.method(concurrency_group="control")
     def ready(self) -> bool:
@@ -237,6 +244,32 @@ class ModelActor:
 
     def infer(self, batch: FrameBatch, depth_dtype: str):
         return self._loaded().infer(batch, depth_dtype)
+
+    @ray.method(concurrency_group="live")
+    def infer_frames(self, stream: str, batch: FrameBatch, depth_dtype: str, batch_size: int, wait_s: float):
+        """One camera's waiting frames, batched with other cameras' (see CrossStreamBatcher): its DepthBatch."""
+        key = (depth_dtype, batch_size, wait_s)
+        with self._loading:
+            batcher = self._batchers.get(key)
+        if batcher is None:
+            worker = self._loaded()
+            with self._loading:
+                batcher = self._batchers.get(key)
+                if batcher is None:
+                    # Two batches in the network at once on a GPU (copies beside compute), one on a CPU
+                    batcher = self._batchers[key] = CrossStreamBatcher(
+                        lambda batches: worker.infer_together(batches, depth_dtype), batch_size, wait_s,
+                        group_of=worker.input_size_for, workers=2 if worker.device.type == "cuda" else 1)
+        return batcher.submit(stream, batch).result()
+
+    @ray.method(concurrency_group="control")
+    def batching(self) -> dict:
+        """Network batches of live cameras' frames so far: count, mean frames and mean cameras per batch, and the
+        totals they come from (`totals`: to combine several model actors' with `batch_means`)."""
+        with self._loading:
+            batchers = list(self._batchers.values())
+        return batch_means([batcher.stats() for batcher in batchers]) | {
+            "totals": [batcher.stats() for batcher in batchers]}
 
     @ray.method(concurrency_group="control")
     def usage(self) -> dict:
@@ -293,6 +326,77 @@ class SinkActor:
         if self._sink is not None:
             self._sink.abort()
             self._sink = None
+
+    def ready(self) -> bool:
+        return True
+
+
+# A camera's process: one camera's whole loop (reading, smoothing, rendering, encoding, publishing) beside the other
+# cameras', so N cameras use N cores and one camera's stall never holds another's frames. No CPU declared (as stream
+# actors; the camera pool bounds them). A process that dies is started again by Ray (its __init__ again); the pool
+# then sees it idle and starts it again (`run`): the camera reconnects and publishes again by itself
+CAMERA_ACTOR_RESTARTS = 3
+
+
+@ray.remote(num_cpus=0, max_restarts=CAMERA_ACTOR_RESTARTS)
+class CameraActor:
+    """Runs one camera (stages/live_camera.py) from `run` until `stop`; its frames go to the job's model actors with
+    `infer_frames`, batched there with the other cameras' frames.
+
+    The model actors are given to `run`, not to the constructor: Ray restarts an actor from its constructor's
+    arguments, and handles of other actors there may not survive (ray-project/ray#53727)."""
+
+    def __init__(self, name: str, source: str, realtime: bool, targets, settings, batch_size: int):
+        from .stages.live_camera import LiveCamera
+        from .stages.live_source import LiveSource
+
+        one_thread_each()
+        live = settings.live
+        self._name, self._settings, self._batch_size = name, settings, batch_size
+        self._camera = LiveCamera(settings, LiveSource(source, realtime=realtime, transport=live.transport,
+                                                       read_timeout_s=live.read_timeout_s,
+                                                       backoff_s=(0.5, live.backoff_max_s)), targets, name=name)
+        self._summary: dict | None = None
+        self._thread: threading.Thread | None = None
+
+    def run(self, model_actors: list) -> None:
+        """Start the camera's loop (once) on these model actors."""
+        if self._thread is not None:
+            return
+        from .model_pool import ModelPool
+
+        pool = ModelPool(model_actors, self._settings.ray.restart_timeout_s, log=False)
+        name, batch_size, wait_s = self._name, self._batch_size, self._settings.live.batch_wait_ms / 1e3
+
+        def infer(batch: FrameBatch, depth_dtype: str):
+            actor = pool.next()
+            try:
+                return ray.get(actor.infer_frames.remote(name, batch, depth_dtype, batch_size, wait_s))
+            except ray.exceptions.RayError as error:
+                pool.suspect(actor._actor_id.hex())
+                raise unwrap_ray_error(error) from None
+
+        self._thread = threading.Thread(target=self._run, args=(infer,), daemon=True, name=f"camera-{name}")
+        self._thread.start()
+
+    def _run(self, infer) -> None:
+        try:
+            self._summary = self._camera.run(infer)
+        except BaseException:  # noqa: BLE001 - recorded by the camera (its state: failed), reported by stats
+            pass
+
+    def stats(self) -> dict:
+        return {**self._camera.stats(), "running": self._thread is not None, "peak_rss_mb": peak_rss_mb()}
+
+    def stop(self, timeout_s: float = 10.0) -> dict:
+        """Stop reading, write what is in flight, close the outputs (RTSP TEARDOWN, the recording finished): the
+        camera's summary."""
+        self._camera.stop()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        if self._summary is None:
+            return {**self._camera.stats(), "error": self._camera.error or "did not stop in time"}
+        return {**self._summary, "peak_rss_mb": peak_rss_mb()}
 
     def ready(self) -> bool:
         return True

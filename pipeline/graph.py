@@ -110,6 +110,7 @@ class DepthGraph:
         self._model_info: dict | None = None
         self._models_placed = threading.Event()  # shared by every view (with_settings), set once
         self.batch_size = self.plan.batch_size
+        self._cameras = None  # the live cameras' pool (camera_pool.py), made when a job asks for it
 
     def _start_stream_actors(self, node: str | None) -> tuple:
         """A new stream actor and sink actor, both on `node` (the stream's, chosen by `placement`), or spread over
@@ -290,6 +291,14 @@ class DepthGraph:
         self.streams.give_back(pair, result["decode"]["node_id"])
         return StreamResult(result["decode"], result["sink"], result["progress"], result["finished"])
 
+    def camera_pool(self):
+        """The job's live cameras, each on an actor of its own, using these model actors (made on first use)."""
+        if self._cameras is None:
+            from .camera_pool import CameraPool
+
+            self._cameras = CameraPool(self.pool, self.settings, self.batch_size)
+        return self._cameras
+
     def model_actors_peak_rss(self) -> list[float]:
         """Peak memory of the model actors that answer within a few seconds (one restarting, or lost with its node,
         would hold the summary up, or forever where it has no room to restart)."""
@@ -304,6 +313,8 @@ class DepthGraph:
         return peaks
 
     def shutdown(self) -> None:
+        if self._cameras is not None:
+            self._cameras.close()
         self.streams.clear()
         for actor in self.model_actors:
             ray.kill(actor)

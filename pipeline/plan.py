@@ -78,6 +78,11 @@ def plan_actors(settings: PipelineSettings, resources: dict[str, float], cuda_pr
         # Shares from the count, so that N actors fit on the GPUs there are (2 on one GPU: half each); a tenth of
         # each GPU is left for the sinks when they smooth there (SINK_GPU_SHARE each)
         share = 1 / math.ceil(count / gpus) * (1 - SINKS_GPU_ROOM if sinks_on_gpu else 1)
+        if ray_settings.gpus_per_model_actor:  # asked for: several jobs (live cameras, batches) share a GPU
+            share = ray_settings.gpus_per_model_actor
+            if count * share > gpus + 1e-9:
+                raise PipelineError(f"{count} model actors of {share:g} GPU each need {count * share:g} GPUs and the "
+                                    f"Ray cluster has {gpus:g}")
         model_options = {"num_gpus": round(share, 4), "max_concurrency": 2, "num_cpus": 1}
     threads = model.threads or (0 if use_gpu else max(1, int(cpus // count)))
     batch_size = settings.batching.batch_size or (8 if use_gpu else 4)

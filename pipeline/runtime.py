@@ -10,6 +10,7 @@ Gives: Ray initialised in this process (`start_ray`), or shut down with every pr
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -44,8 +45,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, connect_t
     try:
         if address:
             check_reachable(address, connect_timeout_s)
-            runtime_env = {"py_modules": [str(PROJECT_ROOT / "model"), str(PROJECT_ROOT / "pipeline")]}
-            ray.init(address=address, runtime_env=runtime_env, **kwargs)
+            # Under `ray job submit --working-dir .` the job's runtime env already ships this project to every
+            # worker: shipping it again would upload it twice (and conflict if the job named py_modules itself)
+            if not ships_this_project(submitted_job_runtime_env()):
+                kwargs["runtime_env"] = {"py_modules": [str(PROJECT_ROOT / "model"), str(PROJECT_ROOT / "pipeline")]}
+            ray.init(address=address, **kwargs)
         else:
             paths = [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
             os.environ["PYTHONPATH"] = os.pathsep.join(paths)
@@ -108,6 +112,28 @@ def check_reachable(address: str, timeout_s: float) -> None:
         raise PipelineError(f"cannot reach a Ray cluster at {address}: {error.strerror or error}") from None
 
 
+def submitted_job_runtime_env() -> dict | None:
+    """The runtime env of the Ray Job this process is the entrypoint of (`ray job submit`), or None outside one.
+
+    Ray's job manager hands the entrypoint its job config as JSON in RAY_JOB_CONFIG_JSON_ENV_VAR.
+    """
+    config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not config:
+        return None
+    try:
+        runtime_env = json.loads(config).get("runtime_env")
+    except (ValueError, AttributeError):
+        return None
+    return runtime_env if isinstance(runtime_env, dict) else None
+
+
+def ships_this_project(runtime_env: dict | None) -> bool:
+    """Whether a job's runtime env carries this project to the workers: its working_dir is where the entrypoint
+    runs, and the job was submitted from this project's folder (the working dir Ray unpacked holds run_pipeline.py)."""
+    if not runtime_env or not runtime_env.get("working_dir"):
+        return False
+    return Path.cwd().resolve() == PROJECT_ROOT and (PROJECT_ROOT / "model").is_dir() \
+        and (PROJECT_ROOT / "pipeline").is_dir()
 
 
 def started_local_ray() -> bool:

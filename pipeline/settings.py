@@ -51,7 +51,6 @@ class BatchingSettings:
     # faster than four there at 518 px: four frames' attention matrices overflow the caches), while batches still
     # travel 4 at a time (each hand-over between actors has a fixed cost of about a millisecond)
     network_batch: int = 0
-    max_wait_ms: float = 50.0  # a live source sends a partial batch after this long
     max_in_flight: int = 4  # batches decoded but not yet written: bounds memory
     # How frames travel from decode to the model: auto = I420 (YUV 4:2:0, half the bytes, no conversion in the
     # decoder) for 8-bit 4:2:0 video of even size, packed RGB otherwise; rgb24 forces RGB
@@ -85,6 +84,8 @@ class RaySettings:
     placement_timeout_s: float = 60.0  # an actor the cluster cannot place within this long is an error, not a hang
     restart_timeout_s: float = 60.0  # a lost model actor not running again within this long is dropped from the pool
     max_streams: int = 0  # streams (videos, segments) open at once in a job; 0: from the cluster's CPUs and memory
+    # A model actor's share of a GPU (0.25: four a GPU, this job's or other jobs'); 0: from the count (one GPU each)
+    gpus_per_model_actor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ class LiveSettings:
     keep_every: int = 2
     log_every_s: float = 5.0  # the stderr line with fps, latency, drops, reconnects
     metrics: bool = False  # also export them with ray.util.metrics (Prometheus format)
+    # Many cameras in one job: their frames go through the network together; a batch leaves when it holds
+    # batching.batch_size frames or when its oldest frame has waited this long
+    batch_wait_ms: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -184,8 +188,7 @@ RULES: dict[str, dict[str, Check]] = {
         "device": device_name,
         "threads": integer(0),
     },
-    "batching": {"batch_size": integer(0), "network_batch": integer(0), "max_wait_ms": number(0),
-                 "max_in_flight": integer(1),
+    "batching": {"batch_size": integer(0), "network_batch": integer(0), "max_in_flight": integer(1),
                  "frame_layout": one_of("auto", "rgb24")},
     "smoothing": {"name": one_of(*SMOOTHER_NAMES), "params": of_type(dict, "a mapping"), "device": device_name},
     "output": {
@@ -207,6 +210,7 @@ RULES: dict[str, dict[str, Check]] = {
         "keep_every": integer(1),
         "log_every_s": number(above=0),
         "metrics": of_type(bool, "true or false"),
+        "batch_wait_ms": number(0),
     },
     "segments": {
         "count": lambda value: None if value == "auto" else (integer(1)(value) and f"{integer(1)(value)} (or auto)"),
@@ -221,6 +225,8 @@ RULES: dict[str, dict[str, Check]] = {
         "placement_timeout_s": number(above=0),
         "restart_timeout_s": number(above=0),
         "max_streams": integer(0),
+        "gpus_per_model_actor": lambda value: number(0)(value) or (
+            None if value <= 1 else f"must be a share of one GPU (0 to 1), got {value}"),
     },
 }
 

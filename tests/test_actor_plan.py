@@ -23,6 +23,21 @@ def test_gpu_shares_follow_the_actor_count(gpus, actors, share):
     assert result.smoother_device == "cpu" and result.sink_options == {}, "auto smooths on the CPU"
 
 
+def test_a_gpu_share_asked_for_lets_several_jobs_use_one_gpu():
+    """ray.gpus_per_model_actor 0.25: four jobs' model actors (live cameras, batches) fit on one GPU, where the
+    default (a whole GPU each) left the second job waiting for placement and failing after placement_timeout_s."""
+    result = plan({"CPU": 16, "GPU": 1}, **{"ray.gpus_per_model_actor": 0.25})
+    assert result.use_gpu and result.model_actors == 1 and result.model_options["num_gpus"] == 0.25
+    assert plan({"CPU": 16, "GPU": 2}, **{"ray.gpus_per_model_actor": 0.5, "ray.model_actors": 4}) \
+        .model_options["num_gpus"] == 0.5
+    with pytest.raises(PipelineError, match="3 model actors of 0.5 GPU each need 1.5 GPUs and the Ray cluster has 1"):
+        plan({"CPU": 16, "GPU": 1}, **{"ray.gpus_per_model_actor": 0.5, "ray.model_actors": 3})
+    for bad in (1.5, -0.1, "half"):
+        with pytest.raises(PipelineError, match="ray.gpus_per_model_actor"):
+            load_settings(None, {"ray.gpus_per_model_actor": bad})
+    assert plan({"CPU": 4}, **{"ray.gpus_per_model_actor": 0.25}).model_options == {"num_cpus": 1}  # no GPU: moot
+
+
 def test_smoothing_on_the_gpu_leaves_room_for_the_sinks():
     result = plan({"CPU": 16, "GPU": 1}, **{"smoothing.device": "cuda"})
     assert result.model_options["num_gpus"] == 0.9

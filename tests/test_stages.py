@@ -396,3 +396,30 @@ def test_encoder_thread_writes_the_same_file(tmp_path, worker):
     plain, threaded = (read_video(outputs[flag]) for flag in (False, True))
     assert plain["pts"] == threaded["pts"]
     assert all(np.array_equal(a.to_ndarray(), b.to_ndarray()) for a, b in zip(plain["frames"], threaded["frames"]))
+
+
+def test_batches_of_different_sizes_go_through_the_network_together_as_each_would_alone(worker):
+    """Live cameras of one aspect ratio (here 96 x 64 and 192 x 128, one I420 and one RGB, and a second 96 x 64 one)
+    share the network's input size: one pass gives each batch the depth it gets alone. Another aspect ratio cannot
+    join them."""
+    from fractions import Fraction
+
+    from pipeline.stages.frames import FrameBatch
+    from pipeline.stages.pixels import YUV420P
+
+    rng = np.random.default_rng(5)
+
+    def batch(frames, height, width, layout="rgb24", first_index=0):
+        shape = (frames, height * 3 // 2, width) if layout == YUV420P else (frames, height, width, 3)
+        return FrameBatch(first_index, list(range(first_index, first_index + frames)), Fraction(1, 15),
+                          rng.integers(0, 256, shape, dtype=np.uint8), layout)
+
+    batches = [batch(2, 64, 96), batch(1, 128, 192, YUV420P, first_index=7), batch(3, 64, 96, first_index=4)]
+    assert len({worker.input_size_for(b) for b in batches}) == 1
+    together = worker.infer_together(batches, "float32")
+    for alone_batch, result in zip(batches, together):
+        alone = worker.infer(alone_batch, "float32")
+        assert result.first_index == alone.first_index and result.pts == alone.pts
+        np.testing.assert_allclose(result.depth, alone.depth, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="share its input size"):
+        worker.infer_together([batch(1, 64, 96), batch(1, 64, 64)], "float32")

@@ -33,7 +33,7 @@ from model.hub import resolve_checkpoint
 from model.random_weights import random_model
 
 from .frames import DepthBatch, FrameBatch, PipelineError
-from .pixels import YUV420P, i420_to_rgb
+from .pixels import YUV420P, frame_height, i420_to_rgb
 
 DEPTH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -172,38 +172,73 @@ class DepthWorker:
     def infer(self, batch: FrameBatch, depth_dtype: str = "float16") -> DepthBatch:
         """Depth at the model's resolution (B x h x w), in `depth_dtype`: float16 is plenty for 8-bit pictures and
         half the bytes to move; the 16-bit output asks for float32."""
-        dtype = DEPTH_DTYPES[depth_dtype]
         pixels = batch.pixels
         if len(batch) < self._padded_batch:  # repeat the last frame; its depth is dropped below
             pixels = np.concatenate([pixels, np.repeat(pixels[-1:], self._padded_batch - len(batch), axis=0)])
-        run = self._infer_cuda if self._use_cuda else self._infer_cpu
-        depth = run(pixels, batch.layout, dtype)
-        depth = depth[: len(batch)]
+        depth = self._infer_parts([(pixels, batch.layout)], DEPTH_DTYPES[depth_dtype])[: len(batch)]
         self.frames_processed += len(batch)
         return DepthBatch(batch.first_index, batch.pts, batch.time_base, depth)
 
-    def _predict(self, frames: torch.Tensor, layout: str) -> torch.Tensor:
-        """Frames on the model's device, in `layout` -> float32 depth B x h x w at the model's resolution."""
-        rgb_bhwc = i420_to_rgb(frames) if layout == YUV420P else frames
-        if not self.network_batch or len(rgb_bhwc) <= self.network_batch:
-            return self.predictor(rgb_bhwc, at_frame_size=False)
-        return torch.cat([self.predictor(part, at_frame_size=False) for part in rgb_bhwc.split(self.network_batch)])
+    def infer_together(self, batches: list[FrameBatch], depth_dtype: str = "float16") -> list[DepthBatch]:
+        """Several streams' batches through the network as one (live cameras): each batch's frames are prepared at
+        their own size, and the network sees them together, so they must share its input size (`input_size_for`:
+        frames of one aspect ratio); a DepthBatch for each, as `infer` would give it."""
+        if len(batches) == 1:
+            return [self.infer(batches[0], depth_dtype)]
+        sizes = {self.input_size_for(batch) for batch in batches}
+        if len(sizes) > 1:
+            raise ValueError(f"batches for one pass through the network must share its input size; got {sorted(sizes)}")
+        # Batches of one frame size and layout travel as one part (one pinned slot on a GPU, whatever their number)
+        groups: dict[tuple, list[int]] = {}
+        for index, batch in enumerate(batches):
+            groups.setdefault((batch.pixels.shape[1:], batch.layout), []).append(index)
+        order = [index for members in groups.values() for index in members]
+        depth = self._infer_parts([(np.concatenate([batches[i].pixels for i in members]) if len(members) > 1
+                                    else batches[members[0]].pixels, layout)
+                                   for (_, layout), members in groups.items()], DEPTH_DTYPES[depth_dtype])
+        results: list[DepthBatch | None] = [None] * len(batches)
+        start = 0
+        for index in order:
+            batch = batches[index]
+            results[index] = DepthBatch(batch.first_index, batch.pts, batch.time_base, depth[start:start + len(batch)])
+            start += len(batch)
+        self.frames_processed += start
+        return results
 
-    def _infer_cpu(self, pixels: np.ndarray, layout: str, dtype: torch.dtype) -> np.ndarray:
+    def input_size_for(self, batch: FrameBatch) -> tuple[int, int]:
+        """The network's input size (h, w) for a batch's frames."""
+        return self.predictor.input_size_for((frame_height(batch.pixels[0], batch.layout), batch.pixels.shape[2]))
+
+    def _infer_parts(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype) -> np.ndarray:
+        return (self._infer_cuda if self._use_cuda else self._infer_cpu)(parts, dtype)
+
+    def _predict(self, parts: list[tuple[torch.Tensor, str]]) -> torch.Tensor:
+        """Frames on the model's device, each part in its layout -> float32 depth B x h x w at the model's resolution,
+        the parts' frames one after another."""
+        images = [self.predictor.prepare(i420_to_rgb(frames) if layout == YUV420P else frames)
+                  for frames, layout in parts]
+        image_bchw = images[0] if len(images) == 1 else torch.cat(images)
+        if not self.network_batch or len(image_bchw) <= self.network_batch:
+            return self.predictor.forward(image_bchw)
+        return torch.cat([self.predictor.forward(part) for part in image_bchw.split(self.network_batch)])
+
+    def _infer_cpu(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype) -> np.ndarray:
         with self._compute_lock:
             started = time.process_time()
-            depth = self._predict(torch.from_numpy(pixels), layout).to(dtype)
+            depth = self._predict([(torch.from_numpy(pixels), layout) for pixels, layout in parts]).to(dtype)
             # Input preparation, network, the cast to the result's dtype: device work (a GPU does all three)
             self.predict_cpu_s += time.process_time() - started
         return depth.numpy()
 
-    def _infer_cuda(self, pixels: np.ndarray, layout: str, dtype: torch.dtype) -> np.ndarray:
-        slot, staging = self._pinned.take(pixels.shape, torch.uint8)
-        copied = None
+    def _infer_cuda(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype) -> np.ndarray:
+        slots, on_device, copied = [], [], None
         try:
-            staging.numpy()[...] = pixels  # one host copy into page-locked memory
             with torch.cuda.stream(self._copy_stream):
-                frames_on_device = staging.to(self.device, non_blocking=True)
+                for pixels, layout in parts:
+                    slot, staging = self._pinned.take(pixels.shape, torch.uint8)
+                    slots.append(slot)
+                    staging.numpy()[...] = pixels  # one host copy into page-locked memory
+                    on_device.append((staging.to(self.device, non_blocking=True), layout))
                 # Blocking events: a thread that waits on one sleeps instead of spinning a core the sinks need
                 copied = torch.cuda.Event(blocking=True)
                 copied.record(self._copy_stream)
@@ -212,8 +247,9 @@ class DepthWorker:
                 compute_started = torch.cuda.Event(enable_timing=True)
                 compute_started.record(self._compute_stream)
                 # The input was allocated on the copy stream: tell the allocator the compute stream uses it too
-                frames_on_device.record_stream(self._compute_stream)
-                depth_on_device = self._predict(frames_on_device, layout).to(dtype)
+                for frames_on_device, _ in on_device:
+                    frames_on_device.record_stream(self._compute_stream)
+                depth_on_device = self._predict(on_device).to(dtype)
                 computed = torch.cuda.Event(enable_timing=True)
                 computed.record(self._compute_stream)
             # The copy back runs on its own stream, outside the lock: the next batch's compute need not wait for it
@@ -232,8 +268,9 @@ class DepthWorker:
             self.gpu_busy_ms += compute_started.elapsed_time(computed)
             return result.numpy()
         finally:
-            # The slot goes back only once the copy from it is complete: after an error the copy may still be
+            # The slots go back only once the copies from them are complete: after an error a copy may still be
             # queued, and the next call would overwrite memory it reads
-            if copied is not None:
-                copied.synchronize()
-            self._pinned.give_back(slot)
+            if slots:
+                self._copy_stream.synchronize() if copied is None else copied.synchronize()
+            for slot in slots:
+                self._pinned.give_back(slot)

@@ -5,7 +5,7 @@ with backoff when the source goes away.
 Takes: a URL PyAV opens (rtsp://, srt://, udp://, http://, ...) or a file with `realtime=True`.
 Gives: `frames()`, an endless iterator of `LiveFrame` (the picture as `VideoDecoder` gives it, its time in seconds
 on the live clock, its arrival time) and, after a reconnect, a frame with `after_gap=True` (the smoother starts
-again there). Counters: `reconnects`, `frames_in`.
+again there). Counters: `reconnects`, `frames_in`; `state`: connecting, connected, reconnecting or ended.
 
 The live clock follows the source's own timestamps, offset at each (re)connection so that it continues from the
 arrival time: monotonic across reconnects, and a stall shows as a gap, not a jump back. RTSP is read over TCP by
@@ -56,6 +56,8 @@ class LiveSource:
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.reconnects = 0
         self.frames_in = 0
+        self.state = "connecting"  # -> connected <-> reconnecting -> ended
+        self.info = None  # the current connection's VideoInfo (its size changes when a camera comes back resized)
         self._started = time.monotonic()
         self._stopped = False
 
@@ -70,10 +72,15 @@ class LiveSource:
         """The first connection; errors are the caller's (a bad URL at start-up is an error, not a retry loop)."""
         return VideoDecoder(self.source, options=self.options)
 
-    def frames(self, decoder: VideoDecoder) -> Iterator[LiveFrame]:
-        delay, after_gap = self.backoff_s[0], False
-        while not self._stopped:
-            offset = None
+    def frames(self, decoder: VideoDecoder | None = None) -> Iterator[LiveFrame]:
+        """Frames until stopped (or a realtime file ends), from `decoder` (the first connection, opened by the
+        caller) or, without one, from a first connection made here, with backoff until the source answers (a camera
+        of several that is not up yet waits for it instead of failing the job)."""
+        after_gap = False
+        if decoder is None:
+            decoder = self._connect("not connected yet", first=True)
+        while decoder is not None and not self._stopped:
+            self.state, self.info, offset = "connected", decoder.info, None
             try:
                 for pts, pixels in decoder.frames():
                     if self._stopped:
@@ -87,25 +94,39 @@ class LiveSource:
                         now = time.monotonic()
                     self.frames_in += 1
                     yield LiveFrame(pixels, decoder.layout, offset + seconds, now, after_gap)
-                    after_gap, delay = False, self.backoff_s[0]
+                    after_gap = False
                 reason = "the stream ended"
             except (av.FFmpegError, OSError, PipelineError) as error:
                 reason = one_line(error)
             finally:
                 decoder.close()
             if not is_url(self.source) or self._stopped:
-                return  # a file played in real time ends like a file
-            # Reconnect with exponential backoff (bounded), until the source is back or the job is stopped
-            while not self._stopped:
-                self.log(f"live: {self.source}: {reason}; reconnecting in {delay:.1f} s")
-                time.sleep(delay)
-                delay = min(delay * 2, self.backoff_s[1])
+                break  # a file played in real time ends like a file
+            self.state = "reconnecting"
+            decoder, after_gap = self._connect(reason), True
+        self.state = "ended"
+
+    def _connect(self, reason: str, first: bool = False) -> VideoDecoder | None:
+        """A new connection, tried with exponential backoff (bounded) until the source answers; None once stopped."""
+        delay = self.backoff_s[0]
+        while not self._stopped:
+            if first:
                 try:
-                    decoder = VideoDecoder(self.source, options=self.options)
+                    return VideoDecoder(self.source, options=self.options)
                 except PipelineError as error:
-                    reason = one_line(error)
+                    reason, first = one_line(error), False
                     continue
+            self.log(f"live: {self.source}: {reason}; {'connecting' if self.state == 'connecting' else 'reconnecting'}"
+                     f" in {delay:.1f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, self.backoff_s[1])
+            try:
+                decoder = VideoDecoder(self.source, options=self.options)
+            except PipelineError as error:
+                reason = one_line(error)
+                continue
+            if self.state == "reconnecting":
                 self.reconnects += 1
-                after_gap = True
                 self.log(f"live: {self.source}: reconnected")
-                break
+            return decoder
+        return None

@@ -107,6 +107,19 @@ class RtspPublisher:
         self.frames_out += 1
         return True
 
+    @property
+    def connected(self) -> bool:
+        """Whether a session with the server is open now."""
+        return self._container is not None
+
+    def change_size(self, frame_hw: tuple[int, int]) -> None:
+        """Pictures of another size from now on (a camera came back at another resolution): the session is ended
+        and the next frame opens a new one at the new size (an H.264 stream's size is fixed by its parameter sets)."""
+        if frame_hw != self.frame_hw:
+            self.close()
+            self.frame_hw = frame_hw
+            self._retry_at = 0.0
+
     def _failed(self, error: BaseException, what: str) -> None:
         self.frames_lost += 1
         self._close()

@@ -1,0 +1,146 @@
+"""
+Cross-stream batching: frames of several cameras -> one pass through the network, as a GPU wants them.
+
+Takes: `submit(stream, FrameBatch)` from any thread (each camera sends what it has waiting: one frame when it keeps
+up); `infer(list[FrameBatch]) -> list[DepthBatch]`, the network on several batches at once (`DepthWorker.
+infer_together`), and `group_of(FrameBatch)`, which batches may go through it together (`DepthWorker.input_size_for`:
+those the network sees at one input size).
+Gives: a `Future` per submission, resolved with that submission's own `DepthBatch` (its indices and timestamps).
+
+A batch is sent when it holds `batch_size` frames, or when its oldest frame has waited `wait_s` (NVIDIA DeepStream's
+nvstreammux does the same with its batch size and push timeout); a worker that comes free takes at once what has
+waited that long, so under load batches fill without any waiting. Frames go through the network together only when
+`group_of` says they can: the network's input size follows the frame's aspect ratio, so 1080p and 720p cameras batch
+together and a 4:3 one apart from them; the group whose oldest frame came first goes first. A submission is never split:
+one larger than `batch_size` goes alone. Statistics: `stats()` (totals), `batch_means` (per batch).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from .frames import DepthBatch, FrameBatch
+
+
+def same_frames(batch: FrameBatch) -> Hashable:
+    """Batches of one frame size and layout (what a stand-in network needs; a real one: `input_size_for`)."""
+    return batch.pixels.shape[1:], batch.layout
+
+
+@dataclass
+class _Request:
+    stream: str
+    batch: FrameBatch
+    arrived: float
+    future: Future = field(default_factory=Future)
+
+
+class CrossStreamBatcher:
+    def __init__(self, infer: Callable[[list[FrameBatch]], list[DepthBatch]], batch_size: int, wait_s: float,
+                 group_of: Callable[[FrameBatch], Hashable] = same_frames, workers: int = 1,
+                 clock: Callable[[], float] = time.monotonic):
+        """`workers`: batches in the network at once (2 on a GPU overlaps one batch's copies with another's
+        compute; 1 on a CPU, where the network uses every core it has)."""
+        if batch_size < 1 or wait_s < 0:
+            raise ValueError("batch_size must be at least 1 and wait_s not negative")
+        self.infer, self.batch_size, self.wait_s, self.clock = infer, batch_size, wait_s, clock
+        self.group_of = group_of
+        self._groups: dict[Hashable, list[_Request]] = {}  # group_of -> requests, oldest first
+        self._changed = threading.Condition()
+        self._closed = False
+        self.batches = self.frames = self.stream_sum = 0
+        self._threads = [threading.Thread(target=self._work, daemon=True, name=f"cross-batcher-{i}")
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, stream: str, batch: FrameBatch) -> Future:
+        request = _Request(stream, batch, self.clock())
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._groups.setdefault(self.group_of(batch), []).append(request)
+            self._changed.notify()
+        return request.future
+
+    def close(self) -> None:
+        """Stop taking work; what is waiting is still run."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def stats(self) -> dict:
+        """Totals so far: batches run, frames in them, and streams in them (each batch's distinct streams, summed);
+        see `batch_means`."""
+        with self._changed:
+            return {"count": self.batches, "frames": self.frames, "cameras": self.stream_sum}
+
+    # .................................................................................................................
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                requests = self._next_batch()
+                while requests is None:
+                    if self._closed and not self._groups:
+                        return
+                    self._changed.wait(timeout=self._time_to_wait())
+                    requests = self._next_batch()
+            self._run(requests)
+
+    def _frames_in(self, requests: list[_Request]) -> int:
+        return sum(len(request.batch) for request in requests)
+
+    def _time_to_wait(self) -> float | None:
+        """Until the oldest waiting frame has waited `wait_s` (None: nothing waits, until something arrives)."""
+        if not self._groups:
+            return None
+        oldest = min(requests[0].arrived for requests in self._groups.values())
+        return max(0.0, oldest + self.wait_s - self.clock())
+
+    def _next_batch(self) -> list[_Request] | None:
+        """The requests of the next batch, taken from their group, or None when no group is due (full, or its
+        oldest frame has waited long enough, or the batcher is closing)."""
+        now = self.clock()
+        due = [(requests[0].arrived, key) for key, requests in self._groups.items()
+               if self._closed or self._frames_in(requests) >= self.batch_size
+               or now - requests[0].arrived >= self.wait_s]
+        if not due:
+            return None
+        _, key = min(due)
+        waiting = self._groups[key]
+        taken, frames = [], 0
+        while waiting and (not taken or frames + len(waiting[0].batch) <= self.batch_size):
+            request = waiting.pop(0)
+            taken.append(request)
+            frames += len(request.batch)
+        if not waiting:
+            del self._groups[key]
+        return taken
+
+    def _run(self, requests: list[_Request]) -> None:
+        try:
+            results = self.infer([request.batch for request in requests])
+        except BaseException as error:  # every waiting camera hears of it (a model actor's failure is theirs too)
+            for request in requests:
+                request.future.set_exception(error)
+            return
+        with self._changed:
+            self.batches += 1
+            self.frames += sum(len(request.batch) for request in requests)
+            self.stream_sum += len({request.stream for request in requests})
+        for request, result in zip(requests, results):
+            request.future.set_result(result)
+
+def batch_means(totals: list[dict]) -> dict:
+    """Several batchers' `stats()` as one: `count`, `mean_frames` (frames per batch), `mean_cameras`."""
+    count = sum(t["count"] for t in totals)
+    return {"count": count,
+            "mean_frames": round(sum(t["frames"] for t in totals) / count, 3) if count else None,
+            "mean_cameras": round(sum(t["cameras"] for t in totals) / count, 3) if count else None}

@@ -1,0 +1,360 @@
+"""
+One live camera's loop: frames as they arrive -> the model -> smoothing, rendering -> an RTSP publisher and/or a
+recording, latency first. Plain: the model is any callable, so the loop runs in the CLI's process (one camera, the
+model actors through the graph) or in a camera actor of its own (many cameras, the model actors batching them).
+
+Takes: a `LiveSource`, where to send depth (`LiveTargets`), the job's settings, and at `run()` an
+`infer(FrameBatch, depth_dtype) -> DepthBatch`.
+Gives: the depth stream, published as frames come; `stats()` at any moment (thread-safe: state, counters, fps and
+latency of the last seconds); `run()` returns the summary (frames_in, frames_out, dropped, reconnects, latency_ms
+p50 / p95 / max, ...) once stopped (`stop()`) or when a realtime file ends.
+
+- A reader thread decodes frames as they arrive into a small buffer (`live.queue` frames); when the model falls
+  behind, the oldest waiting frame is dropped (`live.drop: oldest`), or only every k-th frame is kept (`every-k`), and
+  every drop is counted: a backlog never builds, so latency stays bounded however long it runs.
+- The loop takes what is waiting (one frame when keeping up, the queue when behind: the batch adapts), infers,
+  smooths, renders and publishes at once.
+- While the source is away (reconnecting with backoff), the last depth frame is published again at the source's
+  rate, so viewers stay connected; fresh frames continue by themselves when it is back, the smoother started again.
+  A camera that comes back at another size is published at its new size (a new RTSP session); a recording keeps its
+  first size (frames resized to it, counted).
+- A publisher that loses its server re-publishes with backoff (frames meanwhile are counted as lost); a model call
+  that fails (a model actor restarting) loses its frames (counted as dropped), not the camera.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+
+from ..settings import PipelineSettings
+from .encode import DepthVideoWriter
+from .frames import DepthBatch, FrameBatch, VideoInfo, one_line
+from .live_buffer import FrameBuffer, LatencyStats
+from .live_source import LiveFrame, LiveSource
+from .publish import LIVE_TIME_BASE, RtspPublisher
+from .sink import DepthSink, output_metadata
+from .smoothing import make_smoother
+
+Infer = Callable[[FrameBatch, str], DepthBatch]
+RATE_WINDOW_S = 5.0  # fps in `stats()`: over about this many seconds
+
+
+@dataclass(frozen=True)
+class LiveTargets:
+    publish: str | None  # rtsp:// URL
+    record: str | None  # a file
+
+
+def image_size(image: np.ndarray | av.VideoFrame) -> tuple[int, int]:
+    """(height, width) of a rendered picture: an encoder frame, or an array (grey, RGB, 16-bit grey)."""
+    if isinstance(image, av.VideoFrame):
+        return image.height, image.width
+    return image.shape[0], image.shape[1]
+
+
+def resized_image(image: np.ndarray | av.VideoFrame, size_hw: tuple[int, int]):
+    """A rendered picture at another size (bilinear), in the same form."""
+    height, width = size_hw
+    if isinstance(image, av.VideoFrame):
+        return image.reformat(width=width, height=height)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+class LiveWriter:
+    """What the sink writes to in live mode: the RTSP publisher and/or the recording, both fed every frame; the last
+    image is kept to fill gaps while the source is away. A new picture size (a camera back at another resolution)
+    starts a new RTSP session at that size; the recording keeps its first size."""
+
+    def __init__(self, publisher: RtspPublisher | None, recorder: DepthVideoWriter | None, size_hw: tuple[int, int]):
+        self.publisher, self.recorder = publisher, recorder
+        self.size_hw = self.record_hw = size_hw
+        self.frames_written = self.resized_for_recording = self.size_changes = 0
+        self.last_image = None
+        self._record_origin: int | None = None
+
+    def write(self, image, pts: int) -> None:
+        size_hw = image_size(image)
+        if size_hw != self.size_hw:
+            self.size_hw = size_hw
+            self.size_changes += 1
+            if self.publisher is not None:
+                self.publisher.change_size(size_hw)
+        if self.publisher is not None:
+            self.publisher.write(image, float(pts * LIVE_TIME_BASE))
+        if self.recorder is not None:
+            # The recording's clock starts at its first frame: the live clock runs from the process's start, and
+            # the seconds of start-up before the first frame would be an empty stretch at the head of the file
+            if self._record_origin is None:
+                self._record_origin = pts
+            recorded = image
+            if size_hw != self.record_hw:  # one file has one size
+                recorded = resized_image(image, self.record_hw)
+                self.resized_for_recording += 1
+            self.recorder.write(recorded, pts - self._record_origin)
+        self.last_image = image
+        self.frames_written += 1
+
+    def repeat_last(self, seconds: float) -> None:
+        if self.publisher is not None and self.last_image is not None:
+            self.publisher.write(self.last_image, seconds)
+
+    def close(self):
+        if self.publisher is not None:
+            self.publisher.close()
+        return self.recorder.close() if self.recorder is not None else None
+
+    def abort(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.recorder is not None:
+            self.recorder.abort()
+
+
+class RateMeter:
+    """Frames per second over the last `window_s` seconds, from running totals sampled when asked."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S):
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int, int]] = deque()
+
+    def rates(self, frames_in: int, frames_out: int) -> tuple[float | None, float | None]:
+        now = time.monotonic()
+        self._samples.append((now, frames_in, frames_out))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+        then, first_in, first_out = self._samples[0]
+        if now - then < 0.2:
+            return None, None
+        return round((frames_in - first_in) / (now - then), 2), round((frames_out - first_out) / (now - then), 2)
+
+
+class LiveCamera:
+    def __init__(self, settings: PipelineSettings, source: LiveSource, targets: LiveTargets, name: str | None = None,
+                 log=None, metrics=None):
+        """`name`: the camera's, for log lines (several cameras share a log); `metrics`: where frames are also
+        counted (live_metrics.RayMetrics), or None."""
+        self.settings = settings
+        self.source = source
+        self.targets = targets
+        self.name = name
+        base_log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.log = (lambda line: base_log(f"[{name}] {line}")) if name else base_log
+        source.log = self.log
+        live = settings.live
+        self.buffer = FrameBuffer(live.queue, live.keep_every if live.drop == "every-k" else 1)
+        self.latency = LatencyStats()
+        self.stopping = threading.Event()
+        self.frames_out = self.filler_frames = self.model_errors = self.frames_lost_to_model = 0
+        self.sink: DepthSink | None = None  # made at the first frame
+        self.error: str | None = None  # what ended the loop, if something did
+        self._finished = False
+        self._last_publish = 0.0
+        self._metrics = metrics
+        self._rates = RateMeter()
+        self._stats_lock = threading.Lock()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.source.stop()
+
+    # .................................................................................................................
+
+    def run(self, infer: Infer, decoder=None) -> dict:
+        """Until stopped (or a realtime file ends). `decoder`: the source's first connection, opened by the caller
+        (a camera that cannot be opened at start is then its error); None: connected here, with backoff."""
+        started = time.monotonic()
+        reader = threading.Thread(target=self._read, args=(decoder,), daemon=True, name=f"reader-{self.name}")
+        reader.start()
+        index, last_pts, last_log = 0, -1, started
+        interval = {"in": 0, "out": 0}
+        try:
+            while True:
+                stopping = self.stopping.is_set()  # then what is waiting is still written (flushed), once
+                rate = self._rate()
+                frames, ended = self.buffer.take(timeout_s=0.0 if stopping else 1.0 / rate)
+                if ended or (stopping and not frames):
+                    break
+                now = time.monotonic()
+                if not frames:
+                    self._keep_viewers(now, rate)
+                    continue
+                # Frames of one size at a time (a reconnect can bring another size into the same take)
+                for group in _same_size_runs(frames):
+                    if any(frame.after_gap for frame in group) and self.sink is not None:
+                        self.sink.smoother.reset()  # a new connection: the past says nothing about it
+                        self.sink.colorizer.tracker.reset()
+                    pts_list = []
+                    for frame in group:  # the live clock, on the RTP clock, strictly increasing
+                        last_pts = max(round(frame.seconds / LIVE_TIME_BASE), last_pts + 1)
+                        pts_list.append(last_pts)
+                    batch = FrameBatch(index, pts_list, LIVE_TIME_BASE, np.stack([f.pixels for f in group]),
+                                       group[0].layout)
+                    try:
+                        depth = infer(batch, "float16")
+                    except Exception as error:  # noqa: BLE001 - a model actor restarting: these frames are lost
+                        self._model_failed(error, len(group))
+                        continue
+                    if self.sink is None:
+                        self.sink = self._sink(rate)
+                    self.sink.write(depth, batch)
+                    index += len(group)  # (only frames written count: the sink expects consecutive indices)
+                    self._published(group)
+                    interval["out"] += len(group)
+                if time.monotonic() - last_log >= self.settings.live.log_every_s:
+                    self._log_line(time.monotonic() - last_log, interval)
+                    last_log = time.monotonic()
+        except BaseException as error:
+            self.error = one_line(error)
+            raise
+        finally:
+            self.source.stop()
+            reader.join(timeout=2.0)
+            writer_result = self.sink.close() if self.sink is not None and self.sink.frames_written else None
+            self._finished = True
+        return self._summary(time.monotonic() - started, writer_result)
+
+    def stats(self) -> dict:
+        """The camera now: state, counters, fps in and out and latency p50 / p95 over the last seconds."""
+        with self._stats_lock:
+            fps_in, fps_out = self._rates.rates(self.source.frames_in, self.frames_out)
+        window = list(self.latency.window)
+        p50, p95 = (round(float(v), 1) for v in np.percentile(window, [50, 95])) if window else (None, None)
+        writer = self.sink.writer if self.sink is not None else None
+        publisher = writer.publisher if writer is not None else None
+        return {"state": self._state(), "frames_in": self.source.frames_in, "frames_out": self.frames_out,
+                "dropped": self.dropped, "reconnects": self.source.reconnects,
+                "fps_in": fps_in, "fps_out": fps_out, "latency_ms": {"p50": p50, "p95": p95},
+                "size": [self.source.info.width, self.source.info.height] if self.source.info else None,
+                "publishing": publisher.connected if publisher is not None else None,
+                "error": self.error}
+
+    @property
+    def dropped(self) -> int:
+        """Frames that never came out: pushed out of the buffer, or lost with a failed model call."""
+        return self.buffer.dropped + self.frames_lost_to_model
+
+    # .................................................................................................................
+
+    def _state(self) -> str:
+        if self.error:
+            return "failed"
+        if self._finished:
+            return "stopped" if self.stopping.is_set() else "ended"
+        if self.stopping.is_set():
+            return "stopping"
+        return {"connected": "running"}.get(self.source.state, self.source.state)
+
+    def _rate(self) -> float:
+        info = self.source.info
+        return float(info.rate) if info is not None and info.rate else 25.0
+
+    def _read(self, decoder) -> None:
+        try:
+            for frame in self.source.frames(decoder):
+                self.buffer.put(frame)
+                if self._metrics:
+                    self._metrics.arrived()
+        except Exception as error:  # noqa: BLE001 - reported in stats and the summary, not lost in a thread
+            self.error = f"reading {self.source.source}: {one_line(error)}"
+        finally:
+            self.buffer.close()
+
+    def _keep_viewers(self, now: float, rate: float) -> None:
+        """Nothing new: keep viewers connected with the last picture, at the source's rate."""
+        writer = self.sink.writer if self.sink is not None else None
+        if writer is not None and writer.last_image is not None and now - self._last_publish >= 1.5 / rate:
+            writer.repeat_last(self.source.clock())
+            self.filler_frames += 1
+            self._last_publish = now
+
+    def _published(self, frames: list[LiveFrame]) -> None:
+        published = time.monotonic()
+        self._last_publish = published
+        latencies = [(published - frame.arrived) * 1e3 for frame in frames]
+        for ms in latencies:
+            self.latency.add(ms)
+        self.frames_out += len(frames)
+        if self._metrics:
+            self._metrics.frames(len(frames), latencies)
+
+    def _model_failed(self, error: Exception, frames: int) -> None:
+        self.model_errors += 1
+        self.frames_lost_to_model += frames
+        if self.model_errors in (1, 10, 100) or self.model_errors % 1000 == 0:
+            self.log(f"live: the model failed {self.model_errors} time(s), {self.frames_lost_to_model} frames lost "
+                     f"(last: {one_line(error)})")
+        time.sleep(0.05)  # a model actor restarting: a moment, not a busy loop
+
+    def _sink(self, rate: float) -> DepthSink:
+        """The file run's sink (smoother, renderer), writing to the publisher and/or the recording."""
+        settings = self.settings
+        info = self.source.info
+        live_info = VideoInfo(source=info.source, width=info.width, height=info.height,
+                              rate=Fraction(info.rate or 25), time_base=LIVE_TIME_BASE, rotation=0,
+                              expected_frames=None, has_audio=False, codec=info.codec)
+        render = settings.output
+
+        def open_writer(frame_hw: tuple[int, int]) -> LiveWriter:
+            publisher = (RtspPublisher(self.targets.publish, frame_hw, rate, settings.live.transport, log=self.log,
+                                       qp=render.qp, crf=render.crf) if self.targets.publish else None)
+            recorder = (DepthVideoWriter(self.targets.record, render.depth_format, live_info, frame_hw,
+                                         preset=render.preset, qp=render.qp, crf=render.crf,
+                                         metadata=output_metadata(None),
+                                         b_frames=False) if self.targets.record else None)
+            return LiveWriter(publisher, recorder, frame_hw)
+
+        smoother = make_smoother(settings.smoothing.name, device="cpu", **settings.smoothing.params)
+        return DepthSink(self.targets.record or self.targets.publish, live_info, render, smoother,
+                         writer_factory=open_writer)
+
+    def _log_line(self, seconds: float, interval: dict) -> None:
+        p50, p95 = np.percentile(self.latency.window, [50, 95]) if self.latency.window else (0, 0)
+        frames_in = self.source.frames_in
+        self.log(f"live: in {(frames_in - interval['in']) / seconds:.1f} fps, out "
+                 f"{interval['out'] / seconds:.1f} fps, latency p50 {p50:.0f} ms p95 {p95:.0f} ms, dropped "
+                 f"{self.dropped}, reconnects {self.source.reconnects}")
+        interval.update({"in": frames_in, "out": 0})
+
+    def _summary(self, seconds: float, writer_result) -> dict:
+        writer = self.sink.writer if self.sink is not None else None
+        publisher = writer.publisher if writer is not None else None
+        return {
+            "input": self.source.source,
+            "output": self.targets.publish,
+            "record": str(writer_result["output"]) if self.targets.record and writer_result else None,
+            "frames_in": self.source.frames_in,
+            "frames_out": self.frames_out,
+            "dropped": self.dropped,
+            "filler_frames": self.filler_frames,
+            "reconnects": self.source.reconnects,
+            "size_changes": writer.size_changes if writer is not None else 0,
+            "resized_for_recording": writer.resized_for_recording if writer is not None else 0,
+            "model_errors": self.model_errors,
+            "republished": publisher.republished if publisher else 0,
+            "frames_lost_while_publishing": publisher.frames_lost if publisher else 0,
+            "latency_ms": self.latency.summary(),
+            "seconds": round(seconds, 3),
+            "fps_in": round(self.source.frames_in / seconds, 3) if seconds > 0 else None,
+            "fps_out": round(self.frames_out / seconds, 3) if seconds > 0 else None,
+        }
+
+
+def _same_size_runs(frames: list[LiveFrame]) -> list[list[LiveFrame]]:
+    """Consecutive frames grouped by picture size and layout (in order)."""
+    runs: list[list[LiveFrame]] = []
+    for frame in frames:
+        if runs and runs[-1][0].pixels.shape == frame.pixels.shape and runs[-1][0].layout == frame.layout:
+            runs[-1].append(frame)
+        else:
+            runs.append([frame])
+    return runs

@@ -1,0 +1,164 @@
+"""Many cameras in one job, with real peers on 127.0.0.1: GStreamer RTSP cameras of different sizes (tests/
+rtsp_camera.py), FFmpeg's RTSP listen mode as the servers the depth is published to, a camera file played in real
+time with a recording, the HTTP control API, and the CLI as a process of its own, stopped by SIGTERM.
+
+One job runs through the whole story (a Ray start and a model load cost more than each step): three cameras of
+three sizes; a camera added and one removed over HTTP; one camera stopped and started again at another size while
+the others keep flowing; bad requests; SIGTERM and the summary. A bad cameras file fails before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.clips import clip, read_video
+from tests.live_peers import Camera, Receiver
+from tests import test_live
+from tests.test_live import MODEL, moving, wait_for
+
+PROJECT = Path(__file__).resolve().parents[1]
+pytestmark = test_live.pytestmark  # skipped without GStreamer's RTSP server (unless REQUIRE_RTSP)
+
+
+def call(base: str, method: str, path: str, body=None) -> tuple[int, dict]:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    request = urllib.request.Request(base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read() or b"null") if path != "/metrics" else answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def frames_since(receiver: Receiver, moment: float) -> int:
+    return sum(arrived > moment for arrived, _ in receiver.frames)
+
+
+def sizes_since(receiver: Receiver, moment: float) -> set:
+    return {picture.shape for arrived, picture in receiver.frames if arrived > moment}
+
+
+def test_three_cameras_added_removed_restarted_at_another_size_and_stopped(tmp_path):
+    cameras = {"wide": Camera(160, 96, 15), "small": Camera(96, 64, 15)}
+    for camera in cameras.values():
+        camera.start()
+    receivers = {name: Receiver().start() for name in ("wide", "small", "added")}
+    played = clip(tmp_path, "lobby.mp4", width=64, height=48, frames=600, rate=15)  # 40 s in real time
+    recording = tmp_path / "lobby_depth.mp4"
+    file = tmp_path / "cameras.yaml"
+    file.write_text(json.dumps({"cameras": [
+        {"name": "wide", "input": cameras["wide"].url, "output": receivers["wide"].url},
+        {"name": "small", "input": cameras["small"].url, "output": receivers["small"].url, "colormap": "turbo"},
+        {"name": "lobby", "input": str(played), "realtime": True, "record": str(recording), "depth_format": "gray"},
+    ]}))
+    # Batches wait for other cameras' frames up to 60 ms (15 fps cameras: a frame every 67 ms each)
+    preset = tmp_path / "live.yaml"
+    preset.write_text("live:\n  batch_wait_ms: 60\n")
+    process = subprocess.Popen([sys.executable, str(PROJECT / "run_pipeline.py"), "live", str(file), "--control",
+                                "127.0.0.1:0", "--config", str(preset), *MODEL, "--batch-size", "4"], cwd=PROJECT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    added = Camera(128, 80, 15)
+    try:
+        base = None
+        while base is None:
+            line = process.stderr.readline()
+            assert line or process.poll() is None, "the job ended before it listened"
+            found = re.search(r"control API at (http://127\.0\.0\.1:\d+)", line)
+            base = found[1] if found else None
+        assert call(base, "GET", "/healthz")[0] == 200
+        wait_for(lambda: call(base, "GET", "/readyz")[0] == 200, 90, "every camera connected")
+        wait_for(lambda: all(len(receivers[n].frames) >= 20 for n in ("wide", "small")), 60, "depth at both servers")
+        # Each camera's depth at its own size, fresh (moving), from one job
+        assert sizes_since(receivers["wide"], 0) == {(96, 160)} and sizes_since(receivers["small"], 0) == {(64, 96)}
+        assert moving([picture for _, picture in receivers["small"].frames[-10:]])
+        status, listed = call(base, "GET", "/cameras")
+        assert status == 200 and {c["name"] for c in listed["cameras"]} == {"wide", "small", "lobby"}
+        for camera in listed["cameras"]:
+            assert camera["state"] == "running" and camera["frames_out"] > 0 and camera["fps_in"] > 5, camera
+
+        # A camera added over HTTP while the job runs; one removed
+        added.start()
+        status, body = call(base, "POST", "/cameras", {"name": "added", "input": added.url,
+                                                       "output": receivers["added"].url})
+        assert status == 201 and body["name"] == "added"
+        wait_for(lambda: len(receivers["added"].frames) >= 15, 60, "depth of the added camera")
+        assert sizes_since(receivers["added"], 0) == {(80, 128)}
+        status, body = call(base, "DELETE", "/cameras/small")
+        assert status == 200 and body["summary"]["frames_out"] > 0 and body["summary"]["output"]
+        removed = time.monotonic()
+        time.sleep(1.0)
+        assert frames_since(receivers["small"], removed + 0.5) == 0, "a removed camera publishes no more"
+
+        # Bad requests: answered, and nothing in the job breaks
+        assert call(base, "POST", "/cameras", b"{oops")[0] == 400
+        assert call(base, "POST", "/cameras", {"name": "wide", "input": added.url, "output": "rtsp://127.0.0.1:9/x"}) \
+            [0] == 409
+        assert call(base, "POST", "/cameras", {"name": "n", "input": added.url, "output": "x", "zoom": 2})[0] == 400
+        assert call(base, "DELETE", "/cameras/small")[0] == 404
+
+        # One camera goes away and comes back at another size; the others keep flowing meanwhile
+        cameras["wide"].stop()
+        outage = time.monotonic()
+        time.sleep(3)
+        assert frames_since(receivers["added"], outage + 0.5) >= 15, "the other cameras' frames go on"
+        status, listed = call(base, "GET", "/cameras")
+        states = {c["name"]: c["state"] for c in listed["cameras"]}
+        assert states["wide"] == "reconnecting" and states["added"] == "running", states
+        cameras["wide"].size = (112, 64, 15)  # the same URL, another resolution
+        cameras["wide"].start()
+        returned = time.monotonic()
+        wait_for(lambda: (64, 112) in sizes_since(receivers["wide"], returned), 60, "depth at the camera's new size")
+        wait_for(lambda: frames_since(receivers["wide"], returned) >= 20, 30, "frames after the return")
+        assert moving([picture for arrived, picture in receivers["wide"].frames if arrived > returned][-10:])
+        status, metrics = call(base, "GET", "/metrics")
+        assert status == 200 and b'depth_camera_frames_out_total{camera="added"}' in metrics
+        assert b'depth_camera_up{camera="wide",state="running"} 1.0' in metrics
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=90)
+        for receiver in receivers.values():
+            receiver.stop()
+        for camera in [*cameras.values(), added]:
+            if camera.process is not None and camera.process.poll() is None:
+                camera.stop()
+    assert process.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout)
+    assert set(summary["cameras"]) == {"wide", "small", "lobby", "added"}  # every camera that ran, removed or not
+    wide = summary["cameras"]["wide"]
+    assert wide["reconnects"] >= 1 and wide["size_changes"] >= 1 and wide["frames_out"] > 40, wide
+    for name, camera in summary["cameras"].items():
+        assert camera["frames_out"] > 0 and camera["frames_out"] + camera["dropped"] <= camera["frames_in"] + 1, name
+        assert set(camera["latency_ms"]) == {"p50", "p95", "max"}
+    batches = summary["model_batches"]
+    assert batches["count"] > 0 and batches["mean_frames"] > 1 and batches["mean_cameras"] > 1.2, batches
+    # The recording was closed cleanly: a whole file with every frame it wrote
+    assert read_video(recording)["count"] == summary["cameras"]["lobby"]["frames_out"]
+
+
+def test_a_bad_cameras_file_fails_before_anything_starts(tmp_path, capsys, monkeypatch):
+    from tests.test_cli_faults import assert_one_line_error, run_cli
+
+    import pipeline.runtime
+
+    monkeypatch.setattr(pipeline.runtime, "start_ray", lambda *a, **k: pytest.fail("Ray started"))
+    file = tmp_path / "cameras.yaml"
+    file.write_text("cameras:\n  - {name: door, input: rtsp://127.0.0.1:9/x, output: rtsp://127.0.0.1:9/y, "
+                    "colormap: nope}\n")
+    code, err = run_cli(capsys, "live", str(file), *MODEL)
+    assert_one_line_error(code, err, "camera 'door': colormap must be one of")
+    code, err = run_cli(capsys, "live", str(tmp_path / "missing.yaml"), *MODEL)
+    assert_one_line_error(code, err, "missing.yaml: cameras file not found")
+    file.write_text("cameras:\n  - {name: door, input: rtsp://127.0.0.1:9/x, output: rtsp://127.0.0.1:9/y}\n")
+    code, err = run_cli(capsys, "live", str(file), "--control", "localhost", *MODEL)
+    assert_one_line_error(code, err, "--control localhost: expected HOST:PORT")

@@ -1,0 +1,122 @@
+"""Cross-camera batching (pipeline/stages/cross_batcher.py) without Ray: batches fill to batch_size or leave when the
+oldest frame has waited, never mix frame sizes, give each camera its own depth, and share a failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from pipeline.stages.cross_batcher import CrossStreamBatcher, batch_means
+from pipeline.stages.frames import DepthBatch, FrameBatch
+
+
+def frames(camera: int, count: int, first_index: int = 0, shape=(6, 8, 3)) -> FrameBatch:
+    """Frames whose every pixel says which camera and frame they are (camera * 20 + index)."""
+    pixels = np.stack([np.full(shape, camera * 20 + first_index + i, np.uint8) for i in range(count)])
+    return FrameBatch(first_index, [1000 * (first_index + i) for i in range(count)], Fraction(1, 90000), pixels)
+
+
+class Network:
+    """A stand-in network: depth = the frame's pixel value (so each answer can be traced to its frame); records the
+    batches it ran; can be held shut, so that submissions pile up."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, batches: list[FrameBatch]) -> list[DepthBatch]:
+        self.gate.wait(10)
+        self.batches.append([int(frame.flat[0]) for batch in batches for frame in batch.pixels])
+        return [DepthBatch(batch.first_index, batch.pts, batch.time_base,
+                           batch.pixels[:, :3, :4, 0].astype(np.float32)) for batch in batches]
+
+
+def test_frames_of_several_cameras_share_a_batch_and_each_gets_its_own_depth():
+    network = Network()
+    network.gate.clear()
+    batcher = CrossStreamBatcher(network, batch_size=4, wait_s=5.0)
+    try:
+        blocker = batcher.submit("warm", frames(9, 4))  # full at once: runs, and holds the network shut
+        time.sleep(0.1)
+        futures = {camera: batcher.submit(f"cam{camera}", frames(camera, 1, first_index=7)) for camera in (1, 2, 3)}
+        futures[4] = batcher.submit("cam4", frames(4, 1, first_index=7))
+        network.gate.set()
+        blocker.result(timeout=10)
+        results = {camera: future.result(timeout=10) for camera, future in futures.items()}
+    finally:
+        batcher.close()
+    # Four cameras' single frames went through together (full: no wait for wait_s), each answer its own frame's
+    assert sorted(network.batches[1]) == [27, 47, 67, 87]
+    for camera, depth in results.items():
+        assert depth.first_index == 7 and depth.pts == [7000] and depth.depth.shape == (1, 3, 4)
+        assert np.all(depth.depth == camera * 20 + 7)
+    assert batch_means([batcher.stats()]) == {"count": 2, "mean_frames": 4.0, "mean_cameras": 2.5}
+
+
+def test_a_lone_frame_leaves_once_it_has_waited_and_sizes_are_never_mixed():
+    network = Network()
+    batcher = CrossStreamBatcher(network, batch_size=8, wait_s=0.3)
+    try:
+        submitted = time.monotonic()
+        small = batcher.submit("a", frames(1, 1))
+        large = batcher.submit("b", frames(2, 2, shape=(10, 12, 3)))
+        time.sleep(0.1)
+        assert network.batches == [], "nothing is full, nothing has waited 0.3 s: the batch waits for more frames"
+        small.result(timeout=5), large.result(timeout=5)
+        assert time.monotonic() - submitted >= 0.3
+    finally:
+        batcher.close()
+    # Two batches, one per frame size, the older group first
+    assert network.batches == [[20], [40, 41]]
+
+
+def test_a_submission_larger_than_a_batch_goes_alone_and_is_never_split():
+    network = Network()
+    network.gate.clear()
+    batcher = CrossStreamBatcher(network, batch_size=3, wait_s=0.0)
+    try:
+        first = batcher.submit("a", frames(1, 5))
+        time.sleep(0.1)
+        second = batcher.submit("b", frames(2, 2))
+        third = batcher.submit("c", frames(3, 2))
+        network.gate.set()
+        assert len(first.result(timeout=5).depth) == 5
+        second.result(timeout=5), third.result(timeout=5)
+    finally:
+        batcher.close()
+    assert [len(b) for b in network.batches] == [5, 2, 2]  # 2 + 2 > 3: the two cameras' frames went one after another
+
+
+def test_a_failure_reaches_every_camera_in_the_batch_and_the_batcher_goes_on():
+    calls = []
+
+    def network(batches: list[FrameBatch]) -> list[DepthBatch]:
+        calls.append(len(batches))
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return [DepthBatch(b.first_index, b.pts, b.time_base, np.zeros((len(b), 2, 2), np.float32)) for b in batches]
+
+    batcher = CrossStreamBatcher(network, batch_size=2, wait_s=1.0)
+    try:
+        failed = [batcher.submit(name, frames(1, 1)) for name in ("a", "b")]
+        for future in failed:
+            with pytest.raises(RuntimeError, match="illegal memory access"):
+                future.result(timeout=5)
+        assert len(batcher.submit("a", frames(1, 2)).result(timeout=5)) == 2
+    finally:
+        batcher.close()
+
+
+def test_closing_runs_what_waits_and_then_refuses():
+    network = Network()
+    batcher = CrossStreamBatcher(network, batch_size=16, wait_s=60.0)
+    waiting = batcher.submit("a", frames(1, 1))
+    batcher.close()
+    assert waiting.result(timeout=1).depth.shape == (1, 3, 4)
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit("a", frames(1, 1))
