@@ -472,6 +472,9 @@ def main(argv=None) -> int:
     stop_signals = (signal.SIGINT, signal.SIGTERM)
     previous = {n: signal.signal(n, on_stop_signal) for n in stop_signals} if is_main_thread else {}
     status = 0
+    # stdout is the JSON summary's alone: whatever else would print there (Ray forwards its workers' and raylet's
+    # lines, "(raylet) A worker died ...", to the driver's stdout) goes to stderr with the other messages
+    summary_out, sys.stdout = sys.stdout, sys.stderr
     try:
         if command == "batch":
             summary, status = run_batch(args)
@@ -496,10 +499,11 @@ def main(argv=None) -> int:
         print(f"error: {what}; {what_was_kept(args)}", file=sys.stderr)
         return 130 if what == "interrupted" else 143
     finally:
+        sys.stdout = summary_out
         if is_main_thread:
             for number, handler in previous.items():
                 signal.signal(number, handler)
-    print(text)
+    print(text, file=summary_out, flush=True)
     return status
 
 

@@ -13,6 +13,7 @@ stream of a job (`infer`), with its control calls (`ready`, `load`, `usage`) on 
 from __future__ import annotations
 
 import functools
+import os
 import resource
 import socket
 import threading
@@ -360,7 +361,8 @@ class CameraActor:
         self._thread: threading.Thread | None = None
 
     def run(self, model_actors: list) -> None:
-        """Start the camera's loop (once) on these model actors."""
+        """Start the camera's loop (once) on these model actors: the first is the camera's own (its frames batch
+        there with the same other cameras' each time), the others its fallback while that one is down."""
         if self._thread is not None:
             return
         from .model_pool import ModelPool
@@ -368,25 +370,32 @@ class CameraActor:
         pool = ModelPool(model_actors, self._settings.ray.restart_timeout_s, log=False)
         name, batch_size, wait_s = self._name, self._batch_size, self._settings.live.batch_wait_ms / 1e3
 
-        def infer(batch: FrameBatch, depth_dtype: str):
-            actor = pool.next()
-            try:
-                return ray.get(actor.infer_frames.remote(name, batch, depth_dtype, batch_size, wait_s))
-            except ray.exceptions.RayError as error:
-                pool.suspect(actor._actor_id.hex())
-                raise unwrap_ray_error(error) from None
+        def submit(batch: FrameBatch, depth_dtype: str):
+            actor = pool.healthy()[0]  # the camera's own model actor while it is sound; the next one else
+            reference = actor.infer_frames.remote(name, batch, depth_dtype, batch_size, wait_s)
 
-        self._thread = threading.Thread(target=self._run, args=(infer,), daemon=True, name=f"camera-{name}")
+            def result():
+                try:
+                    return ray.get(reference)
+                except ray.exceptions.RayError as error:
+                    pool.suspect(actor._actor_id.hex())
+                    raise unwrap_ray_error(error) from None
+
+            return result
+
+        self._cpu_at_start = cpu_seconds()  # (the process's start-up, imports mostly, is not the camera's work)
+        self._thread = threading.Thread(target=self._run, args=(submit,), daemon=True, name=f"camera-{name}")
         self._thread.start()
 
-    def _run(self, infer) -> None:
+    def _run(self, submit) -> None:
         try:
-            self._summary = self._camera.run(infer)
+            self._summary = self._camera.run(submit)
         except BaseException:  # noqa: BLE001 - recorded by the camera (its state: failed), reported by stats
             pass
 
     def stats(self) -> dict:
-        return {**self._camera.stats(), "running": self._thread is not None, "peak_rss_mb": peak_rss_mb()}
+        return {**self._camera.stats(), "running": self._thread is not None, "peak_rss_mb": peak_rss_mb(),
+                "pid": os.getpid()}
 
     def stop(self, timeout_s: float = 10.0) -> dict:
         """Stop reading, write what is in flight, close the outputs (RTSP TEARDOWN, the recording finished): the
@@ -396,7 +405,11 @@ class CameraActor:
             self._thread.join(timeout_s)
         if self._summary is None:
             return {**self._camera.stats(), "error": self._camera.error or "did not stop in time"}
-        return {**self._summary, "peak_rss_mb": peak_rss_mb()}
+        # The camera's process is its own: its CPU is the camera's (reading, smoothing, rendering, encoding)
+        cpu_s = cpu_seconds() - self._cpu_at_start
+        frames = self._summary["frames_out"]
+        return {**self._summary, "peak_rss_mb": peak_rss_mb(), "cpu_s": round(cpu_s, 3),
+                "cpu_ms_per_frame": round(cpu_s / frames * 1e3, 2) if frames else None}
 
     def ready(self) -> bool:
         return True

@@ -35,6 +35,7 @@ class CameraPool:
         self.batch_size = batch_size
         self._actors: dict[str, object] = {}
         self._stats: dict[str, dict] = {}
+        self._preferred: dict[str, str] = {}  # camera -> the model actor (id) it sends to first
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, daemon=True, name="camera-stats")
@@ -46,10 +47,10 @@ class CameraPool:
         strategy = NodeAffinitySchedulingStrategy(node, soft=False) if node else "DEFAULT"
         actor = CameraActor.options(scheduling_strategy=strategy).remote(
             camera.name, camera.input, camera.realtime, camera.targets, camera.settings, self.batch_size)
-        actor.run.remote(self.model_pool.healthy())
         with self._lock:
             self._actors[camera.name] = actor
             self._stats[camera.name] = {"state": "starting", "node": node, "restarts": 0}
+        actor.run.remote(self._model_actors_for(camera.name))
 
     def stats(self) -> dict[str, dict]:
         with self._lock:
@@ -63,6 +64,8 @@ class CameraPool:
         with self._lock:
             actors = {name: self._actors.pop(name) for name in names if name in self._actors}
             last = {name: self._stats.pop(name, {}) for name in names}
+            for name in names:
+                self._preferred.pop(name, None)
         refs = {name: actor.stop.remote(STOP_S) for name, actor in actors.items()}
         ray.wait(list(refs.values()), num_returns=len(refs), timeout=STOP_S + 5)
         summaries = {}
@@ -97,6 +100,21 @@ class CameraPool:
 
     # .................................................................................................................
 
+    def _model_actors_for(self, name: str) -> list:
+        """The model actors for a camera, the one it sends to first: the one with the fewest cameras. A camera keeps
+        to one model actor (the others are its fallback), so each model actor batches a steady set of cameras; sent
+        round robin, every camera's frame would wait on each actor for cameras whose frames went to another."""
+        actors = self.model_pool.healthy()
+        with self._lock:
+            self._preferred.pop(name, None)
+            load = {actor._actor_id.hex(): 0 for actor in actors}
+            for chosen in self._preferred.values():
+                if chosen in load:
+                    load[chosen] += 1
+            first = min(range(len(actors)), key=lambda i: (load[actors[i]._actor_id.hex()], i))
+            self._preferred[name] = actors[first]._actor_id.hex()
+        return actors[first:] + actors[:first]
+
     def _node_for_camera(self) -> str | None:
         """The node with a model actor that has the fewest cameras (None on one machine: wherever Ray likes)."""
         by_node = self.model_pool.by_node()
@@ -128,7 +146,7 @@ class CameraPool:
                     figures = {"state": "failed", "error": str(error).splitlines()[0]}
                 restarted = figures.get("running") is False  # Ray started its process again: run it again
                 if restarted:
-                    actors[name].run.remote(self.model_pool.healthy())
+                    actors[name].run.remote(self._model_actors_for(name))
                 with self._lock:
                     if name in self._stats:
                         kept = {key: self._stats[name][key] for key in ("node", "restarts")}

@@ -41,7 +41,7 @@ from .plan import max_streams_for, plan_actors
 from .runtime import started_local_ray
 from .settings import PipelineSettings
 from .stages.encode import temporary_path
-from .stages.frames import FrameBatch, PipelineError, VideoInfo, one_line
+from .stages.frames import DepthBatch, FrameBatch, PipelineError, VideoInfo, one_line
 from .stages.infer import ModelSource, cuda_problem
 from .stages.sink import RenderOptions
 from .stream_pool import StreamActorPool
@@ -129,13 +129,23 @@ class DepthGraph:
                 for node in ray.nodes() if node["Alive"]}
 
     def infer(self, batch: FrameBatch, depth_dtype: str = "float16"):
-        """Depth for one batch from the next model actor, waited for (a live camera's frames, the 16-bit scale's
-        first frame): a `DepthBatch`."""
+        """Depth for one batch from the next model actor, waited for (the 16-bit scale's first frame): a
+        `DepthBatch`."""
+        return self.submit(batch, depth_dtype)()
+
+    def submit(self, batch: FrameBatch, depth_dtype: str = "float16") -> Callable[[], DepthBatch]:
+        """Send one batch to the next model actor (a live camera's frames); gives a function that waits for its
+        `DepthBatch`, its errors as one-line exceptions."""
         _ = self.model_info  # the models' errors first, as one line
-        try:
-            return ray.get(self.pool.next().infer.remote(batch, depth_dtype))
-        except ray.exceptions.RayError as error:
-            raise unwrap_ray_error(error) from None
+        reference = self.pool.next().infer.remote(batch, depth_dtype)
+
+        def result():
+            try:
+                return ray.get(reference)
+            except ray.exceptions.RayError as error:
+                raise unwrap_ray_error(error) from None
+
+        return result
 
     @property
     def cluster_cpus(self) -> float:

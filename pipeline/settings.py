@@ -101,6 +101,8 @@ class LiveSettings:
     # Many cameras in one job: their frames go through the network together; a batch leaves when it holds
     # batching.batch_size frames or when its oldest frame has waited this long
     batch_wait_ms: float = 10.0
+    # Batches of one camera at the model at once: 2 keeps the model busy while the camera publishes; 1: least latency
+    in_flight: int = 2
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,7 @@ RULES: dict[str, dict[str, Check]] = {
         "log_every_s": number(above=0),
         "metrics": of_type(bool, "true or false"),
         "batch_wait_ms": number(0),
+        "in_flight": integer(1),
     },
     "segments": {
         "count": lambda value: None if value == "auto" else (integer(1)(value) and f"{integer(1)(value)} (or auto)"),

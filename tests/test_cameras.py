@@ -3,13 +3,14 @@ rtsp_camera.py), FFmpeg's RTSP listen mode as the servers the depth is published
 time with a recording, the HTTP control API, and the CLI as a process of its own, stopped by SIGTERM.
 
 One job runs through the whole story (a Ray start and a model load cost more than each step): three cameras of
-three sizes; a camera added and one removed over HTTP; one camera stopped and started again at another size while
-the others keep flowing; bad requests; SIGTERM and the summary. A bad cameras file fails before anything starts.
+three sizes; a camera added and one removed over HTTP; a camera's process killed (restarted); one camera stopped
+and started again at another size while the others keep flowing; bad requests; SIGTERM and the summary. A bad cameras file fails before anything starts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -39,6 +40,10 @@ def call(base: str, method: str, path: str, body=None) -> tuple[int, dict]:
             return answer.status, json.loads(answer.read() or b"null") if path != "/metrics" else answer.read()
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def camera_figures(base: str, name: str) -> dict:
+    return next(camera for camera in call(base, "GET", "/cameras")[1]["cameras"] if camera["name"] == name)
 
 
 def frames_since(receiver: Receiver, moment: float) -> int:
@@ -78,7 +83,7 @@ def test_three_cameras_added_removed_restarted_at_another_size_and_stopped(tmp_p
             base = found[1] if found else None
         assert call(base, "GET", "/healthz")[0] == 200
         wait_for(lambda: call(base, "GET", "/readyz")[0] == 200, 90, "every camera connected")
-        wait_for(lambda: all(len(receivers[n].frames) >= 20 for n in ("wide", "small")), 60, "depth at both servers")
+        wait_for(lambda: all(len(receivers[n].frames) >= 12 for n in ("wide", "small")), 60, "depth at both servers")
         # Each camera's depth at its own size, fresh (moving), from one job
         assert sizes_since(receivers["wide"], 0) == {(96, 160)} and sizes_since(receivers["small"], 0) == {(64, 96)}
         assert moving([picture for _, picture in receivers["small"].frames[-10:]])
@@ -92,8 +97,13 @@ def test_three_cameras_added_removed_restarted_at_another_size_and_stopped(tmp_p
         status, body = call(base, "POST", "/cameras", {"name": "added", "input": added.url,
                                                        "output": receivers["added"].url})
         assert status == 201 and body["name"] == "added"
-        wait_for(lambda: len(receivers["added"].frames) >= 15, 60, "depth of the added camera")
+        wait_for(lambda: len(receivers["added"].frames) >= 10, 60, "depth of the added camera")
         assert sizes_since(receivers["added"], 0) == {(80, 128)}
+        # The added camera's process dies: Ray starts it again, the pool runs it again, its depth flows again
+        killed = time.monotonic()
+        os.kill(camera_figures(base, "added")["pid"], signal.SIGKILL)
+        wait_for(lambda: camera_figures(base, "added").get("restarts", 0) >= 1, 60, "the camera restarted")
+        wait_for(lambda: frames_since(receivers["added"], killed + 1) >= 10, 60, "depth again after the restart")
         status, body = call(base, "DELETE", "/cameras/small")
         assert status == 200 and body["summary"]["frames_out"] > 0 and body["summary"]["output"]
         removed = time.monotonic()
@@ -141,7 +151,8 @@ def test_three_cameras_added_removed_restarted_at_another_size_and_stopped(tmp_p
         assert camera["frames_out"] > 0 and camera["frames_out"] + camera["dropped"] <= camera["frames_in"] + 1, name
         assert set(camera["latency_ms"]) == {"p50", "p95", "max"}
     batches = summary["model_batches"]
-    assert batches["count"] > 0 and batches["mean_frames"] > 1 and batches["mean_cameras"] > 1.2, batches
+    # Frames of several cameras shared passes (1.0 would mean never: each camera alone through the network)
+    assert batches["count"] > 0 and batches["mean_frames"] > 1 and batches["mean_cameras"] > 1.05, batches
     # The recording was closed cleanly: a whole file with every frame it wrote
     assert read_video(recording)["count"] == summary["cameras"]["lobby"]["frames_out"]
 

@@ -58,21 +58,38 @@ def test_frames_of_several_cameras_share_a_batch_and_each_gets_its_own_depth():
     assert batch_means([batcher.stats()]) == {"count": 2, "mean_frames": 4.0, "mean_cameras": 2.5}
 
 
-def test_a_lone_frame_leaves_once_it_has_waited_and_sizes_are_never_mixed():
+def test_a_frame_waits_for_the_other_cameras_at_most_wait_s_and_sizes_are_never_mixed():
     network = Network()
     batcher = CrossStreamBatcher(network, batch_size=8, wait_s=0.3)
     try:
+        # Both cameras' frames are in: no one else is coming, so the batch leaves at once
+        both = [batcher.submit("a", frames(1, 1)), batcher.submit("b", frames(2, 1))]
+        [future.result(timeout=5) for future in both]
+        assert network.batches == [[20, 40]]
+        # Camera a's next frame waits for camera b's, up to wait_s; camera c's larger frames go in a pass of their own
         submitted = time.monotonic()
-        small = batcher.submit("a", frames(1, 1))
-        large = batcher.submit("b", frames(2, 2, shape=(10, 12, 3)))
+        waiting = batcher.submit("a", frames(1, 1, first_index=1))
+        larger = batcher.submit("c", frames(3, 2, shape=(10, 12, 3)))
+        larger.result(timeout=5)
         time.sleep(0.1)
-        assert network.batches == [], "nothing is full, nothing has waited 0.3 s: the batch waits for more frames"
-        small.result(timeout=5), large.result(timeout=5)
+        assert network.batches == [[20, 40], [60, 61]], "a waits for b (0.3 s); c is alone in its size, not held"
+        waiting.result(timeout=5)
         assert time.monotonic() - submitted >= 0.3
     finally:
         batcher.close()
-    # Two batches, one per frame size, the older group first
-    assert network.batches == [[20], [40, 41]]
+    assert network.batches[-1] == [21]
+
+
+def test_a_camera_alone_is_never_held_back():
+    network = Network()
+    batcher = CrossStreamBatcher(network, batch_size=8, wait_s=5.0)
+    try:
+        started = time.monotonic()
+        for index in range(3):
+            batcher.submit("only", frames(1, 1, first_index=index)).result(timeout=2)
+        assert time.monotonic() - started < 2.0  # (each would have waited 5 s for company)
+    finally:
+        batcher.close()
 
 
 def test_a_submission_larger_than_a_batch_goes_alone_and_is_never_split():

@@ -145,7 +145,10 @@ def test_a_file_played_in_real_time_gives_every_frame_and_a_recording(tmp_path):
     summary = json.loads(stdout)
     assert summary["frames_in"] == 30 and summary["frames_out"] + summary["dropped"] == 30
     assert summary["seconds"] >= 0.9  # 30 frames at 30 fps take a second in real time
-    assert read_video(recording)["count"] == summary["frames_out"]
+    video = read_video(recording)
+    assert video["count"] == summary["frames_out"]
+    # The recording starts at its first frame (issue 22): not after the seconds of start-up before it
+    assert video["seconds"][0] == 0.0 and video["seconds"][-1] < 2.0
 
 
 def test_a_camera_that_refuses_or_a_missing_destination_is_one_line_and_exit_2(capsys, camera):

@@ -372,17 +372,6 @@ def test_flags_that_would_do_nothing_are_refused(clips, tmp_path, capsys, no_ray
     assert list(tmp_path.iterdir()) == []
 
 
-def test_live_recording_starts_at_its_first_frame(clips, tmp_path):
-    record = tmp_path / "live.mp4"
-    process = start_cli(clips["short"], "--realtime", "--record", record, *FAST)
-    stdout, err = process.communicate(timeout=120)
-    assert process.returncode == 0, err
-    video, summary = read_video(record), json.loads(stdout)
-    assert video["count"] == summary["frames_out"] == 6 - summary["dropped"] > 0  # live mode may drop, counted
-    assert video["seconds"][0] == 0.0
-    assert video["seconds"][-1] < 2.0  # six frames at 30 fps, not the seconds of start-up before them
-
-
 def test_batch_interrupted_says_what_finished_and_marks_its_report(clips, tmp_path, capsys, monkeypatch):
     inputs = tmp_path / "in"
     for name in ("a", "b", "c"):

@@ -4,7 +4,7 @@ The many-camera job's HTTP control API, served by the job's own process (bound t
 Takes: a `CameraService` (jobs/cameras.py) and an address to listen on.
 Gives:
 - `GET /cameras`: each running camera with its state, frames_in, frames_out, dropped, reconnects, fps_in, fps_out,
-  latency_ms p50 / p95 (JSON);
+  latency_ms p50 / p95 (JSON); `GET /cameras/NAME`: one;
 - `POST /cameras` (a JSON body with a cameras-file entry's fields): starts a camera, 201 with it;
 - `DELETE /cameras/NAME`: stops it and closes its outputs, 200 with its summary;
 - `GET /healthz`: 200 while the process answers; `GET /readyz`: 200 once the model is loaded and every camera is
@@ -143,9 +143,10 @@ class ControlHandler(BaseHTTPRequestHandler):
         if path == "/metrics":
             return self._send(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         if path.startswith("/cameras/"):
-            camera = self.service.cameras().get(unquote(path[len("/cameras/"):]))
+            name = unquote(path[len("/cameras/"):])
+            camera = self.service.cameras().get(name)
             if camera is None:
-                return self._error(HTTPStatus.NOT_FOUND, f"no camera named {unquote(path[9:])!r} is running")
+                return self._error(HTTPStatus.NOT_FOUND, f"no camera named {name!r} is running")
             return self._json(HTTPStatus.OK, camera)
         return self._not_found(path)
 

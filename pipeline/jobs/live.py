@@ -28,7 +28,7 @@ class LiveJob:
 
     def run(self, graph, decoder) -> dict:
         """Until stopped (or a realtime file ends); `decoder` is the source's first connection."""
-        return self.camera.run(graph.infer, decoder)
+        return self.camera.run(graph.submit, decoder)
 
 
 __all__ = ["LiveJob", "LiveTargets"]

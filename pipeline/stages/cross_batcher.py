@@ -8,8 +8,9 @@ those the network sees at one input size).
 Gives: a `Future` per submission, resolved with that submission's own `DepthBatch` (its indices and timestamps).
 
 A batch is sent when it holds `batch_size` frames, or when its oldest frame has waited `wait_s` (NVIDIA DeepStream's
-nvstreammux does the same with its batch size and push timeout); a worker that comes free takes at once what has
-waited that long, so under load batches fill without any waiting. Frames go through the network together only when
+nvstreammux does the same with its batch size and push timeout), or as soon as every stream that has been sending to
+it has a frame in it (no one else is coming: a camera alone is never held back); a worker that comes free takes at
+once what has waited that long, so under load batches fill without any waiting. Frames go through the network together only when
 `group_of` says they can: the network's input size follows the frame's aspect ratio, so 1080p and 720p cameras batch
 together and a 4:3 one apart from them; the group whose oldest frame came first goes first. A submission is never split:
 one larger than `batch_size` goes alone. Statistics: `stats()` (totals), `batch_means` (per batch).
@@ -24,6 +25,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from .frames import DepthBatch, FrameBatch
+
+ACTIVE_S = 1.0  # a stream that has sent nothing for this long (or 20 waits) is not waited for
 
 
 def same_frames(batch: FrameBatch) -> Hashable:
@@ -50,6 +53,7 @@ class CrossStreamBatcher:
         self.infer, self.batch_size, self.wait_s, self.clock = infer, batch_size, wait_s, clock
         self.group_of = group_of
         self._groups: dict[Hashable, list[_Request]] = {}  # group_of -> requests, oldest first
+        self._seen: dict[Hashable, dict[str, float]] = {}  # group_of -> stream -> when it last submitted
         self._changed = threading.Condition()
         self._closed = False
         self.batches = self.frames = self.stream_sum = 0
@@ -63,7 +67,9 @@ class CrossStreamBatcher:
         with self._changed:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
-            self._groups.setdefault(self.group_of(batch), []).append(request)
+            key = self.group_of(batch)
+            self._groups.setdefault(key, []).append(request)
+            self._seen.setdefault(key, {})[stream] = request.arrived
             self._changed.notify()
         return request.future
 
@@ -104,13 +110,22 @@ class CrossStreamBatcher:
         oldest = min(requests[0].arrived for requests in self._groups.values())
         return max(0.0, oldest + self.wait_s - self.clock())
 
+    def _everyone_in(self, key: Hashable, requests: list[_Request], now: float) -> bool:
+        """Every stream that sends to this group lately has a frame waiting in it: no one else is coming, so waiting
+        longer would only add latency (one camera alone is never held back)."""
+        seen = self._seen[key]
+        for stream, last in list(seen.items()):
+            if now - last > max(ACTIVE_S, 20 * self.wait_s):
+                del seen[stream]  # gone quiet (stopped, or sending frames of another size now)
+        return {request.stream for request in requests} >= set(seen)
+
     def _next_batch(self) -> list[_Request] | None:
         """The requests of the next batch, taken from their group, or None when no group is due (full, or its
         oldest frame has waited long enough, or the batcher is closing)."""
         now = self.clock()
         due = [(requests[0].arrived, key) for key, requests in self._groups.items()
                if self._closed or self._frames_in(requests) >= self.batch_size
-               or now - requests[0].arrived >= self.wait_s]
+               or now - requests[0].arrived >= self.wait_s or self._everyone_in(key, requests, now)]
         if not due:
             return None
         _, key = min(due)

@@ -3,8 +3,8 @@ One live camera's loop: frames as they arrive -> the model -> smoothing, renderi
 recording, latency first. Plain: the model is any callable, so the loop runs in the CLI's process (one camera, the
 model actors through the graph) or in a camera actor of its own (many cameras, the model actors batching them).
 
-Takes: a `LiveSource`, where to send depth (`LiveTargets`), the job's settings, and at `run()` an
-`infer(FrameBatch, depth_dtype) -> DepthBatch`.
+Takes: a `LiveSource`, where to send depth (`LiveTargets`), the job's settings, and at `run()` a
+`submit(FrameBatch, depth_dtype)` that sends a batch to the model and gives a function that waits for its DepthBatch.
 Gives: the depth stream, published as frames come; `stats()` at any moment (thread-safe: state, counters, fps and
 latency of the last seconds); `run()` returns the summary (frames_in, frames_out, dropped, reconnects, latency_ms
 p50 / p95 / max, ...) once stopped (`stop()`) or when a realtime file ends.
@@ -12,8 +12,10 @@ p50 / p95 / max, ...) once stopped (`stop()`) or when a realtime file ends.
 - A reader thread decodes frames as they arrive into a small buffer (`live.queue` frames); when the model falls
   behind, the oldest waiting frame is dropped (`live.drop: oldest`), or only every k-th frame is kept (`every-k`), and
   every drop is counted: a backlog never builds, so latency stays bounded however long it runs.
-- The loop takes what is waiting (one frame when keeping up, the queue when behind: the batch adapts), infers,
-  smooths, renders and publishes at once.
+- The loop takes what is waiting (one frame when keeping up, the queue when behind: the batch adapts) and sends it
+  to the model; up to `live.in_flight` batches are there at once, so the model computes the next while the camera
+  smooths, renders and publishes the last (in order). When the buffer was full (the model behind), one: a second
+  would only add to the frames' wait.
 - While the source is away (reconnecting with backoff), the last depth frame is published again at the source's
   rate, so viewers stay connected; fresh frames continue by themselves when it is back, the smoother started again.
   A camera that comes back at another size is published at its new size (a new RTSP session); a recording keeps its
@@ -45,7 +47,8 @@ from .publish import LIVE_TIME_BASE, RtspPublisher
 from .sink import DepthSink, output_metadata
 from .smoothing import make_smoother
 
-Infer = Callable[[FrameBatch, str], DepthBatch]
+# (batch, depth dtype) -> a function that waits for the batch's depth
+Submit = Callable[[FrameBatch, str], Callable[[], DepthBatch]]
 RATE_WINDOW_S = 5.0  # fps in `stats()`: over about this many seconds
 
 
@@ -161,6 +164,7 @@ class LiveCamera:
         self._last_publish = 0.0
         self._metrics = metrics
         self._rates = RateMeter()
+        self._first_frame_at: float | None = None  # when the first frame arrived (fps are taken from then on)
         self._stats_lock = threading.Lock()
 
     def stop(self) -> None:
@@ -169,47 +173,49 @@ class LiveCamera:
 
     # .................................................................................................................
 
-    def run(self, infer: Infer, decoder=None) -> dict:
-        """Until stopped (or a realtime file ends). `decoder`: the source's first connection, opened by the caller
-        (a camera that cannot be opened at start is then its error); None: connected here, with backoff."""
+    def run(self, submit: Submit, decoder=None) -> dict:
+        """Until stopped (or a realtime file ends). `submit(batch, depth_dtype)` sends a batch to the model and gives
+        a function that waits for its depth: up to `live.in_flight` batches are at the model at once, so it computes
+        one while the camera renders and publishes the one before. `decoder`: the source's first connection, opened
+        by the caller (a camera that cannot be opened at start is then its error); None: connected here, with
+        backoff."""
         started = time.monotonic()
         reader = threading.Thread(target=self._read, args=(decoder,), daemon=True, name=f"reader-{self.name}")
         reader.start()
-        index, last_pts, last_log = 0, -1, started
+        last_pts, last_log = -1, started
         interval = {"in": 0, "out": 0}
+        in_flight: deque[tuple[list[LiveFrame], FrameBatch, Callable[[], DepthBatch] | Exception]] = deque()
         try:
             while True:
                 stopping = self.stopping.is_set()  # then what is waiting is still written (flushed), once
                 rate = self._rate()
-                frames, ended = self.buffer.take(timeout_s=0.0 if stopping else 1.0 / rate)
-                if ended or (stopping and not frames):
-                    break
-                now = time.monotonic()
+                # While batches are at the model, new frames are taken only if they are there already
+                frames, ended = self.buffer.take(timeout_s=0.0 if stopping or in_flight else 1.0 / rate)
                 if not frames:
-                    self._keep_viewers(now, rate)
+                    if in_flight:
+                        interval["out"] += self._finish(in_flight.popleft(), rate)
+                        continue
+                    if ended or stopping:
+                        break
+                    self._keep_viewers(time.monotonic(), rate)
                     continue
+                # A full buffer says the model is behind: a second batch in flight would only add to the wait
+                limit = 1 if len(frames) >= self.buffer.capacity else self.settings.live.in_flight
                 # Frames of one size at a time (a reconnect can bring another size into the same take)
                 for group in _same_size_runs(frames):
-                    if any(frame.after_gap for frame in group) and self.sink is not None:
-                        self.sink.smoother.reset()  # a new connection: the past says nothing about it
-                        self.sink.colorizer.tracker.reset()
                     pts_list = []
                     for frame in group:  # the live clock, on the RTP clock, strictly increasing
                         last_pts = max(round(frame.seconds / LIVE_TIME_BASE), last_pts + 1)
                         pts_list.append(last_pts)
-                    batch = FrameBatch(index, pts_list, LIVE_TIME_BASE, np.stack([f.pixels for f in group]),
+                    batch = FrameBatch(0, pts_list, LIVE_TIME_BASE, np.stack([f.pixels for f in group]),
                                        group[0].layout)
+                    while len(in_flight) >= limit:
+                        interval["out"] += self._finish(in_flight.popleft(), rate)
                     try:
-                        depth = infer(batch, "float16")
-                    except Exception as error:  # noqa: BLE001 - a model actor restarting: these frames are lost
-                        self._model_failed(error, len(group))
-                        continue
-                    if self.sink is None:
-                        self.sink = self._sink(rate)
-                    self.sink.write(depth, batch)
-                    index += len(group)  # (only frames written count: the sink expects consecutive indices)
-                    self._published(group)
-                    interval["out"] += len(group)
+                        pending = submit(batch, "float16")
+                    except Exception as error:  # noqa: BLE001 - reported when its turn comes, in order
+                        pending = error
+                    in_flight.append((group, batch, pending))
                 if time.monotonic() - last_log >= self.settings.live.log_every_s:
                     self._log_line(time.monotonic() - last_log, interval)
                     last_log = time.monotonic()
@@ -222,6 +228,28 @@ class LiveCamera:
             writer_result = self.sink.close() if self.sink is not None and self.sink.frames_written else None
             self._finished = True
         return self._summary(time.monotonic() - started, writer_result)
+
+    def _finish(self, entry: tuple, rate: float) -> int:
+        """Wait for the oldest batch's depth and write it (smoothed, rendered, published): frames written."""
+        group, batch, pending = entry
+        try:
+            if isinstance(pending, Exception):
+                raise pending
+            depth = pending()
+        except Exception as error:  # noqa: BLE001 - a model actor restarting: these frames are lost, not the camera
+            self._model_failed(error, len(group))
+            return 0
+        if self.sink is None:
+            self.sink = self._sink(rate)
+        elif any(frame.after_gap for frame in group):
+            self.sink.smoother.reset()  # a new connection: the past says nothing about it
+            self.sink.colorizer.tracker.reset()
+        # Indices in the order written (a batch lost to the model leaves no gap the sink would wait on)
+        written = self.frames_out
+        self.sink.write(DepthBatch(written, depth.pts, depth.time_base, depth.depth),
+                        FrameBatch(written, batch.pts, batch.time_base, batch.pixels, batch.layout))
+        self._published(group)
+        return len(group)
 
     def stats(self) -> dict:
         """The camera now: state, counters, fps in and out and latency p50 / p95 over the last seconds."""
@@ -261,6 +289,8 @@ class LiveCamera:
     def _read(self, decoder) -> None:
         try:
             for frame in self.source.frames(decoder):
+                if self._first_frame_at is None:
+                    self._first_frame_at = frame.arrived
                 self.buffer.put(frame)
                 if self._metrics:
                     self._metrics.arrived()
@@ -326,6 +356,8 @@ class LiveCamera:
         interval.update({"in": frames_in, "out": 0})
 
     def _summary(self, seconds: float, writer_result) -> dict:
+        # Rates from the first frame on: start-up and connecting are not the camera's rate
+        flowing = time.monotonic() - self._first_frame_at if self._first_frame_at is not None else None
         writer = self.sink.writer if self.sink is not None else None
         publisher = writer.publisher if writer is not None else None
         return {
@@ -344,8 +376,8 @@ class LiveCamera:
             "frames_lost_while_publishing": publisher.frames_lost if publisher else 0,
             "latency_ms": self.latency.summary(),
             "seconds": round(seconds, 3),
-            "fps_in": round(self.source.frames_in / seconds, 3) if seconds > 0 else None,
-            "fps_out": round(self.frames_out / seconds, 3) if seconds > 0 else None,
+            "fps_in": round(self.source.frames_in / flowing, 3) if flowing else None,
+            "fps_out": round(self.frames_out / flowing, 3) if flowing else None,
         }
 
 
