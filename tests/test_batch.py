@@ -159,7 +159,7 @@ def test_three_node_cluster_loses_a_worker_node_mid_job(tmp_path):
 def test_a_model_actor_with_no_room_to_restart_is_dropped_and_the_job_goes_on(tmp_path):
     """Two model actors fill both 1-CPU workers; one worker dies, so its actor has nowhere to restart. It must not
     hang the job: once Ray has noticed (heartbeats, about 15 s here), it is dropped after ray.restart_timeout_s and
-    its streams run again on the other."""
+    its streams run again on the other. Every stream ran beside a model actor on its own node (no byte crossed)."""
     root = tmp_path / "in"
     for index in range(8):
         clip(root, f"clip{index}.mp4", width=64, height=48, frames=40)
@@ -175,6 +175,9 @@ def test_a_model_actor_with_no_room_to_restart_is_dropped_and_the_job_goes_on(tm
     assert "could not be restarted within 5 s" in result["stderr"] and "going on with 1" in result["stderr"]
     report = json.loads((out / "batch_report.json").read_text())
     assert report["totals"]["done"] == 8 and report["totals"]["frames"] == 320
+    # Each node has (had) a model actor: every stream's decode, sink and model actor shared a node, before the loss
+    # and after it (a frame or depth map that crossed would be counted here)
+    assert all(row["bytes_across_nodes"] == 0 and row["nodes"] for row in report["videos"]), report["videos"]
     for index in range(8):
         assert_same_timing(root / f"clip{index}.mp4", out / f"clip{index}_depth.mp4")
     assert not list(out.rglob(".*partial*"))
