@@ -29,7 +29,7 @@ from model import PredictorOptions
 
 HEALTH_CHECK_S = 5.0  # how often a stream looks at the model actors' health (and when a write takes this long)
 
-from .stages.cross_batcher import CrossStreamBatcher, batch_means
+from .stages.cross_batcher import CrossStreamBatcher
 from .stages.decode import VideoDecoder
 from .stages.frames import FrameBatch, PipelineError, VideoInfo, one_line
 from .stages.infer import DepthWorker, ModelSource
@@ -54,6 +54,19 @@ def unwrap_ray_error(error: Exception) -> Exception:
     while isinstance(getattr(error, "cause", None), Exception):
         error = error.cause
     return error
+
+
+def answers(refs: list, timeout_s: float) -> list:
+    """The results of the calls that answer within `timeout_s` (an actor restarting, or lost with its node, would
+    hold the caller up, or forever where it has no room to restart); failed calls are left out."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    results = []
+    for ref in ready:
+        try:
+            results.append(ray.get(ref))
+        except ray.exceptions.RayError:
+            pass
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -264,13 +277,11 @@ class ModelActor:
         return batcher.submit(stream, batch).result()
 
     @ray.method(concurrency_group="control")
-    def batching(self) -> dict:
-        """Network batches of live cameras' frames so far: count, mean frames and mean cameras per batch, and the
-        totals they come from (`totals`: to combine several model actors' with `batch_means`)."""
+    def batching(self) -> list[dict]:
+        """Network batches of live cameras' frames so far, each batcher's totals (`batch_means` combines them)."""
         with self._loading:
             batchers = list(self._batchers.values())
-        return batch_means([batcher.stats() for batcher in batchers]) | {
-            "totals": [batcher.stats() for batcher in batchers]}
+        return [batcher.stats() for batcher in batchers]
 
     @ray.method(concurrency_group="control")
     def usage(self) -> dict:

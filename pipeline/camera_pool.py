@@ -20,7 +20,7 @@ import threading
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .actors import CameraActor, unwrap_ray_error
+from .actors import CameraActor, answers, unwrap_ray_error
 from .model_pool import actor_state
 from .stages.cross_batcher import batch_means
 
@@ -81,15 +81,8 @@ class CameraPool:
 
     def batching(self) -> dict:
         """Network batches of the cameras' frames on every model actor: count, mean_frames, mean_cameras."""
-        refs = [actor.batching.remote() for actor in self.model_pool.actors]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=5)
-        totals = []
-        for ref in ready:
-            try:
-                totals.extend(ray.get(ref)["totals"])
-            except ray.exceptions.RayError:
-                pass
-        return batch_means(totals)
+        per_actor = answers([actor.batching.remote() for actor in self.model_pool.actors], timeout_s=5)
+        return batch_means([totals for batchers in per_actor for totals in batchers])
 
     def close(self) -> None:
         self._closed.set()

@@ -34,7 +34,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from model import CheckpointError, PredictorOptions
 from model.hub import DEFAULT_MODEL, ResolvedCheckpoint, resolve_checkpoint
 
-from .actors import PROGRESS, RESULT, ModelActor, SinkActor, StreamActor, StreamJob, unwrap_ray_error
+from .actors import PROGRESS, RESULT, ModelActor, SinkActor, StreamActor, StreamJob, answers, unwrap_ray_error
 from .model_pool import ModelPool
 from .placement import StreamPlacement
 from .plan import max_streams_for, plan_actors
@@ -312,15 +312,8 @@ class DepthGraph:
     def model_actors_peak_rss(self) -> list[float]:
         """Peak memory of the model actors that answer within a few seconds (one restarting, or lost with its node,
         would hold the summary up, or forever where it has no room to restart)."""
-        refs = [actor.usage.remote() for actor in self.model_actors]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=ANSWER_S)
-        peaks = []
-        for ref in ready:
-            try:
-                peaks.append(ray.get(ref)["peak_rss_mb"])
-            except ray.exceptions.RayError:
-                pass
-        return peaks
+        return [usage["peak_rss_mb"] for usage in answers([actor.usage.remote() for actor in self.model_actors],
+                                                            ANSWER_S)]
 
     def shutdown(self) -> None:
         if self._cameras is not None:
