@@ -6,7 +6,8 @@ Takes: a path to
       Depth-Anything v2 file of the same layout (`depth_anything_v2_vit{s,b,l}.pth`);
   (b) a Hugging Face folder (`config.json` + `model.safetensors`, the `depth-anything-{small,base,large}-hf` layout)
       or a `.safetensors` file in that layout (legacy on-disk names or transformers 5.x in-memory names).
-Gives: `DepthAnything` in eval mode with every weight loaded, the variant read off the weight shapes.
+Gives: `DepthAnything` in eval mode with every weight loaded, the variant read off the weight shapes, and its head:
+relative inverse depth, or metric depth in metres for Depth Anything V2's metric models (`_metric_max_depth`).
 
 Everything goes through one path: HF keys -> official keys -> our keys, then a strict check against the model.
 Anything that is not a complete Depth-Anything checkpoint raises `CheckpointError` with a one-line message that
@@ -16,7 +17,9 @@ names the file and what is wrong; nothing is ever half loaded. Files are read sa
 from __future__ import annotations
 
 import json
+import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -246,24 +249,88 @@ def infer_config(official_state: dict[str, torch.Tensor], version: str, source: 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The head: relative or metric
+
+# The official metric files (`depth_anything_v2_metric_{hypersim,vkitti}_vit?.pth`) carry no config: the dataset in
+# their name gives their range, as the original's `--max-depth` does (20 m indoor, 80 m outdoor)
+METRIC_DATASETS = {"hypersim": 20.0, "vkitti": 80.0}
+# transformers' config fields that change what the network computes, with the only values this project runs: a
+# checkpoint that sets another is refused, never run as if it had not
+_FAITHFUL_HF_FIELDS = {"head_in_index": -1, "reassemble_factors": [4, 2, 1, 0.5]}
+_FAITHFUL_BACKBONE_FIELDS = {"hidden_act": "gelu", "use_swiglu_ffn": False, "apply_layernorm": True}
+
+
+def _metric_max_depth(path: Path, hf_config: dict | None, given: float | None) -> float | None:
+    """None for a relative head, or the metric head's maximum in metres: from the HF config
+    (`depth_estimation_type: metric`, `max_depth`), from an official file's name, or `given` (`--max-depth`)."""
+    if given is not None and not (isinstance(given, (int, float)) and math.isfinite(given) and given > 0):
+        raise CheckpointError(f"{path}: max depth must be a positive number of metres, got {given!r}")
+    if hf_config is None:
+        name = path.name.lower()
+        dataset = next((dataset for dataset in METRIC_DATASETS if dataset in name), None)
+        if given is not None:
+            return float(given)
+        if "metric" in name:
+            if dataset is None:
+                raise CheckpointError(f"{path}: a metric checkpoint (by its name) of unknown range: give --max-depth "
+                                      f"METRES (20 for the Hypersim indoor models, 80 for the Virtual KITTI outdoor)")
+            return METRIC_DATASETS[dataset]
+        return None  # an official-layout file named otherwise holds no sign of a metric head
+    _check_runs_faithfully(path, hf_config)
+    kind = hf_config.get("depth_estimation_type", "relative")
+    configured = hf_config.get("max_depth", 1)
+    if kind not in ("relative", "metric"):
+        raise CheckpointError(f"{path}: depth_estimation_type {kind!r} is not a head this project runs (relative or "
+                              f"metric); refused rather than run with another head")
+    if isinstance(configured, bool) or not isinstance(configured, (int, float)) or not math.isfinite(configured) \
+            or configured <= 0:
+        raise CheckpointError(f"{path}: max_depth {configured!r} in config.json is not a positive number of metres")
+    if kind == "relative":
+        if configured != 1:
+            raise CheckpointError(f"{path}: a relative head scaled by max_depth {configured:g} is not one this project "
+                                  f"runs (relative checkpoints have max_depth 1)")
+        if given is not None:
+            raise CheckpointError(f"{path}: a relative-depth checkpoint (depth_estimation_type relative): --max-depth "
+                                  f"is for metric checkpoints")
+        return None
+    if given is not None and float(given) != float(configured):
+        raise CheckpointError(f"{path}: the checkpoint's config gives max_depth {configured:g} m; --max-depth "
+                              f"{given:g} contradicts it")
+    return float(configured)
+
+
+def _check_runs_faithfully(path: Path, hf_config: dict) -> None:
+    backbone = hf_config.get("backbone_config") or {}
+    for fields, config in ((_FAITHFUL_HF_FIELDS, hf_config), (_FAITHFUL_BACKBONE_FIELDS, backbone)):
+        for key, expected in fields.items():
+            if key in config and config[key] != expected:
+                raise CheckpointError(f"{path}: config.json sets {key} = {config[key]!r}; this project runs only "
+                                      f"{expected!r}, so the checkpoint is refused rather than run unfaithfully")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Public entry point
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", version: str | None = None) -> DepthAnything:
-    """Build the model a checkpoint describes and load it strictly; see the module docstring for accepted layouts."""
-    model, our_state = _checked_model_and_state(Path(path), version, shapes_only=False)
+def load_model(path: str | Path, device: str | torch.device = "cpu", version: str | None = None,
+               max_depth: float | None = None) -> DepthAnything:
+    """Build the model a checkpoint describes and load it strictly; see the module docstring for accepted layouts.
+    `max_depth`: metres, for an official-layout metric file whose name does not say its range (see
+    `_metric_max_depth`)."""
+    model, our_state = _checked_model_and_state(Path(path), version, shapes_only=False, max_depth=max_depth)
     model.load_state_dict({key: value.float() for key, value in our_state.items()}, strict=True)
     return model.eval().to(device)
 
 
-def check_checkpoint(path: str | Path, version: str | None = None) -> DepthAnythingConfig:
+def check_checkpoint(path: str | Path, version: str | None = None,
+                     max_depth: float | None = None) -> DepthAnythingConfig:
     """Everything `load_model` checks, without reading the weights (about a second even for vitl): the config, or
     a `CheckpointError`. For failing early, before workers are started to load the file."""
-    model, _ = _checked_model_and_state(Path(path), version, shapes_only=True)
+    model, _ = _checked_model_and_state(Path(path), version, shapes_only=True, max_depth=max_depth)
     return model.config
 
 
-def _checked_model_and_state(path: Path, version: str | None, shapes_only: bool):
+def _checked_model_and_state(path: Path, version: str | None, shapes_only: bool, max_depth: float | None = None):
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     if version not in (None, "v1", "v2"):
@@ -275,6 +342,7 @@ def _checked_model_and_state(path: Path, version: str | None, shapes_only: bool)
     block_count = len({k.split(".")[2] for k in official_state if k.startswith("pretrained.blocks.")})
     version = version or _detect_version(path, hf_config, max(block_count, 1))
     config = infer_config(official_state, version, str(path))
+    config = replace(config, max_depth=_metric_max_depth(path, hf_config, max_depth))
     our_state, unexpected = official_to_ours(official_state)
     unexpected += unknown_hf_keys
 

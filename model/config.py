@@ -39,6 +39,13 @@ class DepthAnythingConfig:
     layer_norm_eps: float = 1e-6
     variant: str = "custom"
     version: str = "v1"
+    # What the head gives: None, relative inverse depth (ReLU, no unit); a number, metric depth in metres (Depth
+    # Anything V2's metric models: sigmoid times this maximum, 20 for Hypersim indoor, 80 for Virtual KITTI outdoor)
+    max_depth: float | None = None
+
+    @property
+    def metric(self) -> bool:
+        return self.max_depth is not None
 
     @property
     def head_width(self) -> int:
@@ -66,8 +73,8 @@ _VARIANT_WIDTHS = {
 VARIANTS = tuple(_VARIANT_WIDTHS)
 
 
-def make_config(variant: str = "vits", version: str = "v1") -> DepthAnythingConfig:
-    """Config of a released variant, e.g. make_config("vitb", "v2")."""
+def make_config(variant: str = "vits", version: str = "v1", max_depth: float | None = None) -> DepthAnythingConfig:
+    """Config of a released variant, e.g. make_config("vitb", "v2"); `max_depth`: a metric head (metres)."""
     if variant not in _VARIANT_WIDTHS:
         raise ValueError(f"unknown Depth-Anything variant {variant!r}; expected one of {VARIANTS}")
     embed_dim, num_blocks, num_heads, fusion_width, widths = _VARIANT_WIDTHS[variant]
@@ -80,6 +87,7 @@ def make_config(variant: str = "vits", version: str = "v1") -> DepthAnythingConf
         tap_blocks=default_tap_blocks(num_blocks, version),
         variant=variant,
         version=version,
+        max_depth=max_depth,
     )
 
 

@@ -3,7 +3,8 @@ Depth-Anything ("Depth Anything: Unleashing the Power of Large-Scale Unlabeled D
 decoder on a DINOv2 encoder, assembled from its five components.
 
 Takes: B x 3 x H x W float, ImageNet-normalised RGB, H and W multiples of 14 (any aspect ratio, odd or even grids).
-Gives: B x H x W relative inverse depth (>= 0, larger is nearer, unknown scale and shift per image).
+Gives: B x H x W relative inverse depth (>= 0, larger is nearer, unknown scale and shift per image), or, with a
+metric head (`config.max_depth`, Depth Anything V2's metric models), depth in metres (larger is farther).
 
     image -> PatchEmbed -> ImageEncoder (4 taps) -> ReassemblyModel (4 maps) -> FusionModel -> MonocularDepthHead
 
@@ -41,7 +42,7 @@ class DepthAnything(nn.Module):
         )
         self.reassembly = ReassemblyModel(config.embed_dim, config.reassembly_widths, config.fusion_width)
         self.fusion = FusionModel(config.fusion_width)
-        self.head = MonocularDepthHead(config.fusion_width, patch_size=config.patch_size)
+        self.head = MonocularDepthHead(config.fusion_width, patch_size=config.patch_size, max_depth=config.max_depth)
         # NHWC convolution weights: the decoder's large 3x3 convs run 1.4x (float32) to 1.7x (bf16) faster on CPU
         # (oneDNN) and suit cuDNN's tensor cores; loading a checkpoint copies into these tensors and keeps the layout
         self.to(memory_format=torch.channels_last)

@@ -1,8 +1,9 @@
 """
-Monocular depth head of Depth-Anything: turns the fused feature map into one channel of relative inverse depth.
+Monocular depth head of Depth-Anything: turns the fused feature map into one channel of depth.
 
 Takes: the fusion output B x F x 8gh x 8gw and the patch grid (gh, gw).
-Gives: depth B x 14gh x 14gw (>= 0, larger is nearer; the input image size).
+Gives: depth B x 14gh x 14gw at the input image size: relative inverse depth (>= 0, larger is nearer), or, for a
+metric head (Depth Anything V2's metric models), metres in (0, max_depth) (larger is farther).
 
 The DPT head doubles the fusion output (8 x 2 = 16 px patches). Depth-Anything's patches are 14 px, so it resizes
 by 1.75 (8 x 1.75 = 14) instead, to exactly 14 x the grid, with bilinear align_corners=True.
@@ -16,11 +17,14 @@ from torch.nn import functional as F
 
 
 class MonocularDepthHead(nn.Module):
-    """3x3 conv F -> F/2, resize to 14 px per patch, 3x3 conv -> 32, ReLU, 1x1 conv -> 1, ReLU."""
+    """3x3 conv F -> F/2, resize to 14 px per patch, 3x3 conv -> 32, ReLU, 1x1 conv -> 1, then ReLU (relative) or
+    sigmoid x max_depth (metric). The two heads have the same weights: only the checkpoint's config tells them apart."""
 
-    def __init__(self, fusion_width: int, hidden_width: int = 32, patch_size: int = 14):
+    def __init__(self, fusion_width: int, hidden_width: int = 32, patch_size: int = 14,
+                 max_depth: float | None = None):
         super().__init__()
         self.patch_size = patch_size
+        self.max_depth = max_depth
         self.halve_width = nn.Conv2d(fusion_width, fusion_width // 2, kernel_size=3, padding=1)
         self.hidden_conv = nn.Conv2d(fusion_width // 2, hidden_width, kernel_size=3, padding=1)
         self.proj_1ch = nn.Conv2d(hidden_width, 1, kernel_size=1)
@@ -29,4 +33,7 @@ class MonocularDepthHead(nn.Module):
         output_hw = (grid_hw[0] * self.patch_size, grid_hw[1] * self.patch_size)
         hidden = F.interpolate(self.halve_width(fused_bfhw), size=output_hw, mode="bilinear", align_corners=True)
         hidden = F.relu(self.hidden_conv(hidden))
-        return F.relu(self.proj_1ch(hidden)).squeeze(1)
+        logits = self.proj_1ch(hidden)
+        if self.max_depth is None:
+            return F.relu(logits).squeeze(1)
+        return (torch.sigmoid(logits) * self.max_depth).squeeze(1)

@@ -1,7 +1,8 @@
 """
 Released weights by name: `small` or a Hub repo id -> a local folder from the Hugging Face Hub cache.
 
-Takes: a model name (`small`, `base`, `large`, `v2-small`, `v2-base`, `v2-large`), a repo id (`owner/name`, optionally
+Takes: a model name (`small`, `base`, `large`, `v2-small`, `v2-base`, `v2-large`, and the metric models
+`v2-metric-{indoor,outdoor}-{small,base,large}`), a repo id (`owner/name`, optionally
 `owner/name@revision`), or a local path (returned as it is).
 Gives: `ResolvedCheckpoint`: the local folder `load_model` reads (`config.json` + `model.safetensors`, nothing else is
 fetched), and the repo id and commit it came from.
@@ -26,7 +27,9 @@ from urllib.parse import urlparse
 
 from .checkpoint import CheckpointError
 
-# Depth-Anything v1 is Apache-2.0; of v2, only Small is (Base and Large are CC-BY-NC-4.0: non-commercial)
+# Depth-Anything v1 is Apache-2.0; of v2, only Small is (Base and Large are CC-BY-NC-4.0: non-commercial). The metric
+# models are fine-tuned from them (Hypersim indoor, 20 m; Virtual KITTI 2 outdoor, 80 m): treated the same way
+METRIC_SCENES = {"indoor": "Indoor", "outdoor": "Outdoor"}
 MODEL_NAMES = {
     "small": "LiheYoung/depth-anything-small-hf",
     "base": "LiheYoung/depth-anything-base-hf",
@@ -34,8 +37,11 @@ MODEL_NAMES = {
     "v2-small": "depth-anything/Depth-Anything-V2-Small-hf",
     "v2-base": "depth-anything/Depth-Anything-V2-Base-hf",
     "v2-large": "depth-anything/Depth-Anything-V2-Large-hf",
+    **{f"v2-metric-{scene}-{size}": f"depth-anything/Depth-Anything-V2-Metric-{Scene}-{size.title()}-hf"
+       for scene, Scene in METRIC_SCENES.items() for size in ("small", "base", "large")},
 }
-NON_COMMERCIAL = ("v2-base", "v2-large")
+NON_COMMERCIAL = ("v2-base", "v2-large", *(f"v2-metric-{scene}-{size}" for scene in METRIC_SCENES
+                                           for size in ("base", "large")))
 DEFAULT_MODEL = "small"
 FILES = ("config.json", "model.safetensors")  # all the model needs
 _REPO_ID = re.compile(r"^[\w][\w.-]*/[\w][\w.-]*(@[\w.\-/]+)?$")

@@ -49,6 +49,7 @@ def _owner(module: nn.Module, param_name: str) -> nn.Module:
     return module.get_submodule(param_name.rsplit(".", 1)[0]) if "." in param_name else module
 
 
-def random_model(variant: str = "vits", seed: int = 0, version: str = "v1") -> DepthAnything:
-    """A randomly weighted model of a released variant, in eval mode on the CPU."""
-    return randomize_(DepthAnything(make_config(variant, version)), seed).eval()
+def random_model(variant: str = "vits", seed: int = 0, version: str = "v1",
+                 max_depth: float | None = None) -> DepthAnything:
+    """A randomly weighted model of a released variant, in eval mode on the CPU (`max_depth`: a metric head)."""
+    return randomize_(DepthAnything(make_config(variant, version, max_depth)), seed).eval()

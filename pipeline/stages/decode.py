@@ -14,7 +14,6 @@ skipped and counted rather than ending the run, so a file truncated mid-stream s
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .frames import FrameBatch, PipelineError, VideoInfo
+from .frames import FrameBatch, PipelineError, VideoInfo, batched
 from .pixels import RGB24, YUV420P, frame_height, i420_planes
 
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "srt://", "udp://", "tcp://")
@@ -225,20 +224,8 @@ class VideoDecoder:
         Each batch's array is allocated once and the frames decoded into it."""
         height, width = self.info.height, self.info.width
         frame_shape = (height * 3 // 2, width) if self.layout == YUV420P else (height, width, 3)
-        index, pts_list, pixels, started = 0, [], None, 0.0
-        for pts, frame in self._timed_frames():
-            if not pts_list:
-                started = time.monotonic()
-                pixels = np.empty((batch_size, *frame_shape), np.uint8)
-            self._pixels_into(frame, pixels[len(pts_list)])
-            pts_list.append(pts)
-            waited_out = max_wait_s is not None and time.monotonic() - started >= max_wait_s
-            if len(pts_list) >= batch_size or waited_out:
-                yield FrameBatch(index, pts_list, self.info.time_base, pixels[: len(pts_list)], self.layout)
-                index += len(pts_list)
-                pts_list = []
-        if pts_list:
-            yield FrameBatch(index, pts_list, self.info.time_base, pixels[: len(pts_list)], self.layout)
+        return batched(self._timed_frames(), self._pixels_into, frame_shape, self.info.time_base, self.layout,
+                       batch_size, max_wait_s)
 
     @property
     def unreadable_frames(self) -> int:
@@ -262,3 +249,13 @@ class VideoDecoder:
     def close(self) -> None:
         self._container.close()
 
+
+
+def open_source(source: str, fps=None, **options):
+    """The decoder for a source: an image sequence (a folder, glob or printf pattern: image_sequence.py, its frames
+    timed at `fps`), or a video file or URL (VideoDecoder, `options` its keyword arguments)."""
+    from .image_sequence import DEFAULT_FPS, ImageSequenceDecoder, is_image_sequence
+
+    if is_image_sequence(source):
+        return ImageSequenceDecoder(source, fps if fps is not None else DEFAULT_FPS, **options)
+    return VideoDecoder(source, **options)

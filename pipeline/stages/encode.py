@@ -23,13 +23,19 @@ import numpy as np
 
 from .file_lock import FileLock
 from .frames import PipelineError, VideoInfo
+from .sequence_writer import check_replaceable, is_sequence_format
 
-DEPTH_FORMATS = ("color", "gray", "gray16", "side-by-side")
+DEPTH_FORMATS = ("color", "gray", "gray16", "side-by-side", "exr", "png16")  # exr, png16: folders of frames
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
 # Seconds of audio allowed ahead of the video when interleaving (players buffer far more than this)
 AUDIO_LEAD_S = 0.5
 ENCODER_THREADS = int(os.environ.get("DEPTH_ENCODER_THREADS", "1"))
+
+
+def output_suffix(depth_format: str) -> str:
+    """The name ending an output of this format gets by default: .mkv (16-bit FFV1), none (a folder of frames), .mp4."""
+    return {"gray16": ".mkv", "exr": "", "png16": ""}.get(depth_format, ".mp4")
 
 
 def check_output_path(output: str | Path, depth_format: str, folder_made_later: bool = False) -> Path:
@@ -44,6 +50,13 @@ def check_output_path(output: str | Path, depth_format: str, folder_made_later: 
             raise PipelineError(f"{output}: output directory {directory} is not writable")
     elif not folder_made_later:
         raise PipelineError(f"{output}: output directory {directory} does not exist")
+    if is_sequence_format(depth_format):
+        if output.suffix.lower() in (".mp4", ".mkv", ".mov", ".nut"):
+            raise PipelineError(f"{output}: {depth_format} writes a folder of frames; give a folder name (out_depth/)")
+        if output.exists() and not output.is_dir():
+            raise PipelineError(f"{output}: exists and is not a folder ({depth_format} writes a folder of frames)")
+        check_replaceable(output)
+        return output
     if output.is_dir():
         raise PipelineError(f"{output}: output path is a directory")
     # .nut: FFmpeg's own container, exact timestamps in any time base: the segments of a long video before the join

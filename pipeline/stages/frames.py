@@ -2,13 +2,15 @@
 What flows between the stages: batches of frames and of depth maps, each frame with its index and exact timestamp.
 
 A `FrameBatch` carries B decoded frames as one uint8 array, upright after any rotation metadata: I420 (YUV 4:2:0,
-half the bytes, converted to RGB on the model's device) or packed RGB; a `DepthBatch` the matching relative inverse
-depth, B x h x w at the model's resolution. Timestamps stay in the source's units (`pts` in `time_base`), so
+half the bytes, converted to RGB on the model's device) or packed RGB; a `DepthBatch` the matching depth (relative
+inverse depth, or metres), B x h x w at the model's resolution. Timestamps stay in the source's units (`pts` in `time_base`), so
 variable frame rates and 29.97 fps survive exactly.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -58,12 +60,36 @@ class FrameBatch:
 @dataclass
 class DepthBatch:
     """Depth for a FrameBatch: `depth` B x h x w (float16 or float32) at the model's resolution, which keeps the
-    frame's aspect ratio; same indices and timestamps. `DepthSink` resizes it to the frame size."""
+    frame's aspect ratio; same indices and timestamps. `DepthSink` resizes it to the frame size. `max_depth`: None
+    for relative inverse depth (larger is nearer), or the metric model's range: metres, in (0, max_depth]."""
 
     first_index: int
     pts: list[int]
     time_base: Fraction
     depth: np.ndarray
+    max_depth: float | None = None
 
     def __len__(self) -> int:
         return len(self.pts)
+
+
+def batched(timed_frames: Iterable[tuple[int, object]], fill: Callable[[object, np.ndarray], None],
+            frame_shape: tuple[int, ...], time_base: Fraction, layout: str, batch_size: int,
+            max_wait_s: float | None = None) -> Iterator[FrameBatch]:
+    """(pts, frame) pairs -> FrameBatches of `batch_size` consecutive frames (a live source also closes one after
+    `max_wait_s`). Each batch's uint8 array is allocated once and `fill(frame, out)` writes each frame into its place:
+    a decoder copies its frames once, into the batch."""
+    index, pts_list, pixels, started = 0, [], None, 0.0
+    for pts, frame in timed_frames:
+        if not pts_list:
+            started = time.monotonic()
+            pixels = np.empty((batch_size, *frame_shape), np.uint8)
+        fill(frame, pixels[len(pts_list)])
+        pts_list.append(pts)
+        waited_out = max_wait_s is not None and time.monotonic() - started >= max_wait_s
+        if len(pts_list) >= batch_size or waited_out:
+            yield FrameBatch(index, pts_list, time_base, pixels[: len(pts_list)], layout)
+            index += len(pts_list)
+            pts_list = []
+    if pts_list:
+        yield FrameBatch(index, pts_list, time_base, pixels[: len(pts_list)], layout)

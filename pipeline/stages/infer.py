@@ -3,7 +3,7 @@ Infer: batches of frames -> batches of depth, on the model's device.
 
 Takes: `FrameBatch` (uint8 in host memory: I420, B x H*3/2 x W, converted to RGB on the model's device; or RGB,
 B x H x W x 3).
-Gives: `DepthBatch` (B x h x w relative inverse depth at the model's resolution, float16 or float32, host memory);
+Gives: `DepthBatch` (B x h x w depth at the model's resolution: relative inverse depth, or metres from a metric model, float16 or float32, host memory);
 the sink smooths it there and resizes it to the frame size once, for rendering.
 
 On a GPU, each call stages its frames (as they came: I420 is half the bytes of RGB) in a reusable pinned host buffer
@@ -48,6 +48,7 @@ class ModelSource:
     checkpoint: str | None = None  # a local path (resolved by the driver)
     random_weights: str | None = None  # a variant name; output is then not meaningful depth
     version: str | None = None
+    max_depth: float | None = None  # metres, for an official-layout metric file whose name does not say its range
     seed: int = 0
     # repo@commit when the checkpoint came from the Hub: a worker on a machine where `checkpoint` does not exist (no
     # shared filesystem) resolves it in its own Hub cache, downloading there if it has network
@@ -65,9 +66,10 @@ class ModelSource:
                     path = resolve_checkpoint(self.hub_reference).path
                 except CheckpointError as error:
                     raise CheckpointError(f"model actor on {socket.gethostname()}: {error}") from None
-            return load_model(path, device=device, version=self.version)
+            return load_model(path, device=device, version=self.version, max_depth=self.max_depth)
         if self.random_weights:
-            return random_model(self.random_weights, seed=self.seed, version=self.version or "v1").to(device)
+            return random_model(self.random_weights, seed=self.seed, version=self.version or "v1",
+                                max_depth=self.max_depth).to(device)
         raise PipelineError("no model: pass --checkpoint PATH (or --random-weights VARIANT for a plumbing test)")
 
 
@@ -146,6 +148,8 @@ class DepthWorker:
         # recompiled (its passes through the network then have the same sizes as every other batch's)
         self._padded_batch = batch_size if predictor.options.compile else 0
         self.device = predictor.device
+        # Metric models' range in metres (None: relative depth): every DepthBatch says what its values are
+        self.max_depth = getattr(getattr(predictor.net, "config", None), "max_depth", None)
         self.frames_processed = 0
         self.predict_cpu_s = 0.0  # CPU seconds inside the predictor (CPU device only)
         self.gpu_busy_ms = 0.0  # GPU milliseconds of compute, from CUDA events around each batch (GPU only)
@@ -177,7 +181,7 @@ class DepthWorker:
             pixels = np.concatenate([pixels, np.repeat(pixels[-1:], self._padded_batch - len(batch), axis=0)])
         depth = self._infer_parts([(pixels, batch.layout)], DEPTH_DTYPES[depth_dtype])[: len(batch)]
         self.frames_processed += len(batch)
-        return DepthBatch(batch.first_index, batch.pts, batch.time_base, depth)
+        return DepthBatch(batch.first_index, batch.pts, batch.time_base, depth, self.max_depth)
 
     def infer_together(self, batches: list[FrameBatch], depth_dtype: str = "float16") -> list[DepthBatch]:
         """Several streams' batches through the network as one (live cameras): each batch's frames are prepared at
@@ -200,7 +204,8 @@ class DepthWorker:
         start = 0
         for index in order:
             batch = batches[index]
-            results[index] = DepthBatch(batch.first_index, batch.pts, batch.time_base, depth[start:start + len(batch)])
+            results[index] = DepthBatch(batch.first_index, batch.pts, batch.time_base, depth[start:start + len(batch)],
+                                        self.max_depth)
             start += len(batch)
         self.frames_processed += start
         return results

@@ -246,7 +246,7 @@ class LiveCamera:
             self.sink.colorizer.tracker.reset()
         # Indices in the order written (a batch lost to the model leaves no gap the sink would wait on)
         written = self.frames_out
-        self.sink.write(DepthBatch(written, depth.pts, depth.time_base, depth.depth),
+        self.sink.write(DepthBatch(written, depth.pts, depth.time_base, depth.depth, depth.max_depth),
                         FrameBatch(written, batch.pts, batch.time_base, batch.pixels, batch.layout))
         self._published(group)
         return len(group)

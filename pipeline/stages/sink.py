@@ -4,8 +4,13 @@ Sink: depth batches (any order) -> restored frame order -> smoothing -> renderin
 Takes: `write(depth_batch, frame_batch)` with matching `DepthBatch` (B x h x w at the model's resolution, or at
 frame size) and `FrameBatch` (the frames are needed for the side-by-side view and by smoothers that look at the
 image). Depth is smoothed at its own resolution and resized to the frame size once, for rendering.
-Gives: the output file, on `close()`, with exactly one output frame per input frame at the input's timestamp, and
-a small dict of what was written.
+Gives: the output (a video file, or a folder of EXR / 16-bit PNG frames: sequence_writer.py), on `close()`, with
+exactly one output frame per input frame at the input's timestamp, and a small dict of what was written.
+
+What the depth is (relative inverse depth, or metres from a metric model) arrives with the depth batches
+(`DepthBatch.max_depth`) and decides three things (depth_units.py): the colour map is laid over 1 / metres, so near
+is bright either way; 16-bit outputs of metres use a fixed millimetre scale; the aligned smoother blends metres as
+they are, without fitting a scale and shift per frame (which exist for relative depth only).
 
 Batches may arrive out of order when several model actors work at once; the sink holds early ones until the gap
 is filled. The caller bounds how many batches are in flight, which bounds this buffer.
@@ -21,43 +26,57 @@ import numpy as np
 
 from .colorize import GRAY, DepthColorizer, DepthQuantizer
 from .background_writer import BackgroundWriter
+from .depth_units import DepthUnits
 from .encode import DepthVideoWriter, blank_i420
 from .frames import DepthBatch, FrameBatch, VideoInfo
 from .pixels import YUV420P, frame_height, i420_planes, to_rgb
+from .sequence_writer import DepthSequenceWriter, is_sequence_format
 from .smoothing import Guide, Smoother
+
+# Formats that keep the depth's values (16-bit integers with a scale, or float32), not a picture of them
+SIXTEEN_BIT_FORMATS = ("gray16", "png16")
 
 
 @dataclass(frozen=True)
 class RenderOptions:
-    depth_format: str = "color"  # color | gray | gray16 | side-by-side
+    depth_format: str = "color"  # color | gray | gray16 | side-by-side | exr | png16 (the last two: frame folders)
     colormap: str = "inferno"
     preset: str = "ultrafast"  # libx264
     qp: int = 16  # H.264 constant quantizer, or a constant rate factor when `crf` is set: see encode.x264_options
     crf: int | None = None
-    depth_scale: float | None = None  # gray16: uint16 = depth * scale; None: set from the first frame
+    # gray16 / png16: uint16 = depth * scale; None: set from the first frame (relative), millimetres (metric)
+    depth_scale: float | None = None
     copy_audio: bool = True
     # Encode on a thread of its own, beside smoothing and rendering (see background_writer.py); files only
     encoder_thread: bool = True
 
 
-def output_metadata(depth_scale: float | None) -> dict[str, str]:
-    """The tags a depth video carries; with the 16-bit scale that turns its values back into depth."""
-    metadata = {"DEPTH_MODEL": "Depth-Anything relative inverse depth (larger is nearer)"}
+def output_metadata(depth_scale: float | None, units: DepthUnits = DepthUnits()) -> dict[str, str]:
+    """The tags a depth video carries: what its values are, and the 16-bit scale that turns them back into depth."""
+    metadata = {"DEPTH_MODEL": f"Depth-Anything {units.meaning}"}
     if depth_scale is not None:
         metadata["DEPTH_SCALE"] = repr(depth_scale)
-        metadata["DEPTH_ENCODING"] = "depth = uint16 value / DEPTH_SCALE"
+        metadata["DEPTH_ENCODING"] = "depth = uint16 value / DEPTH_SCALE" + (" (metres)" if units.metric else "")
     return metadata
+
+
+def keeps_values(depth_format: str) -> bool:
+    """Whether an output holds the depth's values (16-bit or float32) rather than a picture: the model then sends
+    float32 depth (float16 is plenty for 8-bit pictures, not for millimetres)."""
+    return depth_format in SIXTEEN_BIT_FORMATS or depth_format == "exr"
 
 
 class DepthSink:
     """Owns the smoother, the renderer and the writer of one output video."""
 
     def __init__(self, output: str, info: VideoInfo, options: RenderOptions, smoother: Smoother,
-                 write_from_pts: int | None = None, temporary_tag: str | None = None, writer_factory=None):
+                 write_from_pts: int | None = None, temporary_tag: str | None = None, writer_factory=None,
+                 model: dict | None = None):
         """`write_from_pts`: frames before it only warm the smoother and the colour range up and are not written (a
         segment of a long video starts this way, so that its first written frames match an unsegmented run).
         `temporary_tag`: see DepthVideoWriter. `writer_factory(frame_hw)`: something else to write to (live mode:
-        an RTSP publisher), with DepthVideoWriter's `write(image, pts)`, `close()`, `abort()`, `frames_written`."""
+        an RTSP publisher), with DepthVideoWriter's `write(image, pts)`, `close()`, `abort()`, `frames_written`.
+        `model`: what made the depth (the model's description), for a frame folder's depth.json."""
         self.output = output
         self.temporary_tag = temporary_tag
         self.writer_factory = writer_factory
@@ -68,7 +87,9 @@ class DepthSink:
         self.smoother = smoother
         colormap = GRAY if options.depth_format == "gray" else options.colormap
         self.colorizer = DepthColorizer(colormap)
-        self.quantizer = DepthQuantizer(options.depth_scale) if options.depth_format == "gray16" else None
+        self.quantizer = DepthQuantizer(options.depth_scale) if options.depth_format in SIXTEEN_BIT_FORMATS else None
+        self.model = model or {}
+        self.units: DepthUnits | None = None  # known from the first depth batch
         self._writer: DepthVideoWriter | None = None
         self._next_index = 0
         self._waiting: dict[int, tuple[DepthBatch, FrameBatch]] = {}
@@ -80,6 +101,8 @@ class DepthSink:
         """Accept one batch; writes every batch that is now next in order. Returns frames written so far."""
         if depth_batch.first_index != frame_batch.first_index or len(depth_batch) != len(frame_batch):
             raise ValueError("depth and frame batches do not match")
+        if self.units is None:
+            self._adopt_units(DepthUnits(depth_batch.max_depth))
         self._waiting[depth_batch.first_index] = (depth_batch, frame_batch)
         while self._next_index in self._waiting:
             depth_batch, frame_batch = self._waiting.pop(self._next_index)
@@ -87,6 +110,14 @@ class DepthSink:
                 self._write_frame(depth, pixels, frame_batch.layout, pts)
             self._next_index += len(depth_batch)
         return self.frames_written
+
+    def _adopt_units(self, units: DepthUnits) -> None:
+        self.units = units
+        if units.metric:
+            if self.quantizer is not None and self.quantizer.scale is None:
+                self.quantizer.scale = units.metric_scale  # millimetres: the same in every file, nothing saturates
+            if getattr(self.smoother, "align", False):
+                self.smoother.align = False  # metres have no per-frame scale and shift to fit
 
     def _write_frame(self, depth: np.ndarray, pixels: np.ndarray, layout: str, pts: int) -> None:
         started = time.thread_time()  # this thread's CPU: the encoder may run on another (background_writer.py)
@@ -102,25 +133,25 @@ class DepthSink:
             self.colorizer.tracker.reset()  # a new shot gets its own display range at once, not a slow drift
         if self.write_from_pts is not None and pts < self.write_from_pts:
             # Warm-up: the smoother has seen the frame; the colour range follows it too; nothing is written
-            if self.quantizer is None:
-                self.colorizer.tracker.update(smoothed)
+            if self.quantizer is None and self.options.depth_format != "exr":
+                self.colorizer.tracker.update(self.units.display(smoothed))
             self.warmup_frames += 1
             return
         # Resized to the frame once: 16-bit depth before quantising; 8-bit pictures after the colour lookup (the
         # lookup then runs on the model's pixels, about half a 720p frame's; the two differ by a rounding)
         frame_hw = (height, width)
-        if self.quantizer is not None:
+        if keeps_values(self.options.depth_format):
             if model_hw != frame_hw:
                 smoothed = cv2.resize(smoothed, (width, height), interpolation=cv2.INTER_LINEAR)
-            image = self.quantizer(smoothed)
+            image = smoothed if self.quantizer is None else self.quantizer(smoothed)
         elif self.options.depth_format == "side-by-side":
-            image = self._side_by_side(pixels, layout, smoothed, frame_hw)
+            image = self._side_by_side(pixels, layout, self.units.display(smoothed), frame_hw)
         elif self.options.depth_format == "color" and height % 2 == 0 and width % 2 == 0:
             # What the encoder takes, without an RGB detour, written straight into the encoder's frame
             image, planes = blank_i420(height, width)
-            self.colorizer.yuv420_into(smoothed, planes)
+            self.colorizer.yuv420_into(self.units.display(smoothed), planes)
         else:
-            image = self.colorizer(smoothed, frame_hw)
+            image = self.colorizer(self.units.display(smoothed), frame_hw)
         if self._writer is None:
             self._writer = self._open_writer(frame_hw if self.options.depth_format != "side-by-side"
                                              else (height, 2 * width))
@@ -154,7 +185,16 @@ class DepthSink:
     def _open_writer(self, frame_hw: tuple[int, int]) -> DepthVideoWriter:
         if self.writer_factory is not None:
             return self.writer_factory(frame_hw)
-        metadata = output_metadata(self.quantizer.scale if self.quantizer is not None else None)
+        scale = self.quantizer.scale if self.quantizer is not None else None
+        if is_sequence_format(self.options.depth_format):
+            description = {"values": self.units.meaning, "unit": "metre" if self.units.metric else None,
+                           "max_depth": self.units.max_depth, "model": self.model}
+            if scale is not None:
+                description.update(scale=scale, encoding="depth = png value / scale")
+            writer = DepthSequenceWriter(self.output, self.options.depth_format, self.info, description,
+                                         self.temporary_tag)
+            return BackgroundWriter(writer) if self.options.encoder_thread else writer
+        metadata = output_metadata(scale, self.units)
         writer = DepthVideoWriter(
             self.output,
             self.options.depth_format,

@@ -1,7 +1,8 @@
 """
 Temporal smoothing of per-frame depth: a streaming, causal, stateful stage, fed in frame order.
 
-Takes: `update(depth, guide=None)` with depth H x W float32 or float16 relative inverse depth and what the picture
+Takes: `update(depth, guide=None)` with depth H x W float32 or float16 (relative inverse depth, or metres with the
+aligned smoother's `align` off: see there) and what the picture
 shows: a `Guide` (luma at the depth's resolution and a sample of the frame's colours; `Guide.of_frame` makes one from
 an RGB or I420 frame) or simply the H x W x 3 uint8 RGB frame.
 Gives: the smoothed H x W float32 depth for that frame; `reset()` forgets the past (scene cut, new stream).
@@ -108,6 +109,10 @@ class AlignedSmoothing:
         cut_residual: float = 0.5,  # median alignment residual / depth spread that means a cut
         samples: int = 4096,
         seed: int = 0,
+        # Fit each frame's scale and shift to the last output: relative depth has an unknown one per frame. Metres
+        # have none (the sink turns this off for metric models): their frames are blended as they are, so the output
+        # keeps the model's metres, and a real change of distance (the camera moving closer) passes at once
+        align: bool = True,
         device: str | torch.device = "cpu",
     ):
         if not 0 <= strength < 1 or not 0 <= anchor <= 1:
@@ -117,6 +122,7 @@ class AlignedSmoothing:
         self.noise_gate = noise_gate
         self.cut_histogram, self.cut_residual = cut_histogram, cut_residual
         self.samples = samples
+        self.align = align
         self.device = torch.device(device)
         self._generator = torch.Generator().manual_seed(seed)
         self.cut_detected = False
@@ -156,7 +162,7 @@ class AlignedSmoothing:
         # tiny kernels and synchronising reads)
         raw_samples, previous_samples = torch.stack(
             [depth.reshape(-1)[self._sample_index], previous.reshape(-1)[self._sample_index]]).cpu().double().numpy()
-        scale, shift = _robust_fit(raw_samples, previous_samples)
+        scale, shift = _robust_fit(raw_samples, previous_samples) if self.align else (1.0, 0.0)
         residual = scale * raw_samples + shift - previous_samples
         low_decile, high_decile = quantiles(previous_samples, (0.1, 0.9))
         spread = high_decile - low_decile + 1e-6
@@ -164,7 +170,7 @@ class AlignedSmoothing:
             return self._restart(depth, guide, gray, histogram, cut=True)
         # Anchor: lean the mapping towards the raw frame's own, so the output's scale follows the video slowly
         scale, shift = scale ** (1 - self.anchor), shift * (1 - self.anchor)
-        aligned = _affine_(depth, scale, shift)
+        aligned = _affine_(depth, scale, shift) if self.align else depth
 
         # Per-pixel weight of the past, strength where depth and picture hold still, falling to 0 through the two
         # gates; out = aligned + weight * (previous - aligned). Every pass over the map costs about as much as the
