@@ -39,7 +39,7 @@ if __name__ == "__main__":
 from model import VARIANTS, CheckpointError, check_checkpoint
 from model.hub import DEFAULT_MODEL, MODEL_NAMES, NON_COMMERCIAL, resolve_checkpoint
 from pipeline.stages.decode import is_url
-from pipeline.jobs.outputs import InputFiles, check_output, check_output_folder, check_summary_path
+from pipeline.jobs.outputs import InputFiles, check_output, check_output_folder, check_summary_path, depth_output_name
 from pipeline.stages.encode import DEPTH_FORMATS
 from pipeline.stages.frames import PipelineError, one_line
 from pipeline.settings import load_settings
@@ -56,8 +56,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", nargs="?", help="video file or URL (omit for a generated sample clip)")
-    parser.add_argument("-o", "--output", help="output video (.mp4/.mkv; .mkv for gray16); default: INPUT_depth.EXT")
+    parser.add_argument("input", nargs="?", help="video file or URL, or an image sequence: a folder, 'frames/*.png' or "
+                                                 "frames/%%06d.png (omit for a generated sample clip)")
+    parser.add_argument("-o", "--output", help="output video (.mp4/.mkv; .mkv for gray16), or a folder for exr and "
+                                               "png16; default: INPUT_depth.EXT (INPUT_depth/ for folders)")
     add_shared_flags(parser)
     parser.add_argument("--summary", help="also write the JSON summary to this file")
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output")
@@ -127,6 +129,11 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
                                              "id owner/name[@revision]")
     parser.add_argument("--random-weights", choices=VARIANTS, help="random weights of a variant (plumbing test only)")
     parser.add_argument("--version", choices=("v1", "v2"), help="Depth-Anything version (default: from checkpoint)")
+    parser.add_argument("--max-depth", type=float, metavar="METRES",
+                        help="a metric .pth checkpoint's range when its name does not say it (20 indoor, 80 outdoor); "
+                             "Hugging Face checkpoints and the metric model names carry their own")
+    parser.add_argument("--fps", metavar="RATE", help="frame rate of an image-sequence input (a folder, 'glob*.png' or "
+                                                     "pattern%%06d.png): 30 (default), 29.97 or 30000/1001")
     parser.add_argument("--config", help="YAML preset, e.g. configs/cpu.yaml (flags override it)")
     parser.add_argument("--colormap", help="OpenCV colormap name (default inferno)")
     parser.add_argument("--depth-format", choices=DEPTH_FORMATS)
@@ -153,6 +160,8 @@ FLAG_KEYS = {
     "checkpoint": "model.checkpoint",
     "random_weights": "model.random_weights",
     "version": "model.version",
+    "max_depth": "model.max_depth",
+    "fps": "input.fps",
     "input_size": "model.input_size",
     "precision": "model.precision",
     "device": "model.device",
@@ -177,8 +186,7 @@ def flag_labels() -> dict[str, str]:
 def default_output(source: str, depth_format: str) -> Path:
     if is_url(source):
         raise PipelineError(f"{source}: an input URL needs an output name: pass -o OUTPUT")
-    path = Path(source)
-    return path.with_name(f"{path.stem}_depth{'.mkv' if depth_format == 'gray16' else '.mp4'}")
+    return depth_output_name(source, depth_format)
 
 
 def progress_bar(total: int | None):
@@ -196,7 +204,7 @@ def resolve_model(settings):
         print("note: random weights - the output shows the pipeline working, not real depth", file=sys.stderr)
         return None
     resolved = resolve_checkpoint(model.checkpoint or model.name or DEFAULT_MODEL)
-    check_checkpoint(resolved.path, model.version)
+    check_checkpoint(resolved.path, model.version, model.max_depth)
     return resolved
 
 
@@ -303,6 +311,10 @@ def run_live(args: argparse.Namespace) -> dict:
     settings = load_settings(args.config, overrides, flag_labels())
     if args.input is None:
         raise PipelineError("live mode needs an input: a camera URL, or a file with --realtime")
+    from pipeline.jobs.cameras import live_depth_format_problem
+
+    if live_depth_format_problem(settings.output.depth_format):
+        raise PipelineError(f"--depth-format: {live_depth_format_problem(settings.output.depth_format)}")
     for flag, given in (("--segments", args.segments is not None), ("--resume", args.resume)):
         if given:
             raise PipelineError(f"{flag} is for files; a live stream is one stream, run as it comes")
@@ -363,9 +375,9 @@ def run(args: argparse.Namespace) -> dict:
     args.resolved_output = output
     check_summary_path(args.summary)
 
-    from pipeline.stages.decode import VideoDecoder
+    from pipeline.stages.decode import open_source
 
-    probe = VideoDecoder(source)  # input errors before Ray starts
+    probe = open_source(source, settings.input.fps)  # input errors before Ray starts
     info = probe.info
     probe.close()
     resolved = resolve_model(settings)

@@ -30,7 +30,7 @@ from model import PredictorOptions
 HEALTH_CHECK_S = 5.0  # how often a stream looks at the model actors' health (and when a write takes this long)
 
 from .stages.cross_batcher import CrossStreamBatcher
-from .stages.decode import VideoDecoder
+from .stages.decode import open_source
 from .stages.frames import FrameBatch, PipelineError, VideoInfo, one_line
 from .stages.infer import DepthWorker, ModelSource
 from .stages.sink import DepthSink, RenderOptions
@@ -115,6 +115,7 @@ class StreamJob:
     restart_timeout_s: float  # a model actor down this long is dropped (model_pool.py)
     sink_args: tuple = ()  # SinkActor.open's arguments: the stream opens its sink, so that open precedes its writes
     progress_every_s: float = 0.5  # how often the stream tells the driver how far it is
+    fps: float | str | None = None  # an image sequence's frame rate (videos have their own timestamps)
 
 
 PROGRESS, RESULT = "progress", "result"
@@ -148,7 +149,7 @@ class StreamActor:
         sink.open.remote(*job.sink_args)  # (Ray keeps one caller's calls to an actor in order)
         try:
             # One thread: streams are the parallelism (frame threads cost 10-15% more CPU a frame)
-            decoder = VideoDecoder(job.source, threads=1, pts_range=job.pts_range, layout=job.layout)
+            decoder = open_source(job.source, job.fps, threads=1, pts_range=job.pts_range, layout=job.layout)
         except (PipelineError, OSError) as error:
             raise with_node(error) from None
         in_flight: deque = deque()
@@ -305,10 +306,13 @@ class SinkActor:
         self._depth_bytes_across = 0
 
     def open(self, output: str, info: VideoInfo, render: RenderOptions, smoother_name: str, params: dict,
-             smoother_device: str, write_from_pts: int | None = None, temporary_tag: str | None = None) -> None:
+             smoother_device: str, write_from_pts: int | None = None, temporary_tag: str | None = None,
+             model: dict | None = None) -> None:
+        """`model`: what the model actors loaded (graph.model_info), for the outputs that describe it."""
         self._cpu_at_start = cpu_seconds()
         self._depth_bytes_across = 0
-        self._args = (output, info, render, smoother_name, params, smoother_device, write_from_pts, temporary_tag)
+        self._args = (output, info, render, smoother_name, params, smoother_device, write_from_pts, temporary_tag,
+                      model)
         self._sink = None
 
     def _opened(self) -> DepthSink:
@@ -316,9 +320,10 @@ class SinkActor:
         if self._args is None:  # aborted: a write still queued from the failed stream must not start a new file
             raise RuntimeError("the sink was aborted")
         if self._sink is None:
-            output, info, render, smoother_name, params, smoother_device, write_from_pts, tag = self._args
+            output, info, render, smoother_name, params, smoother_device, write_from_pts, tag, model = self._args
             self._sink = DepthSink(output, info, render,
-                                   make_smoother(smoother_name, device=smoother_device, **params), write_from_pts, tag)
+                                   make_smoother(smoother_name, device=smoother_device, **params), write_from_pts, tag,
+                                   model=model)
         return self._sink
 
     @naming_the_node

@@ -43,7 +43,8 @@ from .settings import PipelineSettings
 from .stages.encode import temporary_path
 from .stages.frames import DepthBatch, FrameBatch, PipelineError, VideoInfo, one_line
 from .stages.infer import ModelSource, cuda_problem
-from .stages.sink import RenderOptions
+from .stages.sequence_writer import remove_partial
+from .stages.sink import RenderOptions, keeps_values
 from .stream_pool import StreamActorPool
 
 RETRY_PAUSE_S = 1.0  # before a stream's second attempt; twice that before its third
@@ -92,7 +93,7 @@ class DepthGraph:
             resolved = resolve_checkpoint(model.checkpoint or model.name or DEFAULT_MODEL)
         self.checkpoint = resolved
         source = ModelSource(resolved.path if resolved else None, model.random_weights, model.version,
-                             builder=builder, hub_reference=resolved.spec if resolved and resolved.repo_id else None)
+                             max_depth=model.max_depth, builder=builder, hub_reference=resolved.spec if resolved and resolved.repo_id else None)
         # Inside an actor Ray makes only its assigned GPU visible, as cuda:0: "cuda:1" would not exist there
         device = "cuda" if self.plan.use_gpu else "cpu"
         actors = [
@@ -253,17 +254,18 @@ class DepthGraph:
         # removes what it left (on a filesystem every node sees, which outputs need anyway)
         tag = uuid.uuid4().hex[:12]
         stream, sink = pair = self.streams.take(node)  # warm from an earlier stream there, or new
-        job = StreamJob(source, self.batch_size, settings.batching.frame_layout, pts_range,
-                        # float16 depth is finer than any 8-bit picture; the 16-bit output keeps float32
-                        "float32" if render.depth_format == "gray16" else "float16",
-                        settings.batching.max_in_flight, settings.ray.restart_timeout_s,
-                        sink_args=(output, info, render, settings.smoothing.name, dict(settings.smoothing.params),
-                                   self.plan.smoother_device, write_from_pts, tag))
         try:
             if self.plan.sink_options:  # a GPU share: a cluster whose GPUs are taken would hold it forever
                 self._wait_placed([sink], "sink actors (smoothing on the GPU)", {**self.plan.sink_options,
                                                                                  "num_cpus": 0})
-            _ = self.model_info  # the models were loading while this stream's actors started
+            model = self.model_info  # the models were loading while this stream's actors started
+            job = StreamJob(source, self.batch_size, settings.batching.frame_layout, pts_range,
+                            # float16 depth is finer than any 8-bit picture; outputs of the values keep float32
+                            "float32" if keeps_values(render.depth_format) else "float16",
+                            settings.batching.max_in_flight, settings.ray.restart_timeout_s,
+                            sink_args=(output, info, render, settings.smoothing.name, dict(settings.smoothing.params),
+                                       self.plan.smoother_device, write_from_pts, tag, model),
+                            fps=settings.input.fps)
             # The stream runs on its own actor, beside its sink: this thread only hears how far it is, and the end
             result = None
             # The model actors on the stream's node, when it has any: its frames and depth then stay on that node
@@ -294,7 +296,7 @@ class DepthGraph:
             except (ray.exceptions.RayError, TimeoutError):
                 pass
             self.streams.discard(pair)  # a failed stream's actors are not reused: they may be gone, or mid-write
-            temporary_path(Path(output), tag).unlink(missing_ok=True)  # the sink died, or is killed, with it open
+            remove_partial(temporary_path(Path(output), tag))  # the sink died, or is killed, with it open
             if isinstance(error, ray.exceptions.RayError) and not isinstance(error, RETRIABLE):
                 raise unwrap_ray_error(error) from None
             raise

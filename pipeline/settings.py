@@ -1,7 +1,7 @@
 """
 Typed settings: dataclasses, filled from a YAML preset and then from command-line overrides.
 
-Takes: a YAML file (sections model / batching / smoothing / output / ray) and a dict of overrides
+Takes: a YAML file (sections model / input / batching / smoothing / output / segments / ray / live) and a dict of overrides
 (`{"model.batch_size": 8}` style dotted keys, or section dicts).
 Gives: a frozen `PipelineSettings`. An unknown section or key, a value of the wrong type or out of range, is a
 one-line `PipelineError` that names the file (or command-line flag), the key and the values allowed, raised while
@@ -42,6 +42,9 @@ class ModelSettings:
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads per model actor; 0: the actor's CPU share
+    # A metric checkpoint's range in metres, for an official .pth whose name does not say it (20 indoor, 80 outdoor);
+    # a Hugging Face checkpoint's config says it itself
+    max_depth: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,13 @@ class SmoothingSettings:
     name: str = "default"
     params: dict = field(default_factory=dict)
     device: str = "auto"  # auto: the CPU (depth arrives at the model's resolution); cuda: the sink holds a GPU share
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    # Image sequences (a folder, glob or printf pattern) have no timestamps: frame i is at i / fps seconds. A number
+    # or a fraction ("30000/1001"); videos keep their own timestamps
+    fps: float | str = 30
 
 
 # The output section is exactly what the sink takes
@@ -108,6 +118,7 @@ class LiveSettings:
 @dataclass(frozen=True)
 class PipelineSettings:
     model: ModelSettings = ModelSettings()
+    input: InputSettings = InputSettings()
     batching: BatchingSettings = BatchingSettings()
     smoothing: SmoothingSettings = SmoothingSettings()
     output: OutputSettings = OutputSettings()
@@ -163,6 +174,18 @@ def optional(check: Check) -> Check:
     return lambda value: None if value is None else check(value)
 
 
+def _is_rate(value) -> bool:
+    from fractions import Fraction
+
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    try:
+        rate = Fraction(str(value))
+    except (ValueError, ZeroDivisionError):
+        return False
+    return rate > 0
+
+
 def device_name(value) -> str | None:
     if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         return None
@@ -189,7 +212,10 @@ RULES: dict[str, dict[str, Check]] = {
         "compile": of_type(bool, "true or false"),
         "device": device_name,
         "threads": integer(0),
+        "max_depth": optional(number(above=0)),
     },
+    "input": {"fps": lambda value: None if _is_rate(value) else (
+        f"must be a frame rate above 0 (a number, or a fraction like 30000/1001), got {value!r}")},
     "batching": {"batch_size": integer(0), "network_batch": integer(0), "max_in_flight": integer(1),
                  "frame_layout": one_of("auto", "rgb24")},
     "smoothing": {"name": one_of(*SMOOTHER_NAMES), "params": of_type(dict, "a mapping"), "device": device_name},

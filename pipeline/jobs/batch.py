@@ -29,18 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .file import process_video
-from .segments import file_digest
 from ..settings import PipelineSettings, check_combination, merge
 from ..work_pool import run_in_threads
 from ..stages.frames import PipelineError, one_line
 from ..stages.file_lock import is_held_elsewhere
+from ..stages.sequence_writer import LOCK_NAME as SEQUENCE_LOCK
+from ..stages.sequence_writer import path_digest, path_size, remove_partial
 from .inputs import BatchItem
 from .outputs import InputFiles, check_output
 from .status import BatchStatus, input_stamp, settings_digest
 
 REPORT_NAME = "batch_report.json"
 EXIT_SOME_FAILED = 3  # the job ran, and at least one video failed (each is named in the report)
-PER_VIDEO_SECTIONS = ("output", "smoothing", "segments")  # what a manifest line may change for its video
+PER_VIDEO_SECTIONS = ("input", "output", "smoothing", "segments")  # what a manifest line may change for its video
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class BatchJob:
             settings = check_combination(merge(settings, item.options, where), where)
             if settings.smoothing.device != self.settings.smoothing.device:
                 raise PipelineError(f"{where}: smoothing.device cannot differ per video")
-        shaping = {name: dataclasses.asdict(getattr(settings, name)) for name in ("model", "output", "smoothing")}
+        shaping = {name: dataclasses.asdict(getattr(settings, name)) for name in ("model", "input", "output", "smoothing")}
         output = check_output(item.output_in(self.folder, settings.output.depth_format),
                               settings.output.depth_format, inputs, what=f"output of {item.source}",
                               folder_made_later=True)
@@ -183,14 +184,14 @@ class BatchJob:
             _remove_partial_files(plan.output, older_than=self._started_at)  # left by a killed earlier run
             summary = process_video(self.graph.with_settings(plan.settings), str(source), str(plan.output),
                                     segments=plan.settings.segments.count, resume=True)
-            size = plan.output.stat().st_size
+            size = path_size(plan.output)
             seconds = time.monotonic() - started
             row = {"video": key, "status": "done", "output": str(plan.output.relative_to(self.folder)),
                    "frames": summary["frames_out"], "unreadable_frames": summary.get("unreadable_frames", 0),
                    "retried_streams": summary.get("retried_streams", 0),
                    "nodes": summary.get("nodes", []), "bytes_across_nodes": summary.get("bytes_across_nodes", 0),
                    "seconds": round(seconds, 3), "fps": round(summary["frames_out"] / seconds, 3)}
-            self.status.record(key, **row, bytes=size, sha256=file_digest(plan.output), settings=plan.digest,
+            self.status.record(key, **row, bytes=size, sha256=path_digest(plan.output), settings=plan.digest,
                                input_stamp=stamp)
             return row
         except Exception as error:  # noqa: BLE001 - a video's own failure is recorded; the job goes on
@@ -232,9 +233,11 @@ def _remove_partial_files(output: Path, older_than: float | None = None) -> None
     """The sink's temporary files for `output` (see DepthVideoWriter), or those of them older than a time; never
     one that a live writer holds (another job's, on the same folder)."""
     for leftover in output.parent.glob(f".{glob.escape(output.stem)}.*.partial{glob.escape(output.suffix)}"):
+        # (a frame folder's writer holds the lock file inside its temporary folder)
+        lock = leftover / SEQUENCE_LOCK if leftover.is_dir() else leftover
         try:
-            if (older_than is None or leftover.stat().st_mtime < older_than) and not is_held_elsewhere(leftover):
-                leftover.unlink()
+            if (older_than is None or leftover.stat().st_mtime < older_than) and not is_held_elsewhere(lock):
+                remove_partial(leftover)
         except OSError:
             pass
 

@@ -27,6 +27,7 @@ from ..settings import PipelineSettings, check_combination, merge
 from ..stages.decode import is_url
 from ..stages.frames import PipelineError
 from ..stages.live_camera import LiveTargets
+from ..stages.sequence_writer import is_sequence_format
 from .outputs import InputFiles, check_output
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -58,6 +59,14 @@ class Camera:
 
 class CameraConflict(PipelineError):
     """A camera that clashes with one running (its name, or an output another camera writes)."""
+
+
+def live_depth_format_problem(depth_format: str) -> str | None:
+    """Why live mode cannot write a depth format (None when it can): it publishes and records videos."""
+    if is_sequence_format(depth_format):
+        return (f"depth_format {depth_format} writes folders of frames, for files; live mode publishes and records "
+                f"videos (color, gray, side-by-side; gray16 for a recording)")
+    return None
 
 
 def camera_from_entry(entry, settings: PipelineSettings, where: str, no_overwrite: bool = False) -> Camera:
@@ -113,6 +122,9 @@ def camera_from_entry(entry, settings: PipelineSettings, where: str, no_overwrit
         camera_settings = check_combination(merge(settings, overrides, where, labels), where)
     except PipelineError as error:
         raise PipelineError(str(error).replace(f"{where}: smoothing.", f"{where}: smoothing ")) from None
+    live_format_problem = live_depth_format_problem(camera_settings.output.depth_format)
+    if live_format_problem:
+        raise PipelineError(f"{where}: {live_format_problem}")
     if publish and camera_settings.output.depth_format == "gray16":
         raise PipelineError(f"{where}: depth_format gray16 cannot be published over RTSP (8-bit H.264); record it "
                             f"to a file instead")

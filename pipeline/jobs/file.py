@@ -1,7 +1,8 @@
 """
 The file job: one video through a `DepthGraph`, whole or in keyframe segments joined at the end; its summary.
 
-Takes: a graph (model actors and the stream wiring), a source (file or URL), an output path, and how to split it
+Takes: a graph (model actors and the stream wiring), a source (file, URL or image sequence), an output path (a file,
+or a folder for the exr / png16 frame folders), and how to split it
 (`segments`: 1, a count, or "auto"; `resume`: reuse the segments a killed run finished).
 Gives: the output, which exists only if `process_video` returns, and the run's summary (frames in and out, fps,
 CPU per frame of each stage, peak memory, the segments).
@@ -19,11 +20,14 @@ from pathlib import Path
 
 from ..graph import DepthGraph, StreamResult
 from ..stages.colorize import DepthQuantizer
-from ..stages.decode import VideoDecoder
+from ..stages.decode import open_source
+from ..stages.depth_units import DepthUnits
 from ..stages.frames import VideoInfo
-from ..stages.sink import RenderOptions, output_metadata
+from ..stages.sequence_writer import is_sequence_format, join_sequence_folders
+from ..stages.sink import SIXTEEN_BIT_FORMATS, RenderOptions, output_metadata
 from ..work_pool import run_in_threads
 from .segments import (
+    SEGMENT_SUFFIX,
     Segment,
     SegmentStore,
     auto_segment_count,
@@ -47,7 +51,7 @@ def process_video(
     copy; `resume` reuses the segments a killed run finished (see `segments.py`).
     """
     if info is None:
-        probe = VideoDecoder(source)
+        probe = open_source(source, graph.settings.input.fps)
         info = probe.info
         probe.close()
     started = time.monotonic()
@@ -65,17 +69,20 @@ def process_video(
 def _render_options(graph: DepthGraph, source: str) -> RenderOptions:
     """The output settings, with the 16-bit scale fixed before any frame is written (see `_depth_scale`)."""
     render = graph.settings.output
-    if render.depth_format == "gray16" and render.depth_scale is None:
+    if render.depth_format in SIXTEEN_BIT_FORMATS and render.depth_scale is None:
         render = dataclasses.replace(render, depth_scale=_depth_scale(graph, source))
     return render
 
 def _depth_scale(graph: DepthGraph, source: str) -> float:
-    """The 16-bit scale from the first frame alone: one value for the whole file however it is split (and the
-    same for a whole run and a segmented one, so that they agree bit for bit)."""
-    decoder = VideoDecoder(source)
+    """The 16-bit scale: for relative depth, from the first frame alone (one value for the whole file however it is
+    split, and the same for a whole run and a segmented one, so that they agree bit for bit); for metres, the
+    model's fixed millimetre scale."""
+    decoder = open_source(source, graph.settings.input.fps)
     first = next(decoder.batches(1))
     decoder.close()
-    return DepthQuantizer.scale_for(graph.infer(first, "float32").depth[0])
+    depth = graph.infer(first, "float32")
+    units = DepthUnits(depth.max_depth)
+    return units.metric_scale if units.metric else DepthQuantizer.scale_for(depth.depth[0])
 
 def _segment_plan(graph: DepthGraph, source: str, info: VideoInfo, segments: int | str) -> list[Segment]:
     if segments == 1:
@@ -97,7 +104,9 @@ def _process_segments(graph: DepthGraph, source: str, output: Path, info: VideoI
                       plan: list[Segment], resume: bool, on_progress, started: float) -> dict:
     fingerprint_settings = {"output": dataclasses.asdict(render), "model": dataclasses.asdict(graph.settings.model),
                             "smoothing": dataclasses.asdict(graph.settings.smoothing)}
-    store = SegmentStore(output, fingerprint(source, plan, fingerprint_settings))
+    frame_folders = is_sequence_format(render.depth_format)
+    store = SegmentStore(output, fingerprint(source, plan, fingerprint_settings),
+                         suffix="" if frame_folders else SEGMENT_SUFFIX)
     store.open(resume)
     segment_render = dataclasses.replace(render, copy_audio=False)
     todo = [segment for segment in plan if segment.index not in store.done]
@@ -127,8 +136,13 @@ def _process_segments(graph: DepthGraph, source: str, output: Path, info: VideoI
         if failures:
             raise failures[0]
         files = [store.path_of(segment) for segment in plan]
-        path = join_segments(files, output, render.depth_format, info, render.copy_audio,
-                             output_metadata(render.depth_scale if render.depth_format == "gray16" else None))
+        if frame_folders:
+            path, _ = join_sequence_folders(files, output)
+        else:
+            units = DepthUnits(graph.model_info.get("max_depth_m"))
+            path = join_segments(files, output, render.depth_format, info, render.copy_audio,
+                                 output_metadata(render.depth_scale if render.depth_format == "gray16" else None,
+                                                 units))
     except Exception:  # an error: nothing is left behind
         store.remove()
         raise
@@ -193,7 +207,7 @@ def summarize(graph: DepthGraph, source: str, results: list[StreamResult], secon
         "bytes_across_nodes": sum(d["frame_bytes_across_nodes"] for d in decode_stats)
         + sum(k["depth_bytes_across_nodes"] for k in sink_stats),
     }
-    if graph.settings.output.depth_format == "gray16" and sink_stats:
+    if graph.settings.output.depth_format in SIXTEEN_BIT_FORMATS and sink_stats:
         summary.update(depth_scale=sink_stats[0]["depth_scale"],
                        saturated_pixels=sum(k["saturated_pixels"] for k in sink_stats))
     return summary

@@ -1,7 +1,9 @@
 """
 What a batch job works on: input specs -> the list of videos, each with the output path it gets.
 
-Takes: the command line's INPUTS: directories (searched recursively for video files), globs (`clips/**/*.mp4`,
+Takes: the command line's INPUTS: directories (searched recursively for video files, and for image sequences: a
+folder holding images and no videos is one input, its images in name order), printf patterns of images
+(`shot/%06d.png`), globs (`clips/**/*.mp4`,
 quoted so the shell leaves them alone), video files, and manifests: a `.txt` / `.lst` file with one path per line
 (`#` comments), or a `.jsonl` file with one object per line, `{"input": PATH, "options": {...}}`, where options are
 setting keys (`output.depth_format`, `smoothing.name`, ...) for that video alone. Relative paths in a manifest are
@@ -22,7 +24,10 @@ from pathlib import Path
 
 import av
 
+from ..stages.encode import output_suffix
 from ..stages.frames import PipelineError
+from ..stages.image_sequence import IMAGE_SUFFIXES, is_image_sequence, list_images, sequence_folder
+from ..stages.sequence_writer import DESCRIPTION, check_replaceable
 from .status import BatchStatus
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
@@ -37,10 +42,12 @@ class BatchItem:
     options: dict = field(default_factory=dict)  # per-video setting overrides (from a JSONL manifest)
     where: str = ""  # the manifest line it came from ("jobs.jsonl:3"), for errors about its options
     searched: bool = False  # found by searching a folder or a glob (not named by the user)
+    sequence: bool = False  # an image sequence: `source` is its folder or printf pattern, `relative` its folder's
 
     def output_in(self, folder: Path, depth_format: str) -> Path:
-        suffix = ".mkv" if depth_format == "gray16" else ".mp4"
-        return folder / self.relative.parent / f"{self.relative.stem}_depth{suffix}"
+        # An image sequence's relative path is its folder's: `shots/a/` -> `DIR/shots/a_depth.mp4` (or a_depth/)
+        name = self.relative.name if self.sequence else self.relative.stem
+        return folder / self.relative.parent / f"{name}_depth{output_suffix(depth_format)}"
 
     @property
     def key(self) -> str:
@@ -100,15 +107,42 @@ def _expand(spec: str, output_folder: Path | None) -> list[BatchItem]:
     if glob.has_magic(spec):
         root = _glob_root(spec)
         pattern = _glob_regex(Path(spec).relative_to(root).as_posix() if root != Path(".") else spec)
-        return [BatchItem(p.resolve(), p.relative_to(root), searched=True) for p in _search(root, output_folder)
-                if pattern.fullmatch(p.relative_to(root).as_posix())]
+        return [BatchItem(p.resolve(), p.relative_to(root), searched=True, sequence=p.is_dir())
+                for p in _search(root, output_folder) if pattern.fullmatch(p.relative_to(root).as_posix())]
+    if is_image_sequence(spec) and not path.is_dir():  # a printf pattern: one sequence
+        return [_sequence_item(spec)]
     if path.is_dir():
-        return [BatchItem(p.resolve(), p.relative_to(path), searched=True) for p in _search(path, output_folder)]
+        return [BatchItem(p.resolve(), p.relative_to(path) if p != path else Path(p.resolve().name), searched=True,
+                          sequence=p.is_dir()) for p in _search(path, output_folder)]
     if path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
         return _read_manifest(path)
     if path.is_file():
         return [BatchItem(path.resolve(), Path(path.name))]
     raise PipelineError(f"{spec}: no such file, folder or manifest")
+
+
+def _sequence_item(spec: str, relative: Path | None = None, **fields) -> BatchItem:
+    """A folder or printf pattern of images as one input (its listing and gaps checked now, before any work)."""
+    list_images(spec)
+    folder = sequence_folder(spec)
+    source = Path(spec).resolve() if Path(spec).is_dir() else folder.resolve() / Path(spec).name
+    return BatchItem(source, relative or Path(folder.resolve().name), sequence=True, **fields)
+
+
+def _holds_sequence(folder: Path, files: list[str]) -> bool:
+    """A folder that is an image sequence in a batch's search: images and no videos in it, and not a frame folder
+    this pipeline wrote (an exr / png16 output)."""
+    return (any(Path(name).suffix.lower() in IMAGE_SUFFIXES for name in files)
+            and not any(Path(name).suffix.lower() in VIDEO_SUFFIXES for name in files)
+            and not (DESCRIPTION in files and _written_by_us(folder)))
+
+
+def _written_by_us(folder: Path) -> bool:
+    try:
+        check_replaceable(folder)
+    except PipelineError:
+        return False
+    return True
 
 
 def _search(root: Path, output_folder: Path | None) -> list[Path]:
@@ -122,6 +156,10 @@ def _search(root: Path, output_folder: Path | None) -> list[Path]:
         subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")
                                and not (skip is not None and skip != resolved_root
                                         and (Path(folder) / name).resolve() == skip))
+        if _holds_sequence(Path(folder), files):
+            found.append(Path(folder))  # one input: the folder's images, in order
+            subfolders[:] = []
+            continue
         found += [Path(folder) / name for name in sorted(files) if not name.startswith(".")
                   and _is_video(Path(folder) / name)]
     return found
@@ -201,6 +239,9 @@ def _read_manifest(manifest: Path) -> list[BatchItem]:
         if not isinstance(name, str) or not name.strip():
             raise PipelineError(f"{where}: input must be a path to a video file, got {name!r}")
         path = Path(name) if Path(name).is_absolute() else folder / name
+        if is_image_sequence(str(path)):
+            items.append(_sequence_item(str(path), None, options=options, where=where))
+            continue
         if not path.is_file():
             what = "a folder (a manifest names video files)" if path.is_dir() else "no such file"
             raise PipelineError(f"{where}: {name}: {what}")

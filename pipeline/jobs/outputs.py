@@ -20,8 +20,19 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..stages.decode import is_url
-from ..stages.encode import check_output_path
+from ..stages.encode import check_output_path, output_suffix
 from ..stages.frames import PipelineError
+from ..stages.image_sequence import is_image_sequence, sequence_folder
+
+
+def depth_output_name(source: str | Path, depth_format: str) -> Path:
+    """The output a run writes when none is named: beside the input, `NAME_depth` with the format's ending (a video
+    `clip.mp4` -> `clip_depth.mp4`; an image folder `shot/` -> `shot_depth.mp4`; a frame folder for exr / png16)."""
+    if is_image_sequence(str(source)):
+        folder = Path(os.path.abspath(sequence_folder(str(source))))  # (a name for '.' and '..' too)
+        return folder.with_name(f"{folder.name}_depth{output_suffix(depth_format)}")
+    path = Path(source)
+    return path.with_name(f"{path.stem}_depth{output_suffix(depth_format)}")
 
 
 class InputFiles:
@@ -33,6 +44,8 @@ class InputFiles:
         for source in sources:
             if source is None or is_url(str(source)):
                 continue
+            if is_image_sequence(str(source)):
+                source = sequence_folder(str(source))  # its images' folder: no output may be written there
             self._by_path[Path(source).resolve()] = str(source)
             try:
                 stat = os.stat(source)

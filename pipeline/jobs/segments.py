@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,9 @@ import av
 from ..stages.encode import DepthVideoWriter
 from ..stages.file_lock import FileLock
 from ..stages.frames import PipelineError, VideoInfo
+from ..stages.image_sequence import is_image_sequence, list_images
+from ..stages.sequence_writer import path_digest, remove_partial
+from .status import input_stamp
 
 SEGMENT_SUFFIX = ".nut"
 
@@ -51,7 +53,10 @@ class Segment:
 
 
 def packet_index(source: str) -> list[tuple[int, bool]]:
-    """(pts, is keyframe) of every video packet, in presentation order; demuxed, not decoded."""
+    """(pts, is keyframe) of every video packet, in presentation order; demuxed, not decoded. An image sequence's
+    frames are each a keyframe, at pts = their number."""
+    if is_image_sequence(source):
+        return [(number, True) for number in range(len(list_images(source)))]
     with av.open(source) as container:
         stream = container.streams.video[0]
         packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size and p.pts is not None]
@@ -99,14 +104,6 @@ def auto_segment_count(spare_cpus: float, duration_s: float | None, min_seconds:
     return max(1, min(int(spare_cpus), int(duration_s // min_seconds)))
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 WORK_SUFFIX = ".segments"
 LOCK_NAME = "lock"  # held by the run working in the folder (file_lock.py)
 
@@ -127,8 +124,10 @@ class SegmentStore:
     done only if all of that still matches.
     """
 
-    def __init__(self, output: Path, fingerprint: dict):
+    def __init__(self, output: Path, fingerprint: dict, suffix: str = SEGMENT_SUFFIX):
+        """`suffix`: of each segment's output (a NUT file; "" for frame folders, one folder per segment)."""
         self.output = output
+        self.suffix = suffix
         self.fingerprint = fingerprint
         self.folder: Path | None = None  # chosen by open()
         self._lock: FileLock | None = None
@@ -156,11 +155,11 @@ class SegmentStore:
             lock.release()
         if self.folder is None:
             self.folder, self._lock = self._new_folder()
-        for leftover in self.folder.glob(".*"):  # partial files of a killed run
-            leftover.unlink(missing_ok=True)
-        for unvouched in self.folder.glob(f"segment_*{SEGMENT_SUFFIX}"):
+        for leftover in self.folder.glob(".*"):  # partial files (or frame folders) of a killed run
+            remove_partial(leftover)
+        for unvouched in self.folder.glob(f"segment_*{self.suffix}"):
             if unvouched.name not in {entry["file"] for entry in self.done.values()}:
-                unvouched.unlink(missing_ok=True)
+                remove_partial(unvouched)
         self._write_manifest()
 
     def _finished_in(self, folder: Path) -> dict[int, dict]:
@@ -174,7 +173,7 @@ class SegmentStore:
         done = {}
         for key, entry in manifest.get("segments", {}).items():
             path = folder / entry["file"]
-            if path.exists() and file_digest(path) == entry["sha256"]:
+            if path.exists() and path_digest(path) == entry["sha256"]:
                 done[int(key)] = entry
         return done
 
@@ -190,14 +189,14 @@ class SegmentStore:
         return folder, lock
 
     def path_of(self, segment: Segment) -> Path:
-        return self.folder / f"segment_{segment.index:05d}{SEGMENT_SUFFIX}"
+        return self.folder / f"segment_{segment.index:05d}{self.suffix}"
 
     def finish(self, segment: Segment, frames: int, missing: int = 0) -> None:
         """Record a finished segment: `frames` written, `missing` that its range should have had but could not be
         decoded (a damaged stretch of the file, reported, not silently skipped)."""
         path = self.path_of(segment)
         self.done[segment.index] = {"file": path.name, "frames": frames, "missing": missing,
-                                    "sha256": file_digest(path), "start": segment.start, "end": segment.end}
+                                    "sha256": path_digest(path), "start": segment.start, "end": segment.end}
         self._write_manifest()
 
     def _write_manifest(self) -> None:
@@ -220,9 +219,8 @@ class SegmentStore:
 
 
 def fingerprint(source: str, segments: list[Segment], settings: dict) -> dict:
-    """What a finished segment depends on: the source file as it is now, the plan, the output settings."""
-    stat = os.stat(source)
-    return {"source": str(Path(source).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+    """What a finished segment depends on: the source as it is now, the plan, the output settings."""
+    return {"source": str(Path(source).resolve()), **input_stamp(source),
             "segments": [asdict(s) for s in segments], "settings": settings}
 
 

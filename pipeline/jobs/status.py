@@ -19,6 +19,9 @@ import threading
 import time
 from pathlib import Path
 
+from ..stages.image_sequence import is_image_sequence, sequence_stamp
+from ..stages.sequence_writer import path_size
+
 STATUS_NAME = "batch_status.jsonl"
 
 
@@ -27,9 +30,12 @@ def settings_digest(sections: dict) -> str:
     return hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def input_stamp(source: Path) -> dict:
-    """What says an input is the same file as last time: its size and modification time."""
-    stat = source.stat()
+def input_stamp(source: Path | str) -> dict:
+    """What says an input is the same as last time: a file's size and modification time (an image sequence's:
+    its files' count, total size and latest modification)."""
+    if is_image_sequence(str(source)):
+        return sequence_stamp(str(source))
+    stat = os.stat(source)
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
@@ -54,7 +60,7 @@ class BatchStatus:
             return False
         if record.get("settings") != settings or record.get("input_stamp") != stamp:
             return False
-        return output.is_file() and output.stat().st_size == record.get("bytes")
+        return output.exists() and path_size(output) == record.get("bytes")
 
     def record(self, key: str, **fields) -> dict:
         record = {"video": key, **fields, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -50,6 +50,19 @@ def is_image_sequence(source: str) -> bool:
     return glob.has_magic(source) and not path.exists()
 
 
+def sequence_folder(source: str) -> Path:
+    """The folder a sequence's images are in: the folder itself, or a pattern's (or glob's) fixed part."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    fixed = [part for part in path.parent.parts]
+    for number, part in enumerate(fixed):
+        if glob.has_magic(part):
+            fixed = fixed[:number]
+            break
+    return Path(*fixed) if fixed else Path(".")
+
+
 def natural_key(name: str) -> list:
     """'frame10.png' after 'frame9.png': digit runs compare as numbers."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]

@@ -44,7 +44,7 @@ from .frames import DepthBatch, FrameBatch, VideoInfo, one_line
 from .live_buffer import FrameBuffer, LatencyStats
 from .live_source import LiveFrame, LiveSource
 from .publish import LIVE_TIME_BASE, RtspPublisher
-from .sink import DepthSink, output_metadata
+from .sink import DepthSink, keeps_values, output_metadata
 from .smoothing import make_smoother
 
 # (batch, depth dtype) -> a function that waits for the batch's depth
@@ -166,6 +166,8 @@ class LiveCamera:
         self._rates = RateMeter()
         self._first_frame_at: float | None = None  # when the first frame arrived (fps are taken from then on)
         self._stats_lock = threading.Lock()
+        # A 16-bit recording keeps the depth's values: float32 from the model (float16 is plenty for 8-bit pictures)
+        self._depth_dtype = "float32" if keeps_values(settings.output.depth_format) else "float16"
 
     def stop(self) -> None:
         self.stopping.set()
@@ -212,7 +214,7 @@ class LiveCamera:
                     while len(in_flight) >= limit:
                         interval["out"] += self._finish(in_flight.popleft(), rate)
                     try:
-                        pending = submit(batch, "float16")
+                        pending = submit(batch, self._depth_dtype)
                     except Exception as error:  # noqa: BLE001 - reported when its turn comes, in order
                         pending = error
                     in_flight.append((group, batch, pending))
@@ -339,13 +341,17 @@ class LiveCamera:
                                        qp=render.qp, crf=render.crf) if self.targets.publish else None)
             recorder = (DepthVideoWriter(self.targets.record, render.depth_format, live_info, frame_hw,
                                          preset=render.preset, qp=render.qp, crf=render.crf,
-                                         metadata=output_metadata(None),
+                                         metadata=output_metadata(
+                                             sink.quantizer.scale if sink.quantizer is not None else None,
+                                             sink.units),
                                          b_frames=False) if self.targets.record else None)
             return LiveWriter(publisher, recorder, frame_hw)
 
         smoother = make_smoother(settings.smoothing.name, device="cpu", **settings.smoothing.params)
-        return DepthSink(self.targets.record or self.targets.publish, live_info, render, smoother,
+        # (the writer opens at the first frame: by then the sink knows the depth's units and 16-bit scale)
+        sink = DepthSink(self.targets.record or self.targets.publish, live_info, render, smoother,
                          writer_factory=open_writer)
+        return sink
 
     def _log_line(self, seconds: float, interval: dict) -> None:
         p50, p95 = np.percentile(self.latency.window, [50, 95]) if self.latency.window else (0, 0)
