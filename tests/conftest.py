@@ -30,17 +30,21 @@ class RandomCheckpoint:
     hf_folder: Path  # config.json + model.safetensors (legacy names, as save_pretrained writes them)
 
 
-def write_random_checkpoint(folder: Path, variant: str, version: str = "v1", seed: int = 0) -> RandomCheckpoint:
+def write_random_checkpoint(folder: Path, variant: str, version: str = "v1", seed: int = 0,
+                            max_depth: float | None = None) -> RandomCheckpoint:
+    """`max_depth`: a metric checkpoint (v2), its official file named as the Hypersim (20 m) or Virtual KITTI ones."""
     from tests.reference import random_reference
 
     from model import hf_to_official
 
-    reference = random_reference(variant, seed=seed, version=version)
-    hf_folder = folder / f"depth-anything-{variant}-{version}-hf"
+    reference = random_reference(variant, seed=seed, version=version, max_depth=max_depth)
+    hf_folder = folder / f"depth-anything-{variant}-{version}{'-metric' if max_depth else ''}-hf"
     reference.save_pretrained(hf_folder)
     official_state, unknown = hf_to_official(reference.state_dict())
     assert not unknown
     stem = f"depth_anything_{variant}14.pth" if version == "v1" else f"depth_anything_v2_{variant}.pth"
+    if max_depth:
+        stem = f"depth_anything_v2_metric_{'hypersim' if max_depth == 20 else 'vkitti'}_{variant}.pth"
     official_path = folder / stem
     torch.save(official_state, official_path)
     return RandomCheckpoint(variant, version, reference, official_path, hf_folder)
@@ -54,6 +58,12 @@ def vits_checkpoint(tmp_path_factory) -> RandomCheckpoint:
 @pytest.fixture(scope="session")
 def vitb_checkpoint(tmp_path_factory) -> RandomCheckpoint:
     return write_random_checkpoint(tmp_path_factory.mktemp("vitb"), "vitb", seed=2)
+
+
+@pytest.fixture(scope="session")
+def metric_checkpoint(tmp_path_factory) -> RandomCheckpoint:
+    """Depth Anything V2 metric, indoor (Hypersim, 20 m), vits, random weights."""
+    return write_random_checkpoint(tmp_path_factory.mktemp("vits_metric"), "vits", "v2", seed=4, max_depth=20)
 
 
 @pytest.fixture(scope="session")

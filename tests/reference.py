@@ -35,7 +35,8 @@ def original_interpolate_pos_encoding(self, embeddings: torch.Tensor, height: in
     return torch.cat((table[:, :1], resampled.permute(0, 2, 3, 1).reshape(1, -1, dim)), dim=1)
 
 
-def hf_config_for(variant: str, version: str = "v1"):
+def hf_config_for(variant: str, version: str = "v1", max_depth: float | None = None):
+    """transformers' config of a released variant; `max_depth`: the metric head (sigmoid x max_depth)."""
     from transformers import DepthAnythingConfig, Dinov2Config
 
     ours = make_config(variant, version)
@@ -60,15 +61,18 @@ def hf_config_for(variant: str, version: str = "v1"):
         fusion_hidden_size=ours.fusion_width,
         head_hidden_size=32,
         patch_size=ours.patch_size,
-        depth_estimation_type="relative",
+        depth_estimation_type="metric" if max_depth else "relative",
+        **({"max_depth": max_depth} if max_depth else {}),
     )
 
 
-def random_reference(variant: str = "vits", seed: int = 0, version: str = "v1", original_positions: bool = True):
-    """A randomly weighted transformers model (eval, float32), with the original position rule unless asked not to."""
+def random_reference(variant: str = "vits", seed: int = 0, version: str = "v1", original_positions: bool = True,
+                     max_depth: float | None = None):
+    """A randomly weighted transformers model (eval, float32), with the original position rule unless asked not to;
+    `max_depth`: a metric model."""
     from transformers import DepthAnythingForDepthEstimation
 
-    reference = DepthAnythingForDepthEstimation(hf_config_for(variant, version))
+    reference = DepthAnythingForDepthEstimation(hf_config_for(variant, version, max_depth))
     randomize_(reference, seed).eval()
     if original_positions:
         embeddings = reference.backbone.embeddings

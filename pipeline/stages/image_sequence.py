@@ -126,13 +126,13 @@ def _check_no_gap(files: list[Path]) -> None:
     matches = [NUMBERED_NAME.match(p.name) for p in files]
     if not all(matches) or len({(m.group(1), m.group(3)) for m in matches}) != 1:
         return  # not one numbered sequence: name order is all there is
-    numbers = [int(m.group(2)) for m in matches]
-    for previous, (number, match, file) in zip(numbers, zip(numbers[1:], matches[1:], files[1:])):
-        if number != previous + 1:
-            digits = len(match.group(2))
-            name = f"{match.group(1)}{previous + 1:0{digits}d}{match.group(3)}"
-            raise PipelineError(f"{file.parent / name}: missing from the image sequence (after "
-                                f"{file.parent / (match.group(1) + f'{previous:0{digits}d}' + match.group(3))})")
+    for before, after, file in zip(matches, matches[1:], files[1:]):
+        previous = int(before.group(2))
+        if int(after.group(2)) != previous + 1:
+            digits = len(before.group(2)) if before.group(2).startswith("0") else 1  # zero-padded names keep width
+            missing = f"{before.group(1)}{previous + 1:0{digits}d}{before.group(3)}"
+            raise PipelineError(f"{file.parent / missing}: missing from the image sequence (after "
+                                f"{file.parent / before.group(0)})")
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -9,8 +9,8 @@ exactly one output frame per input frame at the input's timestamp, and a small d
 
 What the depth is (relative inverse depth, or metres from a metric model) arrives with the depth batches
 (`DepthBatch.max_depth`) and decides three things (depth_units.py): the colour map is laid over 1 / metres, so near
-is bright either way; 16-bit outputs of metres use a fixed millimetre scale; the aligned smoother blends metres as
-they are, without fitting a scale and shift per frame (which exist for relative depth only).
+is bright either way; 16-bit outputs of metres use a fixed millimetre scale; the aligned smoother smooths metres as
+log-metres, without fitting a scale and shift per frame (which exist for relative depth only).
 
 Batches may arrive out of order when several model actors work at once; the sink holds early ones until the gap
 is filled. The caller bounds how many batches are in flight, which bounds this buffer.
@@ -116,8 +116,8 @@ class DepthSink:
         if units.metric:
             if self.quantizer is not None and self.quantizer.scale is None:
                 self.quantizer.scale = units.metric_scale  # millimetres: the same in every file, nothing saturates
-            if getattr(self.smoother, "align", False):
-                self.smoother.align = False  # metres have no per-frame scale and shift to fit
+            if hasattr(self.smoother, "metric"):
+                self.smoother.metric = True  # metres: no per-frame scale and shift to fit (see AlignedSmoothing)
 
     def _write_frame(self, depth: np.ndarray, pixels: np.ndarray, layout: str, pts: int) -> None:
         started = time.thread_time()  # this thread's CPU: the encoder may run on another (background_writer.py)

@@ -2,7 +2,7 @@
 Temporal smoothing of per-frame depth: a streaming, causal, stateful stage, fed in frame order.
 
 Takes: `update(depth, guide=None)` with depth H x W float32 or float16 (relative inverse depth, or metres with the
-aligned smoother's `align` off: see there) and what the picture
+aligned smoother's `metric` on: see there) and what the picture
 shows: a `Guide` (luma at the depth's resolution and a sample of the frame's colours; `Guide.of_frame` makes one from
 an RGB or I420 frame) or simply the H x W x 3 uint8 RGB frame.
 Gives: the smoothed H x W float32 depth for that frame; `reset()` forgets the past (scene cut, new stream).
@@ -48,6 +48,10 @@ class Guide:
         """From one frame in `layout` (see `pixels.py`), for depth of `size_hw`."""
         gray, unit = luma_at(pixels, layout, tuple(size_hw))
         return cls(gray, colour_sample(pixels, layout), unit)
+
+
+# Metric depth is smoothed as log-metres: values at or below zero (none from a metric head) count as 0.1 mm
+METRIC_FLOOR_M = 1e-4
 
 
 class Smoother(Protocol):
@@ -109,10 +113,12 @@ class AlignedSmoothing:
         cut_residual: float = 0.5,  # median alignment residual / depth spread that means a cut
         samples: int = 4096,
         seed: int = 0,
-        # Fit each frame's scale and shift to the last output: relative depth has an unknown one per frame. Metres
-        # have none (the sink turns this off for metric models): their frames are blended as they are, so the output
-        # keeps the model's metres, and a real change of distance (the camera moving closer) passes at once
-        align: bool = True,
+        # Depth in metres (the sink sets this for metric models). Relative depth has an unknown scale and shift per
+        # frame, fitted to the last output; metres have none, so nothing is fitted: the output keeps the model's
+        # metres, and a real change of distance (the camera moving 20% closer) passes on its frame instead of being
+        # fitted away. Metres are smoothed as their logarithm, where a model's errors (a few per cent of the
+        # distance) are the same size near and far, so the noise gate measures them
+        metric: bool = False,
         device: str | torch.device = "cpu",
     ):
         if not 0 <= strength < 1 or not 0 <= anchor <= 1:
@@ -122,7 +128,7 @@ class AlignedSmoothing:
         self.noise_gate = noise_gate
         self.cut_histogram, self.cut_residual = cut_histogram, cut_residual
         self.samples = samples
-        self.align = align
+        self.metric = metric
         self.device = torch.device(device)
         self._generator = torch.Generator().manual_seed(seed)
         self.cut_detected = False
@@ -145,7 +151,11 @@ class AlignedSmoothing:
         depth = torch.as_tensor(depth).to(self.device, torch.float32, copy=True)
         if guide is not None and not isinstance(guide, Guide):
             guide = Guide.of_frame(np.asarray(guide), tuple(depth.shape))  # an RGB frame
+        if self.metric:
+            depth.clamp_(min=METRIC_FLOOR_M).log_()
         smoothed = self._update(depth, guide)
+        if self.metric:
+            smoothed = smoothed.exp()  # (a new tensor: the state stays in log-metres)
         return smoothed.cpu().numpy() if as_numpy else smoothed.clone()
 
     def _update(self, depth: torch.Tensor, guide: Guide | None) -> torch.Tensor:
@@ -162,7 +172,7 @@ class AlignedSmoothing:
         # tiny kernels and synchronising reads)
         raw_samples, previous_samples = torch.stack(
             [depth.reshape(-1)[self._sample_index], previous.reshape(-1)[self._sample_index]]).cpu().double().numpy()
-        scale, shift = _robust_fit(raw_samples, previous_samples) if self.align else (1.0, 0.0)
+        scale, shift = (1.0, 0.0) if self.metric else _robust_fit(raw_samples, previous_samples)
         residual = scale * raw_samples + shift - previous_samples
         low_decile, high_decile = quantiles(previous_samples, (0.1, 0.9))
         spread = high_decile - low_decile + 1e-6
@@ -170,7 +180,7 @@ class AlignedSmoothing:
             return self._restart(depth, guide, gray, histogram, cut=True)
         # Anchor: lean the mapping towards the raw frame's own, so the output's scale follows the video slowly
         scale, shift = scale ** (1 - self.anchor), shift * (1 - self.anchor)
-        aligned = _affine_(depth, scale, shift) if self.align else depth
+        aligned = depth if self.metric else _affine_(depth, scale, shift)
 
         # Per-pixel weight of the past, strength where depth and picture hold still, falling to 0 through the two
         # gates; out = aligned + weight * (previous - aligned). Every pass over the map costs about as much as the
