@@ -69,11 +69,11 @@ def check_output(output: str | Path, depth_format: str, inputs: InputFiles, no_o
                  what: str = "output", folder_made_later: bool = False) -> Path:
     """An output file that may be written, or a one-line error naming it (`what`: output, recording, ...).
     `folder_made_later`: a batch job's output, whose folders are made when it starts (see check_output_folder)."""
-    output = check_output_path(output, depth_format, folder_made_later)
     source = inputs.find(output)
     if source is not None:
-        same = "" if Path(source) == output else f" {source}"
+        same = "" if Path(source) == Path(output) else f" {source}"
         raise PipelineError(f"{output}: the {what} would overwrite the input{same}; choose another name")
+    output = check_output_path(output, depth_format, folder_made_later)
     if no_overwrite and output.exists():
         raise PipelineError(f"{output}: {what} exists and --no-overwrite was given")
     return output
