@@ -39,6 +39,7 @@ if __name__ == "__main__":
 from model import VARIANTS, CheckpointError, check_checkpoint
 from model.hub import DEFAULT_MODEL, MODEL_NAMES, NON_COMMERCIAL, resolve_checkpoint
 from pipeline.stages.decode import is_url
+from pipeline.stages.image_sequence import is_image_sequence
 from pipeline.jobs.outputs import InputFiles, check_output, check_output_folder, check_summary_path, depth_output_name
 from pipeline.stages.encode import DEPTH_FORMATS
 from pipeline.stages.frames import PipelineError, one_line
@@ -367,6 +368,9 @@ def run(args: argparse.Namespace) -> dict:
         source = str(SAMPLE_INPUT)
     else:
         source = args.input  # a path or a URL, as given
+    if args.fps is not None and not is_image_sequence(source):
+        raise PipelineError(f"--fps {args.fps}: the frame rate is for image sequences; {source} keeps its own "
+                            f"timestamps")
     if args.record:
         raise PipelineError(f"--record {args.record}: a recording is for live mode (a camera URL, --realtime or "
                             f"--live); a file run writes its output with -o")

@@ -189,6 +189,7 @@ def test_a_bad_cameras_file_is_one_line_naming_the_camera_and_the_key(tmp_path):
         ([CAMERA, CAMERA], "camera 'door': name door is camera 'door''s too"),
         ([CAMERA, {**CAMERA, "name": "door2"}], "output rtsp://127.0.0.1:9/door-depth is camera 'door''s too"),
         ([{**CAMERA, "depth_format": "gray16"}], "camera 'door': depth_format gray16 cannot be published"),
+        ([{**good, "depth_format": "exr"}], "camera 'lobby': depth_format exr writes folders of frames, for files"),
         ([{**CAMERA, "drop": "newest"}], "camera 'door': drop must be one of oldest, every-k"),
         ([{**CAMERA, "smoothing": {"name": "ema", "params": {"alpha": 7}}}], "camera 'door': smoothing"),
         ([{**CAMERA, "smoothing": "blurry"}], "camera 'door': smoothing must be one of"),

@@ -365,6 +365,10 @@ def test_flags_that_would_do_nothing_are_refused(clips, tmp_path, capsys, no_ray
                           "--segments is for files"),
         "resume live": ([clips["short"], "--realtime", "--record", tmp_path / "a.mp4", "--resume"],
                         "--resume is for files"),
+        "fps for a video": ([clips["short"], "-o", tmp_path / "a.mp4", "--fps", "24"],
+                            "--fps 24: the frame rate is for image sequences"),
+        "frame folders live": ([clips["short"], "--realtime", "--record", tmp_path / "a", "--depth-format", "exr"],
+                               "--depth-format: depth_format exr writes folders of frames, for files"),
     }
     for case, (argv, expected) in cases.items():
         code, err = run_cli(capsys, *argv, *FAST)

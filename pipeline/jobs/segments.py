@@ -1,7 +1,8 @@
 """
 Segments of a long video: keyframe index, the split, the resume manifest, and the join by stream copy.
 
-Takes: a video (its packet index: every video packet's pts and keyframe flag, read without decoding).
+Takes: a video (its packet index: every video packet's pts and keyframe flag, read without decoding), or an image
+sequence (every frame a keyframe, at pts = its number).
 Gives: `plan_segments` -> contiguous `Segment`s that start at keyframes, each with a warm-up run from the keyframe
 before; `SegmentStore` -> the hidden folder next to the output that holds finished segment files and a manifest;
 `join_segments` -> the final output, the segments' packets copied in order (no re-encode), audio copied once.
@@ -9,7 +10,8 @@ before; `SegmentStore` -> the hidden folder next to the output that holds finish
 A segment writes the frames with start <= pts < end; it decodes from the previous keyframe (`warmup_from`) and feeds
 those frames through the smoother and the colour range without writing them, so that its first written frames look
 as an unsegmented run's would. Segment files are NUT (FFmpeg's own container: exact timestamps in the source's time
-base, any codec), so the join keeps every timestamp.
+base, any codec), so the join keeps every timestamp. For the frame-folder formats (exr, png16) each segment writes a
+folder of its own, and the join renames their frames into the output's numbering (sequence_writer.py).
 """
 
 from __future__ import annotations
