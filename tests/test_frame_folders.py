@@ -207,3 +207,18 @@ def test_smoother_keeps_metres_and_passes_a_real_change_of_distance():
     assert np.abs(metric[20] - truth * 0.8).mean() / truth.mean() < 0.02, "the step shows on its frame"
     assert np.abs(results[False][20] - truth * 0.8).mean() / truth.mean() > 0.1, \
         "with relative depth's scale fit the step is fitted away (why metric output does not use it)"
+
+
+def test_a_killed_run_s_partial_folder_is_cleaned_but_a_live_writer_s_is_spared(tmp_path):
+    from pipeline.jobs.batch import _remove_partial_files
+
+    output = tmp_path / "clip_depth"
+    live = DepthSequenceWriter(output, "png16", INFO, {}, "live")
+    live.write(np.zeros((30, 40), np.uint16), 0)
+    killed = tmp_path / ".clip_depth.dead.partial"  # what a killed writer leaves: its lock no longer held
+    killed.mkdir()
+    (killed / ".lock").touch()
+    (killed / "000000.png").write_bytes(b"x")
+    _remove_partial_files(output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".clip_depth.live.partial"]
+    assert live.close() == output and len(list(output.glob("*.png"))) == 1

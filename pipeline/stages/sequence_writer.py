@@ -80,6 +80,14 @@ def read_exr(path: str | Path) -> np.ndarray:
         return np.array(exr.channels()["Z"].pixels, dtype=np.float32)
 
 
+def partial_folder(output: Path, tag: str | None = None) -> Path:
+    """Where a frame folder is built: the name a video's temporary file would have (encode.temporary_path), so that
+    the clean-ups of killed runs find both the same way."""
+    from .encode import temporary_path  # (encode checks output names with this module: imported when used)
+
+    return temporary_path(output, tag or uuid.uuid4().hex[:12])
+
+
 def remove_partial(path: Path) -> None:
     """A temporary output, a file or a folder, gone (missing is fine)."""
     if path.is_dir() and not path.is_symlink():
@@ -139,8 +147,7 @@ class DepthSequenceWriter:
         self._description = {"written_by": WRITTEN_BY, "format": depth_format, **description,
                              "source": info.source, "width": info.width, "height": info.height,
                              "time_base": str(info.time_base), "frame_rate": str(info.rate)}
-        self._temporary = self.output.with_name(f".{self.output.name}.{temporary_tag or uuid.uuid4().hex[:12]}"
-                                                f".partial")
+        self._temporary = partial_folder(self.output, temporary_tag)
         self._table = None
         self._lock: FileLock | None = None
         with self._disk_errors():
@@ -190,7 +197,7 @@ class DepthSequenceWriter:
 def join_sequence_folders(folders: list[Path], output: Path, tag: str | None = None) -> tuple[Path, int]:
     """Segments' frame folders (each numbered from 0) -> one folder numbered from 0 in order, atomically: frames
     renumbered by moving them (no copy), frame tables joined, one description. Returns (output, frames)."""
-    built = output.with_name(f".{output.name}.{tag or uuid.uuid4().hex[:12]}.partial")
+    built = partial_folder(output, tag)
     built.mkdir()
     try:
         description = json.loads((folders[0] / DESCRIPTION).read_text())
