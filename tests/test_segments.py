@@ -189,18 +189,31 @@ def test_a_segment_that_keeps_failing_is_named_and_nothing_is_left(ray_cluster, 
     assert list(tmp_path.iterdir()) == [], "segment files and manifest removed on a clean error"
 
 
+KILLED_RUN_SETTINGS = {"model.random_weights": "vits", "model.input_size": 70, "batching.batch_size": 1,
+                       "smoothing.name": "none", "output.depth_format": "gray16"}
+
+
+@pytest.fixture(scope="module")
+def undisturbed_segments(ray_cluster, clips, tmp_path_factory) -> np.ndarray:
+    """The open-GOP clip in 3 segments with nothing killed: what every disturbed run must write (made once)."""
+    reference = tmp_path_factory.mktemp("undisturbed") / "reference.mkv"
+    graph = DepthGraph(load_settings(None, KILLED_RUN_SETTINGS))
+    try:
+        process_video(graph, str(clips["open_gop"]), str(reference), segments=3)
+    finally:
+        graph.shutdown()
+    return gray16_frames(reference)
+
+
 @pytest.mark.parametrize("victim", ["model", "sink"])
-def test_a_worker_killed_mid_run_costs_only_its_work(ray_cluster, clips, tmp_path, victim):
+def test_a_worker_killed_mid_run_costs_only_its_work(ray_cluster, clips, tmp_path, victim, undisturbed_segments):
     """A model actor's process killed mid-run is restarted by Ray and its calls sent again; a segment whose sink
     dies is run again. Either way every frame is written once, as an undisturbed run writes it."""
     import ray
 
     from pipeline import graph as graph_module
 
-    settings = load_settings(None, {"model.random_weights": "vits", "model.input_size": 70,
-                                    "batching.batch_size": 1, "smoothing.name": "none",
-                                    "output.depth_format": "gray16"})
-    graph = DepthGraph(settings)
+    graph = DepthGraph(load_settings(None, KILLED_RUN_SETTINGS))
     sinks = []
     original_sink = graph_module.SinkActor
 
@@ -232,13 +245,7 @@ def test_a_worker_killed_mid_run_costs_only_its_work(ray_cluster, clips, tmp_pat
         graph_module.SinkActor = original_sink
         graph.shutdown()
     assert summary["frames_out"] == 90 and len(written) >= 5
-    reference = tmp_path / "reference.mkv"
-    undisturbed = DepthGraph(settings)
-    try:
-        process_video(undisturbed, str(clips["open_gop"]), str(reference), segments=3)
-    finally:
-        undisturbed.shutdown()
-    assert np.array_equal(gray16_frames(output), gray16_frames(reference))
+    assert np.array_equal(gray16_frames(output), undisturbed_segments)
 
 
 @pytest.mark.parametrize("spare_cpus, seconds, expected", [(1, 600, 1), (15, 600, 10), (15, 100, 1), (0, 600, 1),

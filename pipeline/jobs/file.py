@@ -103,7 +103,8 @@ def _segment_plan(graph: DepthGraph, source: str, info: VideoInfo, segments: int
 def _process_segments(graph: DepthGraph, source: str, output: Path, info: VideoInfo, render: RenderOptions,
                       plan: list[Segment], resume: bool, on_progress, started: float) -> dict:
     fingerprint_settings = {"output": dataclasses.asdict(render), "model": dataclasses.asdict(graph.settings.model),
-                            "smoothing": dataclasses.asdict(graph.settings.smoothing)}
+                            "smoothing": dataclasses.asdict(graph.settings.smoothing),
+                            "input": dataclasses.asdict(graph.settings.input)}  # (an image sequence's rate)
     frame_folders = is_sequence_format(render.depth_format)
     store = SegmentStore(output, fingerprint(source, plan, fingerprint_settings),
                          suffix="" if frame_folders else SEGMENT_SUFFIX)

@@ -27,7 +27,7 @@ import av
 from ..stages.encode import output_suffix
 from ..stages.frames import PipelineError
 from ..stages.image_sequence import IMAGE_SUFFIXES, is_image_sequence, list_images, sequence_folder
-from ..stages.sequence_writer import DESCRIPTION, check_replaceable
+from ..stages.sequence_writer import written_by_this_pipeline
 from .status import BatchStatus
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
@@ -121,28 +121,20 @@ def _expand(spec: str, output_folder: Path | None) -> list[BatchItem]:
     raise PipelineError(f"{spec}: no such file, folder or manifest")
 
 
-def _sequence_item(spec: str, relative: Path | None = None, **fields) -> BatchItem:
-    """A folder or printf pattern of images as one input (its listing and gaps checked now, before any work)."""
+def _sequence_item(spec: str, **fields) -> BatchItem:
+    """A folder or printf pattern of images named as one input (its listing and gaps checked now, before any work);
+    its outputs are named after its folder."""
     list_images(spec)
     folder = sequence_folder(spec)
     source = Path(spec).resolve() if Path(spec).is_dir() else folder.resolve() / Path(spec).name
-    return BatchItem(source, relative or Path(folder.resolve().name), sequence=True, **fields)
+    return BatchItem(source, Path(folder.resolve().name), sequence=True, **fields)
 
 
 def _holds_sequence(folder: Path, files: list[str]) -> bool:
     """A folder that is an image sequence in a batch's search: images and no videos in it, and not a frame folder
     this pipeline wrote (an exr / png16 output)."""
-    return (any(Path(name).suffix.lower() in IMAGE_SUFFIXES for name in files)
-            and not any(Path(name).suffix.lower() in VIDEO_SUFFIXES for name in files)
-            and not (DESCRIPTION in files and _written_by_us(folder)))
-
-
-def _written_by_us(folder: Path) -> bool:
-    try:
-        check_replaceable(folder)
-    except PipelineError:
-        return False
-    return True
+    suffixes = {Path(name).suffix.lower() for name in files if not name.startswith(".")}
+    return bool(suffixes & IMAGE_SUFFIXES) and not suffixes & VIDEO_SUFFIXES and not written_by_this_pipeline(folder)
 
 
 def _search(root: Path, output_folder: Path | None) -> list[Path]:
@@ -240,7 +232,7 @@ def _read_manifest(manifest: Path) -> list[BatchItem]:
             raise PipelineError(f"{where}: input must be a path to a video file, got {name!r}")
         path = Path(name) if Path(name).is_absolute() else folder / name
         if is_image_sequence(str(path)):
-            items.append(_sequence_item(str(path), None, options=options, where=where))
+            items.append(_sequence_item(str(path), options=options, where=where))
             continue
         if not path.is_file():
             what = "a folder (a manifest names video files)" if path.is_dir() else "no such file"

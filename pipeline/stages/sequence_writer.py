@@ -51,15 +51,19 @@ def frame_name(index: int, depth_format: str) -> str:
     return f"{index:0{NUMBER_DIGITS}d}{SEQUENCE_FORMATS[depth_format]}"
 
 
+def written_by_this_pipeline(folder: Path) -> bool:
+    """A frame folder this pipeline wrote: its depth.json says so."""
+    try:
+        return json.loads((folder / DESCRIPTION).read_text()).get("written_by") == WRITTEN_BY
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_replaceable(folder: Path) -> None:
     """An existing output folder may be replaced only if this pipeline wrote it, or it is empty."""
     if not folder.is_dir():
         return
-    try:
-        written_by = json.loads((folder / DESCRIPTION).read_text()).get("written_by")
-    except (OSError, ValueError, AttributeError):
-        written_by = None
-    if written_by != WRITTEN_BY and any(folder.iterdir()):
+    if not written_by_this_pipeline(folder) and any(folder.iterdir()):
         raise PipelineError(f"{folder}: folder exists and is not a depth folder from this pipeline (no {DESCRIPTION} "
                             f"of ours): choose another output name")
 

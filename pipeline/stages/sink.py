@@ -33,7 +33,7 @@ from .pixels import YUV420P, frame_height, i420_planes, to_rgb
 from .sequence_writer import DepthSequenceWriter, is_sequence_format
 from .smoothing import Guide, Smoother
 
-# Formats that keep the depth's values (16-bit integers with a scale, or float32), not a picture of them
+# Formats that hold the depth as 16-bit integers, round(depth * scale) (exr holds it as float32: see keeps_values)
 SIXTEEN_BIT_FORMATS = ("gray16", "png16")
 
 
@@ -133,7 +133,7 @@ class DepthSink:
             self.colorizer.tracker.reset()  # a new shot gets its own display range at once, not a slow drift
         if self.write_from_pts is not None and pts < self.write_from_pts:
             # Warm-up: the smoother has seen the frame; the colour range follows it too; nothing is written
-            if self.quantizer is None and self.options.depth_format != "exr":
+            if not keeps_values(self.options.depth_format):
                 self.colorizer.tracker.update(self.units.display(smoothed))
             self.warmup_frames += 1
             return
