@@ -138,3 +138,17 @@ def test_cli_errors_for_names(cached_small, capsys, tmp_path):
                        "--checkpoint", "x.pth")
     assert code == 2 and "a model name and a checkpoint were both given" in err
     assert not list(tmp_path.glob("*.mkv"))
+
+
+def test_a_metric_model_by_name_loads_as_metric(cached_small, metric_checkpoint):
+    """`v2-metric-indoor-small` from the cache: the metric head and its range come with the checkpoint's config."""
+    folder = metric_checkpoint.hf_folder
+    repo = MODEL_NAMES["v2-metric-indoor-small"]
+    snapshot = write_hub_cache(repo, [folder / "config.json", folder / "model.safetensors"], COMMIT)
+    resolved = resolve_checkpoint("v2-metric-indoor-small")
+    assert Path(resolved.path) == snapshot and resolved.repo_id == repo
+    net = load_model(resolved.path)
+    assert net.config.max_depth == 20 and net.config.version == "v2"
+    with torch.inference_mode():
+        depth = net(torch.randn(1, 3, 70, 98))
+    assert 0 < depth.min() and depth.max() <= 20
