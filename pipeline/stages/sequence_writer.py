@@ -210,12 +210,14 @@ def join_sequence_folders(folders: list[Path], output: Path, tag: str | None = N
         with open(built / FRAME_TABLE, "w", newline="") as table:
             table.write(FRAME_TABLE_HEADER)
             for folder in folders:
-                rows = (folder / FRAME_TABLE).read_text().splitlines()[1:]
-                for row in rows:
-                    local, pts, seconds = row.split(",")
-                    os.replace(folder / frame_name(int(local), depth_format), built / frame_name(count, depth_format))
-                    table.write(f"{count},{pts},{seconds}\n")
-                    count += 1
+                with open(folder / FRAME_TABLE, newline="") as rows:
+                    next(rows)  # the header
+                    for row in rows:  # (read as it goes: memory stays flat for any length)
+                        local, pts, seconds = row.rstrip("\n").split(",")
+                        os.replace(folder / frame_name(int(local), depth_format),
+                                   built / frame_name(count, depth_format))
+                        table.write(f"{count},{pts},{seconds}\n")
+                        count += 1
         (built / DESCRIPTION).write_text(json.dumps({**description, "frames": count}, indent=1) + "\n")
         return publish_folder(built, output), count
     except BaseException:
