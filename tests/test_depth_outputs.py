@@ -114,8 +114,9 @@ def test_an_image_folder_gives_the_video_s_depth(ray_cluster, clips, tmp_path, c
     video_times = [row[2] for row in frame_table(tmp_path / "from_video")]
     assert [row[2] for row in frame_table(tmp_path / "frames_depth")] == pytest.approx(video_times, abs=1e-9)
     assert json.loads((tmp_path / "frames_depth" / "depth.json").read_text())["frame_rate"] == "30000/1001"
-    # A glob and a printf pattern name the same frames
-    summary = cli(capsys, f"{frames}/%04d.png", "-o", tmp_path / "from_pattern", *common)
+    # A printf pattern names the same frames; split into segments (every image is a keyframe), the same depth
+    summary = cli(capsys, f"{frames}/%04d.png", "-o", tmp_path / "from_pattern", "--segments", "2", *common)
+    assert len(summary["segments"]) == 2 and summary["frames_out"] == 12
     assert np.array_equal(exr_frames(tmp_path / "from_pattern"), exr_frames(tmp_path / "from_video"))
     assert frame_table(tmp_path / "from_pattern")[1][2] == pytest.approx(1 / 30), "the default rate: 30 fps"
 

@@ -41,10 +41,16 @@ def test_official_metric_file_is_read_as_metric_by_its_name(metric_checkpoint, t
     images = random_images(1, (266, 266), seed=6)
     with torch.inference_mode():
         assert torch.equal(from_official(images), from_folder(images))
-    # The same weights named as an outdoor (Virtual KITTI) file: 80 m
+    # The same weights named as an outdoor (Virtual KITTI) file: 80 m; and a lone .safetensors in transformers'
+    # in-memory names (no config beside it), read by its name the same way
     outdoor = tmp_path / "depth_anything_v2_metric_vkitti_vits.pth"
     shutil.copy(metric_checkpoint.official_path, outdoor)
     assert load_model(outdoor).config.max_depth == 80
+    from safetensors.torch import save_file
+
+    lone = tmp_path / "depth_anything_v2_metric_hypersim_vits.safetensors"
+    save_file({k: v.contiguous() for k, v in metric_checkpoint.reference.state_dict().items()}, str(lone))
+    assert load_model(lone).config == from_folder.config
     # A metric file whose name does not give its range: refused until --max-depth says it
     unnamed = tmp_path / "depth_anything_v2_metric_mine_vits.pth"
     shutil.copy(metric_checkpoint.official_path, unnamed)
