@@ -108,17 +108,14 @@ def test_an_image_folder_gives_the_video_s_depth(ray_cluster, clips, tmp_path, c
     preset.write_text("batching: {frame_layout: rgb24}\n")
     common = ["--depth-format", "exr", "--smoother", "none", "--config", preset, *FAST]
     cli(capsys, source, "-o", tmp_path / "from_video", *common)
-    summary = cli(capsys, frames, *common, "--fps", "30000/1001")  # default output: frames_depth/ beside it
+    # Named by a printf pattern, split into segments (every image is a keyframe); default output: frames_depth/
+    summary = cli(capsys, f"{frames}/%04d.png", *common, "--fps", "30000/1001", "--segments", "2")
     assert summary["output"] == str(tmp_path / "frames_depth") and summary["frames_out"] == 12
+    assert len(summary["segments"]) == 2
     assert np.array_equal(exr_frames(tmp_path / "frames_depth"), exr_frames(tmp_path / "from_video"))
     video_times = [row[2] for row in frame_table(tmp_path / "from_video")]
     assert [row[2] for row in frame_table(tmp_path / "frames_depth")] == pytest.approx(video_times, abs=1e-9)
     assert json.loads((tmp_path / "frames_depth" / "depth.json").read_text())["frame_rate"] == "30000/1001"
-    # A printf pattern names the same frames; split into segments (every image is a keyframe), the same depth
-    summary = cli(capsys, f"{frames}/%04d.png", "-o", tmp_path / "from_pattern", "--segments", "2", *common)
-    assert len(summary["segments"]) == 2 and summary["frames_out"] == 12
-    assert np.array_equal(exr_frames(tmp_path / "from_pattern"), exr_frames(tmp_path / "from_video"))
-    assert frame_table(tmp_path / "from_pattern")[1][2] == pytest.approx(1 / 30), "the default rate: 30 fps"
 
 
 def test_segments_and_resume_write_the_whole_run_s_frames(ray_cluster, clips, tmp_path, monkeypatch):

@@ -61,23 +61,39 @@ def test_plan_covers_every_frame_once_from_keyframes(clips):
     assert len(plan_segments(index, 50)) == 6, "no more segments than keyframes"
 
 
-def test_no_smoothing_four_segments_equal_one_bit_for_bit(ray_cluster, clips, tmp_path, capsys):
+# EXACT's settings, for runs made through the graph rather than the command line
+EXACT_SETTINGS = {"model.random_weights": "vits", "model.input_size": 70, "batching.batch_size": 1,
+                  "smoothing.name": "none", "output.depth_format": "gray16"}
+
+
+@pytest.fixture(scope="module")
+def whole_run(ray_cluster, clips, tmp_path_factory) -> Path:
+    """The open-GOP clip in one piece with EXACT's settings: what every segmented, resumed or disturbed run of it must
+    write, bit for bit (made once for the module)."""
+    output = tmp_path_factory.mktemp("whole") / "whole.mkv"
+    graph = DepthGraph(load_settings(None, EXACT_SETTINGS))
+    try:
+        process_video(graph, str(clips["open_gop"]), str(output), segments=1)
+    finally:
+        graph.shutdown()
+    return output
+
+
+def test_no_smoothing_four_segments_equal_one_bit_for_bit(ray_cluster, clips, tmp_path, capsys, whole_run):
     """Open GOPs, B-frames, audio: 4 segments give the 16-bit output of 1, with every timestamp and the audio."""
     source = clips["open_gop"]
-    outputs = {}
-    for count in (1, 4):
-        outputs[count] = tmp_path / f"depth_{count}.mkv"
-        code, summary, err = cli(capsys, source, "-o", outputs[count], *EXACT, "--segments", count)
-        assert code == 0, err
-        assert summary["frames_in"] == summary["frames_out"] == 90
+    output = tmp_path / "depth_4.mkv"
+    code, summary, err = cli(capsys, source, "-o", output, *EXACT, "--segments", 4)
+    assert code == 0, err
+    assert summary["frames_in"] == summary["frames_out"] == 90
     assert len(summary["segments"]) == 4 and [s["frames"] for s in summary["segments"]] == [15, 30, 30, 15]
-    assert np.array_equal(gray16_frames(outputs[1]), gray16_frames(outputs[4]))
-    assert read_depth_scale(outputs[1]) == read_depth_scale(outputs[4])
-    assert_same_timing(source, outputs[4])
-    result = read_video(outputs[4])
+    assert np.array_equal(gray16_frames(whole_run), gray16_frames(output))
+    assert read_depth_scale(whole_run) == read_depth_scale(output)
+    assert_same_timing(source, output)
+    result = read_video(output)
     assert result["has_audio"] and result["audio_seconds"] == pytest.approx(read_video(source)["audio_seconds"],
                                                                            abs=0.05)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["depth_1.mkv", "depth_4.mkv"], "no segment files left"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["depth_4.mkv"], "no segment files left"
 
 
 @pytest.mark.parametrize("name, suffix", [("open_gop", ".mp4"), ("vfr", ".mov")])
@@ -124,7 +140,7 @@ def finished_segments(output: Path) -> int:
     return count
 
 
-def test_killed_run_resumes_without_redoing_finished_segments(ray_cluster, clips, tmp_path, capsys):
+def test_killed_run_resumes_without_redoing_finished_segments(ray_cluster, clips, tmp_path, capsys, whole_run):
     source, output = clips["open_gop"], tmp_path / "depth.mkv"
     agents_before = ray_agents()
     first = start_cli(source, "-o", output, *EXACT, "--segments", 4)
@@ -141,10 +157,8 @@ def test_killed_run_resumes_without_redoing_finished_segments(ray_cluster, clips
     summary = json.loads(out)
     assert sum(s["reused"] for s in summary["segments"]) >= kept
     assert summary["frames_out"] == 90
-    fresh = tmp_path / "fresh.mkv"
-    assert cli(capsys, source, "-o", fresh, *EXACT)[0] == 0
-    assert np.array_equal(gray16_frames(output), gray16_frames(fresh))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["depth.mkv", "fresh.mkv"]
+    assert np.array_equal(gray16_frames(output), gray16_frames(whole_run))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["depth.mkv"]
     # The killed driver's Ray agents outlive it by a minute: end them rather than leave them to later tests
     for pid in ray_agents() - agents_before:
         with __import__("contextlib").suppress(OSError):
@@ -189,31 +203,15 @@ def test_a_segment_that_keeps_failing_is_named_and_nothing_is_left(ray_cluster, 
     assert list(tmp_path.iterdir()) == [], "segment files and manifest removed on a clean error"
 
 
-KILLED_RUN_SETTINGS = {"model.random_weights": "vits", "model.input_size": 70, "batching.batch_size": 1,
-                       "smoothing.name": "none", "output.depth_format": "gray16"}
-
-
-@pytest.fixture(scope="module")
-def undisturbed_segments(ray_cluster, clips, tmp_path_factory) -> np.ndarray:
-    """The open-GOP clip in 3 segments with nothing killed: what every disturbed run must write (made once)."""
-    reference = tmp_path_factory.mktemp("undisturbed") / "reference.mkv"
-    graph = DepthGraph(load_settings(None, KILLED_RUN_SETTINGS))
-    try:
-        process_video(graph, str(clips["open_gop"]), str(reference), segments=3)
-    finally:
-        graph.shutdown()
-    return gray16_frames(reference)
-
-
 @pytest.mark.parametrize("victim", ["model", "sink"])
-def test_a_worker_killed_mid_run_costs_only_its_work(ray_cluster, clips, tmp_path, victim, undisturbed_segments):
+def test_a_worker_killed_mid_run_costs_only_its_work(ray_cluster, clips, tmp_path, victim, whole_run):
     """A model actor's process killed mid-run is restarted by Ray and its calls sent again; a segment whose sink
     dies is run again. Either way every frame is written once, as an undisturbed run writes it."""
     import ray
 
     from pipeline import graph as graph_module
 
-    graph = DepthGraph(load_settings(None, KILLED_RUN_SETTINGS))
+    graph = DepthGraph(load_settings(None, EXACT_SETTINGS))
     sinks = []
     original_sink = graph_module.SinkActor
 
@@ -245,7 +243,7 @@ def test_a_worker_killed_mid_run_costs_only_its_work(ray_cluster, clips, tmp_pat
         graph_module.SinkActor = original_sink
         graph.shutdown()
     assert summary["frames_out"] == 90 and len(written) >= 5
-    assert np.array_equal(gray16_frames(output), undisturbed_segments)
+    assert np.array_equal(gray16_frames(output), gray16_frames(whole_run)), "as an undisturbed run writes it"
 
 
 @pytest.mark.parametrize("spare_cpus, seconds, expected", [(1, 600, 1), (15, 600, 10), (15, 100, 1), (0, 600, 1),
