@@ -151,10 +151,9 @@ def test_killed_run_resumes_without_redoing_finished_segments(ray_cluster, clips
     kept = finished_segments(output)
     assert kept >= 1
 
-    second = start_cli(source, "-o", output, *EXACT, "--segments", 4, "--resume")
-    out, err = second.communicate(timeout=300)
-    assert second.returncode == 0, err
-    summary = json.loads(out)
+    # The second run in this process, on the session's Ray (the first was a process of its own, killed)
+    code, summary, err = cli(capsys, source, "-o", output, *EXACT, "--segments", 4, "--resume")
+    assert code == 0, err
     assert sum(s["reused"] for s in summary["segments"]) >= kept
     assert summary["frames_out"] == 90
     assert np.array_equal(gray16_frames(output), gray16_frames(whole_run))
