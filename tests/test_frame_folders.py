@@ -17,7 +17,7 @@ from pipeline.stages.decode import open_source
 from pipeline.stages.depth_units import DepthUnits
 from pipeline.stages.encode import check_output_path
 from pipeline.stages.frames import DepthBatch, FrameBatch, PipelineError, VideoInfo
-from pipeline.stages.image_sequence import ImageSequenceDecoder, list_images
+from pipeline.stages.image_sequence import ImageSequenceDecoder, is_image_sequence, list_images
 from pipeline.stages.sequence_writer import DepthSequenceWriter, read_exr
 from pipeline.stages.sink import DepthSink, RenderOptions
 from pipeline.stages.smoothing import make_smoother
@@ -122,6 +122,9 @@ def test_image_folders_globs_and_patterns_in_order_with_timestamps_from_the_rate
     (numbered / "0006.png").unlink()
     with pytest.raises(PipelineError, match=r"numbered/0006.png: missing from the sequence .*%04d.png \(frames 5 to 8"):
         list_images(f"{numbered}/%04d.png")
+    odd_name = tmp_path / "take%d.mp4"
+    odd_name.write_bytes(b"a video, as far as its name goes")
+    assert not is_image_sequence(str(odd_name)) and is_image_sequence(f"{numbered}/%04d.png")
     assert depth_output_name(str(folder), "color") == tmp_path / "shot_depth.mp4"
     assert depth_output_name(f"{numbered}/%04d.png", "exr") == tmp_path / "numbered_depth"
 

@@ -40,14 +40,10 @@ NUMBERED_NAME = re.compile(r"^(.*?)(\d+)(\.[^.]+)$")
 def is_image_sequence(source: str) -> bool:
     """A folder, a glob or a printf pattern of images (not a video file or a URL)."""
     source = str(source)
-    if is_url(source):
-        return False
-    if PRINTF_NUMBER.search(Path(source).name):
-        return True
     path = Path(source)
-    if path.is_dir():
-        return True
-    return glob.has_magic(source) and not path.exists()
+    if is_url(source) or path.is_file():  # (a video named "take%d.mp4" is a video)
+        return False
+    return path.is_dir() or bool(PRINTF_NUMBER.search(path.name)) or glob.has_magic(source)
 
 
 def sequence_folder(source: str) -> Path:
@@ -55,7 +51,7 @@ def sequence_folder(source: str) -> Path:
     path = Path(source)
     if path.is_dir():
         return path
-    fixed = [part for part in path.parent.parts]
+    fixed = list(path.parent.parts)
     for number, part in enumerate(fixed):
         if glob.has_magic(part):
             fixed = fixed[:number]
