@@ -93,7 +93,8 @@ class DepthGraph:
             resolved = resolve_checkpoint(model.checkpoint or model.name or DEFAULT_MODEL)
         self.checkpoint = resolved
         source = ModelSource(resolved.path if resolved else None, model.random_weights, model.version,
-                             max_depth=model.max_depth, builder=builder, hub_reference=resolved.spec if resolved and resolved.repo_id else None)
+                             max_depth=model.max_depth, builder=builder,
+                             hub_reference=resolved.spec if resolved and resolved.repo_id else None)
         # Inside an actor Ray makes only its assigned GPU visible, as cuda:0: "cuda:1" would not exist there
         device = "cuda" if self.plan.use_gpu else "cpu"
         actors = [

@@ -20,8 +20,7 @@ from pipeline.settings import load_settings
 from pipeline.stages.sequence_writer import read_exr
 from tests.clips import clip, read_video
 from tests.test_cli_faults import assert_one_line_error, run_cli as run_failing_cli
-
-FAST = ["--random-weights", "vits", "--input-size", "70", "--batch-size", "3"]
+from tests.test_pipeline_e2e import FAST
 
 
 @pytest.fixture(scope="module")

@@ -74,15 +74,16 @@ def _render_options(graph: DepthGraph, source: str) -> RenderOptions:
     return render
 
 def _depth_scale(graph: DepthGraph, source: str) -> float:
-    """The 16-bit scale: for relative depth, from the first frame alone (one value for the whole file however it is
-    split, and the same for a whole run and a segmented one, so that they agree bit for bit); for metres, the
-    model's fixed millimetre scale."""
+    """The 16-bit scale: for metres, the model's fixed millimetre scale; for relative depth, from the first frame
+    alone (one value for the whole file however it is split, and the same for a whole run and a segmented one, so
+    that they agree bit for bit)."""
+    units = DepthUnits(graph.model_info.get("max_depth_m"))
+    if units.metric:
+        return units.metric_scale
     decoder = open_source(source, graph.settings.input.fps)
     first = next(decoder.batches(1))
     decoder.close()
-    depth = graph.infer(first, "float32")
-    units = DepthUnits(depth.max_depth)
-    return units.metric_scale if units.metric else DepthQuantizer.scale_for(depth.depth[0])
+    return DepthQuantizer.scale_for(graph.infer(first, "float32").depth[0])
 
 def _segment_plan(graph: DepthGraph, source: str, info: VideoInfo, segments: int | str) -> list[Segment]:
     if segments == 1:
