@@ -89,7 +89,7 @@ def parse_batch_args(argv) -> argparse.Namespace:
 
 
 def parse_live_args(argv) -> argparse.Namespace:
-    from pipeline.jobs.control_api import DEFAULT_CONTROL
+    from pipeline.jobs.control_api import DEFAULT_CONTROL, TOKEN_ENVIRONMENT
 
     parser = OneLineParser(prog="run_pipeline.py live", description=LIVE_HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,7 +97,14 @@ def parse_live_args(argv) -> argparse.Namespace:
                         help="the cameras: `cameras:` a list of {name, input, output and/or record, realtime, "
                              "colormap, depth_format, drop, keep_every, queue, transport, smoothing}")
     parser.add_argument("--control", default=DEFAULT_CONTROL, metavar="HOST:PORT",
-                        help=f"where the HTTP control API listens (default {DEFAULT_CONTROL}; port 0: any free one)")
+                        help=f"where the HTTP control API listens (default {DEFAULT_CONTROL}; port 0: any free one; "
+                             f"an address beyond this machine needs a token)")
+    parser.add_argument("--control-token-file", metavar="PATH",
+                        help=f"the API's access token, on the file's first line (or ${TOKEN_ENVIRONMENT}): every "
+                             f"request but /healthz, /readyz and /metrics then needs Authorization: Bearer TOKEN")
+    parser.add_argument("--recordings-dir", metavar="DIR",
+                        help="where a camera added over HTTP may record (its record: a new file's name inside DIR); "
+                             "without it, recording over HTTP is refused")
     add_shared_flags(parser)
     parser.add_argument("--summary", help="also write the JSON summary to this file")
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing recording")
@@ -259,23 +266,40 @@ LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "srt://", "udp://", "tcp://")
 def run_cameras(args: argparse.Namespace) -> dict:
     """The live command: many cameras until Ctrl-C / SIGTERM; the summary, exit 0."""
     from pipeline.jobs.cameras import CameraService, read_cameras_file
-    from pipeline.jobs.control_api import ControlServer, parse_address
+    from pipeline.jobs.control_api import ControlServer, is_loopback, parse_address, read_token
 
-    settings = load_settings(args.config, overrides_from(args), flag_labels())
+    overrides = {**overrides_from(args), "live.recordings_dir": args.recordings_dir}
+    settings = load_settings(args.config, overrides, {**flag_labels(), "live.recordings_dir": "--recordings-dir"})
     if args.segments is not None:
         raise PipelineError("--segments is for files; a camera is one stream, run as it comes")
+    host, port = parse_address(args.control)
+    token = read_token(args.control_token_file, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+    if token is None and not is_loopback(host):
+        raise PipelineError(f"--control {args.control}: an address other machines can reach needs a token "
+                            f"(--control-token-file PATH, or $DEPTH_CONTROL_TOKEN): anyone who reaches the port "
+                            f"could add cameras")
+    if settings.live.recordings_dir is not None:
+        check_output_folder(settings.live.recordings_dir, "--recordings-dir")
+        Path(settings.live.recordings_dir).mkdir(parents=True, exist_ok=True)
     cameras = read_cameras_file(args.cameras, settings, args.no_overwrite)
     check_summary_path(args.summary)
-    server = ControlServer(*parse_address(args.control))  # a port in use fails here, before Ray
+    server = ControlServer(host, port, token)  # a port in use fails here, before Ray
     try:
         resolved = resolve_model(settings)
         stopping = threading.Event()
-        stop = lambda number, frame: stopping.set()  # noqa: E731
+        service = None
+
+        def stop(number, frame):
+            stopping.set()
+            if service is not None:
+                service.stopping()  # requests from now on are answered 503, not taken and never run
+
         with depth_graph(settings, resolved) as graph:
             service = CameraService(settings, graph.camera_pool(), args.no_overwrite)
-            server.start(service)
+            server.start(service)  # changes answered 503 until the file's cameras are in
             print(f"live: {len(cameras)} cameras; control API at {server.url} (GET /cameras, /healthz, /readyz, "
-                  f"/metrics; POST /cameras; DELETE /cameras/NAME)", file=sys.stderr, flush=True)
+                  f"/metrics; POST /cameras; DELETE /cameras/NAME){'; token required' if token else ''}",
+                  file=sys.stderr, flush=True)
             # Ctrl-C and SIGTERM end the job normally: every camera's outputs closed, the summary printed
             previous = {n: signal.signal(n, stop) for n in (signal.SIGINT, signal.SIGTERM)} \
                 if threading.current_thread() is threading.main_thread() else {}
@@ -283,8 +307,14 @@ def run_cameras(args: argparse.Namespace) -> dict:
                 _ = graph.model_info  # loaded before the cameras start, so start-up is not counted as latency
                 service.model_loaded = True
                 for camera in cameras:
-                    if not stopping.is_set():
+                    if stopping.is_set():
+                        break
+                    try:
                         service.add(camera)
+                    except PipelineError as error:  # that camera's error, never the job's
+                        service.fail(camera, error)
+                        print(f"warning: camera {camera.name!r} not started: {one_line(error)}", file=sys.stderr)
+                service.running()
                 while not stopping.wait(0.5):  # (a timed wait: signal handlers run between its rounds)
                     pass
                 with signals_deferred():
@@ -335,11 +365,12 @@ def run_live(args: argparse.Namespace) -> dict:
                         read_timeout_s=live.read_timeout_s, backoff_s=(0.5, live.backoff_max_s))
     source.open().close()  # a source that cannot be opened at start is an error, not a retry loop
     if publish:
-        from pipeline.stages.publish import check_reachable
+        from pipeline.stages.publish import check_publish_url
 
-        check_reachable(publish, live.read_timeout_s)  # likewise a destination
+        # (no probe connection: a one-shot receiver would take it as its publisher; the first session is the check)
+        check_publish_url(publish)
     resolved = resolve_model(settings)
-    job = LiveJob(settings, source, LiveTargets(publish, record))
+    job = LiveJob(settings, source, LiveTargets(publish, record), publish_must_connect=True)
     with depth_graph(settings, resolved) as graph:
         _ = graph.model_info  # models loaded before the first frame is taken, so start-up is not counted as latency
         decoder = source.open()
@@ -477,7 +508,8 @@ def what_was_kept(args: argparse.Namespace) -> str:
     return f"no output written{kept}"
 
 
-def main(argv=None) -> int:
+def main(argv=None, summary_out=None) -> int:
+    """Run one command: its exit status; the JSON summary goes to `summary_out` (default: stdout)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv and argv[0] in ("batch", "live") else None
     parse = {"batch": parse_batch_args, "live": parse_live_args}.get(command)
@@ -490,7 +522,8 @@ def main(argv=None) -> int:
     status = 0
     # stdout is the JSON summary's alone: whatever else would print there (Ray forwards its workers' and raylet's
     # lines, "(raylet) A worker died ...", to the driver's stdout) goes to stderr with the other messages
-    summary_out, sys.stdout = sys.stdout, sys.stderr
+    previous_stdout = sys.stdout
+    summary_out, sys.stdout = summary_out or sys.stdout, sys.stderr
     try:
         if command == "batch":
             summary, status = run_batch(args)
@@ -515,7 +548,7 @@ def main(argv=None) -> int:
         print(f"error: {what}; {what_was_kept(args)}", file=sys.stderr)
         return 130 if what == "interrupted" else 143
     finally:
-        sys.stdout = summary_out
+        sys.stdout = previous_stdout
         if is_main_thread:
             for number, handler in previous.items():
                 signal.signal(number, handler)
@@ -524,7 +557,18 @@ def main(argv=None) -> int:
 
 
 
-if __name__ == "__main__":
-    exit_status = main()
+def command_line() -> None:
+    """The command as a process: its stdout is the JSON summary's alone, whatever else prints and whenever (Ray's
+    forwarded '(raylet) WARNING ...' lines came after the summary, while Ray shut down): file descriptor 1 is pointed
+    at stderr for the whole process, and the summary goes to a copy of the original."""
+    sys.stdout.flush()
+    summary_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    exit_status = main(summary_out=summary_out)
+    summary_out.flush()
     stop_ray_ignoring_signals()
     sys.exit(exit_status)
+
+
+if __name__ == "__main__":
+    command_line()

@@ -113,6 +113,11 @@ class LiveSettings:
     batch_wait_ms: float = 10.0
     # Batches of one camera at the model at once: 2 keeps the model busy while the camera publishes; 1: least latency
     in_flight: int = 2
+    # Cameras one job runs at most (each is a process of about 250 MB, and a share of the model's batches)
+    max_cameras: int = 32
+    # Where recordings asked for over HTTP go: `record` in a POST is a new file's name inside this folder (None:
+    # refused). The cameras file, written by whoever runs the job, may record anywhere
+    recordings_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -233,13 +238,15 @@ RULES: dict[str, dict[str, Check]] = {
         "transport": one_of("tcp", "udp"),
         "read_timeout_s": number(above=0),
         "backoff_max_s": number(above=0),
-        "queue": integer(1),
+        "queue": integer(1, 64),  # frames held per camera: memory, and latency, grow with it
         "drop": one_of("oldest", "every-k"),
-        "keep_every": integer(1),
+        "keep_every": integer(1, 1000),
         "log_every_s": number(above=0),
         "metrics": of_type(bool, "true or false"),
         "batch_wait_ms": number(0),
-        "in_flight": integer(1),
+        "in_flight": integer(1, 16),
+        "max_cameras": integer(1, 1000),
+        "recordings_dir": optional(of_type(str, "a folder")),
     },
     "segments": {
         "count": lambda value: None if value == "auto" else (integer(1)(value) and f"{integer(1)(value)} (or auto)"),

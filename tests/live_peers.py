@@ -48,11 +48,15 @@ class Receiver:
     """The RTSP server the pipeline publishes to: FFmpeg's listen mode, one publisher per open, accepting the next
     publisher after one leaves; every decoded frame is kept (time, picture as grey)."""
 
-    def __init__(self):
+    def __init__(self, once: bool = False):
+        """`once`: listen for one publisher only, as `ffplay -rtsp_flags listen` does: a connection that is not a
+        publisher (a probe) ends it."""
+        self.once = once
         self.url = f"rtsp://127.0.0.1:{free_port()}/depth"
         self.frames: list[tuple[float, np.ndarray]] = []
         self.stream_seconds: list[float | None] = []  # each frame's timestamp in the stream, as the server sees it
         self.sessions = 0
+        self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -70,8 +74,11 @@ class Receiver:
                         self.frames.append((time.monotonic(), frame.to_ndarray(format="gray")))
                         if self._stop.is_set():
                             return
-            except (av.FFmpegError, OSError):
+            except (av.FFmpegError, OSError) as error:
+                self.error = error
                 time.sleep(0.1)
+            if self.once:
+                return
 
     def stop(self) -> None:
         self._stop.set()

@@ -258,3 +258,23 @@ def test_two_runs_on_one_output(ray_cluster, clips, tmp_path):
         assert json.loads((tmp_path / f"{name}.json").read_text())["frames_out"] == 40
     assert read_video(output)["count"] == 40
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.json", "second.json", output.name]
+
+
+def test_stdout_holds_the_summary_alone_whatever_prints_after_it():
+    """Ray forwards its workers' and raylet's lines ('(raylet) WARNING: 30 PYTHON worker processes ...') to the
+    driver's stdout, also while it shuts down, after the summary was printed: the command's stdout must still parse."""
+    script = (
+        "import os, sys\n"
+        "import run_pipeline\n"
+        "run_pipeline.run = lambda args: {'frames_out': 3}\n"
+        "def late_lines():\n"
+        "    print('(raylet) WARNING: 30 PYTHON worker processes have been started')\n"
+        "    os.write(1, b'(raylet) a line from C\\n')\n"
+        "run_pipeline.stop_ray_ignoring_signals = late_lines\n"
+        "sys.argv = ['run_pipeline.py', 'input.mp4']\n"
+        "run_pipeline.command_line()\n"
+    )
+    process = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert process.returncode == 0, process.stderr
+    assert json.loads(process.stdout) == {"frames_out": 3}
+    assert "(raylet) WARNING" in process.stderr and "a line from C" in process.stderr

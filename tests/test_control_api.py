@@ -8,6 +8,8 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -47,6 +49,7 @@ class PoolStandIn:
 @pytest.fixture()
 def api():
     service = CameraService(load_settings(None, {}), PoolStandIn())
+    service.running()  # (the cameras file's cameras are in)
     server = ControlServer("127.0.0.1", 0).start(service)
     host, port = server.server.server_address[:2]
     yield service, host, port
@@ -100,7 +103,12 @@ def test_cameras_are_added_listed_and_removed(api):
     ("POST", "/cameras", {**CAMERA, "name": "a/b"}, None, 400, "name must be"),
     ("POST", "/cameras", {**CAMERA, "output": "depth.mp4"}, None, 400, "output must be an rtsp:// URL"),
     ("POST", "/cameras", {"name": "x", "input": "rtsp://h/x"}, None, 400, "needs somewhere to send depth"),
-    ("POST", "/cameras", {**CAMERA, "queue": 0}, None, 400, "queue must be >= 1"),
+    ("POST", "/cameras", {**CAMERA, "queue": 0}, None, 400, "queue must be from 1 to 64, got 0"),
+    ("POST", "/cameras", {**CAMERA, "queue": 10**30}, None, 400, "queue must be from 1 to 64"),
+    ("POST", "/cameras", b"{}", {"Content-Length": "\u00b2"}, 400, "Content-Length is not a number"),
+    ("POST", "/cameras", b"[" * 60000, None, 400, "nested too deeply"),
+    ("POST", "/cameras", {**CAMERA, "input": "/etc/passwd", "realtime": True}, None, 403, "is a local file"),
+    ("POST", "/cameras", {**CAMERA, "record": "door.mp4"}, None, 403, "needs a recordings folder"),
     ("POST", "/cameras", b"\xff\xfe", None, 400, "not valid JSON"),
     ("POST", "/cameras", b"0\r\n\r\n", {"Transfer-Encoding": "chunked"}, 411, "Content-Length"),
     ("POST", "/cameras", b"{}", {"Content-Length": "abc"}, 400, "Content-Length"),
@@ -187,7 +195,7 @@ def test_a_bad_cameras_file_is_one_line_naming_the_camera_and_the_key(tmp_path):
     assert [c.name for c in read_cameras_file(write_cameras(tmp_path, [good, CAMERA]), settings)] == ["lobby", "door"]
     cases = [
         ([CAMERA, CAMERA], "camera 'door': name door is camera 'door''s too"),
-        ([CAMERA, {**CAMERA, "name": "door2"}], "output rtsp://127.0.0.1:9/door-depth is camera 'door''s too"),
+        ([CAMERA, {**CAMERA, "name": "door2"}], "output rtsp://127.0.0.1:9/door-depth is camera 'door''s output"),
         ([{**CAMERA, "depth_format": "gray16"}], "camera 'door': depth_format gray16 cannot be published"),
         ([{**good, "depth_format": "exr"}], "camera 'lobby': depth_format exr writes folders of frames, for files"),
         ([{**CAMERA, "drop": "newest"}], "camera 'door': drop must be one of oldest, every-k"),
@@ -215,3 +223,266 @@ def test_a_bad_cameras_file_is_one_line_naming_the_camera_and_the_key(tmp_path):
     per_camera = camera_from_entry({**CAMERA, "colormap": "turbo", "drop": "every-k", "keep_every": 3}, settings, "x")
     assert per_camera.settings.output.colormap == "turbo" and per_camera.settings.live.keep_every == 3
     assert settings.output.colormap == "inferno", "a camera's settings are its own"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Locked down: a token, recordings confined to a folder, changes only while the service runs, limits
+
+
+TOKEN = "a-token-of-the-tests-0123456789"
+
+
+@pytest.fixture()
+def locked_api(tmp_path):
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    settings = load_settings(None, {"live.recordings_dir": str(recordings), "live.max_cameras": 3})
+    service = CameraService(settings, PoolStandIn())
+    service.running()
+    # (the tests send many wrong tokens on purpose: the limit is tested on a server of its own)
+    server = ControlServer("127.0.0.1", 0, token=TOKEN, failed_attempts=1000).start(service)
+    host, port = server.server.server_address[:2]
+    yield service, host, port, recordings
+    server.close()
+
+
+def bearer(token=TOKEN) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_with_a_token_every_request_but_the_probes_needs_it(locked_api):
+    service, host, port, _ = locked_api
+    for path in ("/healthz", "/metrics"):
+        assert request(host, port, "GET", path)[0] == 200, path
+    assert request(host, port, "GET", "/readyz")[0] == 503  # open too (the model is loading)
+    for method, path, body in (("GET", "/cameras", None), ("POST", "/cameras", CAMERA), ("GET", "/cameras/door", None),
+                               ("DELETE", "/cameras/door", None), ("GET", "/", None), ("PUT", "/cameras", b"{}"),
+                               ("POST", "/metrics", b"{}")):
+        for headers in (None, bearer("wrong-token-of-the-same-length-x"), {"Authorization": TOKEN},
+                        {"Cookie": "depth_token=nope"}):
+            status, answer = request(host, port, method, path, body, headers)
+            assert status == 401 and "token" in answer["error"], (method, path, headers, answer)
+    assert service.pool.started == [], "nothing ran without the token"
+    status, body = request(host, port, "POST", "/cameras", CAMERA, bearer())
+    assert status == 201 and service.pool.started == ["door"]
+    assert request(host, port, "GET", "/cameras", None, bearer())[1]["cameras"][0]["name"] == "door"
+    assert request(host, port, "DELETE", "/cameras/door", None, {"Cookie": f"x=1; depth_token={TOKEN}"})[0] == 200
+
+
+def test_wrong_tokens_are_rate_limited_per_client():
+    service = CameraService(load_settings(None, {}), PoolStandIn())
+    server = ControlServer("127.0.0.1", 0, token=TOKEN, failed_attempts=5).start(service)
+    host, port = server.server.server_address[:2]
+    for _ in range(5):
+        assert request(host, port, "GET", "/cameras", None, bearer("wrong"))[0] == 401
+    status, answer = request(host, port, "GET", "/cameras", None, bearer("wrong"))
+    assert status == 429 and "too many wrong tokens" in answer["error"]
+    # Even the right token waits out the window: a guesser learns nothing from it
+    assert request(host, port, "GET", "/cameras", None, bearer())[0] == 429
+    assert request(host, port, "GET", "/healthz")[0] == 200  # the probes stay open
+    server.close()
+
+
+def test_a_browser_trades_the_token_in_the_url_for_a_strict_http_only_cookie(locked_api):
+    _, host, port, _ = locked_api
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    connection.request("GET", f"/?token={TOKEN}")
+    answer = connection.getresponse()
+    answer.read()
+    cookie = answer.getheader("Set-Cookie")
+    assert answer.status == 303 and answer.getheader("Location") == "/"
+    assert f"depth_token={TOKEN}" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert request(host, port, "GET", "/", None, {"Cookie": cookie.split(";")[0]})[0] == 200
+    assert request(host, port, "GET", "/?token=wrong-token")[0] == 401
+
+
+def test_recordings_over_http_stay_inside_the_recordings_folder(locked_api, tmp_path):
+    service, host, port, recordings = locked_api
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (recordings / "escape").symlink_to(outside)
+    (recordings / "taken.mp4").write_bytes(b"the user's")
+    (recordings / "door").mkdir()
+    cases = [
+        (str(tmp_path / "anywhere.mp4"), 403, "must be a relative name"),
+        ("../anywhere.mp4", 403, "must be a relative name"),
+        ("door/../../anywhere.mp4", 403, "must be a relative name"),
+        ("escape/out.mp4", 403, "leads out of the recordings folder"),
+        ("taken.mp4", 409, "exists in the recordings folder"),
+        ("", 400, "record must be a file name"),
+        (7, 400, "record must be a file name"),
+    ]
+    for record, status, says in cases:
+        got, answer = request(host, port, "POST", "/cameras", {**CAMERA, "record": record}, bearer())
+        assert got == status and says in answer["error"], (record, answer)
+    assert sorted(p.name for p in outside.iterdir()) == [] and (recordings / "taken.mp4").read_bytes() == b"the user's"
+    assert service.pool.started == []
+    status, body = request(host, port, "POST", "/cameras", {**CAMERA, "record": "door/today.mp4"}, bearer())
+    assert status == 201 and body["record"] == str((recordings / "door" / "today.mp4").resolve())
+    # A local file as input is refused over HTTP (the cameras file may name one)
+    video = clip(tmp_path, "lobby.mp4", width=64, height=48, frames=4)
+    status, answer = request(host, port, "POST", "/cameras", {"name": "lobby", "input": str(video), "realtime": True,
+                                                               "output": "rtsp://127.0.0.1:9/l"}, bearer())
+    assert status == 403 and "is a local file" in answer["error"]
+
+
+def test_the_cameras_limit_and_changes_only_while_running(locked_api):
+    service, host, port, _ = locked_api
+    for index in range(3):
+        assert request(host, port, "POST", "/cameras", {**CAMERA, "name": f"c{index}",
+                                                        "output": f"rtsp://127.0.0.1:9/{index}"}, bearer())[0] == 201
+    status, answer = request(host, port, "POST", "/cameras", {**CAMERA, "name": "c4"}, bearer())
+    assert status == 409 and "live.max_cameras" in answer["error"]
+    service.stopping()  # SIGTERM: requests from now on are not taken
+    for method, path, body in (("POST", "/cameras", {**CAMERA, "name": "late"}), ("DELETE", "/cameras/c0", None)):
+        status, answer = request(host, port, method, path, body, bearer())
+        assert status == 503 and "stopping" in answer["error"], answer
+    assert service.pool.started == ["c0", "c1", "c2"] and service.pool.stopped == []
+
+
+def test_changes_wait_until_the_cameras_file_is_in():
+    service = CameraService(load_settings(None, {}), PoolStandIn())
+    server = ControlServer("127.0.0.1", 0).start(service)
+    host, port = server.server.server_address[:2]
+    try:
+        status, answer = request(host, port, "POST", "/cameras", CAMERA)
+        assert status == 503 and "starting" in answer["error"]
+        # the file's camera of that name then starts as it should
+        service.add(camera_from_entry(CAMERA, service.settings, "file"))
+        service.running()
+        assert request(host, port, "POST", "/cameras", {**CAMERA, "name": "other", "output": "rtsp://h/o"})[0] == 201
+    finally:
+        server.close()
+    assert service.pool.started == ["door", "other"]
+
+
+def test_a_recording_never_takes_another_cameras_file_however_spelled(tmp_path, monkeypatch):
+    settings = load_settings(None, {})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sec").mkdir()
+    video = clip(tmp_path / "sec", "door.mp4", width=64, height=48, frames=4)
+    door = {"name": "gate", "input": "sec/door.mp4", "realtime": True, "output": "rtsp://127.0.0.1:9/d"}
+    for record in ("sec/door.mp4", str(video), "./sec/../sec/door.mp4"):
+        with pytest.raises(PipelineError, match="is camera 'gate''s input"):
+            read_cameras_file(write_cameras(tmp_path, [door, {**CAMERA, "record": record}]), settings)
+    (tmp_path / "hard.mp4").hardlink_to(video)
+    with pytest.raises(PipelineError, match="is camera 'gate''s input"):
+        read_cameras_file(write_cameras(tmp_path, [door, {**CAMERA, "record": "hard.mp4"}]), settings)
+    with pytest.raises(PipelineError, match="is camera 'gate''s recording"):
+        read_cameras_file(write_cameras(tmp_path, [{**door, "record": "out.mp4"},
+                                                   {**CAMERA, "record": str(tmp_path / "out.mp4")}]), settings)
+    # Added later (a camera of the file running): the same rule, a 409
+    service = CameraService(settings, PoolStandIn())
+    service.add(camera_from_entry(door, settings, "file"))
+    with pytest.raises(PipelineError, match="is camera 'gate''s input") as error:
+        service.add(camera_from_entry({**CAMERA, "record": "./sec/../sec/door.mp4"}, settings, "file"))
+    assert error.value.status == 409
+    assert video.stat().st_size > 0 and service.pool.started == ["gate"]
+
+
+def test_cameras_that_can_never_work_say_so(tmp_path):
+    settings = load_settings(None, {})
+    with pytest.raises(PipelineError, match="input /etc/passwd: not a readable video"):
+        read_cameras_file(write_cameras(tmp_path, [{**CAMERA, "input": "/etc/passwd", "realtime": True}]), settings)
+    with pytest.raises(PipelineError, match="more than live.max_cameras"):
+        read_cameras_file(write_cameras(tmp_path, [{**CAMERA, "name": f"c{i}", "output": f"rtsp://h/{i}"}
+                                                   for i in range(33)]), settings)
+
+
+class ErrorPool(PoolStandIn):
+    def stats(self):
+        return {name: {"state": "connecting", "error": "rtsp://127.0.0.1:9/door: Connection refused"}
+                for name in self.started}
+
+
+def test_readyz_names_each_waiting_camera_with_its_last_error():
+    service = CameraService(load_settings(None, {}), ErrorPool())
+    service.model_loaded = True
+    service.add(camera_from_entry(CAMERA, service.settings, "file"))
+    service.running()
+    ready, why = service.ready()
+    assert not ready and why == "not connected yet: door (rtsp://127.0.0.1:9/door: Connection refused)"
+    assert service.cameras()["door"]["error"].endswith("Connection refused")
+
+
+def test_an_unknown_length_twice_or_a_client_leaving_early_is_no_traceback(api, capfd):
+    _, host, port = api
+    raw = (b"POST /cameras HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n{}")
+    with socket.create_connection((host, port), timeout=5) as connection:
+        connection.sendall(raw)
+        answer = connection.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400") and b"Content-Length given twice" in answer
+    for _ in range(20):  # a client that sends a request and leaves before the answer
+        with socket.create_connection((host, port), timeout=5) as connection:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            connection.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+    with socket.create_connection((host, port), timeout=5) as connection:  # a body promised and never sent
+        connection.sendall(b"POST /cameras HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+    assert request(host, port, "GET", "/healthz")[0] == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Error" not in err, err
+
+
+def test_slow_clients_are_bounded_and_let_go(monkeypatch):
+    from pipeline.jobs import control_api
+
+    monkeypatch.setattr(control_api.ControlHandler, "timeout", 1.0)
+    service = CameraService(load_settings(None, {}), PoolStandIn())
+    server = ControlServer("127.0.0.1", 0, max_connections=4).start(service)
+    host, port = server.server.server_address[:2]
+    slow = []
+    try:
+        for _ in range(4):  # each sends half a request line and waits
+            connection = socket.create_connection((host, port), timeout=5)
+            connection.sendall(b"GET /cam")
+            slow.append(connection)
+        time.sleep(0.2)
+        status, answer = request(host, port, "GET", "/healthz")
+        assert status == 503 and "too many connections" in answer["error"]
+        time.sleep(1.5)  # past the read timeout: the slow clients are let go, their threads freed
+        assert request(host, port, "GET", "/healthz")[0] == 200
+        assert threading.active_count() < 20
+    finally:
+        for connection in slow:
+            connection.close()
+        server.close()
+
+
+def test_the_api_listens_on_ipv6_loopback():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    assert parse_address("[::1]:0") == ("::1", 0)
+    service = CameraService(load_settings(None, {}), PoolStandIn())
+    try:
+        server = ControlServer("::1", 0).start(service)
+    except PipelineError as error:
+        pytest.skip(f"no IPv6 loopback here ({error})")
+    try:
+        assert server.url.startswith("http://[::1]:")
+        assert request("::1", server.server.server_address[1], "GET", "/healthz")[0] == 200
+    finally:
+        server.close()
+
+
+def test_the_token_and_the_address_it_takes(tmp_path, monkeypatch):
+    from pipeline.jobs.control_api import is_loopback, read_token
+
+    monkeypatch.delenv("DEPTH_CONTROL_TOKEN", raising=False)
+    assert read_token(None) is None
+    monkeypatch.setenv("DEPTH_CONTROL_TOKEN", TOKEN)
+    assert read_token(None) == TOKEN
+    file = tmp_path / "token"
+    file.write_text(f"{TOKEN}-file\nsecond line\n")
+    file.chmod(0o600)
+    warnings = []
+    assert read_token(str(file), warnings.append) == f"{TOKEN}-file" and warnings == []
+    file.chmod(0o644)
+    read_token(str(file), warnings.append)
+    assert len(warnings) == 1 and "can be read by other users" in warnings[0]
+    file.write_text("short\n")
+    with pytest.raises(PipelineError, match="at least 16 printable characters"):
+        read_token(str(file))
+    with pytest.raises(PipelineError, match="control token file not found"):
+        read_token(str(tmp_path / "none"))
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("8.8.8.8")

@@ -159,3 +159,31 @@ def test_a_camera_that_refuses_or_a_missing_destination_is_one_line_and_exit_2(c
     assert_one_line_error(code, err, refused)
     code, err = run_cli(capsys, camera.url, *MODEL)
     assert_one_line_error(code, err, "live mode needs somewhere to send depth")
+
+
+def test_a_one_shot_listener_receives_the_live_output(tmp_path):
+    """ffplay -rtsp_flags listen (and FFmpeg's listen mode) takes the first connection as its one publisher: a probe
+    connection before the real session ended it, and the run then published to nobody, 'trying again' for ever."""
+    receiver = Receiver(once=True).start()
+    time.sleep(0.5)  # listening
+    source = clip(tmp_path, "camera.mp4", width=96, height=64, frames=45, rate=15)
+    process = start_pipeline(source, "--realtime", "-o", receiver.url)
+    stdout, stderr = process.communicate(timeout=120)
+    receiver.stop()
+    assert process.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout)
+    assert receiver.sessions == 1 and receiver.error is None, receiver.error
+    assert summary["republished"] == 0 and "trying again" not in stderr
+    assert len(receiver.frames) >= summary["frames_out"] - 2 > 20  # (the last frames may be cut by the TEARDOWN)
+
+
+def test_a_destination_that_refuses_the_first_session_is_one_line_and_exit_2(tmp_path):
+    source = clip(tmp_path, "camera.mp4", width=96, height=64, frames=30, rate=15)
+    recording = tmp_path / "depth.mp4"
+    refused = "rtsp://127.0.0.1:9/depth"  # nothing listens there
+    process = start_pipeline(source, "--realtime", "-o", refused, "--record", recording)
+    _, stderr = process.communicate(timeout=120)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert process.returncode == 2 and len(errors) == 1 and refused in errors[0], stderr[-3000:]
+    assert "cannot publish there" in errors[0] and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["camera.mp4"], "no partial recording left"

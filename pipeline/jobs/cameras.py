@@ -8,24 +8,29 @@ Gives: `CameraService`: add and remove cameras while it runs, each camera's stat
 readiness, and at the end the job's summary: `cameras` (each camera that ran, by name: the single-camera summary's
 fields) and `model_batches` (count, mean_frames: frames per network batch, mean_cameras: cameras per batch).
 
-Policy only: what a camera entry may say and what it means, names unique, outputs that are not another camera's or an
-input, and that no camera's failure ends the job (its worker reconnects, re-publishes, and is restarted by Ray if
-its process dies). Ray itself is the graph's business.
+Policy only: what a camera entry may say and what it means, names unique, outputs that are no other camera's input or
+output (the same file however spelled: by device and inode, and by resolved path), what a request over HTTP may do
+(`input` a URL; `record` a new file inside the recordings folder: the cameras file is trusted, a request is not), at
+most `live.max_cameras` cameras, and that no camera's failure ends the job (its worker reconnects, re-publishes, and
+is restarted by Ray if its process dies; a camera of the file that cannot start is that camera's error). Ray itself
+is the graph's business.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from http import HTTPStatus
+from pathlib import Path, PurePosixPath
 
 import yaml
 
 from ..settings import PipelineSettings, check_combination, merge
-from ..stages.decode import is_url
-from ..stages.frames import PipelineError
+from ..stages.decode import is_url, open_video
+from ..stages.frames import PipelineError, one_line
 from ..stages.live_camera import LiveTargets
 from ..stages.sequence_writer import is_sequence_format
 from .outputs import InputFiles, check_output
@@ -57,8 +62,61 @@ class Camera:
     entry: dict  # as given (for GET /cameras)
 
 
-class CameraConflict(PipelineError):
-    """A camera that clashes with one running (its name, or an output another camera writes)."""
+class RequestRefused(PipelineError):
+    """A request the service refuses, with the HTTP status that says why (the message is the answer's error)."""
+
+    status = HTTPStatus.BAD_REQUEST
+
+    def __init__(self, message: str, status: HTTPStatus | None = None, headers: dict | None = None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+
+class CameraConflict(RequestRefused):
+    """A camera that clashes with one running (its name, or a file or stream another camera reads or writes)."""
+
+    status = HTTPStatus.CONFLICT
+
+
+def clash(camera: Camera, other: Camera) -> str | None:
+    """What of `camera` is also `other`'s (None: nothing): a publish URL both send to, or a file one records to that
+    the other reads or records to (the same file however spelled)."""
+    if camera.targets.publish is not None and camera.targets.publish == other.targets.publish:
+        return f"output {camera.targets.publish} is camera {other.name!r}'s output"
+    if camera.targets.record is not None:
+        for what, path in (("input", other.input), ("recording", other.targets.record)):
+            if path is not None and InputFiles([path]).find(camera.targets.record) is not None:
+                return f"record {camera.targets.record} is camera {other.name!r}'s {what}"
+    if other.targets.record is not None and InputFiles([camera.input]).find(other.targets.record) is not None:
+        return f"input {camera.input} is camera {other.name!r}'s recording"
+    return None
+
+
+def recording_inside(record, folder: str | None, where: str) -> str:
+    """A `record` sent over HTTP, confined: a relative name for a new file inside the recordings folder (`folder`),
+    as its full path. Refused (a `RequestRefused`, nothing created): no recordings folder, an absolute path or `..`,
+    a path that leads out of the folder through a symlink, and any existing file."""
+    if folder is None:
+        raise RequestRefused(f"{where}: record over HTTP needs a recordings folder: start the job with "
+                             f"--recordings-dir DIR (live.recordings_dir), and send a name inside it",
+                             HTTPStatus.FORBIDDEN)
+    if not isinstance(record, str) or not record.strip() or "\0" in record:
+        raise RequestRefused(f"{where}: record must be a file name inside the recordings folder, got {record!r}")
+    parts = PurePosixPath(record).parts
+    if PurePosixPath(record).is_absolute() or ".." in parts or record.startswith("~"):
+        raise RequestRefused(f"{where}: record {record} must be a relative name inside the recordings folder (no "
+                             f"absolute path, no '..')", HTTPStatus.FORBIDDEN)
+    root = Path(folder).resolve()
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root):
+        raise RequestRefused(f"{where}: record {record} leads out of the recordings folder (a symlink)",
+                             HTTPStatus.FORBIDDEN)
+    if os.path.lexists(path):
+        raise CameraConflict(f"{where}: record {record} exists in the recordings folder; recordings over HTTP are "
+                             f"never replaced: choose a new name")
+    return str(path)
 
 
 def live_depth_format_problem(depth_format: str) -> str | None:
@@ -95,6 +153,10 @@ def camera_from_entry(entry, settings: PipelineSettings, where: str, no_overwrit
                                 f"realtime: true (played at its own rate)")
         if not Path(source).is_file():
             raise PipelineError(f"{where}: input {source}: file not found")
+        try:  # a file that is no video is known at once: never a camera left `connecting` for ever
+            open_video(source)[0].close()
+        except PipelineError as error:
+            raise PipelineError(f"{where}: input {error}") from None
     elif realtime:
         raise PipelineError(f"{where}: realtime is for a file input; {source} is a live stream already")
     publish, record = entry.get("output"), entry.get("record")
@@ -153,24 +215,28 @@ def read_cameras_file(path: str, settings: PipelineSettings, no_overwrite: bool 
             or not data["cameras"]:
         raise PipelineError(f"{path}: expected `cameras:` with a list of cameras (name, input, output and/or "
                             f"record, and their own settings)")
+    if len(data["cameras"]) > settings.live.max_cameras:
+        raise PipelineError(f"{path}: {len(data['cameras'])} cameras, more than live.max_cameras "
+                            f"({settings.live.max_cameras}; each camera is a process of about 250 MB)")
     cameras = [camera_from_entry(entry, settings, f"{path}: camera {index + 1}", no_overwrite)
                for index, entry in enumerate(data["cameras"])]
-    taken: dict[str, str] = {}
-    for camera in cameras:
-        for kind, value in (("name", camera.name), ("output", camera.targets.publish),
-                            ("record", camera.targets.record)):
-            if value is None:
-                continue
-            key = (kind if kind == "name" else "target", value)
-            if key in taken:
-                raise PipelineError(f"{path}: camera {camera.name!r}: {kind} {value} is camera {taken[key]!r}'s too")
-            taken[key] = camera.name
+    for index, camera in enumerate(cameras):
+        for other in cameras[:index]:
+            if camera.name == other.name:
+                raise PipelineError(f"{path}: camera {camera.name!r}: name {camera.name} is camera {other.name!r}'s "
+                                    f"too")
+            problem = clash(camera, other)  # (both ways: what one writes, the other reads or writes)
+            if problem:
+                raise PipelineError(f"{path}: camera {camera.name!r}: {problem}")
     return cameras
 
 
 class CameraService:
     """The cameras of a running job: add, remove, look, and the summary at the end. Thread-safe (the HTTP API's
-    threads and the main thread share it)."""
+    threads and the main thread share it).
+
+    Changes (add, remove) are taken only while it runs: `starting` until the cameras file's cameras are in (the
+    caller says `running()`), `stopping` from `stopping()` on; meanwhile a request is answered 503."""
 
     def __init__(self, settings: PipelineSettings, pool, no_overwrite: bool = False):
         """`pool`: the graph's camera pool (camera_pool.CameraPool)."""
@@ -179,43 +245,93 @@ class CameraService:
         self.no_overwrite = no_overwrite
         self.model_loaded = False
         self.started = time.monotonic()
+        self.phase = "starting"  # -> running -> stopping
         self._cameras: dict[str, Camera] = {}
         self._finished: dict[str, dict] = {}  # summaries of cameras removed while the job ran
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the tables above
+        self._changes = threading.Lock()  # one add / remove / stop at a time, each with its pool call
 
-    def add(self, camera: Camera) -> None:
+    def running(self) -> None:
+        """The cameras file's cameras are in: requests may add and remove from now on."""
         with self._lock:
-            if camera.name in self._cameras:
-                raise CameraConflict(f"camera {camera.name!r} is running already")
-            for other in self._cameras.values():
-                clash = ({camera.targets.publish, camera.targets.record} - {None}) & \
-                        ({other.targets.publish, other.targets.record} - {None})
-                if clash:
-                    raise CameraConflict(f"camera {camera.name!r}: {clash.pop()} is camera {other.name!r}'s output")
-            self._cameras[camera.name] = camera
-            self._finished.pop(camera.name, None)  # a name used again: its earlier run's summary is replaced
-        try:
-            self.pool.start(camera)
-        except BaseException:
+            if self.phase == "starting":
+                self.phase = "running"
+
+    def stopping(self) -> None:
+        """The job is stopping (Ctrl-C, SIGTERM): no more changes; safe to call from a signal handler."""
+        self.phase = "stopping"
+
+    def _refuse_changes(self, what: str) -> None:
+        if self.phase == "starting":
+            raise RequestRefused(f"{what}: the service is starting (the cameras file's cameras are being added); "
+                                 f"try again in a moment", HTTPStatus.SERVICE_UNAVAILABLE, {"Retry-After": "2"})
+        if self.phase == "stopping":
+            raise RequestRefused(f"{what}: the service is stopping", HTTPStatus.SERVICE_UNAVAILABLE)
+
+    def add(self, camera: Camera, request: bool = False) -> None:
+        """Start a camera; a `CameraConflict` if its name is running or a file or stream it uses is another camera's
+        (`request`: it came over HTTP, and is refused unless the service is running)."""
+        with self._changes:
             with self._lock:
-                self._cameras.pop(camera.name, None)
-            raise
+                if request:
+                    self._refuse_changes("POST /cameras")
+                elif self.phase == "stopping":
+                    raise PipelineError(f"camera {camera.name!r}: not started, the job is stopping")
+                if camera.name in self._cameras:
+                    raise CameraConflict(f"camera {camera.name!r} is running already")
+                if len(self._cameras) >= self.settings.live.max_cameras:
+                    raise CameraConflict(f"camera {camera.name!r}: the job runs its most cameras already "
+                                         f"({self.settings.live.max_cameras}, live.max_cameras)")
+                for other in self._cameras.values():
+                    problem = clash(camera, other)
+                    if problem:
+                        raise CameraConflict(f"camera {camera.name!r}: {problem}")
+                self._cameras[camera.name] = camera
+                self._finished.pop(camera.name, None)  # a name used again: its earlier run's summary is replaced
+            try:
+                self.pool.start(camera)
+            except BaseException:
+                with self._lock:
+                    self._cameras.pop(camera.name, None)
+                raise
 
     def add_entry(self, entry) -> Camera:
-        """A camera from a request's JSON body: checked as a file entry is, then started."""
-        camera = camera_from_entry(entry, self.settings, "POST /cameras:", self.no_overwrite)
-        self.add(camera)
+        """A camera from a request's JSON body: checked as a file entry is, and as a request must be (its input a URL,
+        its recording a new file inside the recordings folder), then started."""
+        where = "POST /cameras:"
+        self._refuse_changes("POST /cameras")
+        if isinstance(entry, dict):
+            source = entry.get("input")
+            if isinstance(source, str) and source.strip() and not is_url(source):
+                raise RequestRefused(f"{where} input {source} is a local file; over HTTP a camera's input is a URL "
+                                     f"(rtsp, rtmp, srt, udp, tcp, http): file cameras go in the cameras file",
+                                     HTTPStatus.FORBIDDEN)
+            if entry.get("record") is not None:
+                entry = {**entry, "record": recording_inside(entry["record"], self.settings.live.recordings_dir,
+                                                             where)}
+        camera = camera_from_entry(entry, self.settings, where, self.no_overwrite)
+        self.add(camera, request=True)
         return camera
+
+    def fail(self, camera: Camera, error: BaseException) -> None:
+        """A camera that could not start (a cameras-file camera that clashes): its error in the summary, not the
+        job's."""
+        with self._lock:
+            self._finished[camera.name] = {"input": camera.input, "output": camera.targets.publish,
+                                           "record": camera.targets.record, "frames_in": 0, "frames_out": 0,
+                                           "error": one_line(error)}
 
     def remove(self, name: str) -> dict:
         """Stop a camera and close its outputs cleanly: its summary. KeyError for a name not running."""
-        with self._lock:
-            if name not in self._cameras:
-                raise KeyError(name)
-        summary = self.pool.stop(name)
-        with self._lock:
-            self._cameras.pop(name, None)
-            self._finished[name] = summary
+        with self._changes:
+            with self._lock:
+                self._refuse_changes(f"DELETE /cameras/{name}")
+                if name not in self._cameras:
+                    raise KeyError(name)
+            summary = self.pool.stop(name)
+            with self._lock:
+                self._cameras.pop(name, None)
+                self._finished[name] = summary
         return summary
 
     def cameras(self) -> dict[str, dict]:
@@ -224,27 +340,35 @@ class CameraService:
             running = dict(self._cameras)
         figures = self.pool.stats()
         return {name: {"name": name, "input": camera.input, "output": camera.targets.publish,
-                       "record": camera.targets.record, **figures.get(name, {"state": "starting"})}
+                       "record": camera.targets.record, "error": None, **figures.get(name, {"state": "starting"})}
                 for name, camera in running.items()}
 
     def ready(self) -> tuple[bool, str]:
-        """Ready once the model is loaded and every camera is connected or reconnecting; (ready, why not)."""
+        """Ready once the model is loaded and every camera is connected or reconnecting; (ready, why not: each
+        waiting camera with its last error)."""
         if not self.model_loaded:
             return False, "the model is loading"
+        if self.phase != "running":
+            return False, f"the service is {self.phase}"
         # (a file played in real time that has ended is done, not waited for)
-        waiting = [name for name, camera in self.cameras().items()
-                   if camera["state"] not in ("running", "reconnecting", "ended")]
-        return (not waiting), (f"not connected yet: {', '.join(sorted(waiting))}" if waiting else "ready")
+        waiting = {name: camera.get("error") for name, camera in self.cameras().items()
+                   if camera["state"] not in ("running", "reconnecting", "ended")}
+        if not waiting:
+            return True, "ready"
+        return False, "not connected yet: " + "; ".join(
+            f"{name} ({error})" if error else name for name, error in sorted(waiting.items()))
 
     def stop_all(self) -> dict:
         """Every camera stopped, its outputs closed: the job's summary."""
-        with self._lock:
-            names = list(self._cameras)
-        summaries = self.pool.stop_all(names)
-        with self._lock:
-            self._finished.update(summaries)
-            self._cameras.clear()
-            cameras = dict(self._finished)
+        self.stopping()
+        with self._changes:
+            with self._lock:
+                names = list(self._cameras)
+            summaries = self.pool.stop_all(names)
+            with self._lock:
+                self._finished.update(summaries)
+                self._cameras.clear()
+                cameras = dict(self._finished)
         return {"cameras": cameras, "model_batches": self.pool.batching(),
                 "seconds": round(time.monotonic() - self.started, 3)}
 

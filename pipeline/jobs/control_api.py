@@ -1,46 +1,142 @@
 """
 The many-camera job's HTTP control API, served by the job's own process (bound to 127.0.0.1 unless told otherwise).
 
-Takes: a `CameraService` (jobs/cameras.py) and an address to listen on.
+Takes: a `CameraService` (jobs/cameras.py), an address to listen on, and the access token (None: no token, which
+only a loopback address may run without).
 Gives:
 - `GET /cameras`: each running camera with its state, frames_in, frames_out, dropped, reconnects, fps_in, fps_out,
-  latency_ms p50 / p95 (JSON); `GET /cameras/NAME`: one;
-- `POST /cameras` (a JSON body with a cameras-file entry's fields): starts a camera, 201 with it;
+  latency_ms p50 / p95, and its last error (JSON); `GET /cameras/NAME`: one;
+- `POST /cameras` (a JSON body with a cameras-file entry's fields; `input` a URL, `record` a name inside the
+  recordings folder): starts a camera, 201 with it;
 - `DELETE /cameras/NAME`: stops it and closes its outputs, 200 with its summary;
 - `GET /healthz`: 200 while the process answers; `GET /readyz`: 200 once the model is loaded and every camera is
-  connected or reconnecting, else 503 with the reason;
-- `GET /metrics`: Prometheus' text format (prometheus_client), per-camera series labelled `camera`.
-A bad request is a 4xx with `{"error": "..."}` (invalid JSON or entry: 400, a name already running: 409, an unknown
-name or path: 404, a method a path does not take: 405, no or too long a body: 411 / 413); nothing in the job breaks.
-Each request runs on a thread of its own (ThreadingHTTPServer), so a slow client holds up no one.
+  connected or reconnecting, else 503 with the reason (each waiting camera's last error);
+- `GET /metrics`: Prometheus' text format (prometheus_client), per-camera series labelled `camera`;
+- `GET /`: an index of the above; `GET /?token=TOKEN` sets the token as an HttpOnly, SameSite=Strict cookie (for a
+  browser) and redirects to `/`.
+With a token, every request but `GET /healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer TOKEN` (or the
+cookie): 401 otherwise, compared in constant time; a client that fails `FAILED_ATTEMPTS` times in
+`FAILED_WINDOW_S` gets 429 until the window has passed.
+A bad request is a 4xx with `{"error": "..."}` (invalid JSON or entry: 400, a name already running or a file taken:
+409, an unknown name or path: 404, a method a path does not take: 405, no or too long a body: 411 / 413, a path
+outside the recordings folder: 403); while the file's cameras are being added, and once the job is stopping,
+changes are answered 503. Nothing in the job breaks. Each connection runs on a thread of its own (at most
+`MAX_CONNECTIONS` at once: more are answered 503 and closed), and a client silent for `READ_TIMEOUT_S` is let go.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import os
+import re
+import socket
+import stat
 import threading
+import time
+from collections import deque
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..stages.frames import PipelineError, one_line
-from .cameras import CameraConflict, CameraService
+from .cameras import CameraService, RequestRefused
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_CONTROL = "127.0.0.1:8765"
+TOKEN_ENVIRONMENT = "DEPTH_CONTROL_TOKEN"
+TOKEN_MIN_CHARS = 16
+TOKEN_COOKIE = "depth_token"
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: no token (they say nothing a camera sees)
+FAILED_ATTEMPTS, FAILED_WINDOW_S = 10, 60.0  # wrong tokens a client may send per window before it gets 429
+MAX_CONNECTIONS = 64  # connections served at once; more are answered 503 at once (a thread each)
+READ_TIMEOUT_S = 10.0  # a client silent this long (a slow or idle one) is let go: its thread is freed
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """HOST:PORT (or :PORT, for 127.0.0.1) -> (host, port); a one-line error for anything else."""
+    """HOST:PORT, [IPv6]:PORT (or :PORT, for 127.0.0.1) -> (host, port); a one-line error for anything else."""
     host, colon, port = text.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
-    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise PipelineError(f"--control {text}: expected HOST:PORT, e.g. 127.0.0.1:8765 (port 0: any free port)")
+    if not colon or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise PipelineError(f"--control {text}: expected HOST:PORT, e.g. 127.0.0.1:8765 or [::1]:8765 (port 0: any "
+                            f"free port)")
     return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is this machine's loopback (127.0.0.0/8, ::1): reachable from here only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def read_token(path: str | None, warn=None) -> str | None:
+    """The access token: the first line of `path` (--control-token-file), else $DEPTH_CONTROL_TOKEN, else None.
+    A token file that other users can read is a warning (`warn`); a missing, empty or short token an error."""
+    if path is None:
+        token, where = os.environ.get(TOKEN_ENVIRONMENT), f"${TOKEN_ENVIRONMENT}"
+        if token is None:
+            return None
+    else:
+        where = path
+        try:
+            with open(path, encoding="utf-8") as file:
+                token = file.readline()
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise PipelineError(f"{path}: control token file not found") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise PipelineError(f"{path}: cannot read the control token ({one_line(error)})") from None
+        if mode & (stat.S_IRGRP | stat.S_IROTH) and warn is not None:
+            warn(f"{path}: the control token file can be read by other users (chmod 600 {path})")
+    token = token.strip()
+    if len(token) < TOKEN_MIN_CHARS or not re.fullmatch(r"[\x21-\x7e]+", token):
+        raise PipelineError(f"{where}: the control token must be at least {TOKEN_MIN_CHARS} printable characters "
+                            f"without spaces (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return token
+
+
+class FailedAttempts:
+    """Wrong tokens per client address over a sliding window: past `limit`, the client waits out the window."""
+
+    def __init__(self, limit: int = FAILED_ATTEMPTS, window_s: float = FAILED_WINDOW_S, max_clients: int = 4096):
+        self.limit, self.window_s, self.max_clients = limit, window_s, max_clients
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_s(self, client: str) -> float:
+        """Seconds until `client` may try again (0: now)."""
+        now = time.monotonic()
+        with self._lock:
+            failures = self._failures.get(client)
+            if failures is None:
+                return 0.0
+            while failures and now - failures[0] >= self.window_s:
+                failures.popleft()
+            if not failures:
+                del self._failures[client]
+                return 0.0
+            return self.window_s - (now - failures[0]) if len(failures) >= self.limit else 0.0
+
+    def failed(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if client not in self._failures and len(self._failures) >= self.max_clients:
+                # Memory stays bounded under a flood from many addresses: the oldest records go
+                for stale in sorted(self._failures, key=lambda c: self._failures[c][-1])[: self.max_clients // 4]:
+                    del self._failures[stale]
+            self._failures.setdefault(client, deque(maxlen=self.limit)).append(now)
 
 
 class CameraMetrics:
@@ -88,15 +184,55 @@ class CameraMetrics:
                 yield GaugeMetricFamily(f"depth_model_batch_{key}", text, value=batches[key])
 
 
-class ControlServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 8765):
-        """Binds at once, so that a port in use is an error before anything starts; serves from `start`."""
-        self._handler = type("Handler", (ControlHandler,), {})
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` at once: one more is answered 503 and closed at once
+    (750 slow clients held 780 threads before), and nothing it does reaches stderr as a traceback."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int = MAX_CONNECTIONS):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            body = b'{"error": "too many connections; try again"}\n'
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                                % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
         try:
-            self.server = ThreadingHTTPServer((host, port), self._handler)
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        pass  # a client that left early, or sent nonsense: its connection is closed, and the service goes on
+
+
+class ControlServer:
+    def __init__(self, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+                 max_connections: int = MAX_CONNECTIONS, failed_attempts: int = FAILED_ATTEMPTS):
+        """Binds at once, so that a port in use is an error before anything starts; serves from `start`."""
+        self._handler = type("Handler", (ControlHandler,), {"token": token,
+                                                            "attempts": FailedAttempts(failed_attempts)})
+        try:
+            self.server = BoundedHTTPServer((host, port), self._handler, max_connections)
         except OSError as error:
             raise PipelineError(f"--control {host}:{port}: cannot listen there ({error.strerror or error})") from None
-        self.server.daemon_threads = True
         # (the poll interval is how long `close` waits for the serving thread to notice)
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True,
                                         name="control-api")
@@ -104,7 +240,7 @@ class ControlServer:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def start(self, service: CameraService) -> "ControlServer":
         registry = CollectorRegistry(auto_describe=False)
@@ -122,16 +258,29 @@ class ControlServer:
 class ControlHandler(BaseHTTPRequestHandler):
     service: CameraService
     registry: CollectorRegistry
+    token: str | None
+    attempts: FailedAttempts
     server_version = "video-depth"
     protocol_version = "HTTP/1.1"
+    timeout = READ_TIMEOUT_S  # (socketserver sets it on the connection: reads and writes give up after it)
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass  # requests are not logged: /metrics is scraped every few seconds
+
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionError, TimeoutError):
+            pass  # the client left early, or was silent too long: nothing to answer
 
     # Routes ..........................................................................................................
 
     def do_GET(self):
         path = self._path()
+        if path == "/" and "token" in parse_qs(urlsplit(self.path).query):
+            return self._token_to_cookie()
+        if not self._authorised(path):
+            return None
         if path == "/healthz":
             return self._json(HTTPStatus.OK, {"status": "ok"})
         if path == "/readyz":
@@ -142,6 +291,11 @@ class ControlHandler(BaseHTTPRequestHandler):
             return self._json(HTTPStatus.OK, {"cameras": list(self.service.cameras().values())})
         if path == "/metrics":
             return self._send(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        if path == "/":
+            return self._json(HTTPStatus.OK, {"service": "video-depth live", "paths": {
+                "GET /cameras": "every camera's state and figures", "POST /cameras": "add a camera (JSON entry)",
+                "GET /cameras/NAME": "one camera", "DELETE /cameras/NAME": "stop a camera",
+                "GET /healthz": "liveness", "GET /readyz": "readiness", "GET /metrics": "Prometheus text"}})
         if path.startswith("/cameras/"):
             name = unquote(path[len("/cameras/"):])
             camera = self.service.cameras().get(name)
@@ -152,6 +306,8 @@ class ControlHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         path = self._path()
+        if not self._authorised(path):
+            return None
         if path != "/cameras":
             return self._wrong_method(path, "POST")
         body = self._body()
@@ -161,10 +317,12 @@ class ControlHandler(BaseHTTPRequestHandler):
             entry = json.loads(body)
         except (ValueError, UnicodeDecodeError) as error:
             return self._error(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON ({one_line(error)})")
+        except RecursionError:
+            return self._error(HTTPStatus.BAD_REQUEST, "the body is not valid JSON (nested too deeply)")
         try:
             camera = self.service.add_entry(entry)
-        except CameraConflict as error:
-            return self._error(HTTPStatus.CONFLICT, str(error))
+        except RequestRefused as error:
+            return self._error(HTTPStatus(error.status), str(error), error.headers)
         except PipelineError as error:
             return self._error(HTTPStatus.BAD_REQUEST, one_line(error))
         return self._json(HTTPStatus.CREATED, {"name": camera.name, "input": camera.input,
@@ -173,19 +331,75 @@ class ControlHandler(BaseHTTPRequestHandler):
 
     def do_DELETE(self):
         path = self._path()
+        if not self._authorised(path):
+            return None
         if not path.startswith("/cameras/"):
             return self._wrong_method(path, "DELETE")
         name = unquote(path[len("/cameras/"):])
         try:
             summary = self.service.remove(name)
+        except RequestRefused as error:
+            return self._error(HTTPStatus(error.status), str(error), error.headers)
         except KeyError:
             return self._error(HTTPStatus.NOT_FOUND, f"no camera named {name!r} is running")
         return self._json(HTTPStatus.OK, {"name": name, "summary": summary})
 
     def do_PUT(self):
-        return self._wrong_method(self._path(), "PUT")
+        path = self._path()
+        if self._authorised(path):
+            self._wrong_method(path, self.command)
 
     do_PATCH = do_PUT
+
+    # Access ..........................................................................................................
+
+    def _authorised(self, path: str) -> bool:
+        """Whether the request may go on; if not, it has been answered (401, or 429 after too many failures)."""
+        if self.token is None or (self.command == "GET" and path in OPEN_PATHS):
+            return True
+        client = self.client_address[0]
+        wait_s = self.attempts.wait_s(client)
+        if wait_s > 0:
+            self._error(HTTPStatus.TOO_MANY_REQUESTS, f"too many wrong tokens from {client}; try again in "
+                                                      f"{wait_s:.0f} s", {"Retry-After": str(int(wait_s) + 1)})
+            return False
+        if self._token_matches(self._given_token()):
+            return True
+        self.attempts.failed(client)
+        self._error(HTTPStatus.UNAUTHORIZED, "a valid token is required: Authorization: Bearer TOKEN",
+                    {"WWW-Authenticate": 'Bearer realm="video-depth"'})
+        return False
+
+    def _given_token(self) -> str | None:
+        scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        for part in (self.headers.get("Cookie") or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == TOKEN_COOKIE and value:
+                return value
+        return None
+
+    def _token_matches(self, given: str | None) -> bool:
+        if given is None or self.token is None:
+            return False
+        return hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
+
+    def _token_to_cookie(self):
+        """GET /?token=TOKEN (a browser's first visit): the token as a cookie, then the page without it in the URL."""
+        client = self.client_address[0]
+        wait_s = self.attempts.wait_s(client)
+        if wait_s > 0:
+            return self._error(HTTPStatus.TOO_MANY_REQUESTS, f"too many wrong tokens from {client}; try again in "
+                                                             f"{wait_s:.0f} s", {"Retry-After": str(int(wait_s) + 1)})
+        given = parse_qs(urlsplit(self.path).query).get("token", [""])[0]
+        if self.token is not None and not self._token_matches(given):
+            self.attempts.failed(client)
+            return self._error(HTTPStatus.UNAUTHORIZED, "the token is not valid")
+        headers = {"Location": "/"}
+        if self.token is not None:
+            headers["Set-Cookie"] = f"{TOKEN_COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path=/"
+        return self._json(HTTPStatus.SEE_OTHER, {"see": "/"}, headers)
 
     # Helpers .........................................................................................................
 
@@ -193,20 +407,28 @@ class ControlHandler(BaseHTTPRequestHandler):
         return urlsplit(self.path).path.rstrip("/") or "/"
 
     def _body(self) -> bytes | None:
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked" or length is None:
+        lengths = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked" or not lengths:
             self._error(HTTPStatus.LENGTH_REQUIRED, "a JSON body with a Content-Length is required")
             return None
-        if not length.isdigit():
+        if len({length.strip() for length in lengths}) > 1:
+            self._error(HTTPStatus.BAD_REQUEST, f"Content-Length given twice with different values: {lengths}")
+            return None
+        length = lengths[0].strip()
+        if not re.fullmatch(r"[0-9]{1,12}", length):  # (str.isdigit takes '²', which int() refuses)
             self._error(HTTPStatus.BAD_REQUEST, f"Content-Length is not a number: {length!r}")
             return None
         if int(length) > MAX_BODY_BYTES:
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY_BYTES} bytes")
             return None
-        return self.rfile.read(int(length))
+        body = self.rfile.read(int(length))
+        if len(body) < int(length):
+            self.close_connection = True  # the client left (or went silent) before the whole body: no answer
+            return None
+        return body
 
     def _wrong_method(self, path: str, method: str):
-        allowed = {"/cameras": "GET, POST", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET"}
+        allowed = {"/cameras": "GET, POST", "/healthz": "GET", "/readyz": "GET", "/metrics": "GET", "/": "GET"}
         if path in allowed or path.startswith("/cameras/"):
             return self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} {path} is not allowed",
                                {"Allow": allowed.get(path, "GET, DELETE")})

@@ -19,9 +19,12 @@ from ..stages.live_source import LiveSource
 
 
 class LiveJob:
-    def __init__(self, settings: PipelineSettings, source: LiveSource, targets: LiveTargets, log=None):
+    def __init__(self, settings: PipelineSettings, source: LiveSource, targets: LiveTargets, log=None,
+                 publish_must_connect: bool = False):
+        """`publish_must_connect`: a destination that refuses the first session ends the run (exit 2)."""
         self.camera = LiveCamera(settings, source, targets, log=log,
-                                 metrics=RayMetrics() if settings.live.metrics else None)
+                                 metrics=RayMetrics() if settings.live.metrics else None,
+                                 publish_must_connect=publish_must_connect)
 
     def stop(self) -> None:
         self.camera.stop()

@@ -143,10 +143,12 @@ class RateMeter:
 
 class LiveCamera:
     def __init__(self, settings: PipelineSettings, source: LiveSource, targets: LiveTargets, name: str | None = None,
-                 log=None, metrics=None):
+                 log=None, metrics=None, publish_must_connect: bool = False):
         """`name`: the camera's, for log lines (several cameras share a log); `metrics`: where frames are also
-        counted (live_metrics.RayMetrics), or None."""
+        counted (live_metrics.RayMetrics), or None; `publish_must_connect`: a destination that refuses the first
+        session is an error that ends the run (else retried with backoff)."""
         self.settings = settings
+        self.publish_must_connect = publish_must_connect
         self.source = source
         self.targets = targets
         self.name = name
@@ -227,7 +229,11 @@ class LiveCamera:
         finally:
             self.source.stop()
             reader.join(timeout=2.0)
-            writer_result = self.sink.close() if self.sink is not None and self.sink.frames_written else None
+            writer_result = None
+            if self.sink is not None and self.sink.frames_written:
+                writer_result = self.sink.close()
+            elif self.sink is not None:
+                self.sink.abort()  # nothing was written (a destination refused at once): no partial recording left
             self._finished = True
         return self._summary(time.monotonic() - started, writer_result)
 
@@ -266,7 +272,8 @@ class LiveCamera:
                 "fps_in": fps_in, "fps_out": fps_out, "latency_ms": {"p50": p50, "p95": p95},
                 "size": [self.source.info.width, self.source.info.height] if self.source.info else None,
                 "publishing": publisher.connected if publisher is not None else None,
-                "error": self.error}
+                # what ended the loop; else why the camera is not connected (refused, not found, timed out)
+                "error": self.error or self.source.last_error}
 
     @property
     def dropped(self) -> int:
@@ -338,7 +345,8 @@ class LiveCamera:
 
         def open_writer(frame_hw: tuple[int, int]) -> LiveWriter:
             publisher = (RtspPublisher(self.targets.publish, frame_hw, rate, settings.live.transport, log=self.log,
-                                       qp=render.qp, crf=render.crf) if self.targets.publish else None)
+                                       qp=render.qp, crf=render.crf, must_connect_first=self.publish_must_connect)
+                         if self.targets.publish else None)
             recorder = (DepthVideoWriter(self.targets.record, render.depth_format, live_info, frame_hw,
                                          preset=render.preset, qp=render.qp, crf=render.crf,
                                          metadata=output_metadata(

@@ -5,7 +5,8 @@ with backoff when the source goes away.
 Takes: a URL PyAV opens (rtsp://, srt://, udp://, http://, ...) or a file with `realtime=True`.
 Gives: `frames()`, an endless iterator of `LiveFrame` (the picture as `VideoDecoder` gives it, its time in seconds
 on the live clock, its arrival time) and, after a reconnect, a frame with `after_gap=True` (the smoother starts
-again there). Counters: `reconnects`, `frames_in`; `state`: connecting, connected, reconnecting or ended.
+again there). Counters: `reconnects`, `frames_in`; `state`: connecting, connected, reconnecting or ended;
+`last_error`: why the last connection failed or ended, while not connected (None once connected).
 
 The live clock follows the source's own timestamps, offset at each (re)connection so that it continues from the
 arrival time: monotonic across reconnects, and a stall shows as a gap, not a jump back. RTSP is read over TCP by
@@ -58,6 +59,7 @@ class LiveSource:
         self.frames_in = 0
         self.state = "connecting"  # -> connected <-> reconnecting -> ended
         self.info = None  # the current connection's VideoInfo (its size changes when a camera comes back resized)
+        self.last_error: str | None = None  # why it is not connected (a camera refusing, a stream that ended)
         self._started = time.monotonic()
         self._stopped = False
 
@@ -80,7 +82,7 @@ class LiveSource:
         if decoder is None:
             decoder = self._connect("not connected yet", first=True)
         while decoder is not None and not self._stopped:
-            self.state, self.info, offset = "connected", decoder.info, None
+            self.state, self.info, self.last_error, offset = "connected", decoder.info, None, None
             try:
                 for pts, pixels in decoder.frames():
                     if self._stopped:
@@ -102,7 +104,7 @@ class LiveSource:
                 decoder.close()
             if not is_url(self.source) or self._stopped:
                 break  # a file played in real time ends like a file
-            self.state = "reconnecting"
+            self.state, self.last_error = "reconnecting", reason
             decoder, after_gap = self._connect(reason), True
         self.state = "ended"
 
@@ -115,6 +117,7 @@ class LiveSource:
                     return VideoDecoder(self.source, options=self.options)
                 except PipelineError as error:
                     reason, first = one_line(error), False
+                    self.last_error = reason
                     continue
             self.log(f"live: {self.source}: {reason}; {'connecting' if self.state == 'connecting' else 'reconnecting'}"
                      f" in {delay:.1f} s")
@@ -123,7 +126,7 @@ class LiveSource:
             try:
                 decoder = VideoDecoder(self.source, options=self.options)
             except PipelineError as error:
-                reason = one_line(error)
+                reason = self.last_error = one_line(error)
                 continue
             if self.state == "reconnecting":
                 self.reconnects += 1

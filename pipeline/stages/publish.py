@@ -5,7 +5,10 @@ streams), re-publishing with backoff when the server goes away.
 Takes: `write(image, seconds)` with an image as the sink renders it (I420 (3H/2) x W, RGB, or gray) and its time on
 the live clock (seconds, increasing).
 Gives: the stream at `url`; `frames_out`, `frames_lost` (written while the server was away: dropped, counted) and
-`republished` (how many times the session was opened again).
+`republished` (how many times the session was opened again). With `must_connect_first`, a first session that cannot
+be opened is a one-line `PipelineError` (a destination wrong from the start), not a retry loop: the session itself is
+the check, since a probe connection ahead of it would be taken by a one-shot receiver (ffplay or FFmpeg in listen
+mode) as its one publisher, which then leaves.
 
 H.264 for latency: libx264 `ultrafast` with `zerolatency` (no lookahead, no B-frames, one frame in, one packet out),
 a keyframe every second so a viewer who joins (or a server that restarts) gets a picture within a second, and the
@@ -14,7 +17,6 @@ parameter sets repeated before every keyframe. RTSP over TCP: no losses on a bus
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 from fractions import Fraction
@@ -29,27 +31,25 @@ from .frames import PipelineError, one_line
 LIVE_TIME_BASE = Fraction(1, 90_000)  # RTP's clock for video
 
 
-def check_reachable(url: str, timeout_s: float = 5.0) -> None:
-    """A TCP connection to the RTSP server (closed at once): a destination that cannot be reached at start is a
-    one-line `PipelineError`, not a run that retries to the end and publishes nothing. (One lost later is retried.)"""
+def check_publish_url(url: str) -> None:
+    """An rtsp:// or rtsps:// URL with a host and a valid port, or a one-line `PipelineError`; nothing is contacted."""
     parts = urlsplit(url)
     try:
-        port = parts.port or (322 if parts.scheme == "rtsps" else 554)
+        _ = parts.port
     except ValueError:
         raise PipelineError(f"{url}: not a valid RTSP URL (bad port)") from None
-    if not parts.hostname:
-        raise PipelineError(f"{url}: not a valid RTSP URL (no host)")
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
-    except OSError as error:
-        raise PipelineError(f"{url}: cannot reach the RTSP server to publish to ({error.strerror or error})") from None
+    if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
+        raise PipelineError(f"{url}: not a valid RTSP URL (rtsp://HOST[:PORT]/PATH)")
 
 
 class RtspPublisher:
     def __init__(self, url: str, frame_hw: tuple[int, int], rate: float, transport: str = "tcp",
-                 backoff_s: tuple[float, float] = (0.5, 8.0), log=None, qp: int = 16, crf: int | None = None):
-        """`qp` / `crf`: the picture's quality, as for files (see `encode.x264_options`)."""
+                 backoff_s: tuple[float, float] = (0.5, 8.0), log=None, qp: int = 16, crf: int | None = None,
+                 must_connect_first: bool = False):
+        """`qp` / `crf`: the picture's quality, as for files (see `encode.x264_options`); `must_connect_first`: the
+        first session failing is an error (one camera's run), not retried (many cameras: it may come up later)."""
         self.url = url
+        self.must_connect_first = must_connect_first
         self.rate_control = (qp, crf)
         self.frame_hw = frame_hw
         self.rate = rate
@@ -92,6 +92,8 @@ class RtspPublisher:
             try:
                 self._open()
             except (av.FFmpegError, OSError) as error:
+                if self.must_connect_first and not self._opened_once:
+                    raise PipelineError(f"{self.url}: cannot publish there ({one_line(error)})") from None
                 self._failed(error, "cannot publish to")
                 return False
         pts = max(round(seconds / LIVE_TIME_BASE), self._last_pts + 1)  # strictly increasing, on the RTP clock
