@@ -1,13 +1,14 @@
 """
 The Ray actors: thin wrappers around the plain stages, one job each.
 
-    DecodeActor (VideoDecoder) --FrameBatch--> ModelActor x N (DepthWorker) --DepthBatch--> SinkActor (DepthSink)
+    StreamActor (VideoDecoder) --FrameBatch--> ModelActor x N (DepthWorker) --DepthBatch--> SinkActor (DepthSink)
+    CameraActor (LiveCamera) --frames of many cameras, batched together--> ModelActor
 
 Takes (construction): arguments only, stored; work, and its errors, happen in method calls, so errors arrive intact
 as the calls' errors rather than as dead actors.
 Gives: a decode actor reads one stream at a time (`open`, `next_batch`, `stats`), a sink writes one at a time
 (`open`, `write`, `close` / `abort`): both are kept for the next stream (stream_pool.py); a model actor serves every
-stream of a job (`infer`), with its control calls (`ready`, `load`, `usage`) on a thread of their own.
+stream of a job (`infer`), with its probe (`ready`), its `load` and its control calls (`usage`, `batching`) each on a thread of their own.
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ LIVE_CALLS_AT_ONCE = 128
 
 
 @ray.remote(max_restarts=MODEL_ACTOR_RESTARTS, max_task_retries=MODEL_ACTOR_RESTARTS,
-            concurrency_groups={"control": 1, "live": LIVE_CALLS_AT_ONCE})
+            concurrency_groups={"probe": 1, "load": 1, "control": 1, "live": LIVE_CALLS_AT_ONCE})
 class ModelActor:
     def __init__(self, source: ModelSource, options: PredictorOptions, device: str, threads: int, batch_size: int,
                  network_batch: int):
@@ -237,12 +238,13 @@ class ModelActor:
         self._loading = threading.Lock()  # two calls at once on a GPU: one loads, the other waits
         self._batchers: dict[tuple, CrossStreamBatcher] = {}
 
-    @ray.method(concurrency_group="control")
+    @ray.method(concurrency_group="probe")
     def ready(self) -> bool:
-        """Answers as soon as the actor is placed and its process runs (before the model is loaded)."""
-        return True  # (SinkActor.ready likewise)
+        """Answers as soon as the actor is placed and its process runs, however long the model takes to load (a Hub
+        download on a worker node): a thread of its own, never queued behind `load`. (SinkActor.ready likewise.)"""
+        return True
 
-    @ray.method(concurrency_group="control")
+    @ray.method(concurrency_group="load")
     def load(self) -> dict:
         worker = self._loaded()
         config = worker.predictor.net.config

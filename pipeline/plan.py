@@ -74,17 +74,24 @@ def plan_actors(settings: PipelineSettings, resources: dict[str, float], cuda_pr
     smoother_device = "cpu" if smoothing_device == "auto" else smoothing_device.partition(":")[0]
     sinks_on_gpu = smoother_device.startswith("cuda")
     model_options = {"num_cpus": 1}
+    share = 0.0
     if use_gpu:
         # Shares from the count, so that N actors fit on the GPUs there are (2 on one GPU: half each); a tenth of
         # each GPU is left for the sinks when they smooth there (SINK_GPU_SHARE each)
         share = 1 / math.ceil(count / gpus) * (1 - SINKS_GPU_ROOM if sinks_on_gpu else 1)
         if ray_settings.gpus_per_model_actor:  # asked for: several jobs (live cameras, batches) share a GPU
             share = ray_settings.gpus_per_model_actor
-            if count * share > gpus + 1e-9:
-                raise PipelineError(f"{count} model actors of {share:g} GPU each need {count * share:g} GPUs and the "
-                                    f"Ray cluster has {gpus:g}")
+            check_gpu_shares(count, share, gpus, sinks_on_gpu)
         model_options = {"num_gpus": round(share, 4), "max_concurrency": 2, "num_cpus": 1}
     threads = model.threads or (0 if use_gpu else max(1, int(cpus // count)))
+    max_streams = ray_settings.max_streams or max_streams_for(cpus - count, resources.get("memory", 0))
+    if sinks_on_gpu:  # every open stream's sink holds a share of a GPU: no more streams than the shares left
+        sink_room = int((gpus - count * share) / SINK_GPU_SHARE + 1e-6)
+        if ray_settings.max_streams and ray_settings.max_streams > sink_room:
+            raise PipelineError(f"ray.max_streams {ray_settings.max_streams}: each stream's sink takes "
+                                f"{SINK_GPU_SHARE:g} GPU (smoothing.device: cuda), and the model actors leave room "
+                                f"for {sink_room}")
+        max_streams = min(max_streams, sink_room)
     batch_size = settings.batching.batch_size or (8 if use_gpu else 4)
     return ActorPlan(
         model_actors=count,
@@ -96,8 +103,22 @@ def plan_actors(settings: PipelineSettings, resources: dict[str, float], cuda_pr
         network_batch=settings.batching.network_batch or (batch_size if use_gpu else 1),
         smoother_device=smoother_device,
         sink_options={"num_gpus": SINK_GPU_SHARE} if sinks_on_gpu else {},
-        max_streams=ray_settings.max_streams or max_streams_for(cpus - count, resources.get("memory", 0)),
+        max_streams=max_streams,
     )
+
+
+def check_gpu_shares(count: int, share: float, gpus: float, sinks_on_gpu: bool) -> None:
+    """Model actors of `share` GPU each, and the sinks' shares when they smooth on the GPU, all fit the GPUs, or a
+    one-line error: Ray would otherwise leave an actor (or every stream's sink) waiting for a GPU share that never
+    frees. A fractional share must fit within one GPU, so a GPU holds floor(1 / share) actors."""
+    per_gpu = math.floor(1 / share + 1e-9) if share < 1 else 1
+    if count > per_gpu * math.floor(gpus) or count * share > gpus + 1e-9:
+        raise PipelineError(f"{count} model actors of {share:g} GPU each do not fit on {gpus:g} GPUs ({per_gpu} of "
+                            f"them fit on one GPU)")
+    if sinks_on_gpu and gpus - count * share < SINK_GPU_SHARE * 2 - 1e-9:
+        raise PipelineError(f"{count} model actors of {share:g} GPU each leave no GPU share for the sinks, which "
+                            f"smooth on the GPU (smoothing.device: cuda; {SINK_GPU_SHARE:g} GPU each): lower "
+                            f"ray.gpus_per_model_actor, or smooth on the CPU (smoothing.device: auto)")
 
 
 STREAM_MEMORY_BYTES = 1.5e9  # a stream's decode and sink processes at 720p (peak RSS about 0.7 GB each)

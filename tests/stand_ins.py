@@ -25,3 +25,9 @@ class SlowDepth(torch.nn.Module):
 
 def build_slow_depth() -> torch.nn.Module:
     return SlowDepth()
+
+
+def build_slow_loading_depth() -> torch.nn.Module:
+    """SlowDepth after a 6-second load (a Hub download on a worker node, a large checkpoint)."""
+    time.sleep(6.0)
+    return SlowDepth()

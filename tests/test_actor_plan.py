@@ -30,7 +30,7 @@ def test_a_gpu_share_asked_for_lets_several_jobs_use_one_gpu():
     assert result.use_gpu and result.model_actors == 1 and result.model_options["num_gpus"] == 0.25
     assert plan({"CPU": 16, "GPU": 2}, **{"ray.gpus_per_model_actor": 0.5, "ray.model_actors": 4}) \
         .model_options["num_gpus"] == 0.5
-    with pytest.raises(PipelineError, match="3 model actors of 0.5 GPU each need 1.5 GPUs and the Ray cluster has 1"):
+    with pytest.raises(PipelineError, match="3 model actors of 0.5 GPU each do not fit on 1 GPUs"):
         plan({"CPU": 16, "GPU": 1}, **{"ray.gpus_per_model_actor": 0.5, "ray.model_actors": 3})
     for bad in (1.5, -0.1, "half"):
         with pytest.raises(PipelineError, match="ray.gpus_per_model_actor"):
@@ -96,3 +96,24 @@ def test_requests_the_cluster_cannot_meet(resources, overrides, message):
 def test_streams_open_at_once_are_bounded_by_cpus_and_memory(resources, expected):
     assert plan(resources).max_streams == expected
     assert plan(resources, **{"ray.max_streams": 3}).max_streams == 3
+
+
+def test_gpu_shares_are_planned_together_with_the_sinks():
+    """Two model actors of 0.5 and sinks smoothing on the GPU asked for 1.001 GPUs of one: every stream waited for
+    its sink's share and failed after a minute. Refused before anything starts."""
+    with pytest.raises(PipelineError, match="leave no GPU share for the sinks"):
+        plan({"CPU": 16, "GPU": 1}, **{"ray.gpus_per_model_actor": 0.5, "ray.model_actors": 2,
+                                      "smoothing.device": "cuda"})
+    # Three actors of 0.6 on two GPUs: 1.8 GPUs in all, but one GPU holds one of them: the third never places
+    with pytest.raises(PipelineError, match="1 of them fit on one GPU"):
+        plan({"CPU": 16, "GPU": 2}, **{"ray.gpus_per_model_actor": 0.6, "ray.model_actors": 3})
+    # Room left: the streams open at once are bounded by the sinks' shares it holds
+    result = plan({"CPU": 64, "GPU": 1, "memory": 1e12}, **{"ray.gpus_per_model_actor": 0.495, "ray.model_actors": 2,
+                                                           "smoothing.device": "cuda"})
+    assert result.sink_options == {"num_gpus": 0.001} and result.max_streams == 10
+    assert 2 * result.model_options["num_gpus"] + result.max_streams * 0.001 <= 1.0
+    with pytest.raises(PipelineError, match="ray.max_streams 50: each stream's sink takes 0.001 GPU"):
+        plan({"CPU": 64, "GPU": 1}, **{"ray.gpus_per_model_actor": 0.495, "ray.model_actors": 2,
+                                      "smoothing.device": "cuda", "ray.max_streams": 50})
+    # The default shares leave a tenth of each GPU to the sinks: 100 streams
+    assert plan({"CPU": 256, "GPU": 1, "memory": 1e13}, **{"smoothing.device": "cuda"}).max_streams == 100

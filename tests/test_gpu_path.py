@@ -146,6 +146,108 @@ def test_pinned_shapes_are_let_go_least_recently_used_first():
     assert allocate.allocated.count((4, 10, 10)) == 1
 
 
+def test_slots_of_two_shapes_taken_by_four_threads_never_deadlock():
+    """Cameras of two sizes in one pass take a slot of each shape. Taken one by one, in the order the parts arrived,
+    two calls holding the 1080p slots and waiting for a 720p one, and two the other way round, waited for ever (every
+    camera on that model actor froze): "calls finished: 0 of 4". Taken together, all four finish."""
+    import threading
+
+    from pipeline.stages.infer import PinnedSlots
+
+    slots = PinnedSlots(2, batch_size=2, allocate=CountingAllocator())
+    big, small = (2, 1620, 1920), (2, 1080, 1280)  # I420 1080p and 720p
+    barrier = threading.Barrier(4)
+    finished = []
+
+    def call(order):
+        barrier.wait()
+        for _ in range(50):
+            taken = slots.take_all([(shape, torch.uint8) for shape in order])
+            assert len({slot.data_ptr() for slot, _ in taken}) == len(order)
+            slots.give_back_all([slot for slot, _ in taken])
+        finished.append(order)
+
+    threads = [threading.Thread(target=call, args=(order,), daemon=True)
+               for order in ([big, small], [big, small], [small, big], [small, big])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert len(finished) == 4, f"calls finished: {len(finished)} of 4"
+
+
+def test_the_old_one_at_a_time_order_does_deadlock():
+    """The interleaving above, forced, with slots taken one at a time: the test's own check that it can fail."""
+    import threading
+
+    from pipeline.stages.infer import PinnedSlots
+
+    slots = PinnedSlots(2, batch_size=2, allocate=CountingAllocator())
+    big, small = (2, 30, 40), (2, 20, 30)
+    holding = threading.Barrier(4)
+    finished = []
+
+    def call(first, second):
+        slot, _ = slots.take(first, torch.uint8)
+        holding.wait()  # each holds one slot of its first shape
+        got = threading.Event()
+        waiter = threading.Thread(target=lambda: (slots.take(second, torch.uint8), got.set()), daemon=True)
+        waiter.start()
+        finished.append(got.wait(0.5))
+        slots.give_back(slot)
+
+    threads = [threading.Thread(target=call, args=order) for order in ((big, small),) * 2 + ((small, big),) * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert finished == [False] * 4, "each waited with its first slot held"
+
+
+def test_a_compiled_network_runs_at_a_few_pass_sizes_only():
+    """With torch.compile, every new pass size compiles again inside the compute lock (tens of seconds, every camera
+    stalled): live passes of 1 to 8 cameras' frames and a short last batch are padded to 1, 2, 4 or 8."""
+    import numpy as np
+
+    from pipeline.stages.frames import FrameBatch
+    from pipeline.stages.infer import DepthWorker, pass_sizes
+
+    assert pass_sizes(8) == (1, 2, 4, 8) and pass_sizes(6) == (1, 2, 4, 6) and pass_sizes(1) == (1,)
+    from dataclasses import replace
+
+    net = random_model("vits", seed=3)
+    plain = DepthWorker(DepthPredictor(net, PredictorOptions(input_size=28)), batch_size=8)
+    predictor = DepthPredictor(net, PredictorOptions(input_size=28))
+    predictor.options = replace(predictor.options, compile=True)  # said compiled, run eager: what matters is the sizes
+    worker = DepthWorker(predictor, batch_size=8)
+    seen = []
+    forward = predictor.forward
+    predictor.forward = lambda image: (seen.append(len(image)), forward(image))[1]
+    frames = np.random.default_rng(0).integers(0, 256, (8, 28, 42, 3), dtype=np.uint8)
+    for count in range(1, 9):
+        batches = [FrameBatch(0, [i], Fraction(1, 25), frames[i:i + 1], "rgb24") for i in range(count)]
+        together = worker.infer_together(batches, "float32")
+        expected = plain.infer(FrameBatch(0, list(range(count)), Fraction(1, 25), frames[:count], "rgb24"), "float32")
+        assert np.allclose(np.concatenate([d.depth for d in together]), expected.depth, atol=1e-5)
+    assert sorted(set(seen)) == [1, 2, 4, 8], seen
+    assert worker.frames_processed == 36
+
+
+def test_the_workers_counters_add_up_from_many_threads():
+    import threading
+
+    from pipeline.stages.infer import DepthWorker
+
+    worker = DepthWorker(DepthPredictor(random_model("vits", seed=3), PredictorOptions(input_size=28)))
+    threads = [threading.Thread(target=lambda: [worker._counted(frames=1, cpu_s=0.5, gpu_ms=2.0)
+                                                for _ in range(20000)]) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (worker.frames_processed, worker.predict_cpu_s, worker.gpu_busy_ms) == (80000, 40000.0, 160000.0)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The model actor's control calls answer while batches are being inferred
 
@@ -175,6 +277,34 @@ def test_control_calls_do_not_queue_behind_inference(ray_cluster):
         ray.kill(actor)
     assert answered_after < 2.0, f"usage waited {answered_after:.1f} s behind the batches"
     assert usage["frames"] < 4
+
+
+def test_ready_answers_while_the_model_loads(ray_cluster):
+    """Placement waits on `ready`; queued behind an 8 s `load` on the one control thread, it answered 9.1 s late, and a
+    load longer than placement_timeout_s (a Hub download on a worker node) read as 'could not be placed'."""
+    import time
+
+    import ray
+
+    from pipeline.actors import ModelActor
+    from pipeline.stages.infer import ModelSource
+    from tests.stand_ins import build_slow_loading_depth
+
+    actor = ModelActor.options(num_cpus=0).remote(ModelSource(builder=build_slow_loading_depth),
+                                                  PredictorOptions(input_size=28), "cpu", 1, 1, 1)
+    try:
+        ray.get(actor.ready.remote(), timeout=60)  # the process is up
+        loading = actor.load.remote()
+        time.sleep(0.5)  # the load has begun
+        started = time.monotonic()
+        assert ray.get(actor.ready.remote(), timeout=30)
+        answered_after = time.monotonic() - started
+        usage_ref = actor.usage.remote()
+        ray.get(loading, timeout=60)
+        ray.get(usage_ref, timeout=60)
+    finally:
+        ray.kill(actor)
+    assert answered_after < 2.0, f"ready waited {answered_after:.1f} s behind the model's load"
 
 
 def test_the_network_compiles_as_one_graph():

@@ -15,7 +15,6 @@ stream outside the compute lock. On the CPU the same `infer` runs without any of
 
 from __future__ import annotations
 
-import queue
 import socket
 import threading
 import time
@@ -101,40 +100,77 @@ class PinnedSlots:
     """A few reusable pinned host buffers per frame shape, handed out one per call in flight.
 
     Each slot holds `batch_size` frames; a shorter batch (every video's last) gets a view of a slot's first frames,
-    not a buffer of its own: page-locking new memory (cudaHostAlloc) stalls every stream while it runs. Shapes are
-    kept least recently used first; past `max_shapes` the least recently used one is let go (a stream of a size
-    not seen for a while), never the one in use.
+    not a buffer of its own: page-locking new memory (cudaHostAlloc) stalls every stream while it runs. A call with
+    parts of several shapes (cameras of two sizes in one pass) takes its slots all at once, or waits holding none: two
+    calls each holding one shape's slot and waiting for the other's would wait for ever. Shapes are kept least
+    recently used first; past `max_shapes` the least recently used shape with no slot out is let go (a stream of a
+    size not seen for a while), never one in use.
     """
 
     def __init__(self, slots: int, batch_size: int, max_shapes: int = 8, allocate=_pinned_empty):
         self._slots, self._batch_size, self._max_shapes = slots, batch_size, max_shapes
         self._allocate = allocate  # (shape, dtype) -> a page-locked tensor; a seam for the tests
-        self._pools: dict[tuple, tuple[int, queue.SimpleQueue]] = {}  # (frame shape, dtype) -> (frames a slot, free)
-        self._lock = threading.Lock()
+        # (frame shape, dtype) -> (frames a slot, its free slots); dict order: least recently used first
+        self._pools: dict[tuple, tuple[int, list[torch.Tensor]]] = {}
+        self._changed = threading.Condition()
 
     def take(self, shape: tuple, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(the slot, a view of it of `shape`); give the slot back when the copy from it is complete."""
-        frames, key = shape[0], (tuple(shape[1:]), dtype)
-        with self._lock:
-            pool = self._pools.pop(key, None)
-            if pool is None:
-                if len(self._pools) >= self._max_shapes:  # streams of many sizes: let the least recently used go
-                    self._pools.pop(next(iter(self._pools)))
-                capacity = max(self._batch_size, frames)
-                pool = (capacity, queue.SimpleQueue())
-                for _ in range(self._slots):
-                    pool[1].put(self._allocate((capacity, *key[0]), dtype))
-            self._pools[key] = pool  # (re)inserted last: the most recently used
-        capacity, free = pool
-        # A batch larger than the slots (the batch size was not known): a buffer of its own, not kept
-        slot = free.get() if frames <= capacity else self._allocate(shape, dtype)
-        return slot, slot[:frames]
+        return self.take_all([(shape, dtype)])[0]
+
+    def take_all(self, parts: list[tuple[tuple, torch.dtype]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A (slot, view) for each (shape, dtype), taken together: waits until every one is free, holding none."""
+        with self._changed:
+            while True:
+                pools = [self._pool_for(shape, dtype) for shape, dtype in parts]
+                wanted: dict[int, int] = {}
+                for (shape, _), (capacity, free) in zip(parts, pools):
+                    if shape[0] <= capacity:
+                        wanted[id(free)] = wanted.get(id(free), 0) + 1
+                # (more parts of one shape than slots: the extra ones get buffers of their own, below)
+                if all(len(free) >= min(wanted.get(id(free), 0), self._slots) for _, free in pools):
+                    break
+                self._changed.wait()
+            taken = []
+            for (shape, dtype), (capacity, free) in zip(parts, pools):
+                # A batch larger than the slots (the batch size was not known): a buffer of its own, not kept
+                slot = free.pop() if shape[0] <= capacity and free else self._allocate(shape, dtype)
+                taken.append((slot, slot[: shape[0]]))
+            return taken
 
     def give_back(self, slot: torch.Tensor) -> None:
-        with self._lock:
-            pool = self._pools.get((tuple(slot.shape[1:]), slot.dtype))
-        if pool is not None and len(slot) == pool[0]:
-            pool[1].put(slot)
+        self.give_back_all([slot])
+
+    def give_back_all(self, slots: list[torch.Tensor]) -> None:
+        with self._changed:
+            for slot in slots:
+                pool = self._pools.get((tuple(slot.shape[1:]), slot.dtype))
+                if pool is not None and len(slot) == pool[0]:
+                    pool[1].append(slot)
+            self._changed.notify_all()
+
+    def _pool_for(self, shape: tuple, dtype: torch.dtype) -> tuple[int, list[torch.Tensor]]:
+        """The pool of a frame shape, made if new, marked most recently used (the condition's lock held)."""
+        key = (tuple(shape[1:]), dtype)
+        pool = self._pools.pop(key, None)
+        if pool is None:
+            if len(self._pools) >= self._max_shapes:  # streams of many sizes: let the least recently used go
+                idle = [k for k, (_, free) in self._pools.items() if len(free) == self._slots]
+                if idle:
+                    self._pools.pop(idle[0])
+            capacity = max(self._batch_size, shape[0])
+            pool = (capacity, [self._allocate((capacity, *key[0]), dtype) for _ in range(self._slots)])
+        self._pools[key] = pool  # (re)inserted last: the most recently used
+        return pool
+
+
+def pass_sizes(largest: int) -> tuple[int, ...]:
+    """The batch sizes a compiled network is run at: powers of two below `largest`, and `largest` (8: 1, 2, 4, 8)."""
+    sizes, size = [], 1
+    while size < largest:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max(1, largest))
 
 
 class DepthWorker:
@@ -144,15 +180,18 @@ class DepthWorker:
         """`network_batch`: frames per pass through the network (0: the whole batch at once)."""
         self.predictor = predictor
         self.network_batch = network_batch
-        # torch.compile specialises on the batch size: a short last batch is padded to the full size rather than
-        # recompiled (its passes through the network then have the same sizes as every other batch's)
-        self._padded_batch = batch_size if predictor.options.compile else 0
+        # torch.compile specialises on the batch size, and cuDNN's autotuning on every input shape: a pass of any
+        # other size is padded up to the next of a few sizes (powers of two up to the batch), so a short last batch
+        # or a live pass of 1 to 8 cameras' frames never compiles again inside the compute lock, stalling every camera
+        self.pass_sizes = pass_sizes(network_batch or batch_size) if predictor.options.compile else ()
         self.device = predictor.device
         # Metric models' range in metres (None: relative depth): every DepthBatch says what its values are
         self.max_depth = getattr(getattr(predictor.net, "config", None), "max_depth", None)
+        # (updated by 2-4 threads at once: the cross-camera batchers' and Ray's; `_counted` adds under a lock)
         self.frames_processed = 0
         self.predict_cpu_s = 0.0  # CPU seconds inside the predictor (CPU device only)
         self.gpu_busy_ms = 0.0  # GPU milliseconds of compute, from CUDA events around each batch (GPU only)
+        self._counters_lock = threading.Lock()
         self._use_cuda = self.device.type == "cuda"
         self._compute_lock = threading.Lock()
         if self._use_cuda:
@@ -176,11 +215,8 @@ class DepthWorker:
     def infer(self, batch: FrameBatch, depth_dtype: str = "float16") -> DepthBatch:
         """Depth at the model's resolution (B x h x w), in `depth_dtype`: float16 is plenty for 8-bit pictures and
         half the bytes to move; the 16-bit output asks for float32."""
-        pixels = batch.pixels
-        if len(batch) < self._padded_batch:  # repeat the last frame; its depth is dropped below
-            pixels = np.concatenate([pixels, np.repeat(pixels[-1:], self._padded_batch - len(batch), axis=0)])
-        depth = self._infer_parts([(pixels, batch.layout)], DEPTH_DTYPES[depth_dtype])[: len(batch)]
-        self.frames_processed += len(batch)
+        depth = self._infer_parts([(batch.pixels, batch.layout)], DEPTH_DTYPES[depth_dtype])
+        self._counted(frames=len(batch))
         return DepthBatch(batch.first_index, batch.pts, batch.time_base, depth, self.max_depth)
 
     def infer_together(self, batches: list[FrameBatch], depth_dtype: str = "float16") -> list[DepthBatch]:
@@ -207,7 +243,7 @@ class DepthWorker:
             results[index] = DepthBatch(batch.first_index, batch.pts, batch.time_base, depth[start:start + len(batch)],
                                         self.max_depth)
             start += len(batch)
-        self.frames_processed += start
+        self._counted(frames=start)
         return results
 
     def input_size_for(self, batch: FrameBatch) -> tuple[int, int]:
@@ -224,24 +260,38 @@ class DepthWorker:
                   for frames, layout in parts]
         image_bchw = images[0] if len(images) == 1 else torch.cat(images)
         if not self.network_batch or len(image_bchw) <= self.network_batch:
-            return self.predictor.forward(image_bchw)
-        return torch.cat([self.predictor.forward(part) for part in image_bchw.split(self.network_batch)])
+            return self._forward(image_bchw)
+        return torch.cat([self._forward(part) for part in image_bchw.split(self.network_batch)])
+
+    def _forward(self, image_bchw: torch.Tensor) -> torch.Tensor:
+        """One pass, padded up to the next of `pass_sizes` (the last image repeated; its depth dropped)."""
+        frames = len(image_bchw)
+        size = next((size for size in self.pass_sizes if size >= frames), frames)
+        if size > frames:
+            image_bchw = torch.cat([image_bchw, image_bchw[-1:].expand(size - frames, *image_bchw.shape[1:])])
+        return self.predictor.forward(image_bchw)[:frames]
+
+    def _counted(self, frames: int = 0, cpu_s: float = 0.0, gpu_ms: float = 0.0) -> None:
+        with self._counters_lock:
+            self.frames_processed += frames
+            self.predict_cpu_s += cpu_s
+            self.gpu_busy_ms += gpu_ms
 
     def _infer_cpu(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype) -> np.ndarray:
         with self._compute_lock:
             started = time.process_time()
             depth = self._predict([(torch.from_numpy(pixels), layout) for pixels, layout in parts]).to(dtype)
             # Input preparation, network, the cast to the result's dtype: device work (a GPU does all three)
-            self.predict_cpu_s += time.process_time() - started
+            self._counted(cpu_s=time.process_time() - started)
         return depth.numpy()
 
     def _infer_cuda(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype) -> np.ndarray:
         slots, on_device, copied = [], [], None
         try:
             with torch.cuda.stream(self._copy_stream):
-                for pixels, layout in parts:
-                    slot, staging = self._pinned.take(pixels.shape, torch.uint8)
-                    slots.append(slot)
+                taken = self._pinned.take_all([(pixels.shape, torch.uint8) for pixels, _ in parts])
+                slots = [slot for slot, _ in taken]
+                for (pixels, layout), (_, staging) in zip(parts, taken):
                     staging.numpy()[...] = pixels  # one host copy into page-locked memory
                     on_device.append((staging.to(self.device, non_blocking=True), layout))
                 # Blocking events: a thread that waits on one sleeps instead of spinning a core the sinks need
@@ -270,12 +320,11 @@ class DepthWorker:
                 done.record(self._download_stream)
             done.synchronize()
             # The compute stream's span for this batch (calls' computes do not overlap: the lock orders them)
-            self.gpu_busy_ms += compute_started.elapsed_time(computed)
+            self._counted(gpu_ms=compute_started.elapsed_time(computed))
             return result.numpy()
         finally:
             # The slots go back only once the copies from them are complete: after an error a copy may still be
             # queued, and the next call would overwrite memory it reads
             if slots:
                 self._copy_stream.synchronize() if copied is None else copied.synchronize()
-            for slot in slots:
-                self._pinned.give_back(slot)
+                self._pinned.give_back_all(slots)
