@@ -254,21 +254,36 @@ def infer_config(official_state: dict[str, torch.Tensor], version: str, source: 
 # The official metric files (`depth_anything_v2_metric_{hypersim,vkitti}_vit?.pth`) carry no config: the dataset in
 # their name gives their range, as the original's `--max-depth` does (20 m indoor, 80 m outdoor)
 METRIC_DATASETS = {"hypersim": 20.0, "vkitti": 80.0}
+# A metric head's range that a checkpoint or --max-depth may give: a room to a city, in metres (1e-300 or 1e308 is a
+# typing slip, not a depth)
+MAX_DEPTH_RANGE_M = (0.1, 1000.0)
+# The released relative files' names: their head is relative, whatever --max-depth says
+_RELATIVE_FILE_NAME = re.compile(r"depth_anything_(vit[sbl]14|v2_vit[sbg])\.(pth|pt|safetensors)")
 # transformers' config fields that change what the network computes, with the only values this project runs: a
 # checkpoint that sets another is refused, never run as if it had not
 _FAITHFUL_HF_FIELDS = {"head_in_index": -1, "reassemble_factors": [4, 2, 1, 0.5]}
 _FAITHFUL_BACKBONE_FIELDS = {"hidden_act": "gelu", "use_swiglu_ffn": False, "apply_layernorm": True}
 
 
-def _metric_max_depth(path: Path, hf_config: dict | None, given: float | None) -> float | None:
+def _metric_max_depth(path: Path, hf_config: dict | None, given: float | None, version: str = "v2") -> float | None:
     """None for a relative head, or the metric head's maximum in metres: from the HF config
     (`depth_estimation_type: metric`, `max_depth`), from an official file's name, or `given` (`--max-depth`)."""
-    if given is not None and not (isinstance(given, (int, float)) and math.isfinite(given) and given > 0):
-        raise CheckpointError(f"{path}: max depth must be a positive number of metres, got {given!r}")
+    low, high = MAX_DEPTH_RANGE_M
+    if given is not None and not (isinstance(given, (int, float)) and math.isfinite(given) and low <= given <= high):
+        raise CheckpointError(f"{path}: max depth must be from {low:g} to {high:g} metres, got {given!r}")
+    if given is not None and version == "v1":
+        raise CheckpointError(f"{path}: a Depth Anything v1 checkpoint, whose head is relative: --max-depth is for "
+                              f"metric (v2) checkpoints; never run with another head")
     if hf_config is None:
         name = path.name.lower()
         dataset = next((dataset for dataset in METRIC_DATASETS if dataset in name), None)
         if given is not None:
+            if _RELATIVE_FILE_NAME.fullmatch(name):
+                raise CheckpointError(f"{path}: a released relative-depth checkpoint (by its name): --max-depth is for "
+                                      f"metric checkpoints; never run with another head")
+            if dataset is not None and not _same_depth(given, METRIC_DATASETS[dataset]):
+                raise CheckpointError(f"{path}: its name says a {dataset} model, {METRIC_DATASETS[dataset]:g} m; "
+                                      f"--max-depth {given!r} contradicts it")
             return float(given)
         if "metric" in name:
             if dataset is None:
@@ -283,8 +298,9 @@ def _metric_max_depth(path: Path, hf_config: dict | None, given: float | None) -
         raise CheckpointError(f"{path}: depth_estimation_type {kind!r} is not a head this project runs (relative or "
                               f"metric); refused rather than run with another head")
     if isinstance(configured, bool) or not isinstance(configured, (int, float)) or not math.isfinite(configured) \
-            or configured <= 0:
-        raise CheckpointError(f"{path}: max_depth {configured!r} in config.json is not a positive number of metres")
+            or configured <= 0 or (kind == "metric" and not low <= configured <= high):
+        raise CheckpointError(f"{path}: max_depth {configured!r} in config.json is not a number of metres from "
+                              f"{low:g} to {high:g}")
     if kind == "relative":
         if configured != 1:
             raise CheckpointError(f"{path}: a relative head scaled by max_depth {configured:g} is not one this project "
@@ -293,10 +309,15 @@ def _metric_max_depth(path: Path, hf_config: dict | None, given: float | None) -
             raise CheckpointError(f"{path}: a relative-depth checkpoint (depth_estimation_type relative): --max-depth "
                                   f"is for metric checkpoints")
         return None
-    if given is not None and float(given) != float(configured):
-        raise CheckpointError(f"{path}: the checkpoint's config gives max_depth {configured:g} m; --max-depth "
-                              f"{given:g} contradicts it")
+    if given is not None and not _same_depth(given, configured):
+        raise CheckpointError(f"{path}: the checkpoint's config gives max_depth {configured!r} m; --max-depth "
+                              f"{given!r} contradicts it")
     return float(configured)
+
+
+def _same_depth(given: float, expected: float) -> bool:
+    """The same range, up to a decimal's rounding (20.000001 is 20 m given with too many digits, not 80 m)."""
+    return math.isclose(float(given), float(expected), rel_tol=1e-6)
 
 
 def _check_runs_faithfully(path: Path, hf_config: dict) -> None:
@@ -342,7 +363,7 @@ def _checked_model_and_state(path: Path, version: str | None, shapes_only: bool,
     block_count = len({k.split(".")[2] for k in official_state if k.startswith("pretrained.blocks.")})
     version = version or _detect_version(path, hf_config, max(block_count, 1))
     config = infer_config(official_state, version, str(path))
-    config = replace(config, max_depth=_metric_max_depth(path, hf_config, max_depth))
+    config = replace(config, max_depth=_metric_max_depth(path, hf_config, max_depth, version))
     our_state, unexpected = official_to_ours(official_state)
     unexpected += unknown_hf_keys
 

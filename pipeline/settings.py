@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from model import PRECISIONS, VARIANTS
+from model.checkpoint import MAX_DEPTH_RANGE_M
 from model.hub import MODEL_NAMES
 
 from .stages.colorize import colormap_id, colormap_names
@@ -152,7 +153,7 @@ def integer(minimum: int | None = None, maximum: int | None = None, multiple_of:
     return check
 
 
-def number(minimum: float | None = None, above: float | None = None) -> Check:
+def number(minimum: float | None = None, above: float | None = None, maximum: float | None = None) -> Check:
     def check(value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"must be a number, got {value!r}"
@@ -162,6 +163,8 @@ def number(minimum: float | None = None, above: float | None = None) -> Check:
             return f"must be >= {minimum}, got {value}"
         if above is not None and value <= above:
             return f"must be > {above}, got {value}"
+        if maximum is not None and value > maximum:
+            return f"must be <= {maximum:g}, got {value}"
         return None
 
     return check
@@ -217,7 +220,7 @@ RULES: dict[str, dict[str, Check]] = {
         "compile": of_type(bool, "true or false"),
         "device": device_name,
         "threads": integer(0),
-        "max_depth": optional(number(above=0)),
+        "max_depth": optional(number(MAX_DEPTH_RANGE_M[0], maximum=MAX_DEPTH_RANGE_M[1])),
     },
     "input": {"fps": lambda value: None if _is_rate(value) else (
         f"must be a frame rate above 0 (a number, or a fraction like 30000/1001), got {value!r}")},

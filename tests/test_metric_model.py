@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from model import CheckpointError, load_model
+from model import CheckpointError, check_checkpoint, load_model
 from model.hub import MODEL_NAMES, NON_COMMERCIAL
 from tests.test_model_reference import random_images, relative_error
 
@@ -77,7 +77,8 @@ def rewritten_config(source, folder, **changes):
     ({"head_in_index": 0}, "config.json sets head_in_index = 0; this project runs only -1"),
     ({"reassemble_factors": [4, 2, 1, 1]}, "config.json sets reassemble_factors"),
     ({"backbone_config.use_swiglu_ffn": True}, "config.json sets use_swiglu_ffn = True"),
-    ({"max_depth": -5}, "max_depth -5 in config.json is not a positive number of metres"),
+    ({"max_depth": -5}, "max_depth -5 in config.json is not a number of metres from 0.1 to 1000"),
+    ({"max_depth": 1e308}, "max_depth 1e.308 in config.json is not a number of metres from 0.1 to 1000"),
 ])
 def test_checkpoints_that_cannot_run_faithfully_are_refused(metric_checkpoint, tmp_path, changes, message):
     folder = rewritten_config(metric_checkpoint.hf_folder, tmp_path / "changed", **changes)
@@ -90,8 +91,27 @@ def test_max_depth_that_contradicts_the_checkpoint_is_refused(metric_checkpoint,
     with pytest.raises(CheckpointError, match="config gives max_depth 20 m; --max-depth 80 contradicts it"):
         load_model(metric_checkpoint.hf_folder, max_depth=80)
     assert load_model(metric_checkpoint.hf_folder, max_depth=20).config.max_depth == 20
-    with pytest.raises(CheckpointError, match="a relative-depth checkpoint .*: --max-depth is for metric"):
+    # 20 m given with too many digits is still 20 m (it was refused as "20 contradicts 20")
+    assert load_model(metric_checkpoint.hf_folder, max_depth=20.000001).config.max_depth == 20
+    with pytest.raises(CheckpointError, match="head is relative: --max-depth is for metric"):
         load_model(vits_checkpoint.hf_folder, max_depth=20)
+
+
+def test_max_depth_against_an_official_files_name_and_head(metric_checkpoint, vits_checkpoint, tmp_path):
+    """An indoor (Hypersim, 20 m) file run at --max-depth 80 gave 4x the metres; a v1 or a released relative v2 file
+    ran a metric head when --max-depth was given."""
+    with pytest.raises(CheckpointError, match="its name says a hypersim model, 20 m; --max-depth 80 contradicts it"):
+        load_model(metric_checkpoint.official_path, max_depth=80)
+    assert load_model(metric_checkpoint.official_path, max_depth=20.0).config.max_depth == 20
+    with pytest.raises(CheckpointError, match="Depth Anything v1 checkpoint, whose head is relative"):
+        check_checkpoint(vits_checkpoint.official_path, max_depth=20)  # depth_anything_vits14.pth
+    relative_v2 = tmp_path / "depth_anything_v2_vits.pth"
+    shutil.copy(metric_checkpoint.official_path, relative_v2)  # (the same tensors: the name is what says relative)
+    with pytest.raises(CheckpointError, match="a released relative-depth checkpoint \\(by its name\\)"):
+        check_checkpoint(relative_v2, max_depth=20)
+    for bad in (1e-300, 1e308, 0.0):
+        with pytest.raises(CheckpointError, match="max depth must be from 0.1 to 1000 metres"):
+            check_checkpoint(metric_checkpoint.official_path, max_depth=bad)
 
 
 def test_metric_model_names():
