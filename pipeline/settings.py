@@ -27,6 +27,7 @@ from model.hub import MODEL_NAMES
 from .stages.colorize import colormap_id, colormap_names
 from .stages.encode import DEPTH_FORMATS, X264_PRESETS
 from .stages.frames import PipelineError
+from .stages.image_sequence import frame_rate
 from .stages.sink import RenderOptions
 from .stages.smoothing import SMOOTHER_NAMES, make_smoother
 
@@ -182,16 +183,16 @@ def optional(check: Check) -> Check:
     return lambda value: None if value is None else check(value)
 
 
-def _is_rate(value) -> bool:
-    from fractions import Fraction
-
+def rate_problem(value) -> str | None:
+    """What is wrong with a frame rate (None: nothing): a number or fraction from 0.001 to 1000."""
+    problem = f"must be a frame rate from 0.001 to 1000 (a number, or a fraction like 30000/1001), got {value!r}"
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return False
+        return problem
     try:
-        rate = Fraction(str(value))
-    except (ValueError, ZeroDivisionError):
-        return False
-    return rate > 0
+        frame_rate(value)
+    except (PipelineError, OverflowError, ValueError):
+        return problem
+    return None
 
 
 def device_name(value) -> str | None:
@@ -222,8 +223,7 @@ RULES: dict[str, dict[str, Check]] = {
         "threads": integer(0),
         "max_depth": optional(number(MAX_DEPTH_RANGE_M[0], maximum=MAX_DEPTH_RANGE_M[1])),
     },
-    "input": {"fps": lambda value: None if _is_rate(value) else (
-        f"must be a frame rate above 0 (a number, or a fraction like 30000/1001), got {value!r}")},
+    "input": {"fps": rate_problem},
     "batching": {"batch_size": integer(0), "network_batch": integer(0), "max_in_flight": integer(1),
                  "frame_layout": one_of("auto", "rgb24")},
     "smoothing": {"name": one_of(*SMOOTHER_NAMES), "params": of_type(dict, "a mapping"), "device": device_name},

@@ -110,6 +110,24 @@ def test_manifest_options_apply_to_their_video_only(ray_cluster, videos, tmp_pat
     code, err = run_cli(capsys, "batch", manifest, "--output-dir", out, *FAST)
     assert code == 2 and "cannot differ per video" in err
 
+    # An image sequence with a gap fails alone (exit 3), as a broken video does: it aborted the whole job (exit 2)
+    import cv2
+    import numpy as np
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for number in (0, 1, 3):
+        cv2.imwrite(str(frames / f"{number:04d}.png"), np.full((48, 64, 3), 40 * number, np.uint8))
+    listing = tmp_path / "jobs.txt"
+    listing.write_text(f"{frames}/%04d.png\n{videos / 'three.mov'}\n")
+    code, err = run_cli(capsys, "batch", listing, "--output-dir", tmp_path / "depth2", *FAST)
+    report = json.loads((tmp_path / "depth2" / "batch_report.json").read_text())
+    rows = {row["video"]: row for row in report["videos"]}
+    assert code == 3, err
+    assert [row["status"] for row in rows.values()].count("done") == 1
+    [failed] = [row for row in rows.values() if row["status"] == "failed"]
+    assert "0002.png: missing from the sequence" in failed["reason"]
+
 
 @pytest.mark.slow
 def test_three_node_cluster_loses_a_worker_node_mid_job(tmp_path):

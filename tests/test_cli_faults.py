@@ -149,7 +149,11 @@ def test_actors_a_busy_cluster_cannot_place_time_out(ray_cluster, clips, tmp_pat
     assert list(tmp_path.glob("*.mp4")) == []
 
 
-def test_full_disk_is_one_line_and_leaves_nothing(ray_cluster, clips, tmp_path, capsys):
+@pytest.mark.parametrize("output, depth_format", [("depth.mkv", "gray16"), ("depth_exr", "exr"),
+                                                  ("depth_png16", "png16")])
+def test_full_disk_is_one_line_and_leaves_nothing(ray_cluster, clips, tmp_path, capsys, output, depth_format):
+    """Every writer: one line naming the output and the disk (EXR's was an internal RuntimeError, png16's 'PNG
+    encoder failed'), exit 2, nothing left."""
     small_disk = tmp_path / "small_disk"
     small_disk.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small_disk)],
@@ -157,8 +161,9 @@ def test_full_disk_is_one_line_and_leaves_nothing(ray_cluster, clips, tmp_path, 
     if mounted.returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
-        code, err = run_cli(capsys, clips["long"], "-o", small_disk / "depth.mkv", "--depth-format", "gray16", *FAST)
-        assert_one_line_error(code, err, "depth.mkv: cannot write the output (No space left on device)")
+        code, err = run_cli(capsys, clips["long"], "-o", small_disk / output, "--depth-format", depth_format, *FAST)
+        assert_one_line_error(code, err, f"{output}: cannot write the output: the disk is full (no space left on "
+                                         f"{small_disk})")
         assert list(small_disk.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small_disk)], check=True)

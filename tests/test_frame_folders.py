@@ -5,6 +5,7 @@ sink (colour, millimetres) and the smoother (no scale and shift fit)."""
 from __future__ import annotations
 
 import json
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pipeline.stages.decode import open_source
 from pipeline.stages.depth_units import DepthUnits
 from pipeline.stages.encode import check_output_path
 from pipeline.stages.frames import DepthBatch, FrameBatch, PipelineError, VideoInfo
-from pipeline.stages.image_sequence import ImageSequenceDecoder, is_image_sequence, list_images
+from pipeline.stages.image_sequence import ImageSequenceDecoder, frame_rate, is_image_sequence, list_images
 from pipeline.stages.sequence_writer import DepthSequenceWriter, read_exr
 from pipeline.stages.sink import DepthSink, RenderOptions
 from pipeline.stages.smoothing import make_smoother
@@ -85,6 +86,19 @@ def test_a_folder_appears_whole_or_not_at_all_and_only_replaces_our_own(tmp_path
     second.close()
     assert len(list(output.glob("*.exr"))) == 2 and read_exr(output / "000000.exr").max() == 2
     assert [p.name for p in tmp_path.iterdir()] == ["out_depth"]
+    # Our folder with a user's file added: refused whole (a rerun deleted notes.txt and subfolders)
+    for added in ("notes.txt", "renders"):
+        (output / "notes.txt").write_text("mine") if added == "notes.txt" else (output / added).mkdir()
+        with pytest.raises(PipelineError, match=f"out_depth: a depth folder from this pipeline, but it also holds "
+                                                f"{added}, which the pipeline did not write"):
+            check_output_path(output, "exr")
+        third = DepthSequenceWriter(output, "exr", INFO, {})
+        third.write(np.ones((30, 40), np.float32), 0)
+        with pytest.raises(PipelineError, match=f"also holds {added}"):
+            third.close()
+        assert (output / added).exists() and read_exr(output / "000000.exr").max() == 2, "the folder is untouched"
+        assert [p.name for p in tmp_path.iterdir()] == ["out_depth"], "the refused run left nothing"
+        (output / "notes.txt").unlink() if added == "notes.txt" else (output / added).rmdir()
     # A user's folder that happens to have the name is never replaced, nor written into
     mine = tmp_path / "holiday"
     write_images(mine, ["a.png"])
@@ -127,6 +141,52 @@ def test_image_folders_globs_and_patterns_in_order_with_timestamps_from_the_rate
     assert not is_image_sequence(str(odd_name)) and is_image_sequence(f"{numbered}/%04d.png")
     assert depth_output_name(str(folder), "color") == tmp_path / "shot_depth.mp4"
     assert depth_output_name(f"{numbered}/%04d.png", "exr") == tmp_path / "numbered_depth"
+
+
+def test_one_rule_for_a_numbered_sequence_and_a_file_that_does_not_fit_is_named(tmp_path):
+    """Mixed extensions or case bypassed the gap check, and a stray thumbnail.png became a frame."""
+    cases = [
+        (["f000.png", "f001.jpg", "f003.png"], "f001.jpg: not part of the numbered image sequence fN.png (2 files)"),
+        (["0001.png", "0002.png", "0003.PNG", "0005.png"], "0004.png: missing from the image sequence"),
+        (["frame_0001.png", "frame_0002.png", "frame_0003.png", "thumbnail.png"],
+         "thumbnail.png: not part of the numbered image sequence frame_N.png (3 files)"),
+        (["1.png", "01.png", "2.png"], "frame 1 twice in the image sequence"),
+    ]
+    for index, (names, says) in enumerate(cases):
+        folder = tmp_path / f"case{index}"
+        write_images(folder, names)
+        with pytest.raises(PipelineError, match=re.escape(says)) as error:
+            list_images(str(folder))
+        assert "\n" not in str(error.value)
+    mixed_case = tmp_path / "mixed_case"
+    write_images(mixed_case, ["0001.png", "0002.PNG", "0003.png"])
+    assert [p.name for p in list_images(str(mixed_case))] == ["0001.png", "0002.PNG", "0003.png"]
+    unnumbered = tmp_path / "unnumbered"
+    write_images(unnumbered, ["dawn.png", "noon.png", "dusk.png"])  # no numbered sequence: name order
+    assert [p.name for p in list_images(str(unnumbered))] == ["dawn.png", "dusk.png", "noon.png"]
+
+
+def test_printf_patterns_as_ffmpeg_reads_them(tmp_path):
+    folder = tmp_path / "p"
+    write_images(folder, ["100%_0001.png", "100%_0002.png", "0001.png", "0002.png", "0003.png"])
+    assert [p.name for p in list_images(f"{folder}/100%%_%04d.png")] == ["100%_0001.png", "100%_0002.png"]
+    # %d over zero-padded names takes the files as they are named (it named 1.png, which does not exist)
+    assert [p.name for p in list_images(f"{folder}/%d.png")] == ["0001.png", "0002.png", "0003.png"]
+    with pytest.raises(PipelineError, match="a % that is not the frame number"):
+        list_images(f"{folder}/50%off_%04d.png")
+    write_images(folder, ["1.png"])
+    with pytest.raises(PipelineError, match="frame 1 twice in the sequence"):
+        list_images(f"{folder}/%d.png")
+
+
+@pytest.mark.parametrize("rate", ["1e10", "1e400", "1e-400", "0", "-5", "29.970000000000000001"])
+def test_frame_rates_out_of_range_are_one_line(tmp_path, rate):
+    from pipeline.settings import load_settings
+
+    with pytest.raises(PipelineError, match="--fps .*(must be|too precise)") as error:
+        load_settings(None, {"input.fps": rate}, {"input.fps": "--fps"})
+        frame_rate(rate)
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("problem", ["corrupt", "mixed sizes", "empty", "bad rate"])

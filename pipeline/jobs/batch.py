@@ -154,7 +154,7 @@ class BatchJob:
     def _is_done(self, plan: VideoPlan) -> bool:
         try:
             stamp = input_stamp(plan.item.source)
-        except OSError:
+        except (OSError, PipelineError):  # (a sequence with a gap: it fails alone when its turn comes)
             return False
         return self.status.is_done(plan.item.key, plan.digest, stamp, plan.output)
 

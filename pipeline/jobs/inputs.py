@@ -26,7 +26,7 @@ import av
 
 from ..stages.encode import output_suffix
 from ..stages.frames import PipelineError
-from ..stages.image_sequence import IMAGE_SUFFIXES, is_image_sequence, list_images, sequence_folder
+from ..stages.image_sequence import IMAGE_SUFFIXES, is_image_sequence, sequence_folder
 from ..stages.sequence_writer import written_by_this_pipeline
 from .status import BatchStatus
 
@@ -122,10 +122,12 @@ def _expand(spec: str, output_folder: Path | None) -> list[BatchItem]:
 
 
 def _sequence_item(spec: str, **fields) -> BatchItem:
-    """A folder or printf pattern of images named as one input (its listing and gaps checked now, before any work);
-    its outputs are named after its folder."""
-    list_images(spec)
+    """A folder or printf pattern of images named as one input; its outputs are named after its folder. Its listing
+    (gaps, a file that does not fit) is checked when its turn comes: a bad sequence fails that item alone, as a bad
+    video does, not the whole job."""
     folder = sequence_folder(spec)
+    if not folder.is_dir():
+        raise PipelineError(f"{spec}: folder {folder} does not exist")
     source = Path(spec).resolve() if Path(spec).is_dir() else folder.resolve() / Path(spec).name
     return BatchItem(source, Path(folder.resolve().name), sequence=True, **fields)
 

@@ -22,7 +22,7 @@ import av
 import numpy as np
 
 from .file_lock import FileLock
-from .frames import PipelineError, VideoInfo
+from .frames import PipelineError, VideoInfo, write_failed
 from .sequence_writer import check_replaceable, is_sequence_format
 
 DEPTH_FORMATS = ("color", "gray", "gray16", "side-by-side", "exr", "png16")  # exr, png16: folders of frames
@@ -220,8 +220,7 @@ class DepthVideoWriter:
         try:
             yield
         except (av.FFmpegError, OSError) as error:
-            reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
-            raise PipelineError(f"{self.output}: cannot write the output ({reason})") from None
+            raise write_failed(self.output, error) from None
 
     def write(self, image: np.ndarray | av.VideoFrame, pts: int) -> None:
         """Write one frame: H x W x 3 RGB, H x W gray (uint8 or uint16), (3H/2) x W I420, or a filled VideoFrame."""

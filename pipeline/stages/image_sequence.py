@@ -9,9 +9,15 @@ frame rate (`input.fps`, default 30: frame i has pts i in a time base of 1 / fps
 Gives: `info` (`VideoInfo`: the first image's size, the rate, its time base), `frames()` and `batches(n)` of
 B x H x W x 3 uint8 RGB, the same counters as VideoDecoder (all zero here: a bad image is an error, not a skip).
 
-What is refused, with one line naming the file: a numbered sequence with a gap (the first missing file is named), an
-image that cannot be read, an image of another size than the first. The listing and its gap check happen at
-construction (before any work); each image is read when its turn comes.
+One rule for what a numbered sequence is: files named PREFIX NUMBER .EXT, one prefix and one extension (its case
+aside: 0003.PNG belongs with 0002.png). A folder or glob whose images are mostly (two or more) one numbered sequence is
+that sequence: a file that does not fit it (thumbnail.png, f001.jpg among f*.png) is named and refused, never taken
+as a frame; otherwise its images are taken in natural name order. A printf pattern (%d, %06d; %% is a literal %)
+takes exactly the files it matches.
+What is refused, with one line naming the file: a numbered sequence with a gap (the first missing file is named) or a
+number twice (1.png and 01.png), a file that does not fit the sequence, an image that cannot be read, an image of
+another size than the first; a frame rate outside 0.001-1000 fps. The listing and its checks happen at construction
+(before any work); each image is read when its turn comes.
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ from .frames import FrameBatch, PipelineError, VideoInfo, batched
 from .pixels import RGB24
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
-PRINTF_NUMBER = re.compile(r"%(0?\d*)d")
+PRINTF_NUMBER = re.compile(r"(?<!%)((?:%%)*)%(0?\d*)d")  # a %d or %0Nd not escaped as %%d
 DEFAULT_FPS = 30
 # A file name that is a number between a fixed start and end (frame_000123.png): such a folder must have no gap
 NUMBERED_NAME = re.compile(r"^(.*?)(\d+)(\.[^.]+)$")
+FPS_RANGE = (Fraction(1, 1000), Fraction(1000))
 
 
 def is_image_sequence(source: str) -> bool:
@@ -70,8 +77,11 @@ def frame_rate(fps: float | str | Fraction) -> Fraction:
         rate = Fraction(str(fps))
     except (ValueError, ZeroDivisionError):
         raise PipelineError(f"--fps {fps!r}: not a frame rate (a number, or a fraction like 30000/1001)") from None
-    if rate <= 0:
-        raise PipelineError(f"--fps {fps!r}: a frame rate must be above 0")
+    if not FPS_RANGE[0] <= rate <= FPS_RANGE[1]:
+        raise PipelineError(f"--fps {fps!r}: a frame rate must be from {FPS_RANGE[0]} to {FPS_RANGE[1]} frames a "
+                            f"second")
+    if rate.denominator > 1_000_000:  # a time base of 1 / fps must fit the encoders' 32-bit fractions
+        raise PipelineError(f"--fps {fps!r}: too precise a frame rate (a fraction like 30000/1001 says it exactly)")
     return rate
 
 
@@ -91,7 +101,7 @@ def list_images(source: str) -> list[Path]:
     if not files:
         raise PipelineError(f"{where} holds no images ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})")
     files.sort(key=lambda p: natural_key(p.name))
-    _check_no_gap(files)
+    _check_sequence(files)
     return files
 
 
@@ -99,43 +109,79 @@ def _numbered_pattern(source: str) -> list[Path]:
     pattern = Path(source)
     folder = pattern.parent if str(pattern.parent) else Path(".")
     match = PRINTF_NUMBER.search(pattern.name)
-    head, tail = pattern.name[: match.start()], pattern.name[match.end():]
-    width = match.group(1)
+    head, tail = pattern.name[: match.start()] + match.group(1), pattern.name[match.end():]
+    if "%" in (head + tail).replace("%%", ""):
+        raise PipelineError(f"{source}: a % that is not the frame number (%d, %06d) nor a literal %% (write %% for "
+                            f"a % in a file name)")
+    head, tail = head.replace("%%", "%"), tail.replace("%%", "%")
+    width = match.group(2)
     digits = rf"\d{{{int(width)},}}" if width.startswith("0") and len(width) > 1 else r"\d+"
     name_re = re.compile(re.escape(head) + f"({digits})" + re.escape(tail))
     if not folder.is_dir():
         raise PipelineError(f"{source}: folder {folder} does not exist")
-    numbers = sorted(int(m.group(1)) for name in os.listdir(folder) if (m := name_re.fullmatch(name)))
-    if not numbers:
+    # The files as named (a %d pattern over 0001.png takes 0001.png): one per number
+    by_number: dict[int, str] = {}
+    for name in sorted(os.listdir(folder)):
+        found = name_re.fullmatch(name)
+        if found is None:
+            continue
+        number = int(found.group(1))
+        if number in by_number:
+            raise PipelineError(f"{folder / name}: frame {number} twice in the sequence {source} (and "
+                                f"{by_number[number]}); keep one")
+        by_number[number] = name
+    if not by_number:
         raise PipelineError(f"{source}: no files match the pattern")
+    numbers = sorted(by_number)
     missing = next((n for n, expected in zip(numbers, range(numbers[0], numbers[0] + len(numbers))) if n != expected),
                    None)
     if missing is not None:
         expected = numbers[numbers.index(missing) - 1] + 1
-        raise PipelineError(f"{folder / (pattern.name % expected)}: missing from the sequence {source} (frames "
-                            f"{numbers[0]} to {numbers[-1]}; every number must be there)")
-    return [folder / (pattern.name % n) for n in numbers]
+        name = f"{head}{expected:0{int(width or 0)}d}{tail}"
+        raise PipelineError(f"{folder / name}: missing from the sequence {source} (frames {numbers[0]} to "
+                            f"{numbers[-1]}; every number must be there)")
+    return [folder / by_number[n] for n in numbers]
 
 
-def _check_no_gap(files: list[Path]) -> None:
-    """Files all named as one numbered sequence (same start, same end) must not skip a number."""
-    matches = [NUMBERED_NAME.match(p.name) for p in files]
-    if not all(matches) or len({(m.group(1), m.group(3)) for m in matches}) != 1:
-        return  # not one numbered sequence: name order is all there is
-    for before, after, file in zip(matches, matches[1:], files[1:]):
-        previous = int(before.group(2))
-        if int(after.group(2)) != previous + 1:
-            digits = len(before.group(2)) if before.group(2).startswith("0") else 1  # zero-padded names keep width
-            missing = f"{before.group(1)}{previous + 1:0{digits}d}{before.group(3)}"
-            raise PipelineError(f"{file.parent / missing}: missing from the image sequence (after "
-                                f"{file.parent / before.group(0)})")
+def _check_sequence(files: list[Path]) -> None:
+    """Images mostly of one numbered sequence (PREFIX NUMBER .EXT, two files or more) must all be of it, each number
+    once, none skipped; otherwise (no such sequence) name order is all there is."""
+    groups: dict[tuple[str, str], list[tuple[int, Path, str]]] = {}
+    for file in files:
+        found = NUMBERED_NAME.match(file.name)
+        if found:
+            key = (found.group(1), found.group(3).lower())
+            groups.setdefault(key, []).append((int(found.group(2)), file, found.group(2)))
+    if not groups:
+        return
+    (prefix, suffix), members = max(groups.items(), key=lambda item: len(item[1]))
+    if len(members) < 2 or len(members) * 2 <= len(files):
+        return  # not mostly one numbered sequence: name order
+    described = f"{prefix}N{suffix} ({len(members)} files)"
+    member_files = {file for _, file, _ in members}
+    for file in files:
+        if file not in member_files:
+            raise PipelineError(f"{file}: not part of the numbered image sequence {described}: move it out, or name "
+                                f"the frames with a pattern (frames/{prefix}%d{suffix})")
+    members.sort(key=lambda member: member[0])
+    for (previous, before, text), (number, after, _) in zip(members, members[1:]):
+        if number == previous:
+            raise PipelineError(f"{after}: frame {number} twice in the image sequence (and {before.name}); keep one")
+        if number != previous + 1:
+            digits = len(text) if text.startswith("0") else 1  # zero-padded names keep their width
+            missing = f"{prefix}{previous + 1:0{digits}d}{suffix}"
+            raise PipelineError(f"{after.parent / missing}: missing from the image sequence (after {before})")
 
 
 def read_rgb(path: Path) -> np.ndarray:
     """H x W x 3 uint8 RGB (16-bit images to 8 bits, grey repeated, alpha dropped, EXIF orientation applied)."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise PipelineError(f"{path}: unreadable image (not a complete png, jpg or tif)")
+        if path.suffix.lower() in (".tif", ".tiff"):  # OpenCV's colour reader takes no float TIFF, for one
+            raise PipelineError(f"{path}: unreadable TIFF (8- or 16-bit integer images are read; float or damaged "
+                                f"ones are not)")
+        raise PipelineError(f"{path}: unreadable image (damaged, or not the {path.suffix.lstrip('.')} its name "
+                            f"says)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from fractions import Fraction
@@ -32,7 +33,7 @@ import cv2
 import numpy as np
 
 from .file_lock import FileLock
-from .frames import PipelineError, VideoInfo
+from .frames import PipelineError, VideoInfo, write_failed
 
 SEQUENCE_FORMATS = {"exr": ".exr", "png16": ".png"}
 FRAME_TABLE = "frames.csv"
@@ -60,12 +61,20 @@ def written_by_this_pipeline(folder: Path) -> bool:
 
 
 def check_replaceable(folder: Path) -> None:
-    """An existing output folder may be replaced only if this pipeline wrote it, or it is empty."""
+    """An existing output folder may be replaced only if it is empty, or if this pipeline wrote it and it holds
+    nothing else: a user's file added there (notes, a subfolder) would go with it."""
     if not folder.is_dir():
         return
-    if not written_by_this_pipeline(folder) and any(folder.iterdir()):
-        raise PipelineError(f"{folder}: folder exists and is not a depth folder from this pipeline (no {DESCRIPTION} "
-                            f"of ours): choose another output name")
+    if not written_by_this_pipeline(folder):
+        if any(folder.iterdir()):
+            raise PipelineError(f"{folder}: folder exists and is not a depth folder from this pipeline (no "
+                                f"{DESCRIPTION} of ours): choose another output name")
+        return
+    ours = re.compile(rf"\d{{{NUMBER_DIGITS},}}({'|'.join(re.escape(s) for s in SEQUENCE_FORMATS.values())})")
+    for entry in sorted(folder.iterdir()):
+        if entry.name not in (DESCRIPTION, FRAME_TABLE) and not (ours.fullmatch(entry.name) and entry.is_file()):
+            raise PipelineError(f"{folder}: a depth folder from this pipeline, but it also holds {entry.name}, which "
+                                f"the pipeline did not write: move it out, or choose another output name")
 
 
 def write_exr(path: Path, depth_hw: np.ndarray) -> None:
@@ -163,10 +172,12 @@ class DepthSequenceWriter:
 
     @contextlib.contextmanager
     def _disk_errors(self):
+        """A failed write (a full disk, whatever the encoder calls it: OpenEXR raises RuntimeError, OpenCV returns
+        False) as one line that names the output and the disk."""
         try:
             yield
-        except OSError as error:
-            raise PipelineError(f"{self.output}: cannot write the output ({error.strerror or error})") from None
+        except (OSError, RuntimeError) as error:
+            raise write_failed(self.output, error) from None
 
     def write(self, image: np.ndarray, pts: int) -> None:
         """One frame: H x W float32 depth (exr) or H x W uint16 (png16)."""
@@ -187,7 +198,11 @@ class DepthSequenceWriter:
             (self._temporary / DESCRIPTION).write_text(json.dumps(description, indent=1) + "\n")
             self._lock.release()
             (self._temporary / LOCK_NAME).unlink(missing_ok=True)
-            return publish_folder(self._temporary, self.output)
+            try:
+                return publish_folder(self._temporary, self.output)
+            except PipelineError:  # the output became something not ours to replace meanwhile: nothing is left
+                remove_partial(self._temporary)
+                raise
 
     def abort(self) -> None:
         if self._table is not None:
