@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -176,6 +177,10 @@ def _read_tensors(path: Path, shapes_only: bool = False) -> tuple[dict[str, torc
             if not shapes_only:
                 raise
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)  # the legacy format cannot mmap
+    except pickle.UnpicklingError:  # weights_only refused an object: what it advises (weights_only=False) runs code
+        raise CheckpointError(f"{path}: holds Python objects besides tensors, which loading could run as code: "
+                              f"refused. Convert it to .safetensors from a copy you trust (its publisher's), on a "
+                              f"machine you trust, and load that") from None
     except Exception as error:  # torch raises several types for truncated zips and foreign pickles
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
     # Training scripts often wrap the weights; accept the common wrappers

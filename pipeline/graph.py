@@ -35,7 +35,7 @@ from model import CheckpointError, PredictorOptions
 from model.hub import DEFAULT_MODEL, ResolvedCheckpoint, resolve_checkpoint
 
 from .actors import PROGRESS, RESULT, ModelActor, SinkActor, StreamActor, StreamJob, answers, unwrap_ray_error
-from .model_pool import ModelPool
+from .model_pool import ModelPool, actor_state
 from .placement import StreamPlacement
 from .plan import max_streams_for, plan_actors
 from .runtime import started_local_ray
@@ -67,6 +67,13 @@ class StreamResult:
 RETRIABLE = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
              ray.exceptions.OwnerDiedError, ray.exceptions.NodeDiedError,
              ray.exceptions.ActorUnschedulableError)  # (stream actors bound to a node that died meanwhile)
+
+
+def wait_until_dead(actor, timeout_s: float) -> None:
+    """Wait (at most `timeout_s`) until a killed actor's process is gone, so that nothing it does comes after."""
+    deadline = time.monotonic() + timeout_s
+    while actor_state(actor._actor_id.hex()) not in ("DEAD", None) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class DepthGraph:
@@ -297,7 +304,10 @@ class DepthGraph:
             except (ray.exceptions.RayError, TimeoutError):
                 pass
             self.streams.discard(pair)  # a failed stream's actors are not reused: they may be gone, or mid-write
-            remove_partial(temporary_path(Path(output), tag))  # the sink died, or is killed, with it open
+            # The sink died, or is killed, with its output open: removed once it is gone (a sink killed while busy
+            # wrote on into a folder removed before, leaving it behind)
+            wait_until_dead(sink, ANSWER_S)
+            remove_partial(temporary_path(Path(output), tag))
             if isinstance(error, ray.exceptions.RayError) and not isinstance(error, RETRIABLE):
                 raise unwrap_ray_error(error) from None
             raise

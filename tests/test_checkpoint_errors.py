@@ -43,7 +43,9 @@ def test_arbitrary_pickle_is_refused_safely(tmp_path):
     # A pickle that would call a function when loaded: weights_only loading must refuse it
     evil = tmp_path / "evil.pth"
     torch.save({"x": argparse.Namespace(command="rm -rf /")}, evil)
-    assert "not a readable PyTorch checkpoint" in load_error(evil)
+    message = load_error(evil)
+    assert "holds Python objects besides tensors" in message and "Convert it to .safetensors" in message
+    assert "weights_only" not in message, "torch's advice (weights_only=False) would run the code"
 
 
 def test_plain_tensor_instead_of_dict(tmp_path):

@@ -206,15 +206,20 @@ def test_unreachable_address_fails_fast(clips, tmp_path):
     assert_one_line_error(process.returncode, err, "cannot reach a Ray cluster at 127.0.0.1:1")
 
 
-@pytest.mark.parametrize("signals, status, line", [
-    ([signal.SIGTERM], 143, "error: terminated; no output written"),
-    ([signal.SIGINT, signal.SIGINT], 130, "error: interrupted; no output written"),
+@pytest.mark.parametrize("signals, status, line, depth_format", [
+    ([signal.SIGTERM], 143, "error: terminated; no output written", "color"),
+    ([signal.SIGINT, signal.SIGINT], 130, "error: interrupted; no output written", "color"),
+    # png16's sink, slow and busy, kept writing into its temporary folder after the driver had removed it
+    ([signal.SIGTERM], 143, "error: terminated; no output written", "png16"),
 ])
-def test_signal_mid_run_stops_cleanly(clips, tmp_path, signals, status, line):
-    output = tmp_path / "depth.mp4"
+def test_signal_mid_run_stops_cleanly(clips, tmp_path, signals, status, line, depth_format):
+    output = tmp_path / ("depth.mp4" if depth_format == "color" else "depth_png")
     agents_before = ray_agents()
-    process = start_cli(clips["long"], "-o", output, *FAST)
-    wait_for(lambda: list(tmp_path.glob(".depth.*.partial.mp4")))  # writing has begun
+    process = start_cli(clips["long"], "-o", output, "--depth-format", depth_format, *FAST)
+    if depth_format == "color":
+        wait_for(lambda: list(tmp_path.glob(".depth.*.partial.mp4")))  # writing has begun
+    else:
+        wait_for(lambda: list(tmp_path.glob(".depth_png.*.partial/000001.png")))
     for number in signals:
         process.send_signal(number)
         time.sleep(0.3)

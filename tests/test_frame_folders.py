@@ -19,7 +19,7 @@ from pipeline.stages.depth_units import DepthUnits
 from pipeline.stages.encode import check_output_path
 from pipeline.stages.frames import DepthBatch, FrameBatch, PipelineError, VideoInfo
 from pipeline.stages.image_sequence import ImageSequenceDecoder, frame_rate, is_image_sequence, list_images
-from pipeline.stages.sequence_writer import DepthSequenceWriter, read_exr
+from pipeline.stages.sequence_writer import DepthSequenceWriter, read_exr, remove_partial
 from pipeline.stages.sink import DepthSink, RenderOptions
 from pipeline.stages.smoothing import make_smoother
 
@@ -99,13 +99,24 @@ def test_a_folder_appears_whole_or_not_at_all_and_only_replaces_our_own(tmp_path
         assert (output / added).exists() and read_exr(output / "000000.exr").max() == 2, "the folder is untouched"
         assert [p.name for p in tmp_path.iterdir()] == ["out_depth"], "the refused run left nothing"
         (output / "notes.txt").unlink() if added == "notes.txt" else (output / added).rmdir()
+    # An output that is a symlink to one of our folders: the link is replaced, nothing left beside it
+    linked = tmp_path / "linked_depth"
+    linked.symlink_to(output)
+    again = DepthSequenceWriter(linked, "exr", INFO, {})
+    again.write(np.ones((30, 40), np.float32), 0)
+    again.close()
+    assert linked.is_dir() and not linked.is_symlink() and output.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linked_depth", "out_depth"], "no .replaced link left"
+    remove_partial(linked)
     # A user's folder that happens to have the name is never replaced, nor written into
     mine = tmp_path / "holiday"
     write_images(mine, ["a.png"])
     with pytest.raises(PipelineError, match="holiday: folder exists and is not a depth folder from this pipeline"):
         check_output_path(mine, "exr")
-    with pytest.raises(PipelineError, match="exr writes a folder of frames; give a folder name"):
-        check_output_path(tmp_path / "out.mp4", "exr")
+    for name, depth_format in (("out.mp4", "exr"), ("out.png", "png16"), ("out.EXR", "exr")):
+        with pytest.raises(PipelineError, match=f"{depth_format} writes a folder of frames .not one file.; give a "
+                                                f"folder name"):
+            check_output_path(tmp_path / name, depth_format)
     (tmp_path / "file").write_text("x")
     with pytest.raises(PipelineError, match="exists and is not a folder"):
         check_output_path(tmp_path / "file", "png16")

@@ -187,3 +187,33 @@ def test_a_destination_that_refuses_the_first_session_is_one_line_and_exit_2(tmp
     assert process.returncode == 2 and len(errors) == 1 and refused in errors[0], stderr[-3000:]
     assert "cannot publish there" in errors[0] and "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["camera.mp4"], "no partial recording left"
+
+
+def test_a_killed_live_run_keeps_what_it_recorded(tmp_path):
+    """A SIGKILL (or the kernel's OOM killer) left an unplayable '.NAME.<id>.partial.mp4' that nothing cleaned, and
+    the whole recording was lost: recordings are fragmented MP4 (a fragment a second, each playable once written),
+    and the next run keeps a killed run's recording beside its own."""
+    from tests.test_cli_faults import ray_agents
+
+    agents_before = ray_agents()
+    source = clip(tmp_path, "camera.mp4", width=96, height=64, frames=300, rate=30)  # 10 s in real time
+    recording = tmp_path / "live_depth.mp4"
+    first = start_pipeline(source, "--realtime", "--record", recording)
+    partial = lambda: next(tmp_path.glob(".live_depth.*.partial.mp4"), None)  # noqa: E731
+    wait_for(lambda: partial() is not None and partial().stat().st_size > 20_000, 120, "a few seconds recorded")
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=30)
+    killed = partial()
+    assert read_video(killed)["count"] >= 30, "the fragments written before the kill play"
+
+    short = clip(tmp_path, "short.mp4", width=96, height=64, frames=15, rate=30)
+    second = start_pipeline(short, "--realtime", "--record", recording)
+    _, stderr = second.communicate(timeout=120)
+    assert second.returncode == 0, stderr[-3000:]
+    [recovered] = tmp_path.glob("live_depth.recovered-*.mp4")
+    assert "kept what a killed run recorded" in stderr and str(recovered) in stderr
+    assert read_video(recovered)["count"] >= 30 and read_video(recording)["count"] == 15
+    assert not list(tmp_path.glob(".live_depth.*")), "no leftover"
+    for pid in ray_agents() - agents_before:  # the killed driver's Ray agents outlive it: end them
+        with __import__("contextlib").suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

@@ -18,7 +18,6 @@ into segments by the graph, so one film does not hold the job back.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import sys
@@ -32,9 +31,7 @@ from .file import process_video
 from ..settings import PipelineSettings, check_combination, merge
 from ..work_pool import run_in_threads
 from ..stages.frames import PipelineError, one_line
-from ..stages.file_lock import is_held_elsewhere
-from ..stages.sequence_writer import LOCK_NAME as SEQUENCE_LOCK
-from ..stages.sequence_writer import path_digest, path_size, remove_partial
+from ..stages.sequence_writer import abandoned_partials, path_digest, path_size, remove_partial
 from .inputs import BatchItem
 from .outputs import InputFiles, check_output
 from .status import BatchStatus, input_stamp, settings_digest
@@ -232,14 +229,8 @@ class BatchJob:
 def _remove_partial_files(output: Path, older_than: float | None = None) -> None:
     """The sink's temporary files for `output` (see DepthVideoWriter), or those of them older than a time; never
     one that a live writer holds (another job's, on the same folder)."""
-    for leftover in output.parent.glob(f".{glob.escape(output.stem)}.*.partial{glob.escape(output.suffix)}"):
-        # (a frame folder's writer holds the lock file inside its temporary folder)
-        lock = leftover / SEQUENCE_LOCK if leftover.is_dir() else leftover
-        try:
-            if (older_than is None or leftover.stat().st_mtime < older_than) and not is_held_elsewhere(lock):
-                remove_partial(leftover)
-        except OSError:
-            pass
+    for leftover in abandoned_partials(output, older_than):
+        remove_partial(leftover)
 
 
 def report_table(report: dict, width: int = 48) -> str:

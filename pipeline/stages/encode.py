@@ -51,8 +51,9 @@ def check_output_path(output: str | Path, depth_format: str, folder_made_later: 
     elif not folder_made_later:
         raise PipelineError(f"{output}: output directory {directory} does not exist")
     if is_sequence_format(depth_format):
-        if output.suffix.lower() in (".mp4", ".mkv", ".mov", ".nut"):
-            raise PipelineError(f"{output}: {depth_format} writes a folder of frames; give a folder name (out_depth/)")
+        if output.suffix.lower() in (".mp4", ".mkv", ".mov", ".nut", ".png", ".exr", ".jpg", ".jpeg", ".tif", ".tiff"):
+            raise PipelineError(f"{output}: {depth_format} writes a folder of frames (not one file); give a folder "
+                                f"name (out_depth/)")
         if output.exists() and not output.is_dir():
             raise PipelineError(f"{output}: exists and is not a folder ({depth_format} writes a folder of frames)")
         check_replaceable(output)
@@ -124,10 +125,13 @@ class DepthVideoWriter:
         b_frames: bool = True,
         video_template: av.video.stream.VideoStream | None = None,
         temporary_tag: str | None = None,
+        fragmented: bool = False,
     ):
         """`video_template`: copy already encoded packets of a stream like this one (`write_packet`), no encoder.
         `temporary_tag`: names the temporary file (`temporary_path`), so that whoever started this writer can remove
-        what it leaves if its process dies; unique by default."""
+        what it leaves if its process dies; unique by default. `fragmented`: an MP4 / MOV written as fragments of
+        about a second, each playable once written (a live recording: a kill or an out-of-memory end keeps what was
+        recorded up to its last second; Matroska is written so anyway)."""
         self.output = check_output_path(output, depth_format)
         self.depth_format = depth_format
         self.frames_written = 0
@@ -149,7 +153,10 @@ class DepthVideoWriter:
         self._lock = FileLock(self._temporary)
         with self._disk_errors():
             self._lock.acquire()
-            self._container = av.open(str(self._temporary), mode="w", options={"avoid_negative_ts": "disabled"})
+            options = {"avoid_negative_ts": "disabled"}
+            if fragmented and self.output.suffix.lower() in (".mp4", ".mov"):
+                options.update(movflags="empty_moov+default_base_moof+frag_keyframe", frag_duration="1000000")
+            self._container = av.open(str(self._temporary), mode="w", options=options)
         self._container.metadata.update(metadata or {})
 
         height, width = frame_hw

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import cv2
@@ -44,6 +45,7 @@ from .frames import DepthBatch, FrameBatch, VideoInfo, one_line
 from .live_buffer import FrameBuffer, LatencyStats
 from .live_source import LiveFrame, LiveSource
 from .publish import LIVE_TIME_BASE, RtspPublisher
+from .sequence_writer import recover_recordings
 from .sink import DepthSink, keeps_values, output_metadata
 from .smoothing import make_smoother
 
@@ -184,6 +186,9 @@ class LiveCamera:
         by the caller (a camera that cannot be opened at start is then its error); None: connected here, with
         backoff."""
         started = time.monotonic()
+        if self.targets.record:  # a killed run's recording (fragmented: playable to its last second) is kept
+            for kept in recover_recordings(Path(self.targets.record)):
+                self.log(f"live: kept what a killed run recorded to {self.targets.record} as {kept}")
         reader = threading.Thread(target=self._read, args=(decoder,), daemon=True, name=f"reader-{self.name}")
         reader.start()
         last_pts, last_log = -1, started
@@ -352,7 +357,7 @@ class LiveCamera:
                                          metadata=output_metadata(
                                              sink.quantizer.scale if sink.quantizer is not None else None,
                                              sink.units),
-                                         b_frames=False) if self.targets.record else None)
+                                         b_frames=False, fragmented=True) if self.targets.record else None)
             return LiveWriter(publisher, recorder, frame_hw)
 
         smoother = make_smoother(settings.smoothing.name, device="cpu", **settings.smoothing.params)

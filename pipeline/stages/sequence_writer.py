@@ -20,11 +20,13 @@ never a user's folder that happens to have the name.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import re
 import shutil
+import time
 import uuid
 from fractions import Fraction
 from pathlib import Path
@@ -32,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .file_lock import FileLock
+from .file_lock import FileLock, is_held_elsewhere
 from .frames import PipelineError, VideoInfo, write_failed
 
 SEQUENCE_FORMATS = {"exr": ".exr", "png16": ".png"}
@@ -109,6 +111,39 @@ def remove_partial(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def abandoned_partials(output: Path, older_than: float | None = None) -> list[Path]:
+    """The temporary files and folders of `output` (see `temporary_path`) that no live writer holds: a killed run's
+    (or those of them last changed before `older_than`, a time.time())."""
+    found = []
+    for leftover in output.parent.glob(f".{glob.escape(output.stem)}.*.partial{glob.escape(output.suffix)}"):
+        lock = leftover / LOCK_NAME if leftover.is_dir() else leftover  # (a folder's writer locks a file inside it)
+        try:
+            if (older_than is None or leftover.stat().st_mtime < older_than) and not is_held_elsewhere(lock):
+                found.append(leftover)
+        except OSError:
+            pass  # gone meanwhile
+    return found
+
+
+def recover_recordings(output: Path) -> list[Path]:
+    """What killed runs recorded to `output` (fragmented MP4, Matroska: playable up to the kill), kept beside it as
+    NAME.recovered-YYYYmmdd-HHMMSS.EXT; an empty leftover is removed. The files kept, for the caller to say."""
+    kept = []
+    for leftover in abandoned_partials(output):
+        if leftover.is_dir() or leftover.stat().st_size == 0:
+            remove_partial(leftover)
+            continue
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(leftover.stat().st_mtime))
+        target = output.with_name(f"{output.stem}.recovered-{stamp}{output.suffix}")
+        number = 1
+        while target.exists():
+            number += 1
+            target = output.with_name(f"{output.stem}.recovered-{stamp}-{number}{output.suffix}")
+        os.replace(leftover, target)
+        kept.append(target)
+    return kept
+
+
 def publish_folder(built: Path, output: Path) -> Path:
     """Move a complete folder to its final name; an earlier output there (checked replaceable) goes only after."""
     check_replaceable(output)
@@ -118,7 +153,9 @@ def publish_folder(built: Path, output: Path) -> Path:
         old = output.with_name(f".{output.name}.{uuid.uuid4().hex[:12]}.replaced")
         os.replace(output, old)
         os.replace(built, output)
-        shutil.rmtree(old, ignore_errors=True)
+        # (an output that was a symlink to a folder: the link is replaced, as a file output's is, and the link moved
+        # aside goes too; what it pointed at is left alone)
+        remove_partial(old)
     else:
         os.replace(built, output)
     return output
