@@ -560,12 +560,17 @@ def main(argv=None, summary_out=None) -> int:
 def command_line() -> None:
     """The command as a process: its stdout is the JSON summary's alone, whatever else prints and whenever (Ray's
     forwarded '(raylet) WARNING ...' lines came after the summary, while Ray shut down): file descriptor 1 is pointed
-    at stderr for the whole process, and the summary goes to a copy of the original."""
+    at stderr while the command runs, and the summary goes to a copy of the original. Once the command has said its
+    last line (the summary, or the one-line error), what Ray forwards while shutting down (its own kills' 'Task ...
+    failed' notices) is dropped: the last line on stderr stays the command's."""
     sys.stdout.flush()
     summary_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     exit_status = main(summary_out=summary_out)
     summary_out.flush()
+    sys.stdout.flush()
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
     stop_ray_ignoring_signals()
     sys.exit(exit_status)
 

@@ -177,7 +177,11 @@ def _read_tensors(path: Path, shapes_only: bool = False) -> tuple[dict[str, torc
             if not shapes_only:
                 raise
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)  # the legacy format cannot mmap
-    except pickle.UnpicklingError:  # weights_only refused an object: what it advises (weights_only=False) runs code
+    except pickle.UnpicklingError as error:
+        if "can still be loaded" not in str(error):  # not a pickle of tensors at all (garbage, a damaged file)
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged, or another kind of file)") \
+                from None
+        # weights_only refused an object: what torch then advises (weights_only=False) would run its code
         raise CheckpointError(f"{path}: holds Python objects besides tensors, which loading could run as code: "
                               f"refused. Convert it to .safetensors from a copy you trust (its publisher's), on a "
                               f"machine you trust, and load that") from None

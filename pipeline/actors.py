@@ -8,7 +8,8 @@ Takes (construction): arguments only, stored; work, and its errors, happen in me
 as the calls' errors rather than as dead actors.
 Gives: a decode actor reads one stream at a time (`open`, `next_batch`, `stats`), a sink writes one at a time
 (`open`, `write`, `close` / `abort`): both are kept for the next stream (stream_pool.py); a model actor serves every
-stream of a job (`infer`), with its probe (`ready`), its `load` and its control calls (`usage`, `batching`) each on a thread of their own.
+stream of a job (`infer`), with its probe (`ready`), its `load` and its control calls (`usage`, `batching`) each on
+a thread of their own.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def test_the_old_one_at_a_time_order_does_deadlock():
 
 def test_a_compiled_network_runs_at_a_few_pass_sizes_only():
     """With torch.compile, every new pass size compiles again inside the compute lock (tens of seconds, every camera
-    stalled): live passes of 1 to 8 cameras' frames and a short last batch are padded to 1, 2, 4 or 8."""
+    stalled): live passes of 1 to 8 cameras' frames are padded to 1, 2, 4 or 8."""
     import numpy as np
 
     from pipeline.stages.frames import FrameBatch
@@ -231,6 +231,9 @@ def test_a_compiled_network_runs_at_a_few_pass_sizes_only():
         assert np.allclose(np.concatenate([d.depth for d in together]), expected.depth, atol=1e-5)
     assert sorted(set(seen)) == [1, 2, 4, 8], seen
     assert worker.frames_processed == 36
+    seen.clear()  # a file's short last batch: to the full batch, one size in all (tests/test_stages.py too)
+    worker.infer(FrameBatch(0, [0, 1, 2], Fraction(1, 25), frames[:3], "rgb24"), "float32")
+    assert seen == [8]
 
 
 def test_the_workers_counters_add_up_from_many_threads():

@@ -203,16 +203,16 @@ def test_a_killed_live_run_keeps_what_it_recorded(tmp_path):
     wait_for(lambda: partial() is not None and partial().stat().st_size > 20_000, 120, "a few seconds recorded")
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)
-    killed = partial()
-    assert read_video(killed)["count"] >= 30, "the fragments written before the kill play"
+    assert partial() is not None
 
     short = clip(tmp_path, "short.mp4", width=96, height=64, frames=15, rate=30)
     second = start_pipeline(short, "--realtime", "--record", recording)
-    _, stderr = second.communicate(timeout=120)
+    stdout, stderr = second.communicate(timeout=120)
     assert second.returncode == 0, stderr[-3000:]
     [recovered] = tmp_path.glob("live_depth.recovered-*.mp4")
     assert "kept what a killed run recorded" in stderr and str(recovered) in stderr
-    assert read_video(recovered)["count"] >= 30 and read_video(recording)["count"] == 15
+    assert read_video(recovered)["count"] >= 30, "the whole fragments written before the kill play"
+    assert read_video(recording)["count"] == json.loads(stdout)["frames_out"] > 0
     assert not list(tmp_path.glob(".live_depth.*")), "no leftover"
     for pid in ray_agents() - agents_before:  # the killed driver's Ray agents outlive it: end them
         with __import__("contextlib").suppress(OSError):

@@ -236,9 +236,13 @@ def test_batch_output_folder_that_cannot_be_written_fails_before_ray(clips, read
     assert_one_line_error(code, err, "--output-dir does not exist and cannot be made")
 
 
-def test_an_rtsp_destination_that_cannot_be_reached_at_start_is_exit_2(clips, capsys, no_ray):
-    code, err = run_cli(capsys, clips["short"], "--realtime", "-o", "rtsp://127.0.0.1:9/depth", *FAST)
-    assert_one_line_error(code, err, "rtsp://127.0.0.1:9/depth: cannot reach the RTSP server to publish to")
+def test_an_rtsp_destination_that_is_not_a_url_is_exit_2_before_ray(clips, capsys, no_ray):
+    """(One that refuses its first session is exit 2 too, once the model is loaded: no probe connection is made ahead
+    of the session, which a one-shot receiver would take for its publisher; tests/test_live.py.)"""
+    code, err = run_cli(capsys, clips["short"], "--realtime", "-o", "rtsp://127.0.0.1:99999/depth", *FAST)
+    assert_one_line_error(code, err, "rtsp://127.0.0.1:99999/depth: not a valid RTSP URL (bad port)")
+    code, err = run_cli(capsys, clips["short"], "--realtime", "-o", "rtsp:///depth", *FAST)
+    assert_one_line_error(code, err, "rtsp:///depth: not a valid RTSP URL")
 
 
 def manifest(tmp_path: Path, *lines: str, suffix: str = ".jsonl") -> Path:

@@ -181,9 +181,12 @@ class DepthWorker:
         self.predictor = predictor
         self.network_batch = network_batch
         # torch.compile specialises on the batch size, and cuDNN's autotuning on every input shape: a pass of any
-        # other size is padded up to the next of a few sizes (powers of two up to the batch), so a short last batch
-        # or a live pass of 1 to 8 cameras' frames never compiles again inside the compute lock, stalling every camera
-        self.pass_sizes = pass_sizes(network_batch or batch_size) if predictor.options.compile else ()
+        # other size is padded up (the last image repeated, its depth dropped), so it never compiles again inside the
+        # compute lock, stalling every stream. A file's short last batch: to the full batch (one size in all); a live
+        # pass of 1 to 8 cameras' frames: to the next of a few sizes (powers of two up to the batch)
+        largest = network_batch or batch_size
+        self.file_pass_sizes = (largest,) if predictor.options.compile and largest else ()
+        self.pass_sizes = pass_sizes(largest) if predictor.options.compile else ()
         self.device = predictor.device
         # Metric models' range in metres (None: relative depth): every DepthBatch says what its values are
         self.max_depth = getattr(getattr(predictor.net, "config", None), "max_depth", None)
@@ -215,7 +218,10 @@ class DepthWorker:
     def infer(self, batch: FrameBatch, depth_dtype: str = "float16") -> DepthBatch:
         """Depth at the model's resolution (B x h x w), in `depth_dtype`: float16 is plenty for 8-bit pictures and
         half the bytes to move; the 16-bit output asks for float32."""
-        depth = self._infer_parts([(batch.pixels, batch.layout)], DEPTH_DTYPES[depth_dtype])
+        return self._infer_batch(batch, depth_dtype, self.file_pass_sizes)
+
+    def _infer_batch(self, batch: FrameBatch, depth_dtype: str, sizes: tuple[int, ...]) -> DepthBatch:
+        depth = self._infer_parts([(batch.pixels, batch.layout)], DEPTH_DTYPES[depth_dtype], sizes)
         self._counted(frames=len(batch))
         return DepthBatch(batch.first_index, batch.pts, batch.time_base, depth, self.max_depth)
 
@@ -224,7 +230,7 @@ class DepthWorker:
         their own size, and the network sees them together, so they must share its input size (`input_size_for`:
         frames of one aspect ratio); a DepthBatch for each, as `infer` would give it."""
         if len(batches) == 1:
-            return [self.infer(batches[0], depth_dtype)]
+            return [self._infer_batch(batches[0], depth_dtype, self.pass_sizes)]
         sizes = {self.input_size_for(batch) for batch in batches}
         if len(sizes) > 1:
             raise ValueError(f"batches for one pass through the network must share its input size; got {sorted(sizes)}")
@@ -235,7 +241,8 @@ class DepthWorker:
         order = [index for members in groups.values() for index in members]
         depth = self._infer_parts([(np.concatenate([batches[i].pixels for i in members]) if len(members) > 1
                                     else batches[members[0]].pixels, layout)
-                                   for (_, layout), members in groups.items()], DEPTH_DTYPES[depth_dtype])
+                                   for (_, layout), members in groups.items()], DEPTH_DTYPES[depth_dtype],
+                                  self.pass_sizes)
         results: list[DepthBatch | None] = [None] * len(batches)
         start = 0
         for index in order:
@@ -250,23 +257,25 @@ class DepthWorker:
         """The network's input size (h, w) for a batch's frames."""
         return self.predictor.input_size_for((frame_height(batch.pixels[0], batch.layout), batch.pixels.shape[2]))
 
-    def _infer_parts(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype) -> np.ndarray:
-        return (self._infer_cuda if self._use_cuda else self._infer_cpu)(parts, dtype)
+    def _infer_parts(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype,
+                     sizes: tuple[int, ...] = ()) -> np.ndarray:
+        """`sizes`: the pass sizes a pass is padded up to (none: as it comes)."""
+        return (self._infer_cuda if self._use_cuda else self._infer_cpu)(parts, dtype, sizes)
 
-    def _predict(self, parts: list[tuple[torch.Tensor, str]]) -> torch.Tensor:
+    def _predict(self, parts: list[tuple[torch.Tensor, str]], sizes: tuple[int, ...] = ()) -> torch.Tensor:
         """Frames on the model's device, each part in its layout -> float32 depth B x h x w at the model's resolution,
         the parts' frames one after another."""
         images = [self.predictor.prepare(i420_to_rgb(frames) if layout == YUV420P else frames)
                   for frames, layout in parts]
         image_bchw = images[0] if len(images) == 1 else torch.cat(images)
         if not self.network_batch or len(image_bchw) <= self.network_batch:
-            return self._forward(image_bchw)
-        return torch.cat([self._forward(part) for part in image_bchw.split(self.network_batch)])
+            return self._forward(image_bchw, sizes)
+        return torch.cat([self._forward(part, sizes) for part in image_bchw.split(self.network_batch)])
 
-    def _forward(self, image_bchw: torch.Tensor) -> torch.Tensor:
-        """One pass, padded up to the next of `pass_sizes` (the last image repeated; its depth dropped)."""
+    def _forward(self, image_bchw: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+        """One pass, padded up to the next of `sizes` (the last image repeated; its depth dropped)."""
         frames = len(image_bchw)
-        size = next((size for size in self.pass_sizes if size >= frames), frames)
+        size = next((size for size in sizes if size >= frames), frames)
         if size > frames:
             image_bchw = torch.cat([image_bchw, image_bchw[-1:].expand(size - frames, *image_bchw.shape[1:])])
         return self.predictor.forward(image_bchw)[:frames]
@@ -277,15 +286,16 @@ class DepthWorker:
             self.predict_cpu_s += cpu_s
             self.gpu_busy_ms += gpu_ms
 
-    def _infer_cpu(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype) -> np.ndarray:
+    def _infer_cpu(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype, sizes: tuple[int, ...]) -> np.ndarray:
         with self._compute_lock:
             started = time.process_time()
-            depth = self._predict([(torch.from_numpy(pixels), layout) for pixels, layout in parts]).to(dtype)
+            depth = self._predict([(torch.from_numpy(pixels), layout) for pixels, layout in parts], sizes).to(dtype)
             # Input preparation, network, the cast to the result's dtype: device work (a GPU does all three)
             self._counted(cpu_s=time.process_time() - started)
         return depth.numpy()
 
-    def _infer_cuda(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype) -> np.ndarray:
+    def _infer_cuda(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype,
+                    sizes: tuple[int, ...]) -> np.ndarray:
         slots, on_device, copied = [], [], None
         try:
             with torch.cuda.stream(self._copy_stream):
@@ -304,7 +314,7 @@ class DepthWorker:
                 # The input was allocated on the copy stream: tell the allocator the compute stream uses it too
                 for frames_on_device, _ in on_device:
                     frames_on_device.record_stream(self._compute_stream)
-                depth_on_device = self._predict(on_device).to(dtype)
+                depth_on_device = self._predict(on_device, sizes).to(dtype)
                 computed = torch.cuda.Event(enable_timing=True)
                 computed.record(self._compute_stream)
             # The copy back runs on its own stream, outside the lock: the next batch's compute need not wait for it

@@ -125,6 +125,26 @@ def abandoned_partials(output: Path, older_than: float | None = None) -> list[Pa
     return found
 
 
+def complete_fragments_length(path: Path) -> int:
+    """Bytes of a fragmented MP4 up to its last complete fragment (`moof` + `mdat`), 0 if it has none: a file cut
+    short by a kill ends mid-fragment, and a decoder reading it fails there."""
+    whole = offset = 0
+    size_of_file = path.stat().st_size
+    with open(path, "rb") as file:
+        while offset + 8 <= size_of_file:
+            file.seek(offset)
+            header = file.read(16)
+            size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if size == 1 and len(header) == 16:  # a 64-bit size follows the type
+                size = int.from_bytes(header[8:16], "big")
+            if size < 8 or offset + size > size_of_file:
+                break  # the box the kill cut short (or nonsense): what came before is what is whole
+            offset += size
+            if kind == b"mdat":
+                whole = offset
+    return whole
+
+
 def recover_recordings(output: Path) -> list[Path]:
     """What killed runs recorded to `output` (fragmented MP4, Matroska: playable up to the kill), kept beside it as
     NAME.recovered-YYYYmmdd-HHMMSS.EXT; an empty leftover is removed. The files kept, for the caller to say."""
@@ -133,6 +153,12 @@ def recover_recordings(output: Path) -> list[Path]:
         if leftover.is_dir() or leftover.stat().st_size == 0:
             remove_partial(leftover)
             continue
+        if leftover.suffix.lower() in (".mp4", ".mov"):
+            whole = complete_fragments_length(leftover)  # the fragment the kill cut short is dropped
+            if not whole:
+                remove_partial(leftover)
+                continue
+            os.truncate(leftover, whole)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(leftover.stat().st_mtime))
         target = output.with_name(f"{output.stem}.recovered-{stamp}{output.suffix}")
         number = 1
