@@ -31,10 +31,13 @@ PROJECT = Path(__file__).resolve().parents[1]
 pytestmark = test_live.pytestmark  # skipped without GStreamer's RTSP server (unless REQUIRE_RTSP)
 
 
-def call(base: str, method: str, path: str, body=None) -> tuple[int, dict]:
+TOKEN = "the-cameras-test-token-0123456789"
+
+
+def call(base: str, method: str, path: str, body=None, token: str | None = TOKEN) -> tuple[int, dict]:
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, json.loads(answer.read() or b"null") if path != "/metrics" else answer.read()
@@ -70,8 +73,12 @@ def test_three_cameras_added_removed_restarted_at_another_size_and_stopped(tmp_p
     # Batches wait for other cameras' frames up to 60 ms (15 fps cameras: a frame every 67 ms each)
     preset = tmp_path / "live.yaml"
     preset.write_text("live:\n  batch_wait_ms: 60\n")
+    token_file, recordings = tmp_path / "token", tmp_path / "recordings"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     process = subprocess.Popen([sys.executable, str(PROJECT / "run_pipeline.py"), "live", str(file), "--control",
-                                "127.0.0.1:0", "--config", str(preset), *MODEL, "--batch-size", "4"], cwd=PROJECT,
+                                "127.0.0.1:0", "--config", str(preset), *MODEL, "--batch-size", "4",
+                                "--control-token-file", token_file, "--recordings-dir", recordings], cwd=PROJECT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     added = Camera(128, 80, 15)
     try:
@@ -81,7 +88,14 @@ def test_three_cameras_added_removed_restarted_at_another_size_and_stopped(tmp_p
             assert line or process.poll() is None, "the job ended before it listened"
             found = re.search(r"control API at (http://127\.0\.0\.1:\d+)", line)
             base = found[1] if found else None
-        assert call(base, "GET", "/healthz")[0] == 200
+        # At once, while the file's cameras are being added: a POST with a file camera's name (and recording) once
+        # ended the whole job with exit 2; now it is answered (503 while starting) and the job goes on
+        status, _ = call(base, "POST", "/cameras", {"name": "lobby", "input": cameras["wide"].url,
+                                                    "record": "lobby_depth.mp4"})
+        assert status in (503, 409), status
+        assert call(base, "GET", "/healthz", token=None)[0] == 200  # the probes need no token
+        assert call(base, "GET", "/cameras", token=None)[0] == 401
+        assert call(base, "GET", "/cameras", token="not-the-token-of-this-job-000")[0] == 401
         wait_for(lambda: call(base, "GET", "/readyz")[0] == 200, 90, "every camera connected")
         wait_for(lambda: all(len(receivers[n].frames) >= 12 for n in ("wide", "small")), 60, "depth at both servers")
         # Each camera's depth at its own size, fresh (moving), from one job
@@ -94,9 +108,12 @@ def test_three_cameras_added_removed_restarted_at_another_size_and_stopped(tmp_p
 
         # A camera added over HTTP while the job runs; one removed
         added.start()
+        assert call(base, "POST", "/cameras", {"name": "added", "input": added.url, "record": "../added.mp4"})[0] == 403
+        assert call(base, "POST", "/cameras", {"name": "added", "input": str(played), "realtime": True,
+                                               "record": "added.mp4"})[0] == 403  # a local file over HTTP
         status, body = call(base, "POST", "/cameras", {"name": "added", "input": added.url,
-                                                       "output": receivers["added"].url})
-        assert status == 201 and body["name"] == "added"
+                                                       "output": receivers["added"].url, "record": "added.mp4"})
+        assert status == 201 and body["name"] == "added" and body["record"] == str(recordings / "added.mp4")
         wait_for(lambda: len(receivers["added"].frames) >= 10, 60, "depth of the added camera")
         assert sizes_since(receivers["added"], 0) == {(80, 128)}
         # The added camera's process dies: Ray starts it again, the pool runs it again, its depth flows again
@@ -158,6 +175,8 @@ def test_three_cameras_added_removed_restarted_at_another_size_and_stopped(tmp_p
     assert batches["count"] > 0 and batches["mean_frames"] > 1 and batches["mean_cameras"] > 1.05, batches
     # The recording was closed cleanly: a whole file with every frame it wrote
     assert read_video(recording)["count"] == summary["cameras"]["lobby"]["frames_out"]
+    # The camera added over HTTP recorded inside the recordings folder, and nowhere else
+    assert (recordings / "added.mp4").exists() and not (tmp_path / "added.mp4").exists()
 
 
 def test_a_bad_cameras_file_fails_before_anything_starts(tmp_path, capsys, monkeypatch):

@@ -486,3 +486,20 @@ def test_the_token_and_the_address_it_takes(tmp_path, monkeypatch):
         read_token(str(tmp_path / "none"))
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("8.8.8.8")
+
+
+def test_a_source_that_refuses_says_why_while_it_waits():
+    """A camera URL that refuses stayed `connecting` with error null for ever: its last error is in its state."""
+    from pipeline.stages.live_source import LiveSource
+
+    source = LiveSource("rtsp://127.0.0.1:9/door", read_timeout_s=1.0, backoff_s=(0.1, 0.2), log=lambda line: None)
+    frames = source.frames()
+    reader = threading.Thread(target=lambda: next(frames, None), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 20
+    while source.last_error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    source.stop()
+    reader.join(timeout=10)
+    assert source.state == "connecting" or source.state == "ended"
+    assert source.last_error is not None and "127.0.0.1:9/door" in source.last_error, source.last_error
