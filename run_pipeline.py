@@ -38,7 +38,7 @@ if __name__ == "__main__":
 
 from model import VARIANTS, CheckpointError, check_checkpoint
 from model.hub import DEFAULT_MODEL, MODEL_NAMES, NON_COMMERCIAL, resolve_checkpoint
-from pipeline.stages.decode import is_url
+from pipeline.urls import is_live_url, is_publish_url, is_url
 from pipeline.stages.image_sequence import is_image_sequence
 from pipeline.jobs.outputs import InputFiles, check_output, check_output_folder, check_summary_path, depth_output_name
 from pipeline.stages.encode import DEPTH_FORMATS
@@ -260,9 +260,6 @@ def run_batch(args: argparse.Namespace) -> tuple[dict, int]:
     return report, (EXIT_SOME_FAILED if report["totals"]["failed"] else 0)
 
 
-LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "srt://", "udp://", "tcp://")
-
-
 def run_cameras(args: argparse.Namespace) -> dict:
     """The live command: many cameras until Ctrl-C / SIGTERM; the summary, exit 0."""
     from pipeline.jobs.cameras import CameraService, read_cameras_file
@@ -329,8 +326,7 @@ def run_cameras(args: argparse.Namespace) -> dict:
 
 def is_live(args: argparse.Namespace) -> bool:
     """Live mode: a streaming input, an RTSP output, a file played in real time, or asked for."""
-    return bool(args.live or args.realtime or (args.input or "").startswith(LIVE_SCHEMES)
-                or (args.output or "").startswith(("rtsp://", "rtsps://")))
+    return bool(args.live or args.realtime or is_live_url(args.input or "") or is_publish_url(args.output or ""))
 
 
 def run_live(args: argparse.Namespace) -> dict:
@@ -349,7 +345,7 @@ def run_live(args: argparse.Namespace) -> dict:
     for flag, given in (("--segments", args.segments is not None), ("--resume", args.resume)):
         if given:
             raise PipelineError(f"{flag} is for files; a live stream is one stream, run as it comes")
-    publish = args.output if (args.output or "").startswith(("rtsp://", "rtsps://")) else None
+    publish = args.output if is_publish_url(args.output or "") else None
     if args.output and not publish and args.record:
         raise PipelineError(f"-o {args.output} and --record {args.record}: live mode records to one file; give it "
                             f"once (-o takes an rtsp:// URL to publish to, or the recording)")

@@ -369,15 +369,17 @@ class CameraActor:
     arguments, and handles of other actors there may not survive (ray-project/ray#53727)."""
 
     def __init__(self, name: str, source: str, realtime: bool, targets, settings, batch_size: int):
+        from .settings import live_camera_options
         from .stages.live_camera import LiveCamera
         from .stages.live_source import LiveSource
 
         one_thread_each()
         live = settings.live
         self._name, self._settings, self._batch_size = name, settings, batch_size
-        self._camera = LiveCamera(settings, LiveSource(source, realtime=realtime, transport=live.transport,
-                                                       read_timeout_s=live.read_timeout_s,
-                                                       backoff_s=(0.5, live.backoff_max_s)), targets, name=name)
+        self._camera = LiveCamera(live_camera_options(settings),
+                                  LiveSource(source, realtime=realtime, transport=live.transport,
+                                             read_timeout_s=live.read_timeout_s, backoff_s=(0.5, live.backoff_max_s)),
+                                  targets, name=name)
         self._summary: dict | None = None
         self._thread: threading.Thread | None = None
 

@@ -40,10 +40,9 @@ from .placement import StreamPlacement
 from .plan import max_streams_for, plan_actors
 from .runtime import started_local_ray
 from .settings import PipelineSettings
-from .stages.encode import temporary_path
 from .stages.frames import DepthBatch, FrameBatch, PipelineError, VideoInfo, one_line
 from .stages.infer import ModelSource, cuda_problem
-from .stages.sequence_writer import remove_partial
+from .stages.output_files import remove_partial, temporary_path
 from .stages.sink import RenderOptions, keeps_values
 from .stream_pool import StreamActorPool
 

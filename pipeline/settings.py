@@ -28,6 +28,7 @@ from .stages.colorize import colormap_id, colormap_names
 from .stages.encode import DEPTH_FORMATS, X264_PRESETS
 from .stages.frames import PipelineError
 from .stages.image_sequence import frame_rate
+from .stages.live_camera import LiveCameraOptions
 from .stages.sink import RenderOptions
 from .stages.smoothing import SMOOTHER_NAMES, make_smoother
 
@@ -348,6 +349,15 @@ def load_settings(preset: str | Path | None = None, overrides: dict[str, Any] | 
         settings = merge(settings, data, str(path))
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     return check_combination(merge(settings, overrides, "command line", labels))
+
+
+def live_camera_options(settings: PipelineSettings) -> LiveCameraOptions:
+    """What one live camera's loop takes of the job's settings (stages/live_camera.py reads no settings)."""
+    live = settings.live
+    return LiveCameraOptions(render=settings.output, smoother=settings.smoothing.name,
+                             smoother_params=dict(settings.smoothing.params), queue=live.queue, drop=live.drop,
+                             keep_every=live.keep_every, in_flight=live.in_flight, transport=live.transport,
+                             log_every_s=live.log_every_s)
 
 
 def as_dict(settings: PipelineSettings) -> dict:

@@ -19,7 +19,8 @@ from pipeline.stages.depth_units import DepthUnits
 from pipeline.stages.encode import check_output_path
 from pipeline.stages.frames import DepthBatch, FrameBatch, PipelineError, VideoInfo
 from pipeline.stages.image_sequence import ImageSequenceDecoder, frame_rate, is_image_sequence, list_images
-from pipeline.stages.sequence_writer import DepthSequenceWriter, read_exr, remove_partial
+from pipeline.stages.output_files import remove_partial
+from pipeline.stages.sequence_writer import DepthSequenceWriter, read_exr
 from pipeline.stages.sink import DepthSink, RenderOptions
 from pipeline.stages.smoothing import make_smoother
 

@@ -31,7 +31,8 @@ from .file import process_video
 from ..settings import PipelineSettings, check_combination, merge
 from ..work_pool import run_in_threads
 from ..stages.frames import PipelineError, one_line
-from ..stages.sequence_writer import abandoned_partials, path_digest, path_size, remove_partial
+from ..stages.output_files import abandoned_partials, remove_partial
+from ..stages.sequence_writer import path_digest, path_size
 from .inputs import BatchItem
 from .outputs import InputFiles, check_output
 from .status import BatchStatus, input_stamp, settings_digest

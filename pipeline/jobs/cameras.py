@@ -29,14 +29,14 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from ..settings import PipelineSettings, check_combination, merge
-from ..stages.decode import is_url, open_video
+from ..stages.decode import open_video
+from ..urls import is_publish_url, is_url
 from ..stages.frames import PipelineError, one_line
 from ..stages.live_camera import LiveTargets
 from ..stages.sequence_writer import is_sequence_format
 from .outputs import InputFiles, check_output
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-PUBLISH_SCHEMES = ("rtsp://", "rtsps://")
 # A camera entry's own settings: its key -> the job setting it overrides for this camera
 CAMERA_SETTINGS = {
     "colormap": "output.colormap",
@@ -160,7 +160,7 @@ def camera_from_entry(entry, settings: PipelineSettings, where: str, no_overwrit
     elif realtime:
         raise PipelineError(f"{where}: realtime is for a file input; {source} is a live stream already")
     publish, record = entry.get("output"), entry.get("record")
-    if publish is not None and (not isinstance(publish, str) or not publish.startswith(PUBLISH_SCHEMES)):
+    if publish is not None and (not isinstance(publish, str) or not is_publish_url(publish)):
         raise PipelineError(f"{where}: output must be an rtsp:// URL to publish to, got {publish!r} (a file goes in "
                             f"record)")
     if record is not None and (not isinstance(record, str) or not record.strip() or is_url(record)):

@@ -13,7 +13,7 @@ worker of its own and batched together on the model actors, are jobs/cameras.py.
 from __future__ import annotations
 
 from ..live_metrics import RayMetrics
-from ..settings import PipelineSettings
+from ..settings import PipelineSettings, live_camera_options
 from ..stages.live_camera import LiveCamera, LiveTargets
 from ..stages.live_source import LiveSource
 
@@ -22,7 +22,7 @@ class LiveJob:
     def __init__(self, settings: PipelineSettings, source: LiveSource, targets: LiveTargets, log=None,
                  publish_must_connect: bool = False):
         """`publish_must_connect`: a destination that refuses the first session ends the run (exit 2)."""
-        self.camera = LiveCamera(settings, source, targets, log=log,
+        self.camera = LiveCamera(live_camera_options(settings), source, targets, log=log,
                                  metrics=RayMetrics() if settings.live.metrics else None,
                                  publish_must_connect=publish_must_connect)
 

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..stages.decode import is_url
+from ..urls import is_url
 from ..stages.encode import check_output_path, output_suffix
 from ..stages.frames import PipelineError
 from ..stages.image_sequence import is_image_sequence, sequence_folder

@@ -32,7 +32,8 @@ from ..stages.encode import DepthVideoWriter
 from ..stages.file_lock import FileLock
 from ..stages.frames import PipelineError, VideoInfo
 from ..stages.image_sequence import is_image_sequence, list_images
-from ..stages.sequence_writer import path_digest, remove_partial
+from ..stages.output_files import remove_partial
+from ..stages.sequence_writer import path_digest
 from .status import input_stamp
 
 SEGMENT_SUFFIX = ".nut"

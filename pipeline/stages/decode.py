@@ -21,15 +21,10 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ..urls import is_url
 from .frames import FrameBatch, PipelineError, VideoInfo, batched
 from .pixels import RGB24, YUV420P, frame_height, i420_planes
 
-URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "srt://", "udp://", "tcp://")
-
-
-def is_url(source: str) -> bool:
-    """A network source PyAV opens by URL (not a path to check on disk)."""
-    return str(source).startswith(URL_SCHEMES)
 
 
 def open_video(source: str, options: dict | None = None):

@@ -23,6 +23,7 @@ import numpy as np
 
 from .file_lock import FileLock
 from .frames import PipelineError, VideoInfo, write_failed
+from .output_files import temporary_path
 from .sequence_writer import check_replaceable, is_sequence_format
 
 DEPTH_FORMATS = ("color", "gray", "gray16", "side-by-side", "exr", "png16")  # exr, png16: folders of frames
@@ -101,11 +102,6 @@ def blank_i420(height: int, width: int) -> tuple[av.VideoFrame, list[np.ndarray]
     frame = av.VideoFrame(width, height, "yuv420p")
     return frame, [np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
                    for plane in frame.planes]
-
-
-def temporary_path(output: Path, tag: str) -> Path:
-    """Where a writer of `output` writes until it is complete: hidden, beside it, on the same filesystem."""
-    return output.with_name(f".{output.stem}.{tag}.partial{output.suffix}")
 
 
 class DepthVideoWriter:

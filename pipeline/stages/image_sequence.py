@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .decode import is_url
+from ..urls import is_url
 from .frames import FrameBatch, PipelineError, VideoInfo, batched
 from .pixels import RGB24
 

@@ -3,7 +3,8 @@ One live camera's loop: frames as they arrive -> the model -> smoothing, renderi
 recording, latency first. Plain: the model is any callable, so the loop runs in the CLI's process (one camera, the
 model actors through the graph) or in a camera actor of its own (many cameras, the model actors batching them).
 
-Takes: a `LiveSource`, where to send depth (`LiveTargets`), the job's settings, and at `run()` a
+Takes: the camera's options (`LiveCameraOptions`), a `LiveSource`, where to send depth (`LiveTargets`), and at
+`run()` a
 `submit(FrameBatch, depth_dtype)` that sends a batch to the model and gives a function that waits for its DepthBatch.
 Gives: the depth stream, published as frames come; `stats()` at any moment (thread-safe: state, counters, fps and
 latency of the last seconds); `run()` returns the summary (frames_in, frames_out, dropped, reconnects, latency_ms
@@ -31,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -39,19 +40,34 @@ import av
 import cv2
 import numpy as np
 
-from ..settings import PipelineSettings
 from .encode import DepthVideoWriter
 from .frames import DepthBatch, FrameBatch, VideoInfo, one_line
 from .live_buffer import FrameBuffer, LatencyStats
 from .live_source import LiveFrame, LiveSource
 from .publish import LIVE_TIME_BASE, RtspPublisher
-from .sequence_writer import recover_recordings
-from .sink import DepthSink, keeps_values, output_metadata
+from .output_files import recover_recordings
+from .sink import DepthSink, RenderOptions, keeps_values, output_metadata
 from .smoothing import make_smoother
 
 # (batch, depth dtype) -> a function that waits for the batch's depth
 Submit = Callable[[FrameBatch, str], Callable[[], DepthBatch]]
 RATE_WINDOW_S = 5.0  # fps in `stats()`: over about this many seconds
+
+
+@dataclass(frozen=True)
+class LiveCameraOptions:
+    """What one camera's loop is told (the job's settings turn into these: settings.live_camera_options): how it
+    renders and smooths, how it buffers and drops, how it publishes."""
+
+    render: RenderOptions = RenderOptions()
+    smoother: str = "default"
+    smoother_params: dict = field(default_factory=dict)
+    queue: int = 2  # frames waiting for the model at most; a new one pushes the oldest out (counted)
+    drop: str = "oldest"  # oldest | every-k (only every keep_every-th frame goes to the model)
+    keep_every: int = 2
+    in_flight: int = 2  # batches at the model at once
+    transport: str = "tcp"  # RTSP out: tcp or udp
+    log_every_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -144,12 +160,12 @@ class RateMeter:
 
 
 class LiveCamera:
-    def __init__(self, settings: PipelineSettings, source: LiveSource, targets: LiveTargets, name: str | None = None,
+    def __init__(self, options: LiveCameraOptions, source: LiveSource, targets: LiveTargets, name: str | None = None,
                  log=None, metrics=None, publish_must_connect: bool = False):
         """`name`: the camera's, for log lines (several cameras share a log); `metrics`: where frames are also
         counted (live_metrics.RayMetrics), or None; `publish_must_connect`: a destination that refuses the first
         session is an error that ends the run (else retried with backoff)."""
-        self.settings = settings
+        self.options = options
         self.publish_must_connect = publish_must_connect
         self.source = source
         self.targets = targets
@@ -157,8 +173,7 @@ class LiveCamera:
         base_log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.log = (lambda line: base_log(f"[{name}] {line}")) if name else base_log
         source.log = self.log
-        live = settings.live
-        self.buffer = FrameBuffer(live.queue, live.keep_every if live.drop == "every-k" else 1)
+        self.buffer = FrameBuffer(options.queue, options.keep_every if options.drop == "every-k" else 1)
         self.latency = LatencyStats()
         self.stopping = threading.Event()
         self.frames_out = self.filler_frames = self.model_errors = self.frames_lost_to_model = 0
@@ -171,7 +186,7 @@ class LiveCamera:
         self._first_frame_at: float | None = None  # when the first frame arrived (fps are taken from then on)
         self._stats_lock = threading.Lock()
         # A 16-bit recording keeps the depth's values: float32 from the model (float16 is plenty for 8-bit pictures)
-        self._depth_dtype = "float32" if keeps_values(settings.output.depth_format) else "float16"
+        self._depth_dtype = "float32" if keeps_values(options.render.depth_format) else "float16"
 
     def stop(self) -> None:
         self.stopping.set()
@@ -209,7 +224,7 @@ class LiveCamera:
                     self._keep_viewers(time.monotonic(), rate)
                     continue
                 # A full buffer says the model is behind: a second batch in flight would only add to the wait
-                limit = 1 if len(frames) >= self.buffer.capacity else self.settings.live.in_flight
+                limit = 1 if len(frames) >= self.buffer.capacity else self.options.in_flight
                 # Frames of one size at a time (a reconnect can bring another size into the same take)
                 for group in _same_size_runs(frames):
                     pts_list = []
@@ -225,7 +240,7 @@ class LiveCamera:
                     except Exception as error:  # noqa: BLE001 - reported when its turn comes, in order
                         pending = error
                     in_flight.append((group, batch, pending))
-                if time.monotonic() - last_log >= self.settings.live.log_every_s:
+                if time.monotonic() - last_log >= self.options.log_every_s:
                     self._log_line(time.monotonic() - last_log, interval)
                     last_log = time.monotonic()
         except BaseException as error:
@@ -341,15 +356,15 @@ class LiveCamera:
 
     def _sink(self, rate: float) -> DepthSink:
         """The file run's sink (smoother, renderer), writing to the publisher and/or the recording."""
-        settings = self.settings
+        options = self.options
         info = self.source.info
         live_info = VideoInfo(source=info.source, width=info.width, height=info.height,
                               rate=Fraction(info.rate or 25), time_base=LIVE_TIME_BASE, rotation=0,
                               expected_frames=None, has_audio=False, codec=info.codec)
-        render = settings.output
+        render = options.render
 
         def open_writer(frame_hw: tuple[int, int]) -> LiveWriter:
-            publisher = (RtspPublisher(self.targets.publish, frame_hw, rate, settings.live.transport, log=self.log,
+            publisher = (RtspPublisher(self.targets.publish, frame_hw, rate, options.transport, log=self.log,
                                        qp=render.qp, crf=render.crf, must_connect_first=self.publish_must_connect)
                          if self.targets.publish else None)
             recorder = (DepthVideoWriter(self.targets.record, render.depth_format, live_info, frame_hw,
@@ -360,7 +375,7 @@ class LiveCamera:
                                          b_frames=False, fragmented=True) if self.targets.record else None)
             return LiveWriter(publisher, recorder, frame_hw)
 
-        smoother = make_smoother(settings.smoothing.name, device="cpu", **settings.smoothing.params)
+        smoother = make_smoother(options.smoother, device="cpu", **options.smoother_params)
         # (the writer opens at the first frame: by then the sink knows the depth's units and 16-bit scale)
         sink = DepthSink(self.targets.record or self.targets.publish, live_info, render, smoother,
                          writer_factory=open_writer)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from .decode import VideoDecoder, is_url
+from ..urls import is_publish_url, is_url
+from .decode import VideoDecoder
 from .frames import PipelineError, one_line
 
 
@@ -40,7 +41,7 @@ class LiveFrame:
 def live_options(source: str, transport: str, read_timeout_s: float) -> dict[str, str]:
     """FFmpeg options for reading a live source with little delay and a bounded wait."""
     options = {"fflags": "nobuffer", "flags": "low_delay"}
-    if source.startswith(("rtsp://", "rtsps://")):
+    if is_publish_url(source):  # (RTSP: its transport and socket timeout)
         options.update(rtsp_transport=transport, timeout=str(int(read_timeout_s * 1e6)))
     elif is_url(source):
         options.update(rw_timeout=str(int(read_timeout_s * 1e6)))

@@ -20,13 +20,10 @@ never a user's folder that happens to have the name.
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import os
 import re
-import shutil
-import time
 import uuid
 from fractions import Fraction
 from pathlib import Path
@@ -34,15 +31,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .file_lock import FileLock, is_held_elsewhere
+from .file_lock import FileLock
 from .frames import PipelineError, VideoInfo, write_failed
+from .output_files import LOCK_NAME, remove_partial, temporary_path
 
 SEQUENCE_FORMATS = {"exr": ".exr", "png16": ".png"}
 FRAME_TABLE = "frames.csv"
 DESCRIPTION = "depth.json"
 FRAME_TABLE_HEADER = "frame,pts,time_s\n"
 WRITTEN_BY = "video-depth"  # depth.json's mark: a folder that says it may be replaced by the next run
-LOCK_NAME = ".lock"  # held inside the temporary folder while a writer lives (see file_lock.py)
 NUMBER_DIGITS = 6
 
 
@@ -98,76 +95,8 @@ def read_exr(path: str | Path) -> np.ndarray:
 def partial_folder(output: Path, tag: str | None = None) -> Path:
     """Where a frame folder is built: the name a video's temporary file would have (encode.temporary_path), so that
     the clean-ups of killed runs find both the same way."""
-    from .encode import temporary_path  # (encode checks output names with this module: imported when used)
 
     return temporary_path(output, tag or uuid.uuid4().hex[:12])
-
-
-def remove_partial(path: Path) -> None:
-    """A temporary output, a file or a folder, gone (missing is fine)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def abandoned_partials(output: Path, older_than: float | None = None) -> list[Path]:
-    """The temporary files and folders of `output` (see `temporary_path`) that no live writer holds: a killed run's
-    (or those of them last changed before `older_than`, a time.time())."""
-    found = []
-    for leftover in output.parent.glob(f".{glob.escape(output.stem)}.*.partial{glob.escape(output.suffix)}"):
-        lock = leftover / LOCK_NAME if leftover.is_dir() else leftover  # (a folder's writer locks a file inside it)
-        try:
-            if (older_than is None or leftover.stat().st_mtime < older_than) and not is_held_elsewhere(lock):
-                found.append(leftover)
-        except OSError:
-            pass  # gone meanwhile
-    return found
-
-
-def complete_fragments_length(path: Path) -> int:
-    """Bytes of a fragmented MP4 up to its last complete fragment (`moof` + `mdat`), 0 if it has none: a file cut
-    short by a kill ends mid-fragment, and a decoder reading it fails there."""
-    whole = offset = 0
-    size_of_file = path.stat().st_size
-    with open(path, "rb") as file:
-        while offset + 8 <= size_of_file:
-            file.seek(offset)
-            header = file.read(16)
-            size, kind = int.from_bytes(header[:4], "big"), header[4:8]
-            if size == 1 and len(header) == 16:  # a 64-bit size follows the type
-                size = int.from_bytes(header[8:16], "big")
-            if size < 8 or offset + size > size_of_file:
-                break  # the box the kill cut short (or nonsense): what came before is what is whole
-            offset += size
-            if kind == b"mdat":
-                whole = offset
-    return whole
-
-
-def recover_recordings(output: Path) -> list[Path]:
-    """What killed runs recorded to `output` (fragmented MP4, Matroska: playable up to the kill), kept beside it as
-    NAME.recovered-YYYYmmdd-HHMMSS.EXT; an empty leftover is removed. The files kept, for the caller to say."""
-    kept = []
-    for leftover in abandoned_partials(output):
-        if leftover.is_dir() or leftover.stat().st_size == 0:
-            remove_partial(leftover)
-            continue
-        if leftover.suffix.lower() in (".mp4", ".mov"):
-            whole = complete_fragments_length(leftover)  # the fragment the kill cut short is dropped
-            if not whole:
-                remove_partial(leftover)
-                continue
-            os.truncate(leftover, whole)
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(leftover.stat().st_mtime))
-        target = output.with_name(f"{output.stem}.recovered-{stamp}{output.suffix}")
-        number = 1
-        while target.exists():
-            number += 1
-            target = output.with_name(f"{output.stem}.recovered-{stamp}-{number}{output.suffix}")
-        os.replace(leftover, target)
-        kept.append(target)
-    return kept
 
 
 def publish_folder(built: Path, output: Path) -> Path:

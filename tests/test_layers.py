@@ -1,0 +1,138 @@
+"""The layers hold: read every module's imports (those inside functions too) and fail on an import cycle among the
+project's modules, on anything under pipeline/stages/ importing Ray, the settings, or a project module that imports
+Ray; on anything under pipeline/jobs/ importing Ray itself; and on model/ importing video, Ray or the pipeline.
+(The rules are pipeline/__init__.py's map; this test is what keeps them.)"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+PACKAGES = ("model", "pipeline")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PROJECT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(path): path for package in PACKAGES for path in (PROJECT / package).rglob("*.py")}
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> tuple[set[str], set[str]]:
+    """(the project modules `name` imports, the top-level names of everything else it imports), from every import
+    statement in the file, at any depth (a function's own imports hide cycles, not remove them)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    inner, outer = set(), set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join(filter(None, [*anchor, base]))
+            # `from . import x` / `from .pkg import mod`: the names may be modules themselves
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            # The module itself, else the nearest package above it that is the project's (`pipeline.x.y` -> ...)
+            parts = target.split(".")
+            found = next((".".join(parts[:k]) for k in range(len(parts), 0, -1) if ".".join(parts[:k]) in known), None)
+            if found is None:
+                outer.add(parts[0])
+            elif found != name:
+                inner.add(found)
+    return inner, outer
+
+
+def graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    modules = project_modules()
+    known = set(modules)
+    inner, outer = {}, {}
+    for name, path in modules.items():
+        inner[name], outer[name] = imports_of(name, path, known)
+    return inner, outer
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle, each once (Tarjan's strongly connected components of more than one module)."""
+    index, low, on_stack, stack, found = {}, {}, set(), [], []
+    counter = [0]
+
+    def visit(node):
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles():
+    inner, _ = graph()
+    assert cycles(inner) == []
+
+
+def test_stages_know_nothing_of_ray_or_the_settings():
+    inner, outer = graph()
+    uses_ray = {name for name, others in outer.items() if "ray" in others}
+    problems = []
+    for name in sorted(inner):
+        if not name.startswith("pipeline.stages"):
+            continue
+        if "ray" in outer[name]:
+            problems.append(f"{name} imports ray")
+        for other in sorted(inner[name]):
+            if other == "pipeline.settings":
+                problems.append(f"{name} imports the settings ({other})")
+            elif other in uses_ray:
+                problems.append(f"{name} imports {other}, which imports ray")
+    assert problems == []
+
+
+def test_jobs_ask_the_graph_and_do_not_call_ray():
+    _, outer = graph()
+    assert [name for name in sorted(outer) if name.startswith("pipeline.jobs") and "ray" in outer[name]] == []
+
+
+def test_the_model_knows_nothing_of_video_ray_or_the_pipeline():
+    """(OpenCV is allowed: the CPU's input preparation is the original's OpenCV recipe, on images, not video.)"""
+    inner, outer = graph()
+    problems = [f"{name} imports {other}" for name in sorted(inner) if name.startswith("model")
+                for other in sorted(inner[name]) if other.startswith("pipeline")]
+    problems += [f"{name} imports {other}" for name in sorted(outer) if name.startswith("model")
+                 for other in sorted(outer[name] & {"ray", "av"})]
+    assert problems == []
+
+
+def test_the_reader_sees_what_python_sees():
+    """The rules' own check: known imports are found, relative ones resolved, function-level ones included."""
+    inner, outer = graph()
+    assert "pipeline.stages.frames" in inner["pipeline.stages.decode"]
+    assert "ray" in outer["pipeline.graph"] and "torch" in outer["model.predictor"]
+    assert "pipeline.stages.image_sequence" in inner["pipeline.stages.decode"]  # imported inside a function
+    assert "pipeline.urls" in inner["pipeline.stages.decode"]  # a relative import two levels up (from ..urls)
