@@ -298,9 +298,7 @@ def run_cameras(args: argparse.Namespace) -> dict:
                   f"/metrics; POST /cameras; DELETE /cameras/NAME){'; token required' if token else ''}",
                   file=sys.stderr, flush=True)
             # Ctrl-C and SIGTERM end the job normally: every camera's outputs closed, the summary printed
-            previous = {n: signal.signal(n, stop) for n in (signal.SIGINT, signal.SIGTERM)} \
-                if threading.current_thread() is threading.main_thread() else {}
-            try:
+            with stop_signals_call(stop):
                 _ = graph.model_info  # loaded before the cameras start, so start-up is not counted as latency
                 service.model_loaded = True
                 for camera in cameras:
@@ -316,9 +314,6 @@ def run_cameras(args: argparse.Namespace) -> dict:
                     pass
                 with signals_deferred():
                     summary = service.stop_all()
-            finally:
-                for number, handler in previous.items():
-                    signal.signal(number, handler)
     finally:
         server.close()
     return {**summary, "control": server.url}
@@ -371,14 +366,8 @@ def run_live(args: argparse.Namespace) -> dict:
         _ = graph.model_info  # models loaded before the first frame is taken, so start-up is not counted as latency
         decoder = source.open()
         # Ctrl-C and SIGTERM end a live run normally: stop reading, finish what is in flight, close the session
-        stop = lambda number, frame: job.stop()  # noqa: E731
-        previous = {n: signal.signal(n, stop) for n in (signal.SIGINT, signal.SIGTERM)} \
-            if threading.current_thread() is threading.main_thread() else {}
-        try:
+        with stop_signals_call(lambda number, frame: job.stop()):
             return job.run(graph, decoder)
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -454,6 +443,21 @@ _stopped_by: int | None = None  # the signal that stopped the run (Ray's waits r
 
 
 @contextlib.contextmanager
+def stop_signals_call(handler):
+    """Ctrl-C and SIGTERM call `handler(number, frame)` for the block (a live job that ends normally when told),
+    then the handlers before it are back; in a thread other than the main one (the tests), nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, restored in previous.items():
+            signal.signal(number, restored)
+
+
+@contextlib.contextmanager
 def signals_deferred():
     """Hold Ctrl-C and SIGTERM until the block ends, then act on them: for steps that must not be cut in two.
 
@@ -509,7 +513,12 @@ def main(argv=None, summary_out=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv and argv[0] in ("batch", "live") else None
     parse = {"batch": parse_batch_args, "live": parse_live_args}.get(command)
-    args = parse(argv[1:]) if parse else parse_args(argv)
+    previous_stdout = sys.stdout
+    sys.stdout = summary_out or sys.stdout  # (--help is printed on stdout, as every command's is)
+    try:
+        args = parse(argv[1:]) if parse else parse_args(argv)
+    finally:
+        sys.stdout = previous_stdout
     is_main_thread = threading.current_thread() is threading.main_thread()
     global _stopped_by
     _stopped_by = None  # (main may run more than once in a process: the tests)
@@ -562,8 +571,10 @@ def command_line() -> None:
     sys.stdout.flush()
     summary_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    exit_status = main(summary_out=summary_out)
-    summary_out.flush()
+    try:
+        exit_status = main(summary_out=summary_out)
+    finally:
+        summary_out.flush()  # (--help ends main with SystemExit)
     sys.stdout.flush()
     with open(os.devnull, "w") as devnull:
         os.dup2(devnull.fileno(), 1)

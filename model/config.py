@@ -15,7 +15,7 @@ Numbers come from the released checkpoints (spec, section a):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 PATCH_SIZE = 14
 BASE_IMAGE_SIZE = 518  # 37 patches of 14 px: the grid the learned position table was trained for
@@ -89,11 +89,6 @@ def make_config(variant: str = "vits", version: str = "v1", max_depth: float | N
         version=version,
         max_depth=max_depth,
     )
-
-
-def with_version(config: DepthAnythingConfig, version: str) -> DepthAnythingConfig:
-    """The same widths with the taps of another version."""
-    return replace(config, version=version, tap_blocks=default_tap_blocks(config.num_blocks, version))
 
 
 def variant_name(embed_dim: int) -> str:

@@ -15,12 +15,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .config import HEAD_HIDDEN_WIDTH
+
 
 class MonocularDepthHead(nn.Module):
     """3x3 conv F -> F/2, resize to 14 px per patch, 3x3 conv -> 32, ReLU, 1x1 conv -> 1, then ReLU (relative) or
     sigmoid x max_depth (metric). The two heads have the same weights: only the checkpoint's config tells them apart."""
 
-    def __init__(self, fusion_width: int, hidden_width: int = 32, patch_size: int = 14,
+    def __init__(self, fusion_width: int, hidden_width: int = HEAD_HIDDEN_WIDTH, patch_size: int = 14,
                  max_depth: float | None = None):
         super().__init__()
         self.patch_size = patch_size

@@ -358,7 +358,3 @@ def live_camera_options(settings: PipelineSettings) -> LiveCameraOptions:
                              smoother_params=dict(settings.smoothing.params), queue=live.queue, drop=live.drop,
                              keep_every=live.keep_every, in_flight=live.in_flight, transport=live.transport,
                              log_every_s=live.log_every_s)
-
-
-def as_dict(settings: PipelineSettings) -> dict:
-    return dataclasses.asdict(settings)

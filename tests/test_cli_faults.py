@@ -288,3 +288,15 @@ def test_stdout_holds_the_summary_alone_whatever_prints_after_it():
     assert process.returncode == 0, process.stderr
     assert json.loads(process.stdout) == {"frames_out": 3}
     assert "(raylet) WARNING" not in process.stdout and "a line from C" not in process.stdout
+
+
+def test_the_video_depth_command_is_the_cli(tmp_path):
+    """`pip install .` gives `video-depth`, the same command as `python run_pipeline.py`, from any folder."""
+    command = Path(sys.executable).parent / "video-depth"
+    assert command.exists(), "the console script is installed beside the interpreter"
+    helped = subprocess.run([str(command), "live", "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert helped.returncode == 0 and "--control-token-file" in helped.stdout
+    missing = subprocess.run([str(command), str(tmp_path / "none.mp4"), "--random-weights", "vits"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.strip().splitlines() == [f"error: {tmp_path / 'none.mp4'}: input file not found"]

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 RGB24, YUV420P = "rgb24", "yuv420p"
-LAYOUTS = (RGB24, YUV420P)
 
 # BT.601, limited range ("studio swing": Y in 16-235, U and V in 16-240)
 _Y_SCALE, _C_SCALE = 255.0 / 219.0, 255.0 / 224.0
