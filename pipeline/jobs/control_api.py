@@ -357,18 +357,23 @@ class ControlHandler(BaseHTTPRequestHandler):
         """Whether the request may go on; if not, it has been answered (401, or 429 after too many failures)."""
         if self.token is None or (self.command == "GET" and path in OPEN_PATHS):
             return True
+        if self._too_many_tries():
+            return False
+        if self._token_matches(self._given_token()):
+            return True
+        self.attempts.failed(self.client_address[0])
+        self._error(HTTPStatus.UNAUTHORIZED, "a valid token is required: Authorization: Bearer TOKEN",
+                    {"WWW-Authenticate": 'Bearer realm="video-depth"'})
+        return False
+
+    def _too_many_tries(self) -> bool:
+        """Whether this client sent too many wrong tokens lately; if so, it has been answered 429."""
         client = self.client_address[0]
         wait_s = self.attempts.wait_s(client)
         if wait_s > 0:
             self._error(HTTPStatus.TOO_MANY_REQUESTS, f"too many wrong tokens from {client}; try again in "
                                                       f"{wait_s:.0f} s", {"Retry-After": str(int(wait_s) + 1)})
-            return False
-        if self._token_matches(self._given_token()):
-            return True
-        self.attempts.failed(client)
-        self._error(HTTPStatus.UNAUTHORIZED, "a valid token is required: Authorization: Bearer TOKEN",
-                    {"WWW-Authenticate": 'Bearer realm="video-depth"'})
-        return False
+        return wait_s > 0
 
     def _given_token(self) -> str | None:
         scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
@@ -387,14 +392,11 @@ class ControlHandler(BaseHTTPRequestHandler):
 
     def _token_to_cookie(self):
         """GET /?token=TOKEN (a browser's first visit): the token as a cookie, then the page without it in the URL."""
-        client = self.client_address[0]
-        wait_s = self.attempts.wait_s(client)
-        if wait_s > 0:
-            return self._error(HTTPStatus.TOO_MANY_REQUESTS, f"too many wrong tokens from {client}; try again in "
-                                                             f"{wait_s:.0f} s", {"Retry-After": str(int(wait_s) + 1)})
+        if self._too_many_tries():
+            return None
         given = parse_qs(urlsplit(self.path).query).get("token", [""])[0]
         if self.token is not None and not self._token_matches(given):
-            self.attempts.failed(client)
+            self.attempts.failed(self.client_address[0])
             return self._error(HTTPStatus.UNAUTHORIZED, "the token is not valid")
         headers = {"Location": "/"}
         if self.token is not None:

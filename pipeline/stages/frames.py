@@ -9,6 +9,9 @@ variable frame rates and 29.97 fps survive exactly.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -24,10 +27,6 @@ class PipelineError(RuntimeError):
 def write_failed(output, error: BaseException) -> PipelineError:
     """A failed write of `output` as one line: a full disk said so, naming the disk (the mount point) whatever the
     writer reported (EXR's RuntimeError, OpenCV's False, FFmpeg's error), else the writer's own reason."""
-    import errno
-    import os
-    import shutil
-
     folder = os.path.dirname(os.path.abspath(str(output)))
     while folder != os.path.dirname(folder) and not os.path.isdir(folder):
         folder = os.path.dirname(folder)
