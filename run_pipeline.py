@@ -38,12 +38,12 @@ if __name__ == "__main__":
 
 from model import VARIANTS, CheckpointError, check_checkpoint
 from model.hub import DEFAULT_MODEL, MODEL_NAMES, NON_COMMERCIAL, resolve_checkpoint
-from pipeline.urls import is_live_url, is_publish_url, is_url
-from pipeline.stages.image_sequence import is_image_sequence
+from pipeline.errors import PipelineError, one_line
 from pipeline.jobs.outputs import InputFiles, check_output, check_output_folder, check_summary_path, depth_output_name
-from pipeline.stages.encode import DEPTH_FORMATS
-from pipeline.stages.frames import PipelineError, one_line
 from pipeline.settings import load_settings
+from pipeline.stages.sinks.video_writer import DEPTH_FORMATS
+from pipeline.stages.sources.image_sequence import is_image_sequence
+from pipeline.urls import is_live_url, is_publish_url, is_url
 
 SAMPLE_INPUT = Path("outputs/sample_input.mp4")
 
@@ -220,8 +220,8 @@ def resolve_model(settings):
 def depth_graph(settings, resolved):
     """Ray started (or joined) and the model actors made, for the block; the actors are shut down after it, with
     Ctrl-C / SIGTERM held until that is done."""
-    from pipeline.graph import DepthGraph
-    from pipeline.runtime import start_ray
+    from pipeline.cluster.graph import DepthGraph
+    from pipeline.cluster.runtime import start_ray
 
     with signals_deferred():  # an interrupt during start-up would orphan Ray's processes: it waits until Ray is up
         start_ray(settings.ray.address, settings.ray.num_cpus)
@@ -292,7 +292,7 @@ def run_cameras(args: argparse.Namespace) -> dict:
                 service.stopping()  # requests from now on are answered 503, not taken and never run
 
         with depth_graph(settings, resolved) as graph:
-            service = CameraService(settings, graph.camera_pool(), args.no_overwrite)
+            service = CameraService(settings, graph.camera_supervisor(), args.no_overwrite)
             server.start(service)  # changes answered 503 until the file's cameras are in
             print(f"live: {len(cameras)} cameras; control API at {server.url} (GET /cameras, /healthz, /readyz, "
                   f"/metrics; POST /cameras; DELETE /cameras/NAME){'; token required' if token else ''}",
@@ -327,7 +327,7 @@ def is_live(args: argparse.Namespace) -> bool:
 def run_live(args: argparse.Namespace) -> dict:
     """Live mode until Ctrl-C / SIGTERM (or the end of a --realtime file): the summary, exit 0."""
     from pipeline.jobs.live import LiveJob, LiveTargets
-    from pipeline.stages.live_source import LiveSource
+    from pipeline.stages.sources.live_stream import LiveSource
 
     overrides = {**overrides_from(args), "live.metrics": True if args.metrics else None}
     settings = load_settings(args.config, overrides, flag_labels())
@@ -356,7 +356,7 @@ def run_live(args: argparse.Namespace) -> dict:
                         read_timeout_s=live.read_timeout_s, backoff_s=(0.5, live.backoff_max_s))
     source.open().close()  # a source that cannot be opened at start is an error, not a retry loop
     if publish:
-        from pipeline.stages.publish import check_publish_url
+        from pipeline.stages.sinks.rtsp_publisher import check_publish_url
 
         # (no probe connection: a one-shot receiver would take it as its publisher; the first session is the check)
         check_publish_url(publish)
@@ -395,7 +395,7 @@ def run(args: argparse.Namespace) -> dict:
     args.resolved_output = output
     check_summary_path(args.summary)
 
-    from pipeline.stages.decode import open_source
+    from pipeline.stages.sources.video_decoder import open_source
 
     probe = open_source(source, settings.input.fps)  # input errors before Ray starts
     info = probe.info
@@ -487,7 +487,7 @@ def signals_deferred():
 
 def stop_ray_ignoring_signals() -> None:
     """Shut Ray down with further Ctrl-C / SIGTERM ignored: a second interrupt must not cut the clean-up short."""
-    from pipeline.runtime import stop_ray
+    from pipeline.cluster.runtime import stop_ray
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -30,10 +30,10 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from benchmarks.pipeline_ceiling import build_instant_depth  # noqa: E402
-from pipeline.actors import cpu_seconds  # noqa: E402
-from pipeline.graph import DepthGraph  # noqa: E402
+from pipeline.cluster.graph import DepthGraph  # noqa: E402
+from pipeline.cluster.ray_calls import cpu_seconds  # noqa: E402
+from pipeline.cluster.runtime import start_ray  # noqa: E402
 from pipeline.jobs.file import process_video  # noqa: E402
-from pipeline.runtime import start_ray  # noqa: E402
 from pipeline.sample_video import make_sample_clip  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
 

@@ -121,7 +121,7 @@ def worker_agreement(device: str = "cuda", precision: str = "float16", frame_hw=
 
     from model import DepthPredictor, PredictorOptions
     from pipeline.stages.frames import FrameBatch
-    from pipeline.stages.infer import DepthWorker
+    from pipeline.stages.inference.depth_worker import DepthWorker
     from pipeline.stages.pixels import YUV420P, i420_to_rgb
 
     options = PredictorOptions(input_size=input_size, precision=precision, cast_weights=device == "cuda" or None)
@@ -284,8 +284,8 @@ def pipeline_speed(frames: int, stream_counts=(1, 2, 4, 8), frame_hw=FRAME_HW, o
     import ray
 
     from benchmarks.pipeline_ceiling import run_streams
-    from pipeline.graph import DepthGraph
-    from pipeline.runtime import start_ray, stop_ray
+    from pipeline.cluster.graph import DepthGraph
+    from pipeline.cluster.runtime import start_ray, stop_ray
     from pipeline.jobs.file import process_video
     from pipeline.sample_video import make_sample_clip
     from pipeline.settings import load_settings

@@ -30,7 +30,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from pipeline.runtime import _descendant_pids  # noqa: E402
+from pipeline.cluster.runtime import _descendant_pids  # noqa: E402
 from tests.live_peers import Camera  # noqa: E402
 
 CAMERA_SIZE = (96, 64, 15)

@@ -24,9 +24,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo  # noqa: E402
-from pipeline.stages.sequence_writer import path_size  # noqa: E402
-from pipeline.stages.sink import DepthSink, RenderOptions  # noqa: E402
-from pipeline.stages.smoothing import make_smoother  # noqa: E402
+from pipeline.stages.render.smoothing import make_smoother  # noqa: E402
+from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions  # noqa: E402
+from pipeline.stages.sinks.image_sequence_writer import path_size  # noqa: E402
 
 FORMATS = [("color", ".mp4"), ("gray16", ".mkv"), ("exr", ""), ("png16", "")]
 

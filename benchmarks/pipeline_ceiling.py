@@ -37,16 +37,16 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import DepthPredictor, PredictorOptions, make_config  # noqa: E402
-from pipeline.actors import cpu_seconds, one_thread_each  # noqa: E402
-from pipeline.graph import DepthGraph  # noqa: E402
-from pipeline.runtime import start_ray  # noqa: E402
+from pipeline.cluster.graph import DepthGraph  # noqa: E402
+from pipeline.cluster.ray_calls import cpu_seconds, one_thread_each  # noqa: E402
+from pipeline.cluster.runtime import start_ray  # noqa: E402
 from pipeline.jobs.file import process_video  # noqa: E402
-from pipeline.stages.decode import VideoDecoder  # noqa: E402
-from pipeline.stages.infer import DepthWorker  # noqa: E402
-from pipeline.stages.sink import DepthSink, RenderOptions  # noqa: E402
-from pipeline.stages.smoothing import make_smoother  # noqa: E402
 from pipeline.sample_video import make_sample_clip  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
+from pipeline.stages.inference.depth_worker import DepthWorker  # noqa: E402
+from pipeline.stages.render.smoothing import make_smoother  # noqa: E402
+from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions  # noqa: E402
+from pipeline.stages.sources.video_decoder import VideoDecoder  # noqa: E402
 
 
 class InstantDepth(nn.Module):

@@ -35,17 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import DepthPredictor, PredictorOptions  # noqa: E402
 from model.random_weights import random_model  # noqa: E402
-from pipeline.stages.colorize import DepthColorizer  # noqa: E402
-from pipeline.stages.decode import VideoDecoder  # noqa: E402
-from pipeline.stages.pixels import frame_height, luma_at  # noqa: E402
-from pipeline.stages.encode import DepthVideoWriter  # noqa: E402
-from pipeline.stages.frames import DepthBatch  # noqa: E402
-from pipeline.graph import DepthGraph  # noqa: E402
-from pipeline.runtime import start_ray  # noqa: E402
+from pipeline.cluster.graph import DepthGraph  # noqa: E402
+from pipeline.cluster.runtime import start_ray  # noqa: E402
 from pipeline.jobs.file import process_video  # noqa: E402
 from pipeline.sample_video import make_sample_clip  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
-from pipeline.stages.smoothing import make_smoother  # noqa: E402
+from pipeline.stages.frames import DepthBatch  # noqa: E402
+from pipeline.stages.pixels import frame_height, luma_at  # noqa: E402
+from pipeline.stages.render.colorize import DepthColorizer  # noqa: E402
+from pipeline.stages.render.smoothing import make_smoother  # noqa: E402
+from pipeline.stages.sinks.video_writer import DepthVideoWriter  # noqa: E402
+from pipeline.stages.sources.video_decoder import VideoDecoder  # noqa: E402
 
 SEED = 0
 

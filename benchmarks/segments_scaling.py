@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.graph import DepthGraph  # noqa: E402
-from pipeline.runtime import start_ray  # noqa: E402
+from pipeline.cluster.graph import DepthGraph  # noqa: E402
+from pipeline.cluster.runtime import start_ray  # noqa: E402
 from pipeline.jobs.file import process_video  # noqa: E402
 from pipeline.sample_video import make_sample_clip  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402

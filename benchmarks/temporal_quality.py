@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.temporal_data import evaluate, make_sequence, to_truth_units  # noqa: E402
-from pipeline.stages.smoothing import make_smoother  # noqa: E402
+from pipeline.stages.render.smoothing import make_smoother  # noqa: E402
 
 
 def run_smoother(name: str, sequence) -> tuple[np.ndarray, list[int] | None]:

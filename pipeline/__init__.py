@@ -1,18 +1,23 @@
 """
 Video depth as a pipeline: how a frame flows, and the ways to run it.
 
-    source (stages/decode.py, image_sequence.py, live_source.py)
-      -> FrameBatch (stages/frames.py) -> the model (stages/infer.py: DepthWorker, on a model actor)
-      -> DepthBatch -> the sink (stages/sink.py: order, smoothing.py, colorize.py / depth_units.py)
-      -> a writer (stages/encode.py, sequence_writer.py, publish.py; output_files.py while written)
+    stages/sources/   a video (video_decoder.py), an image sequence, a live stream (live_stream.py)
+        -> FrameBatch (stages/frames.py: B frames, uint8, with their timestamps)
+    stages/inference/ the model on its device (depth_worker.py); live cameras batched together (cross_stream_batcher.py)
+        -> DepthBatch (B depth maps at the model's resolution, same timestamps)
+    stages/render/    smoothing over time, colour or 16-bit, relative depth or metres (depth_units.py)
+    stages/sinks/     in order (depth_sink.py), to a video (video_writer.py), a frame folder
+                      (image_sequence_writer.py) or RTSP (rtsp_publisher.py), whole or not at all (output_files.py)
+    stages/live/      one live camera's loop over the stages above (camera_runner.py)
 
 Layers, each importing only those below it (tests/test_layers.py keeps them):
 - `model/`: the network, plain PyTorch; knows nothing of video, Ray or this package.
-- `stages/`: plain classes a frame goes through, testable without Ray; they know nothing of Ray or the settings
-  (`urls.py` is theirs too: the URL schemes in one place).
+- `errors.py` (the user's errors, one line each), `urls.py` (URL schemes), `formats.py` (the depth outputs).
+- `stages/`: plain classes a frame goes through, testable without Ray; they know nothing of Ray or the settings.
 - `settings.py`: typed settings from presets and flags; it turns them into what the stages take.
-- the wiring (`runtime.py`, `plan.py`, `placement.py`, `graph.py`, `actors.py`, the pools, `live_metrics.py`):
-  every Ray call is here; `graph.DepthGraph` is what the jobs ask.
+- `cluster/`: every Ray call. One actor per file (stream, model, sink, camera) around the stages; the resource plan,
+  where streams run, the model router, the stream actors' cache, the camera supervisor; `graph.DepthGraph` is what
+  the jobs ask.
 - `jobs/`: the ways to run it (a file, segments, a batch, one camera, many cameras with an HTTP API): policy only,
   never Ray itself. `run_pipeline.py` (the `video-depth` command) parses and dispatches.
 """

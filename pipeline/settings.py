@@ -23,14 +23,13 @@ import yaml
 from model import PRECISIONS, VARIANTS
 from model.checkpoint import MAX_DEPTH_RANGE_M
 from model.hub import MODEL_NAMES
-
-from .stages.colorize import colormap_id, colormap_names
-from .stages.encode import DEPTH_FORMATS, X264_PRESETS
-from .stages.frames import PipelineError
-from .stages.image_sequence import frame_rate
-from .stages.live_camera import LiveCameraOptions
-from .stages.sink import RenderOptions
-from .stages.smoothing import SMOOTHER_NAMES, make_smoother
+from pipeline.errors import PipelineError
+from pipeline.stages.live.camera_runner import LiveCameraOptions
+from pipeline.stages.render.colorize import colormap_id, colormap_names
+from pipeline.stages.render.smoothing import SMOOTHER_NAMES, make_smoother
+from pipeline.stages.sinks.depth_sink import RenderOptions
+from pipeline.stages.sinks.video_writer import DEPTH_FORMATS, X264_PRESETS
+from pipeline.stages.sources.image_sequence import frame_rate
 
 
 @dataclass(frozen=True)
@@ -352,7 +351,7 @@ def load_settings(preset: str | Path | None = None, overrides: dict[str, Any] | 
 
 
 def live_camera_options(settings: PipelineSettings) -> LiveCameraOptions:
-    """What one live camera's loop takes of the job's settings (stages/live_camera.py reads no settings)."""
+    """What one live camera's loop takes of the job's settings (stages/live/camera_runner.py reads no settings)."""
     live = settings.live
     return LiveCameraOptions(render=settings.output, smoother=settings.smoothing.name,
                              smoother_params=dict(settings.smoothing.params), queue=live.queue, drop=live.drop,

@@ -33,9 +33,8 @@ class RandomCheckpoint:
 def write_random_checkpoint(folder: Path, variant: str, version: str = "v1", seed: int = 0,
                             max_depth: float | None = None) -> RandomCheckpoint:
     """`max_depth`: a metric checkpoint (v2), its official file named as the Hypersim (20 m) or Virtual KITTI ones."""
-    from tests.reference import random_reference
-
     from model import hf_to_official
+    from tests.reference import random_reference
 
     reference = random_reference(variant, seed=seed, version=version, max_depth=max_depth)
     hf_folder = folder / f"depth-anything-{variant}-{version}{'-metric' if max_depth else ''}-hf"
@@ -71,7 +70,7 @@ def ray_cluster():
     """One local Ray instance for the whole session (starting one costs seconds and ~650 MB)."""
     import ray
 
-    from pipeline.runtime import start_ray
+    from pipeline.cluster.runtime import start_ray
 
     start_ray(num_cpus=2)
     yield

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.stages.frames import PipelineError
-from pipeline.plan import plan_actors
+from pipeline.cluster.plan import plan_actors
+from pipeline.errors import PipelineError
 from pipeline.settings import load_settings
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import PipelineError
 from pipeline.jobs.inputs import find_inputs
-from pipeline.stages.frames import PipelineError
 from tests.clips import assert_same_timing, clip, read_video
 from tests.test_cli_faults import run_cli
 from tests.test_pipeline_e2e import FAST
@@ -205,7 +205,7 @@ def test_stream_actor_errors_name_the_node_on_a_multi_node_cluster(monkeypatch, 
     """On a cluster another machine may not see a path the driver sees: the error says which node it was."""
     import ray
 
-    from pipeline.actors import naming_the_node
+    from pipeline.cluster.ray_calls import naming_the_node
 
     class Reader:
         @naming_the_node

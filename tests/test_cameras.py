@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from tests import test_live
 from tests.clips import clip, read_video
 from tests.live_peers import Camera, Receiver
-from tests import test_live
 from tests.test_live import MODEL, moving, wait_for
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -180,11 +180,10 @@ def test_three_cameras_added_removed_restarted_at_another_size_and_stopped(tmp_p
 
 
 def test_a_bad_cameras_file_fails_before_anything_starts(tmp_path, capsys, monkeypatch):
+    import pipeline.cluster.runtime
     from tests.test_cli_faults import assert_one_line_error, run_cli
 
-    import pipeline.runtime
-
-    monkeypatch.setattr(pipeline.runtime, "start_ray", lambda *a, **k: pytest.fail("Ray started"))
+    monkeypatch.setattr(pipeline.cluster.runtime, "start_ray", lambda *a, **k: pytest.fail("Ray started"))
     file = tmp_path / "cameras.yaml"
     file.write_text("cameras:\n  - {name: door, input: rtsp://127.0.0.1:9/x, output: rtsp://127.0.0.1:9/y, "
                     "colormap: nope}\n")

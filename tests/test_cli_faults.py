@@ -55,12 +55,12 @@ def config(tmp_path: Path, text: str) -> Path:
 
 
 def test_bad_settings_fail_before_ray_starts(clips, tmp_path, capsys, monkeypatch, vits_checkpoint):
-    import pipeline.runtime
+    import pipeline.cluster.runtime
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started for a run that could be refused without it")
 
-    monkeypatch.setattr(pipeline.runtime, "start_ray", no_ray)
+    monkeypatch.setattr(pipeline.cluster.runtime, "start_ray", no_ray)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     existing = tmp_path / "existing.mp4"

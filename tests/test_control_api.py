@@ -1,6 +1,6 @@
 """The many-camera job's HTTP control API (pipeline/jobs/control_api.py) and its policy (jobs/cameras.py), without Ray:
 a real HTTP server on 127.0.0.1 over a `CameraService` whose camera pool is a stand-in that keeps what it was asked
-(the Ray side, camera_pool.py, runs in tests/test_cameras.py with real cameras). Bad requests, malformed HTTP, the
+(the Ray side, camera_supervisor.py, runs in tests/test_cameras.py with real cameras). Bad requests, malformed HTTP, the
 cameras file's errors, and the metrics' format."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.errors import PipelineError
 from pipeline.jobs.cameras import CameraService, camera_from_entry, read_cameras_file
 from pipeline.jobs.control_api import ControlServer, parse_address
 from pipeline.settings import load_settings
-from pipeline.stages.frames import PipelineError
 from tests.clips import clip
 
 
-class PoolStandIn:
+class SupervisorStandIn:
     """What CameraService asks of the graph's camera pool, kept in memory; each camera's figures as a live one's."""
 
     def __init__(self):
@@ -48,7 +48,7 @@ class PoolStandIn:
 
 @pytest.fixture()
 def api():
-    service = CameraService(load_settings(None, {}), PoolStandIn())
+    service = CameraService(load_settings(None, {}), SupervisorStandIn())
     service.running()  # (the cameras file's cameras are in)
     server = ControlServer("127.0.0.1", 0).start(service)
     host, port = server.server.server_address[:2]
@@ -79,7 +79,7 @@ def test_cameras_are_added_listed_and_removed(api):
     assert request(host, port, "GET", "/readyz")[0] == 200  # no camera yet: nothing to wait for
 
     status, body = request(host, port, "POST", "/cameras", {**CAMERA, "colormap": "turbo"})
-    assert status == 201 and body["name"] == "door" and service.pool.started == ["door"]
+    assert status == 201 and body["name"] == "door" and service.supervisor.started == ["door"]
     status, body = request(host, port, "GET", "/cameras")
     assert status == 200 and [c["name"] for c in body["cameras"]] == ["door"]
     camera = body["cameras"][0]
@@ -126,7 +126,7 @@ def test_bad_requests_get_a_4xx_with_a_json_error_and_the_job_goes_on(api, metho
     got, answer = request(host, port, method, path, body, headers)
     assert got == status and says in answer["error"], answer
     assert request(host, port, "GET", "/cameras")[1]["cameras"][0]["name"] == "door"  # nothing broke
-    assert service.pool.started == ["door"]
+    assert service.supervisor.started == ["door"]
 
 
 def test_a_name_already_running_or_an_output_taken_is_a_409(api):
@@ -237,7 +237,7 @@ def locked_api(tmp_path):
     recordings = tmp_path / "recordings"
     recordings.mkdir()
     settings = load_settings(None, {"live.recordings_dir": str(recordings), "live.max_cameras": 3})
-    service = CameraService(settings, PoolStandIn())
+    service = CameraService(settings, SupervisorStandIn())
     service.running()
     # (the tests send many wrong tokens on purpose: the limit is tested on a server of its own)
     server = ControlServer("127.0.0.1", 0, token=TOKEN, failed_attempts=1000).start(service)
@@ -262,15 +262,15 @@ def test_with_a_token_every_request_but_the_probes_needs_it(locked_api):
                         {"Cookie": "depth_token=nope"}):
             status, answer = request(host, port, method, path, body, headers)
             assert status == 401 and "token" in answer["error"], (method, path, headers, answer)
-    assert service.pool.started == [], "nothing ran without the token"
+    assert service.supervisor.started == [], "nothing ran without the token"
     status, body = request(host, port, "POST", "/cameras", CAMERA, bearer())
-    assert status == 201 and service.pool.started == ["door"]
+    assert status == 201 and service.supervisor.started == ["door"]
     assert request(host, port, "GET", "/cameras", None, bearer())[1]["cameras"][0]["name"] == "door"
     assert request(host, port, "DELETE", "/cameras/door", None, {"Cookie": f"x=1; depth_token={TOKEN}"})[0] == 200
 
 
 def test_wrong_tokens_are_rate_limited_per_client():
-    service = CameraService(load_settings(None, {}), PoolStandIn())
+    service = CameraService(load_settings(None, {}), SupervisorStandIn())
     server = ControlServer("127.0.0.1", 0, token=TOKEN, failed_attempts=5).start(service)
     host, port = server.server.server_address[:2]
     for _ in range(5):
@@ -316,7 +316,7 @@ def test_recordings_over_http_stay_inside_the_recordings_folder(locked_api, tmp_
         got, answer = request(host, port, "POST", "/cameras", {**CAMERA, "record": record}, bearer())
         assert got == status and says in answer["error"], (record, answer)
     assert sorted(p.name for p in outside.iterdir()) == [] and (recordings / "taken.mp4").read_bytes() == b"the user's"
-    assert service.pool.started == []
+    assert service.supervisor.started == []
     status, body = request(host, port, "POST", "/cameras", {**CAMERA, "record": "door/today.mp4"}, bearer())
     assert status == 201 and body["record"] == str((recordings / "door" / "today.mp4").resolve())
     # A local file as input is refused over HTTP (the cameras file may name one)
@@ -337,11 +337,11 @@ def test_the_cameras_limit_and_changes_only_while_running(locked_api):
     for method, path, body in (("POST", "/cameras", {**CAMERA, "name": "late"}), ("DELETE", "/cameras/c0", None)):
         status, answer = request(host, port, method, path, body, bearer())
         assert status == 503 and "stopping" in answer["error"], answer
-    assert service.pool.started == ["c0", "c1", "c2"] and service.pool.stopped == []
+    assert service.supervisor.started == ["c0", "c1", "c2"] and service.supervisor.stopped == []
 
 
 def test_changes_wait_until_the_cameras_file_is_in():
-    service = CameraService(load_settings(None, {}), PoolStandIn())
+    service = CameraService(load_settings(None, {}), SupervisorStandIn())
     server = ControlServer("127.0.0.1", 0).start(service)
     host, port = server.server.server_address[:2]
     try:
@@ -353,7 +353,7 @@ def test_changes_wait_until_the_cameras_file_is_in():
         assert request(host, port, "POST", "/cameras", {**CAMERA, "name": "other", "output": "rtsp://h/o"})[0] == 201
     finally:
         server.close()
-    assert service.pool.started == ["door", "other"]
+    assert service.supervisor.started == ["door", "other"]
 
 
 def test_a_recording_never_takes_another_cameras_file_however_spelled(tmp_path, monkeypatch):
@@ -372,12 +372,12 @@ def test_a_recording_never_takes_another_cameras_file_however_spelled(tmp_path, 
         read_cameras_file(write_cameras(tmp_path, [{**door, "record": "out.mp4"},
                                                    {**CAMERA, "record": str(tmp_path / "out.mp4")}]), settings)
     # Added later (a camera of the file running): the same rule, a 409
-    service = CameraService(settings, PoolStandIn())
+    service = CameraService(settings, SupervisorStandIn())
     service.add(camera_from_entry(door, settings, "file"))
     with pytest.raises(PipelineError, match="is camera 'gate''s input") as error:
         service.add(camera_from_entry({**CAMERA, "record": "./sec/../sec/door.mp4"}, settings, "file"))
     assert error.value.status == 409
-    assert video.stat().st_size > 0 and service.pool.started == ["gate"]
+    assert video.stat().st_size > 0 and service.supervisor.started == ["gate"]
 
 
 def test_cameras_that_can_never_work_say_so(tmp_path):
@@ -389,7 +389,7 @@ def test_cameras_that_can_never_work_say_so(tmp_path):
                                                    for i in range(33)]), settings)
 
 
-class ErrorPool(PoolStandIn):
+class ErrorPool(SupervisorStandIn):
     def stats(self):
         return {name: {"state": "connecting", "error": "rtsp://127.0.0.1:9/door: Connection refused"}
                 for name in self.started}
@@ -429,7 +429,7 @@ def test_slow_clients_are_bounded_and_let_go(monkeypatch):
     from pipeline.jobs import control_api
 
     monkeypatch.setattr(control_api.ControlHandler, "timeout", 1.0)
-    service = CameraService(load_settings(None, {}), PoolStandIn())
+    service = CameraService(load_settings(None, {}), SupervisorStandIn())
     server = ControlServer("127.0.0.1", 0, max_connections=4).start(service)
     host, port = server.server.server_address[:2]
     slow = []
@@ -454,7 +454,7 @@ def test_the_api_listens_on_ipv6_loopback():
     if not socket.has_ipv6:
         pytest.skip("no IPv6 here")
     assert parse_address("[::1]:0") == ("::1", 0)
-    service = CameraService(load_settings(None, {}), PoolStandIn())
+    service = CameraService(load_settings(None, {}), SupervisorStandIn())
     try:
         server = ControlServer("::1", 0).start(service)
     except PipelineError as error:
@@ -492,7 +492,7 @@ def test_the_token_and_the_address_it_takes(tmp_path, monkeypatch):
 
 def test_a_source_that_refuses_says_why_while_it_waits():
     """A camera URL that refuses stayed `connecting` with error null for ever: its last error is in its state."""
-    from pipeline.stages.live_source import LiveSource
+    from pipeline.stages.sources.live_stream import LiveSource
 
     source = LiveSource("rtsp://127.0.0.1:9/door", read_timeout_s=1.0, backoff_s=(0.1, 0.2), log=lambda line: None)
     frames = source.frames()

@@ -1,4 +1,4 @@
-"""Cross-camera batching (pipeline/stages/cross_batcher.py) without Ray: batches fill to batch_size or leave when the
+"""Cross-camera batching (pipeline/stages/inference/cross_stream_batcher.py) without Ray: batches fill to batch_size or leave when the
 oldest frame has waited, never mix frame sizes, give each camera its own depth, and share a failure."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from pipeline.stages.cross_batcher import CrossStreamBatcher, batch_means
 from pipeline.stages.frames import DepthBatch, FrameBatch
+from pipeline.stages.inference.cross_stream_batcher import CrossStreamBatcher, batch_means
 
 
 def frames(camera: int, count: int, first_index: int = 0, shape=(6, 8, 3)) -> FrameBatch:

@@ -8,9 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.stages.decode import VideoDecoder
-from pipeline.stages.frames import PipelineError
+from pipeline.errors import PipelineError
 from pipeline.sample_video import make_sample_clip, sample_frame
+from pipeline.stages.sources.video_decoder import VideoDecoder
 from tests.clips import clip, hide_leading_frames, read_video, truncate
 
 

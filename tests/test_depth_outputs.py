@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 import run_pipeline
-from pipeline.graph import DepthGraph
+from pipeline.cluster.graph import DepthGraph
 from pipeline.jobs.file import process_video
 from pipeline.jobs.segments import work_folders
 from pipeline.settings import load_settings
-from pipeline.stages.sequence_writer import read_exr
+from pipeline.stages.sinks.image_sequence_writer import read_exr
 from tests.clips import clip, read_video
-from tests.test_cli_faults import assert_one_line_error, run_cli as run_failing_cli
+from tests.test_cli_faults import assert_one_line_error
+from tests.test_cli_faults import run_cli as run_failing_cli
 from tests.test_pipeline_e2e import FAST
 
 
@@ -118,7 +119,7 @@ def test_an_image_folder_gives_the_video_s_depth(ray_cluster, clips, tmp_path, c
 
 
 def test_segments_and_resume_write_the_whole_run_s_frames(ray_cluster, clips, tmp_path, monkeypatch):
-    import pipeline.graph
+    import pipeline.cluster.graph
 
     settings = load_settings(None, {"model.random_weights": "vits", "model.input_size": 70, "smoothing.name": "none",
                                     "batching.batch_size": 3, "output.depth_format": "exr"})
@@ -127,18 +128,18 @@ def test_segments_and_resume_write_the_whole_run_s_frames(ray_cluster, clips, tm
     try:
         process_video(graph, source, str(tmp_path / "whole"))
         # A segmented run stopped (Ctrl-C) while its third segment runs: the finished ones stay for --resume
-        original = pipeline.graph.DepthGraph.run_stream
+        original = pipeline.cluster.graph.DepthGraph.run_stream
 
         def stopped(self, source, output, info, render, **stream):
             if output.endswith("segment_00002"):
                 raise KeyboardInterrupt
             return original(self, source, output, info, render, **stream)
 
-        monkeypatch.setattr(pipeline.graph.DepthGraph, "run_stream", stopped)
+        monkeypatch.setattr(pipeline.cluster.graph.DepthGraph, "run_stream", stopped)
         with pytest.raises(KeyboardInterrupt):
             process_video(graph, source, str(tmp_path / "resumed"), segments=3)
         assert not (tmp_path / "resumed").exists() and len(work_folders(tmp_path / "resumed")) == 1
-        monkeypatch.setattr(pipeline.graph.DepthGraph, "run_stream", original)
+        monkeypatch.setattr(pipeline.cluster.graph.DepthGraph, "run_stream", original)
         resumed = process_video(graph, source, str(tmp_path / "resumed"), segments=3, resume=True)
     finally:
         graph.shutdown()

@@ -13,16 +13,17 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.errors import PipelineError
 from pipeline.jobs.outputs import depth_output_name
-from pipeline.stages.decode import open_source
-from pipeline.stages.depth_units import DepthUnits
-from pipeline.stages.encode import check_output_path
-from pipeline.stages.frames import DepthBatch, FrameBatch, PipelineError, VideoInfo
-from pipeline.stages.image_sequence import ImageSequenceDecoder, frame_rate, is_image_sequence, list_images
-from pipeline.stages.output_files import remove_partial
-from pipeline.stages.sequence_writer import DepthSequenceWriter, read_exr
-from pipeline.stages.sink import DepthSink, RenderOptions
-from pipeline.stages.smoothing import make_smoother
+from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
+from pipeline.stages.render.depth_units import DepthUnits
+from pipeline.stages.render.smoothing import make_smoother
+from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions
+from pipeline.stages.sinks.image_sequence_writer import DepthSequenceWriter, read_exr
+from pipeline.stages.sinks.output_files import remove_partial
+from pipeline.stages.sinks.video_writer import check_output_path
+from pipeline.stages.sources.image_sequence import ImageSequenceDecoder, frame_rate, is_image_sequence, list_images
+from pipeline.stages.sources.video_decoder import open_source
 
 INFO = VideoInfo("clip.mp4", 40, 30, Fraction(30000, 1001), Fraction(1, 30000), 0, 4, False, "h264")
 

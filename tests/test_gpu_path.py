@@ -114,7 +114,7 @@ class CountingAllocator:
 
 
 def test_a_short_last_batch_uses_a_slot_not_a_new_pinned_buffer():
-    from pipeline.stages.infer import PinnedSlots
+    from pipeline.stages.inference.depth_worker import PinnedSlots
 
     allocate = CountingAllocator()
     slots = PinnedSlots(2, batch_size=8, allocate=allocate)
@@ -131,7 +131,7 @@ def test_a_short_last_batch_uses_a_slot_not_a_new_pinned_buffer():
 
 
 def test_pinned_shapes_are_let_go_least_recently_used_first():
-    from pipeline.stages.infer import PinnedSlots
+    from pipeline.stages.inference.depth_worker import PinnedSlots
 
     allocate = CountingAllocator()
     slots = PinnedSlots(1, batch_size=4, max_shapes=2, allocate=allocate)
@@ -152,7 +152,7 @@ def test_slots_of_two_shapes_taken_by_four_threads_never_deadlock():
     camera on that model actor froze): "calls finished: 0 of 4". Taken together, all four finish."""
     import threading
 
-    from pipeline.stages.infer import PinnedSlots
+    from pipeline.stages.inference.depth_worker import PinnedSlots
 
     slots = PinnedSlots(2, batch_size=2, allocate=CountingAllocator())
     big, small = (2, 1620, 1920), (2, 1080, 1280)  # I420 1080p and 720p
@@ -180,7 +180,7 @@ def test_the_old_one_at_a_time_order_does_deadlock():
     """The interleaving above, forced, with slots taken one at a time: the test's own check that it can fail."""
     import threading
 
-    from pipeline.stages.infer import PinnedSlots
+    from pipeline.stages.inference.depth_worker import PinnedSlots
 
     slots = PinnedSlots(2, batch_size=2, allocate=CountingAllocator())
     big, small = (2, 30, 40), (2, 20, 30)
@@ -210,7 +210,7 @@ def test_a_compiled_network_runs_at_a_few_pass_sizes_only():
     import numpy as np
 
     from pipeline.stages.frames import FrameBatch
-    from pipeline.stages.infer import DepthWorker, pass_sizes
+    from pipeline.stages.inference.depth_worker import DepthWorker, pass_sizes
 
     assert pass_sizes(8) == (1, 2, 4, 8) and pass_sizes(6) == (1, 2, 4, 6) and pass_sizes(1) == (1,)
     from dataclasses import replace
@@ -239,7 +239,7 @@ def test_a_compiled_network_runs_at_a_few_pass_sizes_only():
 def test_the_workers_counters_add_up_from_many_threads():
     import threading
 
-    from pipeline.stages.infer import DepthWorker
+    from pipeline.stages.inference.depth_worker import DepthWorker
 
     worker = DepthWorker(DepthPredictor(random_model("vits", seed=3), PredictorOptions(input_size=28)))
     threads = [threading.Thread(target=lambda: [worker._counted(frames=1, cpu_s=0.5, gpu_ms=2.0)
@@ -261,9 +261,9 @@ def test_control_calls_do_not_queue_behind_inference(ray_cluster):
     import numpy as np
     import ray
 
-    from pipeline.actors import ModelActor
+    from pipeline.cluster.model_actor import ModelActor
     from pipeline.stages.frames import FrameBatch
-    from pipeline.stages.infer import ModelSource
+    from pipeline.stages.inference.depth_worker import ModelSource
     from tests.stand_ins import build_slow_depth
 
     actor = ModelActor.options(num_cpus=0).remote(ModelSource(builder=build_slow_depth),
@@ -289,8 +289,8 @@ def test_ready_answers_while_the_model_loads(ray_cluster):
 
     import ray
 
-    from pipeline.actors import ModelActor
-    from pipeline.stages.infer import ModelSource
+    from pipeline.cluster.model_actor import ModelActor
+    from pipeline.stages.inference.depth_worker import ModelSource
     from tests.stand_ins import build_slow_loading_depth
 
     actor = ModelActor.options(num_cpus=0).remote(ModelSource(builder=build_slow_loading_depth),

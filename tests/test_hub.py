@@ -18,7 +18,7 @@ import torch
 import run_pipeline
 from model import CheckpointError, load_model
 from model.hub import MODEL_NAMES, resolve_checkpoint
-from pipeline.stages.infer import ModelSource
+from pipeline.stages.inference.depth_worker import ModelSource
 from tests.clips import clip, gray16_frames
 
 COMMIT = hashlib.sha1(b"a release").hexdigest()

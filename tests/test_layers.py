@@ -6,6 +6,7 @@ Ray; on anything under pipeline/jobs/ importing Ray itself; and on model/ import
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,41 @@ def test_no_import_cycles():
     assert cycles(inner) == []
 
 
+# Each layer imports only its own and those below it (pipeline/__init__.py draws them); a module of none is an error
+LAYERS = [
+    ("model",),
+    ("pipeline.errors", "pipeline.urls", "pipeline.formats"),
+    ("pipeline.stages", "pipeline.sample_video"),
+    ("pipeline.settings",),
+    ("pipeline.cluster",),
+    ("pipeline.jobs",),
+]
+
+
+def layer_of(name: str) -> int:
+    for rank, prefixes in enumerate(LAYERS):
+        if any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes):
+            return rank
+    return -1 if name == "pipeline" else None  # the package's own map imports nothing
+
+
+def test_every_module_has_a_layer():
+    assert [name for name in sorted(project_modules()) if layer_of(name) is None] == []
+
+
+def test_each_layer_imports_only_those_below_it():
+    inner, _ = graph()
+    problems = [f"{name} imports {other}" for name in sorted(inner) for other in sorted(inner[name])
+                if layer_of(name) is not None and layer_of(other) is not None and layer_of(other) > layer_of(name)]
+    assert problems == []
+
+
+def test_ray_is_called_only_from_the_cluster():
+    """Every module that imports Ray is under pipeline/cluster/ (stages, jobs and settings never do)."""
+    _, outer = graph()
+    assert [name for name in sorted(outer) if "ray" in outer[name] and not name.startswith("pipeline.cluster")] == []
+
+
 def test_stages_know_nothing_of_ray_or_the_settings():
     inner, outer = graph()
     uses_ray = {name for name, others in outer.items() if "ray" in others}
@@ -114,11 +150,6 @@ def test_stages_know_nothing_of_ray_or_the_settings():
     assert problems == []
 
 
-def test_jobs_ask_the_graph_and_do_not_call_ray():
-    _, outer = graph()
-    assert [name for name in sorted(outer) if name.startswith("pipeline.jobs") and "ray" in outer[name]] == []
-
-
 def test_the_model_knows_nothing_of_video_ray_or_the_pipeline():
     """(OpenCV is allowed: the CPU's input preparation is the original's OpenCV recipe, on images, not video.)"""
     inner, outer = graph()
@@ -129,10 +160,36 @@ def test_the_model_knows_nothing_of_video_ray_or_the_pipeline():
     assert problems == []
 
 
-def test_the_reader_sees_what_python_sees():
-    """The rules' own check: known imports are found, relative ones resolved, function-level ones included."""
+def test_the_rules_catch_what_they_are_for(tmp_path, monkeypatch):
+    """The rules' own check, on a made-up tree: a stage that imports the settings, a job that imports Ray, a cycle
+    hidden in a function, a relative import two levels up."""
+    for name, text in {
+        "model/__init__.py": "",
+        "pipeline/__init__.py": "",
+        "pipeline/settings.py": "from pipeline.stages import a\n",
+        "pipeline/stages/__init__.py": "",
+        "pipeline/stages/a.py": "def f():\n    from ..settings import X\n",
+        "pipeline/jobs/__init__.py": "",
+        "pipeline/jobs/b.py": "import ray\n",
+    }.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "PROJECT", tmp_path)
     inner, outer = graph()
-    assert "pipeline.stages.frames" in inner["pipeline.stages.decode"]
-    assert "ray" in outer["pipeline.graph"] and "torch" in outer["model.predictor"]
-    assert "pipeline.stages.image_sequence" in inner["pipeline.stages.decode"]  # imported inside a function
-    assert "pipeline.urls" in inner["pipeline.stages.decode"]  # a relative import two levels up (from ..urls)
+    assert "pipeline.settings" in inner["pipeline.stages.a"]  # function-level and relative, two levels up
+    assert cycles(inner) == [["pipeline.settings", "pipeline.stages.a"]]
+    for rule in (test_each_layer_imports_only_those_below_it, test_ray_is_called_only_from_the_cluster,
+                 test_stages_know_nothing_of_ray_or_the_settings):
+        try:
+            rule()
+        except AssertionError:
+            continue
+        raise AssertionError(f"{rule.__name__} passed on a tree that breaks it")
+
+
+def test_the_reader_sees_what_python_sees():
+    """Known imports of the real tree are found, function-level ones included."""
+    inner, outer = graph()
+    assert "pipeline.stages.frames" in inner["pipeline.stages.sources.video_decoder"]
+    assert "ray" in outer["pipeline.cluster.graph"] and "torch" in outer["model.predictor"]
+    assert "pipeline.stages.sources.image_sequence" in inner["pipeline.stages.sources.video_decoder"]  # in a function

@@ -12,9 +12,9 @@ import torch
 import run_pipeline
 from model import DepthPredictor, PredictorOptions
 from model.random_weights import random_model
-from pipeline.stages.decode import VideoDecoder
-from pipeline.stages.encode import read_depth_scale
 from pipeline.stages.pixels import i420_to_rgb
+from pipeline.stages.sinks.video_writer import read_depth_scale
+from pipeline.stages.sources.video_decoder import VideoDecoder
 from tests.clips import assert_same_timing, clip, gray16_frames, read_video, truncate
 
 FAST = ["--random-weights", "vits", "--input-size", "70", "--batch-size", "3"]
@@ -156,7 +156,7 @@ def test_stream_actors_are_kept_for_the_next_video_and_replaced_when_lost(ray_cl
     lost while idle (its node died between videos) costs a retry on a new pair, not a frame."""
     import ray
 
-    from pipeline.graph import DepthGraph
+    from pipeline.cluster.graph import DepthGraph
     from pipeline.jobs.file import process_video
     from pipeline.settings import load_settings
 

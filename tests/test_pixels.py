@@ -8,10 +8,10 @@ import torch
 
 from model import DepthPredictor, PredictorOptions
 from model.random_weights import random_model
-from pipeline.stages.decode import VideoDecoder, rotate_upright
-from pipeline.stages.infer import DepthWorker
+from pipeline.stages.inference.depth_worker import DepthWorker
 from pipeline.stages.pixels import RGB24, YUV420P, i420_to_rgb, i420_to_rgb_torch, to_rgb
-from pipeline.stages.smoothing import Guide, _colour_histogram
+from pipeline.stages.render.smoothing import Guide, _colour_histogram
+from pipeline.stages.sources.video_decoder import VideoDecoder, rotate_upright
 from tests.clips import clip
 
 

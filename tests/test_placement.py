@@ -1,4 +1,4 @@
-"""Where streams run (pipeline/placement.py), without Ray: on nodes with model actors, in proportion to them, within
+"""Where streams run (pipeline/cluster/stream_placement.py), without Ray: on nodes with model actors, in proportion to them, within
 each node's limit. On a real two-node cluster, a stream's three actors on one node: tests/test_batch.py's node-loss
 test with a model actor on each node (no byte of frames or depth crossed nodes)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from pipeline.placement import StreamPlacement
+from pipeline.cluster.stream_placement import StreamPlacement
 
 
 def test_streams_go_to_nodes_with_model_actors_in_proportion():

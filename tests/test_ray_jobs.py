@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.runtime import ships_this_project, submitted_job_runtime_env
+from pipeline.cluster.runtime import ships_this_project, submitted_job_runtime_env
 from tests.clips import clip, read_video
 from tests.test_pipeline_e2e import FAST
 

@@ -14,11 +14,11 @@ import pytest
 
 import run_pipeline
 from benchmarks.pipeline_ceiling import build_instant_depth
-from pipeline.stages.encode import read_depth_scale
-from pipeline.graph import DepthGraph
+from pipeline.cluster.graph import DepthGraph
 from pipeline.jobs.file import process_video
 from pipeline.jobs.segments import auto_segment_count, packet_index, plan_segments, work_folders
 from pipeline.settings import load_settings
+from pipeline.stages.sinks.video_writer import read_depth_scale
 from tests.clips import assert_same_timing, clip, gray16_frames, read_video
 from tests.test_cli_faults import ray_agents, wait_for
 
@@ -185,16 +185,16 @@ def test_a_damaged_stretch_in_the_middle_is_reported_with_its_segment(ray_cluste
 def test_a_segment_that_keeps_failing_is_named_and_nothing_is_left(ray_cluster, clips, tmp_path, capsys,
                                                                     monkeypatch):
     """Errors that are not a lost worker are not retried; the message names the segment and its time range."""
-    import pipeline.graph
+    import pipeline.cluster.graph
 
-    original = pipeline.graph.DepthGraph.run_stream
+    original = pipeline.cluster.graph.DepthGraph.run_stream
 
     def failing(self, source, output, info, render, **stream):
         if output.endswith("segment_00002.nut"):
-            raise pipeline.graph.PipelineError(f"{output}: cannot write the output (No space left on device)")
+            raise pipeline.cluster.graph.PipelineError(f"{output}: cannot write the output (No space left on device)")
         return original(self, source, output, info, render, **stream)
 
-    monkeypatch.setattr(pipeline.graph.DepthGraph, "run_stream", failing)
+    monkeypatch.setattr(pipeline.cluster.graph.DepthGraph, "run_stream", failing)
     output = tmp_path / "depth.mkv"
     code, _, err = cli(capsys, clips["open_gop"], "-o", output, *EXACT, "--segments", 4)
     assert code == 2
@@ -208,7 +208,7 @@ def test_a_worker_killed_mid_run_costs_only_its_work(ray_cluster, clips, tmp_pat
     dies is run again. Either way every frame is written once, as an undisturbed run writes it."""
     import ray
 
-    from pipeline import graph as graph_module
+    from pipeline.cluster import graph as graph_module
 
     graph = DepthGraph(load_settings(None, EXACT_SETTINGS))
     sinks = []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks.temporal_data import evaluate, make_sequence
-from pipeline.stages.smoothing import AlignedSmoothing, make_smoother
+from pipeline.stages.render.smoothing import AlignedSmoothing, make_smoother
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_sink_resets_the_display_range_on_a_cut(tmp_path):
     from fractions import Fraction
 
     from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
-    from pipeline.stages.sink import DepthSink, RenderOptions
+    from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions
 
     sequence = make_sequence(height=72, width=96, frames_per_shot=8, seed=2)
     frames = len(sequence.truth)
@@ -124,7 +124,7 @@ def test_gpu_smoother_matches_cpu(sequence):
 def test_order_statistics_match_numpy_and_torch(count):
     import torch
 
-    from pipeline.stages.statistics import lower_median, quantiles
+    from pipeline.stages.render.statistics import lower_median, quantiles
 
     values = np.random.default_rng(count).normal(size=count)
     for fractions in ((0.1, 0.9), (0.01, 0.99), (0.0, 0.5, 1.0)):

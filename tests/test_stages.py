@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -10,15 +11,16 @@ import torch
 
 from model import DepthPredictor, PredictorOptions, resize_depth
 from model.random_weights import random_model
-from pipeline.stages.colorize import DepthColorizer, DepthQuantizer, RangeTracker, colormap_id
-from pipeline.stages.decode import VideoDecoder
-from pipeline.stages.encode import DepthVideoWriter, blank_i420, check_output_path, read_depth_scale
-from pipeline.stages.frames import DepthBatch, PipelineError
-from pipeline.stages.infer import DepthWorker
-from pipeline.stages.pixels import i420_planes, i420_to_rgb
+from pipeline.errors import PipelineError
 from pipeline.settings import load_settings
-from pipeline.stages.sink import DepthSink, RenderOptions
-from pipeline.stages.smoothing import make_smoother
+from pipeline.stages.frames import DepthBatch, FrameBatch
+from pipeline.stages.inference.depth_worker import DepthWorker
+from pipeline.stages.pixels import i420_planes, i420_to_rgb
+from pipeline.stages.render.colorize import DepthColorizer, DepthQuantizer, RangeTracker, colormap_id
+from pipeline.stages.render.smoothing import make_smoother
+from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions
+from pipeline.stages.sinks.video_writer import DepthVideoWriter, blank_i420, check_output_path, read_depth_scale
+from pipeline.stages.sources.video_decoder import VideoDecoder
 from tests.clips import clip, gray16_frames, read_video
 
 SMALL = PredictorOptions(input_size=70)
@@ -341,7 +343,7 @@ def test_depth_is_encoded_at_a_constant_quantizer_unless_a_crf_is_set(sample, tm
 
 
 def test_background_writer_keeps_order_and_passes_errors_on(tmp_path):
-    from pipeline.stages.background_writer import BackgroundWriter
+    from pipeline.stages.sinks.background_writer import BackgroundWriter
 
     class Recording:
         def __init__(self, fail_at=None):
@@ -423,3 +425,30 @@ def test_batches_of_different_sizes_go_through_the_network_together_as_each_woul
         np.testing.assert_allclose(result.depth, alone.depth, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="share its input size"):
         worker.infer_together([batch(1, 64, 96), batch(1, 64, 64)], "float32")
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda: FrameBatch(0, [0, 1], Fraction(1, 25), np.zeros((3, 4, 6, 3), np.uint8)), "(3, 4, 6, 3)"),
+    (lambda: FrameBatch(0, [0], Fraction(1, 25), np.zeros((1, 4, 6), np.uint8)), "B x H x W x 3"),
+    (lambda: FrameBatch(0, [0], Fraction(1, 25), np.zeros((1, 4, 6, 3), np.float32)), "uint8"),
+    (lambda: FrameBatch(0, [0], Fraction(1, 25), np.zeros((1, 7, 6), np.uint8), "yuv420p"), "(1, 7, 6)"),
+    (lambda: FrameBatch(0, [0], Fraction(1, 25), np.zeros((1, 6, 5), np.uint8), "yuv420p"), "W even"),
+    (lambda: FrameBatch(0, [0], Fraction(1, 25), np.zeros((1, 4, 6, 3), np.uint8), "bgr"), "'bgr'"),
+    (lambda: FrameBatch(0, [5, 5], Fraction(1, 25), np.zeros((2, 4, 6, 3), np.uint8)), "[5, 5]"),
+    (lambda: FrameBatch(-1, [0], Fraction(1, 25), np.zeros((1, 4, 6, 3), np.uint8)), "negative"),
+    (lambda: FrameBatch(0, [], Fraction(1, 25), np.zeros((0, 4, 6, 3), np.uint8)), "at least one"),
+    (lambda: DepthBatch(0, [0, 1], Fraction(1, 25), np.zeros((1, 4, 6), np.float32)), "(1, 4, 6)"),
+    (lambda: DepthBatch(0, [0], Fraction(1, 25), np.zeros((1, 4, 6), np.float64)), "float64"),
+    (lambda: DepthBatch(0, [0], Fraction(1, 25), np.zeros((4, 6), np.float32)), "B x h x w"),
+    (lambda: DepthBatch(0, [0], Fraction(1, 25), np.zeros((1, 4, 6), np.float32), max_depth=0.0), "max_depth"),
+    (lambda: DepthBatch(0, [3, 2], Fraction(1, 25), np.zeros((2, 4, 6), np.float16)), "[3, 2]"),
+])
+def test_batches_are_checked_where_made_and_say_their_shapes(make, says):
+    with pytest.raises(ValueError, match="Batch from frame") as raised:
+        make()
+    assert says in str(raised.value)
+
+
+def test_well_formed_batches_pass_their_checks():
+    assert len(FrameBatch(3, [0, 1], Fraction(1, 25), np.zeros((2, 6, 4), np.uint8), "yuv420p")) == 2
+    assert len(DepthBatch(3, [0, 9], Fraction(1, 25), np.zeros((2, 4, 6), np.float16), max_depth=20.0)) == 2

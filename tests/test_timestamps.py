@@ -11,8 +11,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from pipeline.stages.decode import VideoDecoder
-from pipeline.stages.encode import DepthVideoWriter
+from pipeline.stages.sinks.video_writer import DepthVideoWriter
+from pipeline.stages.sources.video_decoder import VideoDecoder
 from tests.clips import assert_same_timing, clip, hide_leading_frames
 
 INPUTS = {

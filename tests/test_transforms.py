@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import PredictorOptions, DepthPredictor, model_input_size, prepare_frames, resize_depth
+from model import DepthPredictor, PredictorOptions, model_input_size, prepare_frames, resize_depth
 from model.random_weights import random_model
 from model.transforms import IMAGENET_MEAN, IMAGENET_STD, prepare_frames_opencv, prepare_frames_torch
 

@@ -20,8 +20,8 @@ import pytest
 import run_pipeline
 from pipeline.jobs.inputs import find_inputs
 from pipeline.jobs.segments import SegmentStore, work_folders
-from pipeline.stages.decode import VideoDecoder
-from pipeline.stages.file_lock import FileLock, is_held_elsewhere
+from pipeline.stages.sinks.file_lock import FileLock, is_held_elsewhere
+from pipeline.stages.sources.video_decoder import VideoDecoder
 from tests.clips import clip, read_video
 from tests.test_cli_faults import assert_one_line_error, at_once, run_cli, start_cli, wait_for
 from tests.test_pipeline_e2e import FAST
@@ -39,12 +39,12 @@ def clips(tmp_path_factory):
 
 @pytest.fixture
 def no_ray(monkeypatch):
-    import pipeline.runtime
+    import pipeline.cluster.runtime
 
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started for a run that should have been refused (or had nothing to do)")
 
-    monkeypatch.setattr(pipeline.runtime, "start_ray", refuse)
+    monkeypatch.setattr(pipeline.cluster.runtime, "start_ray", refuse)
 
 
 def copy_of(source: Path, target: Path) -> Path:
@@ -184,7 +184,7 @@ def test_a_leftover_partial_file_is_removed_but_a_live_writers_is_not(tmp_path):
 
 def descendant_running(process: subprocess.Popen, command: bytes) -> bool:
     """A process below `process` whose command line contains `command`."""
-    from pipeline.runtime import _descendant_pids
+    from pipeline.cluster.runtime import _descendant_pids
 
     for pid in _descendant_pids(process.pid):
         try:
@@ -406,9 +406,9 @@ def test_a_rerun_with_nothing_to_do_does_not_start_ray(ray_cluster, clips, tmp_p
     out = tmp_path / "out"
     code, err = run_cli(capsys, "batch", clips["short"], "--output-dir", out, *FAST)
     assert code == 0, err
-    import pipeline.runtime
+    import pipeline.cluster.runtime
 
-    monkeypatch.setattr(pipeline.runtime, "start_ray", lambda *a, **k: pytest.fail("Ray started with nothing to do"))
+    monkeypatch.setattr(pipeline.cluster.runtime, "start_ray", lambda *a, **k: pytest.fail("Ray started with nothing to do"))
     code, err = run_cli(capsys, "batch", clips["short"], "--output-dir", out, *FAST)
     assert code == 0, err
     assert "1 skipped (done before)" in err

@@ -27,15 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .file import process_video
-from ..settings import PipelineSettings, check_combination, merge
-from ..work_pool import run_in_threads
-from ..stages.frames import PipelineError, one_line
-from ..stages.output_files import abandoned_partials, remove_partial
-from ..stages.sequence_writer import path_digest, path_size
-from .inputs import BatchItem
-from .outputs import InputFiles, check_output
-from .status import BatchStatus, input_stamp, settings_digest
+from pipeline.errors import PipelineError, one_line
+from pipeline.jobs.file import process_video
+from pipeline.jobs.inputs import BatchItem
+from pipeline.jobs.outputs import InputFiles, check_output
+from pipeline.jobs.status import BatchStatus, input_stamp, settings_digest
+from pipeline.jobs.thread_fan_out import run_in_threads
+from pipeline.settings import PipelineSettings, check_combination, merge
+from pipeline.stages.sinks.image_sequence_writer import path_digest, path_size
+from pipeline.stages.sinks.output_files import abandoned_partials, remove_partial
 
 REPORT_NAME = "batch_report.json"
 EXIT_SOME_FAILED = 3  # the job ran, and at least one video failed (each is named in the report)

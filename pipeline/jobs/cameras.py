@@ -2,8 +2,8 @@
 Many cameras, one job: a cameras file (or HTTP requests) in, each camera's depth stream out, one shared model.
 
 Takes: the cameras (`read_cameras_file`: a YAML file with a `cameras:` list; `camera_from_entry`: one entry, from the
-file or a POST), the job's settings, and a `DepthGraph`, whose camera pool runs each camera on a worker of its own
-(graph side: camera_pool.py) and whose model actors batch the cameras' frames together.
+file or a POST), the job's settings, and a `DepthGraph`, whose camera supervisor runs each camera on a worker of its own
+(graph side: camera_supervisor.py) and whose model actors batch the cameras' frames together.
 Gives: `CameraService`: add and remove cameras while it runs, each camera's state and figures (`cameras()`),
 readiness, and at the end the job's summary: `cameras` (each camera that ran, by name: the single-camera summary's
 fields) and `model_batches` (count, mean_frames: frames per network batch, mean_cameras: cameras per batch).
@@ -28,13 +28,13 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from ..settings import PipelineSettings, check_combination, merge
-from ..stages.decode import open_video
-from ..urls import is_publish_url, is_url
-from ..stages.frames import PipelineError, one_line
-from ..stages.live_camera import LiveTargets
-from ..stages.sequence_writer import is_sequence_format
-from .outputs import InputFiles, check_output
+from pipeline.errors import PipelineError, one_line
+from pipeline.jobs.outputs import InputFiles, check_output
+from pipeline.settings import PipelineSettings, check_combination, merge
+from pipeline.stages.live.camera_runner import LiveTargets
+from pipeline.stages.sinks.image_sequence_writer import is_sequence_format
+from pipeline.stages.sources.video_decoder import open_video
+from pipeline.urls import is_publish_url, is_url
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # A camera entry's own settings: its key -> the job setting it overrides for this camera
@@ -238,10 +238,10 @@ class CameraService:
     Changes (add, remove) are taken only while it runs: `starting` until the cameras file's cameras are in (the
     caller says `running()`), `stopping` from `stopping()` on; meanwhile a request is answered 503."""
 
-    def __init__(self, settings: PipelineSettings, pool, no_overwrite: bool = False):
-        """`pool`: the graph's camera pool (camera_pool.CameraPool)."""
+    def __init__(self, settings: PipelineSettings, supervisor, no_overwrite: bool = False):
+        """`supervisor`: the graph's camera supervisor (cluster/camera_supervisor.py), or a stand-in."""
         self.settings = settings
-        self.pool = pool
+        self.supervisor = supervisor
         self.no_overwrite = no_overwrite
         self.model_loaded = False
         self.started = time.monotonic()
@@ -249,7 +249,7 @@ class CameraService:
         self._cameras: dict[str, Camera] = {}
         self._finished: dict[str, dict] = {}  # summaries of cameras removed while the job ran
         self._lock = threading.Lock()  # the tables above
-        self._changes = threading.Lock()  # one add / remove / stop at a time, each with its pool call
+        self._changes = threading.Lock()  # one add / remove / stop at a time, each with its supervisor call
 
     def running(self) -> None:
         """The cameras file's cameras are in: requests may add and remove from now on."""
@@ -289,7 +289,7 @@ class CameraService:
                 self._cameras[camera.name] = camera
                 self._finished.pop(camera.name, None)  # a name used again: its earlier run's summary is replaced
             try:
-                self.pool.start(camera)
+                self.supervisor.start(camera)
             except BaseException:
                 with self._lock:
                     self._cameras.pop(camera.name, None)
@@ -328,17 +328,17 @@ class CameraService:
                 self._refuse_changes(f"DELETE /cameras/{name}")
                 if name not in self._cameras:
                     raise KeyError(name)
-            summary = self.pool.stop(name)
+            summary = self.supervisor.stop(name)
             with self._lock:
                 self._cameras.pop(name, None)
                 self._finished[name] = summary
         return summary
 
     def cameras(self) -> dict[str, dict]:
-        """Each running camera: its state and figures (from the pool's last look, at most a second old)."""
+        """Each running camera: its state and figures (from the camera supervisor's last look, at most a second old)."""
         with self._lock:
             running = dict(self._cameras)
-        figures = self.pool.stats()
+        figures = self.supervisor.stats()
         return {name: {"name": name, "input": camera.input, "output": camera.targets.publish,
                        "record": camera.targets.record, "error": None, **figures.get(name, {"state": "starting"})}
                 for name, camera in running.items()}
@@ -364,13 +364,13 @@ class CameraService:
         with self._changes:
             with self._lock:
                 names = list(self._cameras)
-            summaries = self.pool.stop_all(names)
+            summaries = self.supervisor.stop_all(names)
             with self._lock:
                 self._finished.update(summaries)
                 self._cameras.clear()
                 cameras = dict(self._finished)
-        return {"cameras": cameras, "model_batches": self.pool.batching(),
+        return {"cameras": cameras, "model_batches": self.supervisor.batching(),
                 "seconds": round(time.monotonic() - self.started, 3)}
 
     def batching(self) -> dict:
-        return self.pool.batching()
+        return self.supervisor.batching()

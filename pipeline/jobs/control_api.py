@@ -44,8 +44,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ..stages.frames import PipelineError, one_line
-from .cameras import CameraService, RequestRefused
+from pipeline.errors import PipelineError, one_line
+from pipeline.jobs.cameras import CameraService, RequestRefused
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_CONTROL = "127.0.0.1:8765"

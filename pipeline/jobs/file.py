@@ -18,15 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..graph import DepthGraph, StreamResult
-from ..stages.colorize import DepthQuantizer
-from ..stages.decode import open_source
-from ..stages.depth_units import DepthUnits
-from ..stages.frames import VideoInfo
-from ..stages.sequence_writer import is_sequence_format, join_sequence_folders
-from ..stages.sink import SIXTEEN_BIT_FORMATS, RenderOptions, output_metadata
-from ..work_pool import run_in_threads
-from .segments import (
+from pipeline.cluster.graph import DepthGraph, StreamResult
+from pipeline.jobs.segments import (
     SEGMENT_SUFFIX,
     Segment,
     SegmentStore,
@@ -37,6 +30,13 @@ from .segments import (
     packet_index,
     plan_segments,
 )
+from pipeline.jobs.thread_fan_out import run_in_threads
+from pipeline.stages.frames import VideoInfo
+from pipeline.stages.render.colorize import DepthQuantizer
+from pipeline.stages.render.depth_units import DepthUnits
+from pipeline.stages.sinks.depth_sink import SIXTEEN_BIT_FORMATS, RenderOptions, output_metadata
+from pipeline.stages.sinks.image_sequence_writer import is_sequence_format, join_sequence_folders
+from pipeline.stages.sources.video_decoder import open_source
 
 
 def process_video(

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import av
 
-from ..stages.encode import output_suffix
-from ..stages.frames import PipelineError
-from ..stages.image_sequence import IMAGE_SUFFIXES, is_image_sequence, sequence_folder
-from ..stages.sequence_writer import written_by_this_pipeline
-from .status import BatchStatus
+from pipeline.errors import PipelineError
+from pipeline.jobs.status import BatchStatus
+from pipeline.stages.sinks.image_sequence_writer import written_by_this_pipeline
+from pipeline.stages.sinks.video_writer import output_suffix
+from pipeline.stages.sources.image_sequence import IMAGE_SUFFIXES, is_image_sequence, sequence_folder
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
                             ".flv", ".wmv", ".nut", ".3gp", ".ogv", ".y4m"})

@@ -1,5 +1,5 @@
 """
-Live mode with one camera: its loop (stages/live_camera.py) in this process, the model actors through the graph.
+Live mode with one camera: its loop (stages/live/camera_runner.py) in this process, the model actors through the graph.
 
 Takes: a live source (`LiveSource`: a URL, or a file played at its own rate), where to publish (an rtsp:// URL) and/or
 a file to record to, the job's settings; then a `DepthGraph` and the source's first connection.
@@ -12,10 +12,10 @@ worker of its own and batched together on the model actors, are jobs/cameras.py.
 
 from __future__ import annotations
 
-from ..live_metrics import RayMetrics
-from ..settings import PipelineSettings, live_camera_options
-from ..stages.live_camera import LiveCamera, LiveTargets
-from ..stages.live_source import LiveSource
+from pipeline.cluster.metrics import RayMetrics
+from pipeline.settings import PipelineSettings, live_camera_options
+from pipeline.stages.live.camera_runner import LiveCamera, LiveTargets
+from pipeline.stages.sources.live_stream import LiveSource
 
 
 class LiveJob:

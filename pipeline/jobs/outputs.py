@@ -10,7 +10,7 @@ What is refused: an output that is one of the job's inputs, however spelled (rel
 link); an existing output under `--no-overwrite`; a folder that is missing under a read-only parent, read-only, or a
 file; a name the format cannot be written to. What is not a question here: two runs on one output. Each writes
 its own temporary file (and its own segment folder), locked while it lives, and the last to finish wins, whole
-(stages/encode.py, jobs/segments.py).
+(stages/sinks/video_writer.py, jobs/segments.py).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..urls import is_url
-from ..stages.encode import check_output_path, output_suffix
-from ..stages.frames import PipelineError
-from ..stages.image_sequence import is_image_sequence, sequence_folder
+from pipeline.errors import PipelineError
+from pipeline.stages.sinks.video_writer import check_output_path, output_suffix
+from pipeline.stages.sources.image_sequence import is_image_sequence, sequence_folder
+from pipeline.urls import is_url
 
 
 def depth_output_name(source: str | Path, depth_format: str) -> Path:

@@ -19,8 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from ..stages.image_sequence import is_image_sequence, sequence_stamp
-from ..stages.sequence_writer import path_size
+from pipeline.stages.sinks.image_sequence_writer import path_size
+from pipeline.stages.sources.image_sequence import is_image_sequence, sequence_stamp
 
 STATUS_NAME = "batch_status.jsonl"
 

@@ -1,9 +1,17 @@
-"""The stages a frame goes through, as plain classes that know nothing of Ray or of which job runs them:
+"""The stages a frame goes through, as plain classes that know nothing of Ray, the settings or which job runs them:
 
-    decode.py (VideoDecoder) -> infer.py (DepthWorker) -> smoothing.py -> colorize.py -> encode.py (DepthVideoWriter)
-    or image_sequence.py                                                   or sequence_writer.py (EXR / 16-bit PNG)
+    sources/ -> inference/ -> render/ -> sinks/        (live/: one camera's loop over the same stages)
 
-with frames.py (what flows between them), pixels.py (frame layouts), statistics.py (order statistics per frame),
-sink.py (DepthSink: order, smooth, render, write for one output; background_writer.py: its encoder on a thread of
-its own), depth_units.py (relative depth or metres: what the outputs say and how they scale), file_lock.py (work in progress marked for clean-ups), and live_source.py / publish.py for live streams.
+- `frames.py`: what flows between them (FrameBatch, DepthBatch, VideoInfo), checked where made; `pixels.py`: frame
+  layouts (RGB, I420) and their conversions.
+- `sources/`: `video_decoder.py` (VideoDecoder: a file or URL), `image_sequence.py` (a folder, glob or pattern),
+  `live_stream.py` (LiveSource: a camera, reconnecting).
+- `inference/`: `depth_worker.py` (DepthWorker: frames -> depth on the model's device), `cross_stream_batcher.py`
+  (many cameras' frames in one network pass).
+- `render/`: `smoothing.py` (temporal smoothers), `colorize.py` (colour, gray, 16-bit), `depth_units.py` (relative
+  depth or metres), `statistics.py` (order statistics per frame).
+- `sinks/`: `depth_sink.py` (DepthSink: order, smooth, render, write one output), `video_writer.py`,
+  `image_sequence_writer.py` (EXR / 16-bit PNG folders), `rtsp_publisher.py`, `background_writer.py` (an encoder
+  on its own thread), `output_files.py` (temporary names, clean-up, recovery), `file_lock.py`.
+- `live/`: `camera_runner.py` (LiveCamera: one camera's loop, latency first), `frame_buffer.py` (frames waiting).
 """

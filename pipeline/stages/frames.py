@@ -9,9 +9,6 @@ variable frame rates and 29.97 fps survive exactly.
 
 from __future__ import annotations
 
-import errno
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,34 +16,7 @@ from fractions import Fraction
 
 import numpy as np
 
-
-class PipelineError(RuntimeError):
-    """A problem with the user's input, output or settings; the message is one line that names the file or URL."""
-
-
-def write_failed(output, error: BaseException) -> PipelineError:
-    """A failed write of `output` as one line: a full disk said so, naming the disk (the mount point) whatever the
-    writer reported (EXR's RuntimeError, OpenCV's False, FFmpeg's error), else the writer's own reason."""
-    folder = os.path.dirname(os.path.abspath(str(output)))
-    while folder != os.path.dirname(folder) and not os.path.isdir(folder):
-        folder = os.path.dirname(folder)
-    mount = folder
-    while mount != os.path.dirname(mount) and not os.path.ismount(mount):
-        mount = os.path.dirname(mount)
-    try:
-        full = shutil.disk_usage(folder).free < 1 << 20
-    except OSError:
-        full = False
-    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error) or full:
-        return PipelineError(f"{output}: cannot write the output: the disk is full (no space left on {mount})")
-    reason = getattr(error, "strerror", None) or one_line(error)
-    return PipelineError(f"{output}: cannot write the output ({reason})")
-
-
-def one_line(error: BaseException) -> str:
-    """An error's message as one line (its first), for messages that must stay one line."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+from pipeline.stages.pixels import RGB24, YUV420P
 
 
 @dataclass(frozen=True)
@@ -75,6 +45,21 @@ class FrameBatch:
     pixels: np.ndarray
     layout: str = "rgb24"
 
+    def __post_init__(self):
+        """Checked where made, so a wrong batch fails at its maker, with its shapes, not deep inside the model."""
+        shape = getattr(self.pixels, "shape", None)
+        where = f"FrameBatch from frame {self.first_index}: pixels {shape} {getattr(self.pixels, 'dtype', '')}, " \
+                f"{len(self.pts)} timestamps, layout {self.layout!r}"
+        if self.layout not in (RGB24, YUV420P):
+            raise ValueError(f"{where}: the layout must be {RGB24!r} or {YUV420P!r}")
+        if not isinstance(self.pixels, np.ndarray) or self.pixels.dtype != np.uint8:
+            raise ValueError(f"{where}: the pixels must be a uint8 numpy array")
+        if self.layout == RGB24 and (self.pixels.ndim != 4 or shape[3] != 3):
+            raise ValueError(f"{where}: rgb24 pixels are B x H x W x 3")
+        if self.layout == YUV420P and (self.pixels.ndim != 3 or shape[1] % 3 or shape[2] % 2):
+            raise ValueError(f"{where}: I420 pixels are B x (H * 3 / 2) x W, H and W even")
+        check_timing(where, self.first_index, self.pts, len(self.pixels))
+
     def __len__(self) -> int:
         return len(self.pts)
 
@@ -91,8 +76,29 @@ class DepthBatch:
     depth: np.ndarray
     max_depth: float | None = None
 
+    def __post_init__(self):
+        shape = getattr(self.depth, "shape", None)
+        where = f"DepthBatch from frame {self.first_index}: depth {shape} {getattr(self.depth, 'dtype', '')}, " \
+                f"{len(self.pts)} timestamps"
+        if not isinstance(self.depth, np.ndarray) or self.depth.ndim != 3 or \
+                self.depth.dtype not in (np.float16, np.float32):
+            raise ValueError(f"{where}: depth is a float16 or float32 numpy array, B x h x w")
+        if self.max_depth is not None and not self.max_depth > 0:
+            raise ValueError(f"{where}: max_depth {self.max_depth} is not a positive range in metres")
+        check_timing(where, self.first_index, self.pts, len(self.depth))
+
     def __len__(self) -> int:
         return len(self.pts)
+
+
+def check_timing(where: str, first_index: int, pts: list[int], count: int) -> None:
+    """A batch's frames: at least one, one timestamp each, timestamps increasing (the order frames are shown in)."""
+    if first_index < 0:
+        raise ValueError(f"{where}: a frame index is never negative")
+    if count == 0 or count != len(pts):
+        raise ValueError(f"{where}: one timestamp for each of at least one frame")
+    if any(later <= earlier for earlier, later in zip(pts, pts[1:])):
+        raise ValueError(f"{where}: timestamps must increase ({pts[:8]}{' ...' if len(pts) > 8 else ''})")
 
 
 def batched(timed_frames: Iterable[tuple[int, object]], fill: Callable[[object, np.ndarray], None],

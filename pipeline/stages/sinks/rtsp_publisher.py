@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 import av
 import numpy as np
 
-from .encode import video_frame_of, x264_options
-from .frames import PipelineError, one_line
+from pipeline.errors import PipelineError, one_line
+from pipeline.stages.sinks.video_writer import video_frame_of, x264_options
 
 LIVE_TIME_BASE = Fraction(1, 90_000)  # RTP's clock for video
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .pixels import RGB24, colour_sample, luma_at
-from .statistics import lower_median, quantiles
+from pipeline.stages.pixels import RGB24, colour_sample, luma_at
+from pipeline.stages.render.statistics import lower_median, quantiles
 
 
 @dataclass(frozen=True)

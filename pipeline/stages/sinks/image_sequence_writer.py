@@ -31,9 +31,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .file_lock import FileLock
-from .frames import PipelineError, VideoInfo, write_failed
-from .output_files import LOCK_NAME, remove_partial, temporary_path
+from pipeline.errors import PipelineError, write_failed
+from pipeline.stages.frames import VideoInfo
+from pipeline.stages.sinks.file_lock import FileLock
+from pipeline.stages.sinks.output_files import LOCK_NAME, remove_partial, temporary_path
 
 SEQUENCE_FORMATS = {"exr": ".exr", "png16": ".png"}
 FRAME_TABLE = "frames.csv"

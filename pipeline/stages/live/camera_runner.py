@@ -40,14 +40,15 @@ import av
 import cv2
 import numpy as np
 
-from .encode import DepthVideoWriter
-from .frames import DepthBatch, FrameBatch, VideoInfo, one_line
-from .live_buffer import FrameBuffer, LatencyStats
-from .live_source import LiveFrame, LiveSource
-from .publish import LIVE_TIME_BASE, RtspPublisher
-from .output_files import recover_recordings
-from .sink import DepthSink, RenderOptions, keeps_values, output_metadata
-from .smoothing import make_smoother
+from pipeline.errors import one_line
+from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
+from pipeline.stages.live.frame_buffer import FrameBuffer, LatencyStats
+from pipeline.stages.render.smoothing import make_smoother
+from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions, keeps_values, output_metadata
+from pipeline.stages.sinks.output_files import recover_recordings
+from pipeline.stages.sinks.rtsp_publisher import LIVE_TIME_BASE, RtspPublisher
+from pipeline.stages.sinks.video_writer import DepthVideoWriter
+from pipeline.stages.sources.live_stream import LiveFrame, LiveSource
 
 # (batch, depth dtype) -> a function that waits for the batch's depth
 Submit = Callable[[FrameBatch, str], Callable[[], DepthBatch]]
@@ -163,7 +164,7 @@ class LiveCamera:
     def __init__(self, options: LiveCameraOptions, source: LiveSource, targets: LiveTargets, name: str | None = None,
                  log=None, metrics=None, publish_must_connect: bool = False):
         """`name`: the camera's, for log lines (several cameras share a log); `metrics`: where frames are also
-        counted (live_metrics.RayMetrics), or None; `publish_must_connect`: a destination that refuses the first
+        counted (cluster/metrics.py: RayMetrics), or None; `publish_must_connect`: a destination that refuses the first
         session is an error that ends the run (else retried with backoff)."""
         self.options = options
         self.publish_must_connect = publish_must_connect

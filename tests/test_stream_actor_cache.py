@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 
-from pipeline.stream_pool import StreamActorPool
+from pipeline.cluster.stream_actor_cache import StreamActorCache
 
 
 def make_pool(streams_per_pair: int = 3):
     names = itertools.count()
     killed: list[str] = []
-    pool = StreamActorPool(lambda node: (f"decoder{next(names)}", f"sink{next(names)}"), streams_per_pair,
+    pool = StreamActorCache(lambda node: (f"decoder{next(names)}", f"sink{next(names)}"), streams_per_pair,
                            killed.append)
     return pool, killed
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .settings import PipelineSettings
-from .stages.frames import PipelineError
+from pipeline.errors import PipelineError
+from pipeline.settings import PipelineSettings
 
 SINKS_GPU_ROOM = 0.1  # of each GPU, kept for sinks that smooth there (smoothing.device: cuda)
 # One such sink: a token share (its work is a few ms of arithmetic a frame), so that 100 streams fit on a GPU; with

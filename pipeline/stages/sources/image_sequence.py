@@ -32,9 +32,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..urls import is_url
-from .frames import FrameBatch, PipelineError, VideoInfo, batched
-from .pixels import RGB24
+from pipeline.errors import PipelineError
+from pipeline.stages.frames import FrameBatch, VideoInfo, batched
+from pipeline.stages.pixels import RGB24
+from pipeline.urls import is_url
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 PRINTF_NUMBER = re.compile(r"(?<!%)((?:%%)*)%(0?\d*)d")  # a %d or %0Nd not escaped as %%d

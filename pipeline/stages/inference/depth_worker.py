@@ -30,9 +30,9 @@ import torch
 from model import CheckpointError, DepthPredictor, PredictorOptions, load_model
 from model.hub import resolve_checkpoint
 from model.random_weights import random_model
-
-from .frames import DepthBatch, FrameBatch, PipelineError
-from .pixels import YUV420P, frame_height, i420_to_rgb
+from pipeline.errors import PipelineError
+from pipeline.stages.frames import DepthBatch, FrameBatch
+from pipeline.stages.pixels import YUV420P, frame_height, i420_to_rgb
 
 DEPTH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 

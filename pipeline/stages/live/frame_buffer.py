@@ -14,7 +14,7 @@ from collections import deque
 
 import numpy as np
 
-from .live_source import LiveFrame
+from pipeline.stages.sources.live_stream import LiveFrame
 
 
 class FrameBuffer:

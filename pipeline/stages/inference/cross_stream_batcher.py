@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from .frames import DepthBatch, FrameBatch
+from pipeline.stages.frames import DepthBatch, FrameBatch
 
 ACTIVE_S = 1.0  # a stream that has sent nothing for this long (or 20 waits) is not waited for
 

@@ -21,10 +21,11 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .file_lock import FileLock
-from .frames import PipelineError, VideoInfo, write_failed
-from .output_files import temporary_path
-from .sequence_writer import check_replaceable, is_sequence_format
+from pipeline.errors import PipelineError, write_failed
+from pipeline.stages.frames import VideoInfo
+from pipeline.stages.sinks.file_lock import FileLock
+from pipeline.stages.sinks.image_sequence_writer import check_replaceable, is_sequence_format
+from pipeline.stages.sinks.output_files import temporary_path
 
 DEPTH_FORMATS = ("color", "gray", "gray16", "side-by-side", "exr", "png16")  # exr, png16: folders of frames
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",

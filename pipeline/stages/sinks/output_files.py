@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .file_lock import is_held_elsewhere
+from pipeline.stages.sinks.file_lock import is_held_elsewhere
 
 LOCK_NAME = ".lock"  # held inside the temporary folder while a writer lives (see file_lock.py)
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from ..urls import is_publish_url, is_url
-from .decode import VideoDecoder
-from .frames import PipelineError, one_line
+from pipeline.errors import PipelineError, one_line
+from pipeline.stages.sources.video_decoder import VideoDecoder
+from pipeline.urls import is_publish_url, is_url
 
 
 @dataclass

@@ -14,8 +14,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .pixels import i420_planes, resized
-from .statistics import quantiles
+from pipeline.stages.pixels import i420_planes, resized
+from pipeline.stages.render.statistics import quantiles
 
 GRAY = "gray"
 

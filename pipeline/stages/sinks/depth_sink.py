@@ -4,7 +4,7 @@ Sink: depth batches (any order) -> restored frame order -> smoothing -> renderin
 Takes: `write(depth_batch, frame_batch)` with matching `DepthBatch` (B x h x w at the model's resolution, or at
 frame size) and `FrameBatch` (the frames are needed for the side-by-side view and by smoothers that look at the
 image). Depth is smoothed at its own resolution and resized to the frame size once, for rendering.
-Gives: the output (a video file, or a folder of EXR / 16-bit PNG frames: sequence_writer.py), on `close()`, with
+Gives: the output (a video file, or a folder of EXR / 16-bit PNG frames: image_sequence_writer.py), on `close()`, with
 exactly one output frame per input frame at the input's timestamp, and a small dict of what was written.
 
 What the depth is (relative inverse depth, or metres from a metric model) arrives with the depth batches
@@ -24,14 +24,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .colorize import GRAY, DepthColorizer, DepthQuantizer
-from .background_writer import BackgroundWriter
-from .depth_units import DepthUnits
-from .encode import DepthVideoWriter, blank_i420
-from .frames import DepthBatch, FrameBatch, VideoInfo
-from .pixels import YUV420P, frame_height, i420_planes, to_rgb
-from .sequence_writer import DepthSequenceWriter, is_sequence_format
-from .smoothing import Guide, Smoother
+from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
+from pipeline.stages.pixels import YUV420P, frame_height, i420_planes, to_rgb
+from pipeline.stages.render.colorize import GRAY, DepthColorizer, DepthQuantizer
+from pipeline.stages.render.depth_units import DepthUnits
+from pipeline.stages.render.smoothing import Guide, Smoother
+from pipeline.stages.sinks.background_writer import BackgroundWriter
+from pipeline.stages.sinks.image_sequence_writer import DepthSequenceWriter, is_sequence_format
+from pipeline.stages.sinks.video_writer import DepthVideoWriter, blank_i420
 
 # Formats that hold the depth as 16-bit integers, round(depth * scale) (exr holds it as float32: see keeps_values)
 SIXTEEN_BIT_FORMATS = ("gray16", "png16")

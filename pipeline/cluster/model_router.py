@@ -23,7 +23,7 @@ import time
 
 import ray
 
-from .stages.frames import PipelineError
+from pipeline.errors import PipelineError
 
 SUSPECT_S = 30.0  # a model actor whose call failed gets no new batches for this long (unless it is the only one)
 NODES_TTL_S = 2.0  # how long the model actors' nodes, once read, are taken as they were
@@ -46,8 +46,8 @@ def actor_node(actor_id: str) -> str | None:
     return info.get("Address", {}).get("NodeID") if info.get("State") == "ALIVE" else None
 
 
-class ModelPool:
-    """Thread-safe: the driver's stream threads share one pool."""
+class ModelRouter:
+    """Thread-safe: the driver's stream threads share one router."""
 
     def __init__(self, actors: list, restart_timeout_s: float, log: bool = True):
         """`log`: say so on stderr when an actor is dropped (the job's own pool; a stream's copy stays quiet)."""

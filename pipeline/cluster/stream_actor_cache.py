@@ -27,7 +27,7 @@ StreamActors = tuple  # (decode actor, sink actor): Ray actor handles
 STREAMS_PER_PAIR = 200
 
 
-class StreamActorPool:
+class StreamActorCache:
     """Thread-safe: the driver's stream threads share one pool."""
 
     def __init__(self, start_pair: Callable[[str | None], StreamActors], streams_per_pair: int = STREAMS_PER_PAIR,

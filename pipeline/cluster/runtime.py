@@ -19,7 +19,7 @@ from pathlib import Path
 
 import ray
 
-from .stages.frames import PipelineError
+from pipeline.errors import PipelineError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _started_local_ray = False  # whether this process started the Ray instance it uses (so may end what it left)

@@ -21,10 +21,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..urls import is_url
-from .frames import FrameBatch, PipelineError, VideoInfo, batched
-from .pixels import RGB24, YUV420P, frame_height, i420_planes
-
+from pipeline.errors import PipelineError
+from pipeline.stages.frames import FrameBatch, VideoInfo, batched
+from pipeline.stages.pixels import RGB24, YUV420P, frame_height, i420_planes
+from pipeline.urls import is_url
 
 
 def open_video(source: str, options: dict | None = None):
@@ -249,7 +249,7 @@ class VideoDecoder:
 def open_source(source: str, fps=None, **options):
     """The decoder for a source: an image sequence (a folder, glob or printf pattern: image_sequence.py, its frames
     timed at `fps`), or a video file or URL (VideoDecoder, `options` its keyword arguments)."""
-    from .image_sequence import DEFAULT_FPS, ImageSequenceDecoder, is_image_sequence
+    from pipeline.stages.sources.image_sequence import DEFAULT_FPS, ImageSequenceDecoder, is_image_sequence
 
     if is_image_sequence(source):
         return ImageSequenceDecoder(source, fps if fps is not None else DEFAULT_FPS, **options)

@@ -1,7 +1,7 @@
 """
 The camera actors of a many-camera live job: started, looked at, stopped (the Ray side of jobs/cameras.py).
 
-Takes: the job's model actors and settings (from `DepthGraph.camera_pool()`), and cameras (`jobs.cameras.Camera`) to
+Takes: the job's model actors and settings (from `DepthGraph.camera_supervisor()`), and cameras (`jobs.cameras.Camera`) to
 start and names to stop.
 Gives: `stats()`, every camera's figures as last heard (a thread asks the actors twice a second, so that an HTTP
 request never waits on Ray, nor on a camera that does not answer); `stop(name)` / `stop_all(names)`, each camera's
@@ -20,17 +20,18 @@ import threading
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .actors import CameraActor, answers, unwrap_ray_error
-from .model_pool import actor_state
-from .stages.cross_batcher import batch_means
+from pipeline.cluster.camera_actor import CameraActor
+from pipeline.cluster.model_router import actor_state
+from pipeline.cluster.ray_calls import answers, unwrap_ray_error
+from pipeline.stages.inference.cross_stream_batcher import batch_means
 
 POLL_S = 0.5  # how often the cameras' figures are asked for
 STOP_S = 15.0  # what a camera gets to close its outputs when stopped
 
 
-class CameraPool:
-    def __init__(self, model_pool, settings, batch_size: int):
-        self.model_pool = model_pool
+class CameraSupervisor:
+    def __init__(self, models, settings, batch_size: int):
+        self.models = models
         self.settings = settings
         self.batch_size = batch_size
         self._actors: dict[str, object] = {}
@@ -81,7 +82,7 @@ class CameraPool:
 
     def batching(self) -> dict:
         """Network batches of the cameras' frames on every model actor: count, mean_frames, mean_cameras."""
-        per_actor = answers([actor.batching.remote() for actor in self.model_pool.actors], timeout_s=5)
+        per_actor = answers([actor.batching.remote() for actor in self.models.actors], timeout_s=5)
         return batch_means([totals for batchers in per_actor for totals in batchers])
 
     def close(self) -> None:
@@ -97,7 +98,7 @@ class CameraPool:
         """The model actors for a camera, the one it sends to first: the one with the fewest cameras. A camera keeps
         to one model actor (the others are its fallback), so each model actor batches a steady set of cameras; sent
         round robin, every camera's frame would wait on each actor for cameras whose frames went to another."""
-        actors = self.model_pool.healthy()
+        actors = self.models.healthy()
         with self._lock:
             self._preferred.pop(name, None)
             load = {actor._actor_id.hex(): 0 for actor in actors}
@@ -110,7 +111,7 @@ class CameraPool:
 
     def _node_for_camera(self) -> str | None:
         """The node with a model actor that has the fewest cameras (None on one machine: wherever Ray likes)."""
-        by_node = self.model_pool.by_node()
+        by_node = self.models.by_node()
         if len(by_node) < 2:
             return None
         with self._lock:

@@ -9,11 +9,12 @@ A stream runs on its own actor, on a worker node: it decodes, sends each batch t
 and keeps at most `max_in_flight` batches between decode and write, so memory does not grow with video length. The
 driver makes a handful of Ray calls per stream (take a pair of actors, start the stream, hear its progress about
 twice a second and its result), not three per batch: one driver process is no longer the cluster's limit.
-Where: `placement.py` picks a node with a model actor for each stream (in proportion to the model actors, within each
+Where: `stream_placement.py` picks a node with a model actor for each stream (in proportion to the model actors, within each
 node's CPUs and memory); the stream and its sink are started there and use the model actors there, so frames and
 depth stay in that node's object store (what crosses nodes is counted). Model actors are created once per
 `DepthGraph` and serve every stream; a stream's pair of actors is kept for the next stream on its node
-(`stream_pool.py`). Ray start-up is in runtime.py, the actors in actors.py, the resource plan in plan.py.
+(`stream_actor_cache.py`). Ray start-up is in runtime.py, each actor in a file of its own (stream_actor.py, model_actor.py,
+sink_actor.py, camera_actor.py), the resource plan in plan.py.
 """
 
 from __future__ import annotations
@@ -33,21 +34,23 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from model import CheckpointError, PredictorOptions
 from model.hub import DEFAULT_MODEL, ResolvedCheckpoint, resolve_checkpoint
-
-from .actors import PROGRESS, RESULT, ModelActor, SinkActor, StreamActor, StreamJob, answers, unwrap_ray_error
-from .model_pool import ModelPool, actor_state
-from .placement import StreamPlacement
-from .plan import max_streams_for, plan_actors
-from .runtime import started_local_ray
-from .settings import PipelineSettings
-from .stages.frames import DepthBatch, FrameBatch, PipelineError, VideoInfo, one_line
-from .stages.infer import ModelSource, cuda_problem
-from .stages.output_files import remove_partial, temporary_path
-from .stages.sink import RenderOptions, keeps_values
-from .stream_pool import StreamActorPool
+from pipeline.cluster.model_actor import ModelActor
+from pipeline.cluster.model_router import ModelRouter, actor_state
+from pipeline.cluster.plan import max_streams_for, plan_actors
+from pipeline.cluster.ray_calls import HEALTH_CHECK_S, answers, unwrap_ray_error
+from pipeline.cluster.runtime import started_local_ray
+from pipeline.cluster.sink_actor import SinkActor
+from pipeline.cluster.stream_actor import PROGRESS, RESULT, StreamActor, StreamJob
+from pipeline.cluster.stream_actor_cache import StreamActorCache
+from pipeline.cluster.stream_placement import StreamPlacement
+from pipeline.errors import PipelineError, one_line
+from pipeline.settings import PipelineSettings
+from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
+from pipeline.stages.inference.depth_worker import ModelSource, cuda_problem
+from pipeline.stages.sinks.depth_sink import RenderOptions, keeps_values
+from pipeline.stages.sinks.output_files import remove_partial, temporary_path
 
 RETRY_PAUSE_S = 1.0  # before a stream's second attempt; twice that before its third
-HEALTH_CHECK_S = 5.0  # how often the driver looks at the model actors' health while a stream runs
 ANSWER_S = 5.0  # what an actor gets to answer a small call (a failed stream's sink abort, usage) before it is let go
 
 
@@ -104,21 +107,21 @@ class DepthGraph:
         # Inside an actor Ray makes only its assigned GPU visible, as cuda:0: "cuda:1" would not exist there
         device = "cuda" if self.plan.use_gpu else "cpu"
         actors = [
-            # Spread: each node with a model actor can keep its streams' frames to itself (placement.py)
+            # Spread: each node with a model actor can keep its streams' frames to itself (stream_placement.py)
             ModelActor.options(**self.plan.model_options, scheduling_strategy="SPREAD").remote(
                 source, options, device, self.plan.torch_threads, self.plan.batch_size, self.plan.network_batch)
             for _ in range(self.plan.model_actors)
         ]
         self._loading = [actor.load.remote() for actor in actors]
-        self.pool = ModelPool(actors, settings.ray.restart_timeout_s)  # shared by every view (with_settings)
-        self.streams = StreamActorPool(self._start_stream_actors)  # likewise
+        self.router = ModelRouter(actors, settings.ray.restart_timeout_s)  # shared by every view (with_settings)
+        self.streams = StreamActorCache(self._start_stream_actors)  # likewise
         self.stream_slots = threading.BoundedSemaphore(self.plan.max_streams)  # likewise: one bound for the job
-        self.placement = StreamPlacement(lambda: {n: len(a) for n, a in self.pool.by_node().items()},
+        self.placement = StreamPlacement(lambda: {n: len(a) for n, a in self.router.by_node().items()},
                                          self._node_limits)  # likewise: and one per node
         self._model_info: dict | None = None
         self._models_placed = threading.Event()  # shared by every view (with_settings), set once
         self.batch_size = self.plan.batch_size
-        self._cameras = None  # the live cameras' pool (camera_pool.py), made when a job asks for it
+        self._cameras = None  # the live cameras' supervisor (camera_supervisor.py), made when a job asks for it
 
     def _start_stream_actors(self, node: str | None) -> tuple:
         """A new stream actor and sink actor, both on `node` (the stream's, chosen by `placement`), or spread over
@@ -131,7 +134,7 @@ class DepthGraph:
 
     def _node_limits(self) -> dict[str, int]:
         """Streams each alive node may hold at once: its CPUs the model actors leave, and its memory."""
-        model_actors = {n: len(a) for n, a in self.pool.by_node().items()}
+        model_actors = {n: len(a) for n, a in self.router.by_node().items()}
         return {node["NodeID"]: max_streams_for(node["Resources"].get("CPU", 0) - model_actors.get(node["NodeID"], 0),
                                                 node["Resources"].get("memory", 0))
                 for node in ray.nodes() if node["Alive"]}
@@ -145,7 +148,7 @@ class DepthGraph:
         """Send one batch to the next model actor (a live camera's frames); gives a function that waits for its
         `DepthBatch`, its errors as one-line exceptions."""
         _ = self.model_info  # the models' errors first, as one line
-        reference = self.pool.next().infer.remote(batch, depth_dtype)
+        reference = self.router.next().infer.remote(batch, depth_dtype)
 
         def result():
             try:
@@ -162,8 +165,8 @@ class DepthGraph:
 
     @property
     def model_actors(self) -> list:
-        """The model actors in the pool now (fewer once one is lost for good)."""
-        return self.pool.actors
+        """the model actors in the router now (fewer once one is lost for good)."""
+        return self.router.actors
 
     def with_settings(self, settings: PipelineSettings) -> "DepthGraph":
         """The same model actors under another video's settings (output, smoothing, segments: a batch manifest's
@@ -223,10 +226,10 @@ class DepthGraph:
                 # A lost node takes Ray a while to notice (heartbeats): until then its actors still read as alive.
                 # The model actor that failed is avoided for a while, and the next attempt waits a moment, so that
                 # the retries are not spent within a second on an actor that is gone
-                self.pool.suspect(getattr(error, "actor_id", None))
+                self.router.suspect(getattr(error, "actor_id", None))
                 self.streams.clear()
                 time.sleep(RETRY_PAUSE_S * (attempt + 1))
-                self.pool.check()
+                self.router.check()
             except (PipelineError, CheckpointError) as error:
                 raise type(error)(f"{where}{error}" if where else str(error)) from None
         raise AssertionError("unreachable")
@@ -276,15 +279,15 @@ class DepthGraph:
             # The stream runs on its own actor, beside its sink: this thread only hears how far it is, and the end
             result = None
             # The model actors on the stream's node, when it has any: its frames and depth then stay on that node
-            by_node = self.pool.by_node()
+            by_node = self.router.by_node()
             actor_nodes = {actor._actor_id.hex(): n for n, actors in by_node.items() for actor in actors}
-            model_actors = by_node.get(node) or self.pool.healthy()
+            model_actors = by_node.get(node) or self.router.healthy()
             items = stream.run.remote(job, sink, model_actors, actor_nodes)
             while True:
                 ready, _ = ray.wait([items], timeout=HEALTH_CHECK_S)
                 # The job's look at the model actors (the stream's own drops one it waits on in vain; this one
                 # says so, and keeps it from later streams)
-                self.pool.check(every_s=HEALTH_CHECK_S)
+                self.router.check(every_s=HEALTH_CHECK_S)
                 if not ready:
                     continue
                 try:
@@ -313,12 +316,12 @@ class DepthGraph:
         self.streams.give_back(pair, result["decode"]["node_id"])
         return StreamResult(result["decode"], result["sink"], result["progress"], result["finished"])
 
-    def camera_pool(self):
+    def camera_supervisor(self):
         """The job's live cameras, each on an actor of its own, using these model actors (made on first use)."""
         if self._cameras is None:
-            from .camera_pool import CameraPool
+            from pipeline.cluster.camera_supervisor import CameraSupervisor
 
-            self._cameras = CameraPool(self.pool, self.settings, self.batch_size)
+            self._cameras = CameraSupervisor(self.router, self.settings, self.batch_size)
         return self._cameras
 
     def model_actors_peak_rss(self) -> list[float]:

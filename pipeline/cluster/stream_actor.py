@@ -1,0 +1,141 @@
+"""
+The stream actor: one stream's own process. It decodes the stream (VideoDecoder or an image sequence) and drives every
+batch through a model actor to the stream's sink actor, on the worker node.
+
+Takes: a StreamJob (where to read, how to batch), the stream's sink actor, the job's model actors.
+Gives: a stream of (PROGRESS, frames written) and last (RESULT, the stream's figures); then serves the next stream
+(stream_actor_cache.py). Construction stores nothing but settings: errors arrive as the calls' errors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import ray
+
+from pipeline.cluster.model_router import ModelRouter
+from pipeline.cluster.ray_calls import (
+    HEALTH_CHECK_S,
+    cpu_seconds,
+    one_thread_each,
+    peak_rss_mb,
+    unwrap_ray_error,
+    with_node,
+)
+from pipeline.errors import PipelineError
+from pipeline.stages.sources.video_decoder import open_source
+
+
+@dataclass(frozen=True)
+class StreamJob:
+    """What a stream actor needs to run one stream: where to read, how to batch, what to ask of the model actors."""
+
+    source: str
+    batch_size: int
+    layout: str  # frame layout between actors: auto | rgb24
+    pts_range: tuple[int, int | None] | None  # decode only [start, end): a segment with its warm-up
+    depth_dtype: str  # float16, or float32 for the 16-bit output
+    max_in_flight: int  # batches decoded and not yet written, at most
+    restart_timeout_s: float  # a model actor down this long is dropped (model_router.py)
+    sink_args: tuple = ()  # SinkActor.open's arguments: the stream opens its sink, so that open precedes its writes
+    progress_every_s: float = 0.5  # how often the stream tells the driver how far it is
+    fps: float | str | None = None  # an image sequence's frame rate (videos have their own timestamps)
+
+
+PROGRESS, RESULT = "progress", "result"
+
+
+# Stream and sink actors declare no CPU: they are light next to a model actor, and streams must never wait behind the
+# model actors for a core (on a 2-core machine the model actor takes one). How many are open at once is bounded by
+# the graph instead (plan.max_streams: videos and segments of a job together).
+@ray.remote(num_cpus=0)
+class StreamActor:
+    """A stream's own process: decodes it and drives every batch through a model actor to the stream's sink, on the
+    worker node, so the job's driver makes a handful of Ray calls per stream instead of three per batch.
+
+    `run` yields (PROGRESS, frames written since the last report) every `progress_every_s`, then (RESULT, the
+    stream's figures). At most `max_in_flight` batches are between decode and write: the oldest write is waited for
+    before another batch is decoded, so memory is flat for any length. The actor then serves the next stream
+    (stream_actor_cache.py)."""
+
+    def __init__(self):
+        one_thread_each()
+
+    @ray.method(num_returns="streaming")
+    def run(self, job: StreamJob, sink, model_actors: list, actor_nodes: dict[str, str]):
+        """`actor_nodes`: the node of each model actor, by actor id, where known: a batch sent to one on another
+        node crosses the network with its frames, and its depth comes back across it (both counted)."""
+        here = ray.get_runtime_context().get_node_id()
+
+        cpu_at_start = cpu_seconds()
+        router = ModelRouter(model_actors, job.restart_timeout_s, log=False)
+        sink.open.remote(*job.sink_args)  # (Ray keeps one caller's calls to an actor in order)
+        try:
+            # One thread: streams are the parallelism (frame threads cost 10-15% more CPU a frame)
+            decoder = open_source(job.source, job.fps, threads=1, pts_range=job.pts_range, layout=job.layout)
+        except (PipelineError, OSError) as error:
+            raise with_node(error) from None
+        in_flight: deque = deque()
+        frames_across = 0  # bytes of frames sent to a model actor on another node
+        progress = {"first_written_at": None, "frames_after_first": 0}
+        unreported, reported_at = 0, time.monotonic()
+        try:
+            for batch in decoder.batches(job.batch_size):
+                batch_ref = ray.put(batch)  # one copy in the store, read by the model actor and the sink
+                actor = router.next()
+                depth_ref = actor.infer.remote(batch_ref, job.depth_dtype)
+                remote = actor_nodes.get(actor._actor_id.hex()) != here
+                frames_across += batch.pixels.nbytes if remote else 0
+                in_flight.append((sink.write.remote(depth_ref, batch_ref, remote), len(batch)))
+                while len(in_flight) >= job.max_in_flight:
+                    unreported += self._wait_oldest(in_flight, router, progress)
+                if unreported and time.monotonic() - reported_at >= job.progress_every_s:
+                    yield PROGRESS, unreported
+                    unreported, reported_at = 0, time.monotonic()
+            while in_flight:
+                unreported += self._wait_oldest(in_flight, router, progress)
+        finally:
+            decoder.close()
+        if unreported:
+            yield PROGRESS, unreported
+        sink_stats = ray.get(sink.close.remote())
+        decode_stats = {
+            "frames_in": decoder.frames_decoded,
+            "unreadable_frames": decoder.unreadable_frames,
+            "corrupt_packets": decoder.corrupt_packets,
+            "repaired_timestamps": decoder.repaired_timestamps,
+            "resized_frames": decoder.resized_frames,
+            "peak_rss_mb": peak_rss_mb(),
+            "cpu_s": cpu_seconds() - cpu_at_start,  # decoding and driving the stream
+            "node": f"{ray.util.get_node_ip_address()}/{here[:8]}",  # address, and id (local clusters share one)
+            "node_id": here,
+            "frame_bytes_across_nodes": frames_across,
+        }
+        yield RESULT, {"decode": decode_stats, "sink": sink_stats, "progress": progress, "finished": time.time()}
+
+    @staticmethod
+    def _wait_oldest(in_flight: deque, router, progress: dict) -> int:
+        write_ref, count = in_flight.popleft()
+        while not ray.wait([write_ref], timeout=HEALTH_CHECK_S)[0]:
+            router.check()  # a model actor that cannot come back is dropped: the write waiting on it fails
+        router.check(every_s=HEALTH_CHECK_S)
+        try:
+            ray.get(write_ref)
+        except ray.exceptions.RayTaskError as error:  # the sink's own error (a full disk): as itself, one line
+            cause = unwrap_ray_error(error)
+            if isinstance(cause, (PipelineError, OSError, ValueError, RuntimeError)) and \
+                    not isinstance(cause, ray.exceptions.RayError):
+                raise cause from None
+            raise
+        # Steady-state rate: from the first written batch on, so actor start-up and warm-up are not counted
+        if progress["first_written_at"] is None:
+            progress["first_written_at"] = time.time()
+        else:
+            progress["frames_after_first"] += count
+        return count
+
+    def ready(self) -> bool:
+        return True
+
