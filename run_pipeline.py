@@ -39,9 +39,9 @@ if __name__ == "__main__":
 from model import VARIANTS, CheckpointError, check_checkpoint
 from model.hub import DEFAULT_MODEL, MODEL_NAMES, NON_COMMERCIAL, resolve_checkpoint
 from pipeline.errors import PipelineError, one_line
+from pipeline.formats import DEPTH_FORMATS
 from pipeline.jobs.outputs import InputFiles, check_output, check_output_folder, check_summary_path, depth_output_name
 from pipeline.settings import load_settings
-from pipeline.stages.sinks.video_writer import DEPTH_FORMATS
 from pipeline.stages.sources.image_sequence import is_image_sequence
 from pipeline.urls import is_live_url, is_publish_url, is_url
 
@@ -326,48 +326,20 @@ def is_live(args: argparse.Namespace) -> bool:
 
 def run_live(args: argparse.Namespace) -> dict:
     """Live mode until Ctrl-C / SIGTERM (or the end of a --realtime file): the summary, exit 0."""
-    from pipeline.jobs.live import LiveJob, LiveTargets
-    from pipeline.stages.sources.live_stream import LiveSource
+    from pipeline.jobs.live import LiveJob, LiveRequest
 
     overrides = {**overrides_from(args), "live.metrics": True if args.metrics else None}
     settings = load_settings(args.config, overrides, flag_labels())
-    if args.input is None:
-        raise PipelineError("live mode needs an input: a camera URL, or a file with --realtime")
-    from pipeline.jobs.cameras import live_depth_format_problem
-
-    if live_depth_format_problem(settings.output.depth_format):
-        raise PipelineError(f"--depth-format: {live_depth_format_problem(settings.output.depth_format)}")
-    for flag, given in (("--segments", args.segments is not None), ("--resume", args.resume)):
-        if given:
-            raise PipelineError(f"{flag} is for files; a live stream is one stream, run as it comes")
-    publish = args.output if is_publish_url(args.output or "") else None
-    if args.output and not publish and args.record:
-        raise PipelineError(f"-o {args.output} and --record {args.record}: live mode records to one file; give it "
-                            f"once (-o takes an rtsp:// URL to publish to, or the recording)")
-    record = args.record or (args.output if args.output and not publish else None)
-    if record:
-        check_output(record, settings.output.depth_format, InputFiles([args.input]), args.no_overwrite, "recording")
-    if not publish and not record:
-        raise PipelineError(f"{args.input}: live mode needs somewhere to send depth: -o rtsp://SERVER/PATH and/or "
-                            f"--record FILE")
+    file_flags = tuple(flag for flag, given in (("--segments", args.segments is not None), ("--resume", args.resume))
+                       if given)
     check_summary_path(args.summary)
-    live = settings.live
-    source = LiveSource(args.input, realtime=args.realtime, transport=live.transport,
-                        read_timeout_s=live.read_timeout_s, backoff_s=(0.5, live.backoff_max_s))
-    source.open().close()  # a source that cannot be opened at start is an error, not a retry loop
-    if publish:
-        from pipeline.stages.sinks.rtsp_publisher import check_publish_url
-
-        # (no probe connection: a one-shot receiver would take it as its publisher; the first session is the check)
-        check_publish_url(publish)
+    job = LiveJob.from_request(settings, LiveRequest(args.input, args.output, args.record, args.realtime,
+                                                     args.no_overwrite, file_flags))
     resolved = resolve_model(settings)
-    job = LiveJob(settings, source, LiveTargets(publish, record), publish_must_connect=True)
     with depth_graph(settings, resolved) as graph:
-        _ = graph.model_info  # models loaded before the first frame is taken, so start-up is not counted as latency
-        decoder = source.open()
         # Ctrl-C and SIGTERM end a live run normally: stop reading, finish what is in flight, close the session
         with stop_signals_call(lambda number, frame: job.stop()):
-            return job.run(graph, decoder)
+            return job.run(graph)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -4,7 +4,7 @@ the ratio to Hugging Face transformers' implementation with the same weights, th
 
     .venv/bin/python benchmarks/model_speed.py [--variant vits] [--threads 2] [--repeats 3] [--compile]
 
-Goals (issue 2): float32 ratio ours/transformers <= 1.0; bf16 >= 1.8x faster than our float32 with error <= 2e-2.
+Goals: float32 ratio ours/transformers <= 1.0; bf16 >= 1.8x faster than our float32 with error <= 2e-2.
 """
 
 from __future__ import annotations

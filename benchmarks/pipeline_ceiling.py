@@ -14,7 +14,7 @@ per frame of each actor (decode, model actor, sink and its smooth / render / enc
 batches of 8 as on a GPU node. The model actor's input preparation (I420 -> RGB, uint8 -> float, bicubic resize,
 normalisation) and the stand-in's arithmetic are device work, done by the GPU on a GPU node: they are counted apart,
 not in the total; so is the CPU of Ray's own raylet and GCS, which no actor's rusage includes.
-Goals (issue 10) on the 2-core build machine: one stream >= 60 fps; CPU outside the model <= 15 ms per 720p frame.
+Goals on the 2-core build machine: one stream >= 60 fps; CPU outside the model <= 15 ms per 720p frame.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Where the start-up of a short run goes: importing, Ray's start, the actors, the 
     .venv/bin/python benchmarks/startup_time.py [--frames 10]
 
 Runs the same steps as `run_pipeline.py` (vits random weights, input size 70, a 160x96 clip) and prints seconds per
-step and in total. The goal (issue 12): cut what can be cut; a bad input or setting must fail in about a second
+step and in total. The goal: cut what can be cut; a bad input or setting must fail in about a second
 (the CLI checks everything it can before Ray starts).
 """
 

@@ -6,7 +6,7 @@ against a model frame at the same size. Writes a plot of one pixel's depth over 
 
     .venv/bin/python benchmarks/temporal_quality.py [--plot docs/temporal_quality.png]
 
-Goals (issue 4) for the default: static flicker <= 1/6 of none; lag <= 1 frame; ghosting <= 1.1x none; AbsRel no
+Goals for the default: static flicker <= 1/6 of none; lag <= 1 frame; ghosting <= 1.1x none; AbsRel no
 worse than none; every cut detected on its frame and no false ones; cost <= 5% of a model frame.
 """
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+__all__ = ["make_sample_clip", "sample_frame"]
+
 
 def sample_frame(index: int, width: int, height: int) -> np.ndarray:
     """A H x W x 3 uint8 RGB frame: vertical gradient, a drifting disc and a sweeping bar, with a little texture."""

@@ -24,12 +24,15 @@ from model import PRECISIONS, VARIANTS
 from model.checkpoint import MAX_DEPTH_RANGE_M
 from model.hub import MODEL_NAMES
 from pipeline.errors import PipelineError
+from pipeline.formats import DEPTH_FORMATS
 from pipeline.stages.live.camera_runner import LiveCameraOptions
 from pipeline.stages.render.colorize import colormap_id, colormap_names
 from pipeline.stages.render.smoothing import SMOOTHER_NAMES, make_smoother
 from pipeline.stages.sinks.depth_sink import RenderOptions
-from pipeline.stages.sinks.video_writer import DEPTH_FORMATS, X264_PRESETS
+from pipeline.stages.sinks.video_writer import X264_PRESETS
 from pipeline.stages.sources.image_sequence import frame_rate
+
+__all__ = ["PipelineSettings", "check_combination", "live_camera_options", "load_settings", "merge"]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ never ends: live mode), `is_publish_url` (an RTSP server to publish depth to).
 
 from __future__ import annotations
 
+__all__ = ["is_live_url", "is_publish_url", "is_url"]
+
 PUBLISH_SCHEMES = ("rtsp://", "rtsps://")
 # Streams: read as they come, reconnected when they go away (http(s) may be a file as well: --live says a stream)
 LIVE_SCHEMES = (*PUBLISH_SCHEMES, "rtmp://", "srt://", "udp://", "tcp://")

@@ -193,3 +193,26 @@ def test_the_reader_sees_what_python_sees():
     assert "pipeline.stages.frames" in inner["pipeline.stages.sources.video_decoder"]
     assert "ray" in outer["pipeline.cluster.graph"] and "torch" in outer["model.predictor"]
     assert "pipeline.stages.sources.image_sequence" in inner["pipeline.stages.sources.video_decoder"]  # in a function
+
+
+def test_the_installed_package_holds_every_module():
+    """`pip install .` finds its packages from pyproject.toml's patterns: every folder of modules under model/ and
+    pipeline/ is a package they include (a folder missed would be absent from the installed command)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    config = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set(find_packages(where=str(PROJECT), include=config["packages"]["find"]["include"]))
+    folders = {".".join(path.parent.relative_to(PROJECT).parts) for package in PACKAGES
+               for path in (PROJECT / package).rglob("*.py")}
+    assert folders - found == set()
+    assert config["py-modules"] == ["run_pipeline"]
+
+
+def test_what_a_remote_cluster_is_shipped_is_the_project():
+    """Workers on other machines get model/ and pipeline/ as py_modules, found from runtime.py's own place."""
+    from pipeline.cluster import runtime
+
+    assert runtime.PROJECT_ROOT == PROJECT
+    assert all((runtime.PROJECT_ROOT / package / "__init__.py").exists() for package in PACKAGES)

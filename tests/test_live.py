@@ -147,7 +147,7 @@ def test_a_file_played_in_real_time_gives_every_frame_and_a_recording(tmp_path):
     assert summary["seconds"] >= 0.9  # 30 frames at 30 fps take a second in real time
     video = read_video(recording)
     assert video["count"] == summary["frames_out"]
-    # The recording starts at its first frame (issue 22): not after the seconds of start-up before it
+    # The recording starts at its first frame: not after the seconds of start-up before it
     assert video["seconds"][0] == 0.0 and video["seconds"][-1] < 2.0
 
 

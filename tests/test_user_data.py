@@ -1,4 +1,4 @@
-"""Nothing the user owns is overwritten, concurrent runs never mix, every flag does what it says (issue 22).
+"""Nothing the user owns is overwritten, concurrent runs never mix, every flag does what it says.
 
 One test per finding of an adversarial round on the newer ways to run the pipeline (batch, live, segments): each
 failed on the code before the fix. What can be refused without Ray is checked with Ray forbidden (`no_ray`).

@@ -17,17 +17,19 @@ from pipeline.cluster.model_router import ModelRouter
 from pipeline.cluster.ray_calls import cpu_seconds, one_thread_each, peak_rss_mb, unwrap_ray_error
 from pipeline.stages.frames import FrameBatch
 
+__all__ = ["CameraActor"]
+
 # A camera's process: one camera's whole loop (reading, smoothing, rendering, encoding, publishing) beside the other
 # cameras', so N cameras use N cores and one camera's stall never holds another's frames. No CPU declared (as stream
-# actors; the camera supervisor bounds them). A process that dies is started again by Ray (its __init__ again); the supervisor
-# then sees it idle and starts it again (`run`): the camera reconnects and publishes again by itself
+# actors; the camera supervisor bounds them). A process that dies is started again by Ray (its __init__ again); the
+# supervisor then sees it idle and starts it again (`run`): the camera reconnects and publishes again by itself
 CAMERA_ACTOR_RESTARTS = 3
 
 
 @ray.remote(num_cpus=0, max_restarts=CAMERA_ACTOR_RESTARTS)
 class CameraActor:
-    """Runs one camera (stages/live/camera_runner.py) from `run` until `stop`; its frames go to the job's model actors with
-    `infer_frames`, batched there with the other cameras' frames.
+    """Runs one camera (stages/live/camera_runner.py) from `run` until `stop`; its frames go to the job's model
+    actors with `infer_frames`, batched there with the other cameras' frames.
 
     The model actors are given to `run`, not to the constructor: Ray restarts an actor from its constructor's
     arguments, and handles of other actors there may not survive (ray-project/ray#53727)."""

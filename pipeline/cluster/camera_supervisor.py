@@ -1,8 +1,8 @@
 """
 The camera actors of a many-camera live job: started, looked at, stopped (the Ray side of jobs/cameras.py).
 
-Takes: the job's model actors and settings (from `DepthGraph.camera_supervisor()`), and cameras (`jobs.cameras.Camera`) to
-start and names to stop.
+Takes: the job's model actors and settings (from `DepthGraph.camera_supervisor()`), and cameras
+(`jobs.cameras.Camera`) to start and names to stop.
 Gives: `stats()`, every camera's figures as last heard (a thread asks the actors twice a second, so that an HTTP
 request never waits on Ray, nor on a camera that does not answer); `stop(name)` / `stop_all(names)`, each camera's
 summary, its outputs closed; `batching()`, how the model actors batched the cameras' frames.
@@ -24,6 +24,8 @@ from pipeline.cluster.camera_actor import CameraActor
 from pipeline.cluster.model_router import actor_state
 from pipeline.cluster.ray_calls import answers, unwrap_ray_error
 from pipeline.stages.inference.cross_stream_batcher import batch_means
+
+__all__ = ["CameraSupervisor"]
 
 POLL_S = 0.5  # how often the cameras' figures are asked for
 STOP_S = 15.0  # what a camera gets to close its outputs when stopped

@@ -8,13 +8,13 @@ decide which streams to run and ask the graph for what they need (`infer`, `clus
 A stream runs on its own actor, on a worker node: it decodes, sends each batch to a model actor and on to its sink,
 and keeps at most `max_in_flight` batches between decode and write, so memory does not grow with video length. The
 driver makes a handful of Ray calls per stream (take a pair of actors, start the stream, hear its progress about
-twice a second and its result), not three per batch: one driver process is no longer the cluster's limit.
-Where: `stream_placement.py` picks a node with a model actor for each stream (in proportion to the model actors, within each
-node's CPUs and memory); the stream and its sink are started there and use the model actors there, so frames and
-depth stay in that node's object store (what crosses nodes is counted). Model actors are created once per
+twice a second and its result), not three per batch: one driver process is not the cluster's limit.
+Where: `stream_placement.py` picks a node with a model actor for each stream (in proportion to the model actors,
+within each node's CPUs and memory); the stream and its sink are started there and use the model actors there, so
+frames and depth stay in that node's object store (what crosses nodes is counted). Model actors are created once per
 `DepthGraph` and serve every stream; a stream's pair of actors is kept for the next stream on its node
-(`stream_actor_cache.py`). Ray start-up is in runtime.py, each actor in a file of its own (stream_actor.py, model_actor.py,
-sink_actor.py, camera_actor.py), the resource plan in plan.py.
+(`stream_actor_cache.py`). Ray start-up is in runtime.py, each actor in a file of its own (stream_actor.py,
+model_actor.py, sink_actor.py, camera_actor.py), the resource plan in plan.py.
 """
 
 from __future__ import annotations
@@ -44,11 +44,14 @@ from pipeline.cluster.stream_actor import PROGRESS, RESULT, StreamActor, StreamJ
 from pipeline.cluster.stream_actor_cache import StreamActorCache
 from pipeline.cluster.stream_placement import StreamPlacement
 from pipeline.errors import PipelineError, one_line
+from pipeline.formats import keeps_values
 from pipeline.settings import PipelineSettings
 from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
 from pipeline.stages.inference.depth_worker import ModelSource, cuda_problem
-from pipeline.stages.sinks.depth_sink import RenderOptions, keeps_values
+from pipeline.stages.sinks.depth_sink import RenderOptions
 from pipeline.stages.sinks.output_files import remove_partial, temporary_path
+
+__all__ = ["DepthGraph", "StreamResult"]
 
 RETRY_PAUSE_S = 1.0  # before a stream's second attempt; twice that before its third
 ANSWER_S = 5.0  # what an actor gets to answer a small call (a failed stream's sink abort, usage) before it is let go

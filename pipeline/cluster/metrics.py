@@ -8,6 +8,8 @@ Gives: the counters `depth_live_frames_in`, `depth_live_frames_out` and the hist
 
 from __future__ import annotations
 
+__all__ = ["RayMetrics"]
+
 
 class RayMetrics:
     """The live counters in Ray's metrics (Prometheus format, from each node's metrics endpoint)."""

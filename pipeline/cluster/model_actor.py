@@ -20,6 +20,8 @@ from pipeline.stages.frames import FrameBatch
 from pipeline.stages.inference.cross_stream_batcher import CrossStreamBatcher
 from pipeline.stages.inference.depth_worker import DepthWorker, ModelSource
 
+__all__ = ["ModelActor"]
+
 # A model actor whose process dies is started again by Ray (it loads the model on its first call), and the calls
 # that were in flight are sent to it again: a lost worker costs a reload, not the job
 MODEL_ACTOR_RESTARTS = 3

@@ -25,6 +25,8 @@ import ray
 
 from pipeline.errors import PipelineError
 
+__all__ = ["ModelRouter", "actor_state"]
+
 SUSPECT_S = 30.0  # a model actor whose call failed gets no new batches for this long (unless it is the only one)
 NODES_TTL_S = 2.0  # how long the model actors' nodes, once read, are taken as they were
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pipeline.errors import PipelineError
 from pipeline.settings import PipelineSettings
 
+__all__ = ["max_streams_for", "plan_actors"]
+
 SINKS_GPU_ROOM = 0.1  # of each GPU, kept for sinks that smooth there (smoothing.device: cuda)
 # One such sink: a token share (its work is a few ms of arithmetic a frame), so that 100 streams fit on a GPU; with
 # 0.02 the sixth stream on a GPU could not be placed, and a batch job or a segmented video opens more than that

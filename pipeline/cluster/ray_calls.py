@@ -17,6 +17,11 @@ import torch
 
 from pipeline.errors import PipelineError, one_line
 
+__all__ = [
+    "HEALTH_CHECK_S", "answers", "cpu_seconds", "naming_the_node", "one_thread_each", "peak_rss_mb",
+    "unwrap_ray_error", "with_node",
+]
+
 HEALTH_CHECK_S = 5.0  # how often a stream looks at the model actors' health (and when a write takes this long)
 
 

@@ -21,7 +21,9 @@ import ray
 
 from pipeline.errors import PipelineError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["ships_this_project", "start_ray", "started_local_ray", "stop_ray", "submitted_job_runtime_env"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds model/ and pipeline/ (shipped to workers)
 _started_local_ray = False  # whether this process started the Ray instance it uses (so may end what it left)
 
 

@@ -14,6 +14,8 @@ from pipeline.stages.frames import VideoInfo
 from pipeline.stages.render.smoothing import make_smoother
 from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions
 
+__all__ = ["SinkActor"]
+
 
 @ray.remote(num_cpus=0)
 class SinkActor:

@@ -27,6 +27,8 @@ from pipeline.cluster.ray_calls import (
 from pipeline.errors import PipelineError
 from pipeline.stages.sources.video_decoder import open_source
 
+__all__ = ["StreamActor", "StreamJob"]
+
 
 @dataclass(frozen=True)
 class StreamJob:

@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import ray
 
+__all__ = ["StreamActorCache"]
+
 StreamActors = tuple  # (decode actor, sink actor): Ray actor handles
 STREAMS_PER_PAIR = 200
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+__all__ = ["StreamPlacement"]
+
 
 class StreamPlacement:
     def __init__(self, model_nodes: Callable[[], dict[str, int]], node_limits: Callable[[], dict[str, int]]):

@@ -37,6 +37,8 @@ from pipeline.settings import PipelineSettings, check_combination, merge
 from pipeline.stages.sinks.image_sequence_writer import path_digest, path_size
 from pipeline.stages.sinks.output_files import abandoned_partials, remove_partial
 
+__all__ = ["BatchJob", "BatchOptions", "EXIT_SOME_FAILED", "report_table"]
+
 REPORT_NAME = "batch_report.json"
 EXIT_SOME_FAILED = 3  # the job ran, and at least one video failed (each is named in the report)
 PER_VIDEO_SECTIONS = ("input", "output", "smoothing", "segments")  # what a manifest line may change for its video

@@ -29,12 +29,14 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from pipeline.errors import PipelineError, one_line
+from pipeline.jobs.live import live_depth_format_problem
 from pipeline.jobs.outputs import InputFiles, check_output
 from pipeline.settings import PipelineSettings, check_combination, merge
 from pipeline.stages.live.camera_runner import LiveTargets
-from pipeline.stages.sinks.image_sequence_writer import is_sequence_format
 from pipeline.stages.sources.video_decoder import open_video
 from pipeline.urls import is_publish_url, is_url
+
+__all__ = ["CameraService", "RequestRefused", "camera_from_entry", "read_cameras_file"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # A camera entry's own settings: its key -> the job setting it overrides for this camera
@@ -119,14 +121,6 @@ def recording_inside(record, folder: str | None, where: str) -> str:
     return str(path)
 
 
-def live_depth_format_problem(depth_format: str) -> str | None:
-    """Why live mode cannot write a depth format (None when it can): it publishes and records videos."""
-    if is_sequence_format(depth_format):
-        return (f"depth_format {depth_format} writes folders of frames, for files; live mode publishes and records "
-                f"videos (color, gray, side-by-side; gray16 for a recording)")
-    return None
-
-
 def camera_from_entry(entry, settings: PipelineSettings, where: str, no_overwrite: bool = False) -> Camera:
     """One entry (a mapping) checked: every problem is one line naming `where`, the camera and the key."""
     if not isinstance(entry, dict):
@@ -184,12 +178,9 @@ def camera_from_entry(entry, settings: PipelineSettings, where: str, no_overwrit
         camera_settings = check_combination(merge(settings, overrides, where, labels), where)
     except PipelineError as error:
         raise PipelineError(str(error).replace(f"{where}: smoothing.", f"{where}: smoothing ")) from None
-    live_format_problem = live_depth_format_problem(camera_settings.output.depth_format)
+    live_format_problem = live_depth_format_problem(camera_settings.output.depth_format, publish=bool(publish))
     if live_format_problem:
         raise PipelineError(f"{where}: {live_format_problem}")
-    if publish and camera_settings.output.depth_format == "gray16":
-        raise PipelineError(f"{where}: depth_format gray16 cannot be published over RTSP (8-bit H.264); record it "
-                            f"to a file instead")
     if record:
         try:
             record = str(check_output(record, camera_settings.output.depth_format, InputFiles([source]),

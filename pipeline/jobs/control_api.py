@@ -47,6 +47,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pipeline.errors import PipelineError, one_line
 from pipeline.jobs.cameras import CameraService, RequestRefused
 
+__all__ = ["ControlServer", "DEFAULT_CONTROL", "TOKEN_ENVIRONMENT", "is_loopback", "parse_address", "read_token"]
+
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_CONTROL = "127.0.0.1:8765"
 TOKEN_ENVIRONMENT = "DEPTH_CONTROL_TOKEN"
@@ -186,7 +188,7 @@ class CameraMetrics:
 
 class BoundedHTTPServer(ThreadingHTTPServer):
     """A thread per connection, at most `max_connections` at once: one more is answered 503 and closed at once
-    (750 slow clients held 780 threads before), and nothing it does reaches stderr as a traceback."""
+    (unbounded, 750 slow clients would hold 780 threads), and nothing it does reaches stderr as a traceback."""
 
     daemon_threads = True
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.cluster.graph import DepthGraph, StreamResult
+from pipeline.formats import is_sequence_format, sixteen_bit
 from pipeline.jobs.segments import (
     SEGMENT_SUFFIX,
     Segment,
@@ -34,9 +35,11 @@ from pipeline.jobs.thread_fan_out import run_in_threads
 from pipeline.stages.frames import VideoInfo
 from pipeline.stages.render.colorize import DepthQuantizer
 from pipeline.stages.render.depth_units import DepthUnits
-from pipeline.stages.sinks.depth_sink import SIXTEEN_BIT_FORMATS, RenderOptions, output_metadata
-from pipeline.stages.sinks.image_sequence_writer import is_sequence_format, join_sequence_folders
+from pipeline.stages.sinks.depth_sink import RenderOptions, output_metadata
+from pipeline.stages.sinks.image_sequence_writer import join_sequence_folders
 from pipeline.stages.sources.video_decoder import open_source
+
+__all__ = ["process_video"]
 
 
 def process_video(
@@ -69,7 +72,7 @@ def process_video(
 def _render_options(graph: DepthGraph, source: str) -> RenderOptions:
     """The output settings, with the 16-bit scale fixed before any frame is written (see `_depth_scale`)."""
     render = graph.settings.output
-    if render.depth_format in SIXTEEN_BIT_FORMATS and render.depth_scale is None:
+    if sixteen_bit(render.depth_format) and render.depth_scale is None:
         render = dataclasses.replace(render, depth_scale=_depth_scale(graph, source))
     return render
 
@@ -209,7 +212,7 @@ def summarize(graph: DepthGraph, source: str, results: list[StreamResult], secon
         "bytes_across_nodes": sum(d["frame_bytes_across_nodes"] for d in decode_stats)
         + sum(k["depth_bytes_across_nodes"] for k in sink_stats),
     }
-    if graph.settings.output.depth_format in SIXTEEN_BIT_FORMATS and sink_stats:
+    if sixteen_bit(graph.settings.output.depth_format) and sink_stats:
         summary.update(depth_scale=sink_stats[0]["depth_scale"],
                        saturated_pixels=sum(k["saturated_pixels"] for k in sink_stats))
     return summary

@@ -25,10 +25,12 @@ from pathlib import Path
 import av
 
 from pipeline.errors import PipelineError
+from pipeline.formats import output_suffix
 from pipeline.jobs.status import BatchStatus
 from pipeline.stages.sinks.image_sequence_writer import written_by_this_pipeline
-from pipeline.stages.sinks.video_writer import output_suffix
 from pipeline.stages.sources.image_sequence import IMAGE_SUFFIXES, is_image_sequence, sequence_folder
+
+__all__ = ["BatchItem", "find_inputs"]
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
                             ".flv", ".wmv", ".nut", ".3gp", ".ogv", ".y4m"})

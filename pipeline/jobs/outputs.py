@@ -20,9 +20,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.stages.sinks.video_writer import check_output_path, output_suffix
+from pipeline.formats import output_suffix
+from pipeline.stages.sinks.video_writer import check_output_path
 from pipeline.stages.sources.image_sequence import is_image_sequence, sequence_folder
 from pipeline.urls import is_url
+
+__all__ = ["InputFiles", "check_output", "check_output_folder", "check_summary_path", "depth_output_name"]
 
 
 def depth_output_name(source: str | Path, depth_format: str) -> Path:

@@ -11,7 +11,8 @@ A segment writes the frames with start <= pts < end; it decodes from the previou
 those frames through the smoother and the colour range without writing them, so that its first written frames look
 as an unsegmented run's would. Segment files are NUT (FFmpeg's own container: exact timestamps in the source's time
 base, any codec), so the join keeps every timestamp. For the frame-folder formats (exr, png16) each segment writes a
-folder of its own, and the join renames their frames into the output's numbering (stages/sinks/image_sequence_writer.py).
+folder of its own, and the join renames their frames into the output's numbering
+(stages/sinks/image_sequence_writer.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ from pipeline.stages.sinks.image_sequence_writer import path_digest
 from pipeline.stages.sinks.output_files import remove_partial
 from pipeline.stages.sinks.video_writer import DepthVideoWriter
 from pipeline.stages.sources.image_sequence import is_image_sequence, list_images
+
+__all__ = [
+    "SEGMENT_SUFFIX", "Segment", "SegmentStore", "auto_segment_count", "check_segmentable", "fingerprint",
+    "join_segments", "packet_index", "plan_segments", "work_folders",
+]
 
 SEGMENT_SUFFIX = ".nut"
 

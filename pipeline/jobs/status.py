@@ -22,6 +22,8 @@ from pathlib import Path
 from pipeline.stages.sinks.image_sequence_writer import path_size
 from pipeline.stages.sources.image_sequence import is_image_sequence, sequence_stamp
 
+__all__ = ["BatchStatus", "input_stamp", "settings_digest"]
+
 STATUS_NAME = "batch_status.jsonl"
 
 

@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+__all__ = ["run_in_threads"]
+
 Item = TypeVar("Item")
 
 

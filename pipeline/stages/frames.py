@@ -18,6 +18,8 @@ import numpy as np
 
 from pipeline.stages.pixels import RGB24, YUV420P
 
+__all__ = ["DepthBatch", "FrameBatch", "VideoInfo", "batched"]
+
 
 @dataclass(frozen=True)
 class VideoInfo:

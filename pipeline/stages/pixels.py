@@ -20,6 +20,11 @@ import cv2
 import numpy as np
 import torch
 
+__all__ = [
+    "colour_sample", "frame_height", "i420_planes", "i420_to_rgb", "i420_to_rgb_torch", "luma_at", "resized",
+    "to_rgb",
+]
+
 RGB24, YUV420P = "rgb24", "yuv420p"
 
 # BT.601, limited range ("studio swing": Y in 16-235, U and V in 16-240)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 from pipeline.stages.frames import DepthBatch, FrameBatch
 
+__all__ = ["CrossStreamBatcher", "batch_means"]
+
 ACTIVE_S = 1.0  # a stream that has sent nothing for this long (or 20 waits) is not waited for
 
 

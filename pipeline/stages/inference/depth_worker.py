@@ -34,6 +34,8 @@ from pipeline.errors import PipelineError
 from pipeline.stages.frames import DepthBatch, FrameBatch
 from pipeline.stages.pixels import YUV420P, frame_height, i420_to_rgb
 
+__all__ = ["DepthWorker", "ModelSource", "PinnedSlots", "cuda_problem", "pass_sizes"]
+
 DEPTH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 # Frames arrive as read-only views of Ray's shared object store; they are only ever read, never written

@@ -41,14 +41,17 @@ import cv2
 import numpy as np
 
 from pipeline.errors import one_line
+from pipeline.formats import keeps_values
 from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
 from pipeline.stages.live.frame_buffer import FrameBuffer, LatencyStats
 from pipeline.stages.render.smoothing import make_smoother
-from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions, keeps_values, output_metadata
+from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions, output_metadata
 from pipeline.stages.sinks.output_files import recover_recordings
 from pipeline.stages.sinks.rtsp_publisher import LIVE_TIME_BASE, RtspPublisher
 from pipeline.stages.sinks.video_writer import DepthVideoWriter
 from pipeline.stages.sources.live_stream import LiveFrame, LiveSource
+
+__all__ = ["LiveCamera", "LiveCameraOptions", "LiveTargets"]
 
 # (batch, depth dtype) -> a function that waits for the batch's depth
 Submit = Callable[[FrameBatch, str], Callable[[], DepthBatch]]

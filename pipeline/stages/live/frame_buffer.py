@@ -16,6 +16,8 @@ import numpy as np
 
 from pipeline.stages.sources.live_stream import LiveFrame
 
+__all__ = ["FrameBuffer", "LatencyStats"]
+
 
 class FrameBuffer:
     """The frames waiting for the model: at most `capacity`; a new frame pushes the oldest out (counted)."""

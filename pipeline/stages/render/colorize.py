@@ -17,6 +17,8 @@ import numpy as np
 from pipeline.stages.pixels import i420_planes, resized
 from pipeline.stages.render.statistics import quantiles
 
+__all__ = ["DepthColorizer", "DepthQuantizer", "GRAY", "RangeTracker", "colormap_id", "colormap_names"]
+
 GRAY = "gray"
 
 

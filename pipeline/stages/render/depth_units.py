@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["DepthUnits"]
+
 UINT16_MAX = 65535
 # Metric depth is never shown closer than this (1 cm): the colour map lays out 1 / metres, which must stay finite
 NEAREST_SHOWN_M = 0.01

@@ -7,7 +7,7 @@ shows: a `Guide` (luma at the depth's resolution and a sample of the frame's col
 an RGB or I420 frame) or simply the H x W x 3 uint8 RGB frame.
 Gives: the smoothed H x W float32 depth for that frame; `reset()` forgets the past (scene cut, new stream).
 
-    from pipeline.smoothing import make_smoother
+    from pipeline.stages.render.smoothing import make_smoother
     smoother = make_smoother("ema", alpha=0.4)
 
 Methods: `none` (pass-through), `ema` (a fixed per-pixel exponential moving average, the plain baseline) and the
@@ -31,6 +31,8 @@ from torch.nn import functional as F
 
 from pipeline.stages.pixels import RGB24, colour_sample, luma_at
 from pipeline.stages.render.statistics import lower_median, quantiles
+
+__all__ = ["AlignedSmoothing", "Guide", "SMOOTHER_NAMES", "Smoother", "make_smoother"]
 
 
 @dataclass(frozen=True)

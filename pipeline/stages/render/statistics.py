@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["lower_median", "quantiles"]
+
 
 def quantiles(values: np.ndarray, fractions: tuple[float, ...]) -> list[float]:
     """`np.quantile(values, fractions)` (linear interpolation between the closest ranks), one partition."""

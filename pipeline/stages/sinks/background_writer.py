@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+__all__ = ["BackgroundWriter"]
+
 _END = object()
 
 

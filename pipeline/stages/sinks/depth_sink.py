@@ -24,17 +24,17 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipeline.formats import is_sequence_format, keeps_values, sixteen_bit
 from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
 from pipeline.stages.pixels import YUV420P, frame_height, i420_planes, to_rgb
 from pipeline.stages.render.colorize import GRAY, DepthColorizer, DepthQuantizer
 from pipeline.stages.render.depth_units import DepthUnits
 from pipeline.stages.render.smoothing import Guide, Smoother
 from pipeline.stages.sinks.background_writer import BackgroundWriter
-from pipeline.stages.sinks.image_sequence_writer import DepthSequenceWriter, is_sequence_format
+from pipeline.stages.sinks.image_sequence_writer import DepthSequenceWriter
 from pipeline.stages.sinks.video_writer import DepthVideoWriter, blank_i420
 
-# Formats that hold the depth as 16-bit integers, round(depth * scale) (exr holds it as float32: see keeps_values)
-SIXTEEN_BIT_FORMATS = ("gray16", "png16")
+__all__ = ["DepthSink", "RenderOptions", "output_metadata"]
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,6 @@ def output_metadata(depth_scale: float | None, units: DepthUnits = DepthUnits())
     return metadata
 
 
-def keeps_values(depth_format: str) -> bool:
-    """Whether an output holds the depth's values (16-bit or float32) rather than a picture: the model then sends
-    float32 depth (float16 is plenty for 8-bit pictures, not for millimetres)."""
-    return depth_format in SIXTEEN_BIT_FORMATS or depth_format == "exr"
-
-
 class DepthSink:
     """Owns the smoother, the renderer and the writer of one output video."""
 
@@ -87,7 +81,7 @@ class DepthSink:
         self.smoother = smoother
         colormap = GRAY if options.depth_format == "gray" else options.colormap
         self.colorizer = DepthColorizer(colormap)
-        self.quantizer = DepthQuantizer(options.depth_scale) if options.depth_format in SIXTEEN_BIT_FORMATS else None
+        self.quantizer = DepthQuantizer(options.depth_scale) if sixteen_bit(options.depth_format) else None
         self.model = model or {}
         self.units: DepthUnits | None = None  # known from the first depth batch
         self._writer: DepthVideoWriter | None = None

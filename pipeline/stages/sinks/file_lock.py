@@ -18,6 +18,8 @@ import fcntl
 import os
 from pathlib import Path
 
+__all__ = ["FileLock", "is_held_elsewhere"]
+
 
 class FileLock:
     def __init__(self, path: str | Path):

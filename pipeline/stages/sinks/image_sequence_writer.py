@@ -32,11 +32,17 @@ import cv2
 import numpy as np
 
 from pipeline.errors import PipelineError, write_failed
+from pipeline.formats import DEPTH_FORMATS
 from pipeline.stages.frames import VideoInfo
 from pipeline.stages.sinks.file_lock import FileLock
 from pipeline.stages.sinks.output_files import LOCK_NAME, remove_partial, temporary_path
 
-SEQUENCE_FORMATS = {"exr": ".exr", "png16": ".png"}
+__all__ = [
+    "DepthSequenceWriter", "check_replaceable", "join_sequence_folders", "path_digest", "path_size", "read_exr",
+    "written_by_this_pipeline",
+]
+
+FRAME_SUFFIXES = {row.name: row.frame_suffix for row in DEPTH_FORMATS.values() if row.folder}  # exr, png16
 FRAME_TABLE = "frames.csv"
 DESCRIPTION = "depth.json"
 FRAME_TABLE_HEADER = "frame,pts,time_s\n"
@@ -44,12 +50,8 @@ WRITTEN_BY = "video-depth"  # depth.json's mark: a folder that says it may be re
 NUMBER_DIGITS = 6
 
 
-def is_sequence_format(depth_format: str) -> bool:
-    return depth_format in SEQUENCE_FORMATS
-
-
 def frame_name(index: int, depth_format: str) -> str:
-    return f"{index:0{NUMBER_DIGITS}d}{SEQUENCE_FORMATS[depth_format]}"
+    return f"{index:0{NUMBER_DIGITS}d}{FRAME_SUFFIXES[depth_format]}"
 
 
 def written_by_this_pipeline(folder: Path) -> bool:
@@ -70,7 +72,7 @@ def check_replaceable(folder: Path) -> None:
             raise PipelineError(f"{folder}: folder exists and is not a depth folder from this pipeline (no "
                                 f"{DESCRIPTION} of ours): choose another output name")
         return
-    ours = re.compile(rf"\d{{{NUMBER_DIGITS},}}({'|'.join(re.escape(s) for s in SEQUENCE_FORMATS.values())})")
+    ours = re.compile(rf"\d{{{NUMBER_DIGITS},}}({'|'.join(re.escape(s) for s in FRAME_SUFFIXES.values())})")
     for entry in sorted(folder.iterdir()):
         if entry.name not in (DESCRIPTION, FRAME_TABLE) and not (ours.fullmatch(entry.name) and entry.is_file()):
             raise PipelineError(f"{folder}: a depth folder from this pipeline, but it also holds {entry.name}, which "
@@ -144,7 +146,7 @@ class DepthSequenceWriter:
                  temporary_tag: str | None = None):
         """`description`: what the values are, for depth.json (see DepthSink); the frame count, time base and
         source are added here. `temporary_tag`: names the temporary folder, as DepthVideoWriter's does."""
-        if depth_format not in SEQUENCE_FORMATS:
+        if depth_format not in FRAME_SUFFIXES:
             raise ValueError(f"not a frame-folder format: {depth_format!r}")
         self.output = Path(output)
         self.depth_format = depth_format

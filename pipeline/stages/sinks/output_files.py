@@ -20,6 +20,8 @@ from pathlib import Path
 
 from pipeline.stages.sinks.file_lock import is_held_elsewhere
 
+__all__ = ["LOCK_NAME", "abandoned_partials", "recover_recordings", "remove_partial", "temporary_path"]
+
 LOCK_NAME = ".lock"  # held inside the temporary folder while a writer lives (see file_lock.py)
 
 

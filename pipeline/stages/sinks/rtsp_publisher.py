@@ -28,6 +28,8 @@ import numpy as np
 from pipeline.errors import PipelineError, one_line
 from pipeline.stages.sinks.video_writer import video_frame_of, x264_options
 
+__all__ = ["LIVE_TIME_BASE", "RtspPublisher", "check_publish_url"]
+
 LIVE_TIME_BASE = Fraction(1, 90_000)  # RTP's clock for video
 
 

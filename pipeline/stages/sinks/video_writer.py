@@ -22,12 +22,17 @@ import av
 import numpy as np
 
 from pipeline.errors import PipelineError, write_failed
+from pipeline.formats import depth_format as format_row
 from pipeline.stages.frames import VideoInfo
 from pipeline.stages.sinks.file_lock import FileLock
-from pipeline.stages.sinks.image_sequence_writer import check_replaceable, is_sequence_format
+from pipeline.stages.sinks.image_sequence_writer import check_replaceable
 from pipeline.stages.sinks.output_files import temporary_path
 
-DEPTH_FORMATS = ("color", "gray", "gray16", "side-by-side", "exr", "png16")  # exr, png16: folders of frames
+__all__ = [
+    "DepthVideoWriter", "X264_PRESETS", "blank_i420", "check_output_path", "read_depth_scale", "video_frame_of",
+    "x264_options",
+]
+
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
 # Seconds of audio allowed ahead of the video when interleaving (players buffer far more than this)
@@ -35,24 +40,18 @@ AUDIO_LEAD_S = 0.5
 ENCODER_THREADS = int(os.environ.get("DEPTH_ENCODER_THREADS", "1"))
 
 
-def output_suffix(depth_format: str) -> str:
-    """The name ending an output of this format gets by default: .mkv (16-bit FFV1), none (a folder of frames), .mp4."""
-    return {"gray16": ".mkv", "exr": "", "png16": ""}.get(depth_format, ".mp4")
-
-
 def check_output_path(output: str | Path, depth_format: str, folder_made_later: bool = False) -> Path:
     """Validate an output path before any work starts; one-line PipelineError naming it otherwise.
     `folder_made_later`: its folder is made when the work starts (a batch job's), so only the name is checked."""
     output = Path(output)
-    if depth_format not in DEPTH_FORMATS:
-        raise PipelineError(f"unknown depth format {depth_format!r}; expected one of {', '.join(DEPTH_FORMATS)}")
+    row = format_row(depth_format)  # an unknown format: the user's error, naming the choices
     directory = output.parent if str(output.parent) else Path(".")
     if directory.is_dir():
         if not os.access(directory, os.W_OK):
             raise PipelineError(f"{output}: output directory {directory} is not writable")
     elif not folder_made_later:
         raise PipelineError(f"{output}: output directory {directory} does not exist")
-    if is_sequence_format(depth_format):
+    if row.folder:
         if output.suffix.lower() in (".mp4", ".mkv", ".mov", ".nut", ".png", ".exr", ".jpg", ".jpeg", ".tif", ".tiff"):
             raise PipelineError(f"{output}: {depth_format} writes a folder of frames (not one file); give a folder "
                                 f"name (out_depth/)")
@@ -63,7 +62,7 @@ def check_output_path(output: str | Path, depth_format: str, folder_made_later: 
     if output.is_dir():
         raise PipelineError(f"{output}: output path is a directory")
     # .nut: FFmpeg's own container, exact timestamps in any time base: the segments of a long video before the join
-    if depth_format == "gray16" and output.suffix.lower() not in (".mkv", ".nut"):
+    if row.sixteen_bit and output.suffix.lower() not in (row.suffix, ".nut"):
         raise PipelineError(f"{output}: 16-bit depth (FFV1) is written to Matroska: use a .mkv output name")
     if output.suffix.lower() not in (".mp4", ".mkv", ".mov", ".nut"):
         raise PipelineError(f"{output}: unsupported output extension; use .mp4, .mkv or .mov")

@@ -37,6 +37,11 @@ from pipeline.stages.frames import FrameBatch, VideoInfo, batched
 from pipeline.stages.pixels import RGB24
 from pipeline.urls import is_url
 
+__all__ = [
+    "DEFAULT_FPS", "IMAGE_SUFFIXES", "ImageSequenceDecoder", "frame_rate", "is_image_sequence", "list_images",
+    "sequence_folder", "sequence_stamp",
+]
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 PRINTF_NUMBER = re.compile(r"(?<!%)((?:%%)*)%(0?\d*)d")  # a %d or %0Nd not escaped as %%d
 DEFAULT_FPS = 30

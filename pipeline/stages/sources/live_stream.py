@@ -28,6 +28,8 @@ from pipeline.errors import PipelineError, one_line
 from pipeline.stages.sources.video_decoder import VideoDecoder
 from pipeline.urls import is_publish_url, is_url
 
+__all__ = ["LiveFrame", "LiveSource"]
+
 
 @dataclass
 class LiveFrame:

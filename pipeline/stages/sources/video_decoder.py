@@ -26,6 +26,8 @@ from pipeline.stages.frames import FrameBatch, VideoInfo, batched
 from pipeline.stages.pixels import RGB24, YUV420P, frame_height, i420_planes
 from pipeline.urls import is_url
 
+__all__ = ["VideoDecoder", "open_source", "open_video", "rotate_upright"]
+
 
 def open_video(source: str, options: dict | None = None):
     """Open a container and return (container, its first video stream); one-line PipelineError otherwise."""
