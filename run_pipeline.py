@@ -40,10 +40,9 @@ from model import VARIANTS, CheckpointError, check_checkpoint
 from model.hub import DEFAULT_MODEL, MODEL_NAMES, NON_COMMERCIAL, resolve_checkpoint
 from pipeline.errors import PipelineError, one_line
 from pipeline.formats import DEPTH_FORMATS
-from pipeline.jobs.outputs import InputFiles, check_output, check_output_folder, check_summary_path, depth_output_name
+from pipeline.jobs.outputs import check_output_folder, check_summary_path
 from pipeline.settings import load_settings
-from pipeline.stages.sources.image_sequence import is_image_sequence
-from pipeline.urls import is_live_url, is_publish_url, is_url
+from pipeline.urls import is_live_url, is_publish_url
 
 SAMPLE_INPUT = Path("outputs/sample_input.mp4")
 
@@ -191,12 +190,6 @@ def flag_labels() -> dict[str, str]:
     return {key: "--" + name.replace("_", "-") for name, key in FLAG_KEYS.items()}
 
 
-def default_output(source: str, depth_format: str) -> Path:
-    if is_url(source):
-        raise PipelineError(f"{source}: an input URL needs an output name: pass -o OUTPUT")
-    return depth_output_name(source, depth_format)
-
-
 def progress_bar(total: int | None):
     """tqdm on a terminal (frames, fps, ETA); nothing when stderr is not a TTY."""
     from tqdm import tqdm
@@ -262,61 +255,23 @@ def run_batch(args: argparse.Namespace) -> tuple[dict, int]:
 
 def run_cameras(args: argparse.Namespace) -> dict:
     """The live command: many cameras until Ctrl-C / SIGTERM; the summary, exit 0."""
-    from pipeline.jobs.cameras import CameraService, read_cameras_file
-    from pipeline.jobs.control_api import ControlServer, is_loopback, parse_address, read_token
+    from pipeline.jobs.cameras_job import CamerasJob, CamerasRequest
 
     overrides = {**overrides_from(args), "live.recordings_dir": args.recordings_dir}
     settings = load_settings(args.config, overrides, {**flag_labels(), "live.recordings_dir": "--recordings-dir"})
-    if args.segments is not None:
-        raise PipelineError("--segments is for files; a camera is one stream, run as it comes")
-    host, port = parse_address(args.control)
-    token = read_token(args.control_token_file, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
-    if token is None and not is_loopback(host):
-        raise PipelineError(f"--control {args.control}: an address other machines can reach needs a token "
-                            f"(--control-token-file PATH, or $DEPTH_CONTROL_TOKEN): anyone who reaches the port "
-                            f"could add cameras")
-    if settings.live.recordings_dir is not None:
-        check_output_folder(settings.live.recordings_dir, "--recordings-dir")
-        Path(settings.live.recordings_dir).mkdir(parents=True, exist_ok=True)
-    cameras = read_cameras_file(args.cameras, settings, args.no_overwrite)
     check_summary_path(args.summary)
-    server = ControlServer(host, port, token)  # a port in use fails here, before Ray
-    try:
+    request = CamerasRequest(args.cameras, args.control, args.control_token_file, args.no_overwrite,
+                             ("--segments",) if args.segments is not None else ())
+    job = CamerasJob.from_request(settings, request, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+    try:  # (the control port is bound from here on)
         resolved = resolve_model(settings)
-        stopping = threading.Event()
-        service = None
-
-        def stop(number, frame):
-            stopping.set()
-            if service is not None:
-                service.stopping()  # requests from now on are answered 503, not taken and never run
-
         with depth_graph(settings, resolved) as graph:
-            service = CameraService(settings, graph.camera_supervisor(), args.no_overwrite)
-            server.start(service)  # changes answered 503 until the file's cameras are in
-            print(f"live: {len(cameras)} cameras; control API at {server.url} (GET /cameras, /healthz, /readyz, "
-                  f"/metrics; POST /cameras; DELETE /cameras/NAME){'; token required' if token else ''}",
-                  file=sys.stderr, flush=True)
             # Ctrl-C and SIGTERM end the job normally: every camera's outputs closed, the summary printed
-            with stop_signals_call(stop):
-                _ = graph.model_info  # loaded before the cameras start, so start-up is not counted as latency
-                service.model_loaded = True
-                for camera in cameras:
-                    if stopping.is_set():
-                        break
-                    try:
-                        service.add(camera)
-                    except PipelineError as error:  # that camera's error, never the job's
-                        service.fail(camera, error)
-                        print(f"warning: camera {camera.name!r} not started: {one_line(error)}", file=sys.stderr)
-                service.running()
-                while not stopping.wait(0.5):  # (a timed wait: signal handlers run between its rounds)
-                    pass
-                with signals_deferred():
-                    summary = service.stop_all()
+            with stop_signals_call(lambda number, frame: job.stop()):
+                return job.run(graph, log=lambda line: print(line, file=sys.stderr, flush=True),
+                               shielded=signals_deferred)
     finally:
-        server.close()
-    return {**summary, "control": server.url}
+        job.close()
 
 
 def is_live(args: argparse.Namespace) -> bool:
@@ -346,6 +301,8 @@ def run(args: argparse.Namespace) -> dict:
     # Everything that can be checked without Ray is checked first, so a bad input or setting fails in about a second
     if is_live(args):
         return run_live(args)
+    from pipeline.jobs.file import FileRequest, check_file_run, file_warnings, process_video
+
     settings = load_settings(args.config, overrides_from(args), flag_labels())
     if args.input is None:
         from pipeline.sample_video import make_sample_clip
@@ -353,45 +310,18 @@ def run(args: argparse.Namespace) -> dict:
         if not SAMPLE_INPUT.exists():
             make_sample_clip(SAMPLE_INPUT, width=640, height=360, frames=48, audio=True)
         print(f"note: no input given; using the generated sample clip {SAMPLE_INPUT}", file=sys.stderr)
-        source = str(SAMPLE_INPUT)
-    else:
-        source = args.input  # a path or a URL, as given
-    if args.fps is not None and not is_image_sequence(source):
-        raise PipelineError(f"--fps {args.fps}: the frame rate is for image sequences; {source} keeps its own "
-                            f"timestamps")
-    if args.record:
-        raise PipelineError(f"--record {args.record}: a recording is for live mode (a camera URL, --realtime or "
-                            f"--live); a file run writes its output with -o")
-    output = Path(args.output) if args.output else default_output(source, settings.output.depth_format)
-    output = check_output(output, settings.output.depth_format, InputFiles([source]), args.no_overwrite)
-    args.resolved_output = output
+    source = args.input if args.input is not None else str(SAMPLE_INPUT)  # a path or a URL, as given
     check_summary_path(args.summary)
-
-    from pipeline.stages.sources.video_decoder import open_source
-
-    probe = open_source(source, settings.input.fps)  # input errors before Ray starts
-    info = probe.info
-    probe.close()
+    checked = check_file_run(settings, FileRequest(source, args.output, args.fps, args.record, args.no_overwrite))
+    args.resolved_output = checked.output
     resolved = resolve_model(settings)
-    from pipeline.jobs.file import process_video
-
-    with depth_graph(settings, resolved) as graph, progress_bar(info.expected_frames) as bar:
+    with depth_graph(settings, resolved) as graph, progress_bar(checked.info.expected_frames) as bar:
         started = time.monotonic()
-        summary = process_video(graph, source, str(output), on_progress=bar.update, info=info,
+        summary = process_video(graph, source, str(checked.output), on_progress=bar.update, info=checked.info,
                                 segments=settings.segments.count, resume=args.resume)
     summary["seconds_including_model_load"] = round(time.monotonic() - started, 3)
-    if summary.get("unreadable_frames"):
-        where = ", ".join(f"segment {s['index']} ({s['time']}): {s['unreadable_frames']}"
-                          for s in summary.get("segments", []) if s["unreadable_frames"])
-        print(f"warning: {source}: {summary['unreadable_frames']} frames could not be read (damaged or truncated "
-              f"file{'; ' + where if where else ''}); depth was written for the {summary['frames_in']} decodable "
-              f"frames", file=sys.stderr)
-    if summary.get("resized_frames"):
-        print(f"warning: {source}: the frame size changed mid-stream; {summary['resized_frames']} frames were scaled "
-              f"to the first frame's size, {info.width}x{info.height}", file=sys.stderr)
-    if summary.get("repaired_timestamps"):
-        print(f"warning: {source}: {summary['repaired_timestamps']} frames repeated or went back on the previous "
-              f"frame's timestamp; each was moved one tick past it", file=sys.stderr)
+    for line in file_warnings(summary, checked):
+        print(f"warning: {line}", file=sys.stderr)
     return summary
 
 

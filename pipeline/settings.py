@@ -97,7 +97,7 @@ class RaySettings:
     model_actors: int = 0  # 0: one per GPU, or one on a CPU-only machine
     num_cpus: int | None = None  # for a local cluster; None: all cores
     placement_timeout_s: float = 60.0  # an actor the cluster cannot place within this long is an error, not a hang
-    restart_timeout_s: float = 60.0  # a lost model actor not running again within this long is dropped from the pool
+    restart_timeout_s: float = 60.0  # a lost model actor not running again within this long is dropped from the router
     max_streams: int = 0  # streams (videos, segments) open at once in a job; 0: from the cluster's CPUs and memory
     # A model actor's share of a GPU (0.25: four a GPU, this job's or other jobs'); 0: from the count (one GPU each)
     gpus_per_model_actor: float = 0.0

@@ -3,8 +3,8 @@ The model actors every stream shares, and which of them to send the next batch t
 
 Takes: the model actors (Ray actor handles, made by `DepthGraph`), and reports from the streams: a call that failed
 (`suspect`), a write that is taking long (`check`).
-Gives: `next()`, round robin over the actors that are alive and have not failed a call lately; `actors`, the pool as it
-is now (smaller once an actor is lost for good).
+Gives: `next()`, round robin over the actors that are alive and have not failed a call lately; `actors`, the
+router's actors as they are now (fewer once an actor is lost for good).
 
 Ray restarts a model actor whose process or node died wherever there is room (`max_restarts`) and sends it the calls
 that were in flight again. Two things it does not do, done here:
@@ -97,7 +97,7 @@ class ModelRouter:
         return {node: list(actors) for node, actors in nodes.items()}
 
     def suspect(self, actor_id: str | None) -> None:
-        """A call to this actor failed (any actor id may come here; only the pool's count)."""
+        """A call to this actor failed (any actor id may come here; only the router's count)."""
         with self._lock:
             if actor_id and any(self._id(a) == actor_id for a in self.actors):
                 self._suspected_at[actor_id] = time.monotonic()

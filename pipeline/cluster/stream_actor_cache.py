@@ -9,7 +9,7 @@ A new actor is a new worker process that imports PyAV, OpenCV and torch before i
 cores for a pair on the build machine, paid by every video of a batch job and every segment of a long video. A pair
 that finished a stream is as good as new (each stream opens its own decoder and sink in it), so the next stream
 takes it instead. Only a stream that succeeded gives its pair back; after a failure both actors are killed, and
-after a lost worker or node (`clear`) every idle pair is too, since some of them may have gone with it. The pool
+after a lost worker or node (`clear`) every idle pair is too, since some of them may have gone with it. The cache
 never holds more pairs than streams ran at once, and a pair that has served `streams_per_pair` streams is retired
 (as a worker pool's "max tasks per child"): whatever a stream leaves behind in its process cannot add up over a
 batch job of thousands of videos (measured: a sink's peak memory rose 5 MB over its first 5 videos, then 1 MB over
@@ -25,7 +25,7 @@ import ray
 
 __all__ = ["StreamActorCache"]
 
-StreamActors = tuple  # (decode actor, sink actor): Ray actor handles
+StreamActors = tuple  # (stream actor, sink actor): Ray actor handles
 STREAMS_PER_PAIR = 200
 
 

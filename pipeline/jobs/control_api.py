@@ -229,6 +229,7 @@ class ControlServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
                  max_connections: int = MAX_CONNECTIONS, failed_attempts: int = FAILED_ATTEMPTS):
         """Binds at once, so that a port in use is an error before anything starts; serves from `start`."""
+        self.token_required = token is not None
         self._handler = type("Handler", (ControlHandler,), {"token": token,
                                                             "attempts": FailedAttempts(failed_attempts)})
         try:

@@ -16,10 +16,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cluster.graph import DepthGraph, StreamResult
+from pipeline.errors import PipelineError
 from pipeline.formats import is_sequence_format, sixteen_bit
+from pipeline.jobs.outputs import InputFiles, check_output, depth_output_name
 from pipeline.jobs.segments import (
     SEGMENT_SUFFIX,
     Segment,
@@ -37,9 +40,74 @@ from pipeline.stages.render.colorize import DepthQuantizer
 from pipeline.stages.render.depth_units import DepthUnits
 from pipeline.stages.sinks.depth_sink import RenderOptions, output_metadata
 from pipeline.stages.sinks.image_sequence_writer import join_sequence_folders
+from pipeline.stages.sources.image_sequence import is_image_sequence
 from pipeline.stages.sources.video_decoder import open_source
+from pipeline.urls import is_url
 
-__all__ = ["process_video"]
+__all__ = ["FileRequest", "FileRun", "check_file_run", "file_warnings", "process_video"]
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    """One video's run as the command line gave it."""
+
+    source: str  # a path, a URL or an image sequence
+    output: str | None = None  # None: beside the input, NAME_depth with the format's ending
+    fps: float | None = None  # an image sequence's frame rate (a video keeps its own timestamps)
+    record: str | None = None  # a recording is live mode's: refused here, naming it
+    no_overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class FileRun:
+    """A checked run: the source as given, the output it may write, the source's timing."""
+
+    source: str
+    output: Path
+    info: VideoInfo
+
+
+def check_file_run(settings, request: FileRequest) -> FileRun:
+    """Every check that needs no Ray, each a one-line PipelineError naming the flag, file or URL; the source is
+    opened once (its errors before Ray starts)."""
+    source = request.source
+    if request.fps is not None and not is_image_sequence(source):
+        raise PipelineError(f"--fps {request.fps}: the frame rate is for image sequences; {source} keeps its own "
+                            f"timestamps")
+    if request.record:
+        raise PipelineError(f"--record {request.record}: a recording is for live mode (a camera URL, --realtime or "
+                            f"--live); a file run writes its output with -o")
+    depth_format = settings.output.depth_format
+    if request.output:
+        output = Path(request.output)
+    elif is_url(source):
+        raise PipelineError(f"{source}: an input URL needs an output name: pass -o OUTPUT")
+    else:
+        output = depth_output_name(source, depth_format)
+    output = check_output(output, depth_format, InputFiles([source]), request.no_overwrite)
+    probe = open_source(source, settings.input.fps)
+    info = probe.info
+    probe.close()
+    return FileRun(source, output, info)
+
+
+def file_warnings(summary: dict, run: FileRun) -> list[str]:
+    """What the user should know of a finished run that is not an error: frames that could not be read, a size
+    that changed mid-stream, timestamps repaired."""
+    lines, source, info = [], run.source, run.info
+    if summary.get("unreadable_frames"):
+        where = ", ".join(f"segment {s['index']} ({s['time']}): {s['unreadable_frames']}"
+                          for s in summary.get("segments", []) if s["unreadable_frames"])
+        lines.append(f"{source}: {summary['unreadable_frames']} frames could not be read (damaged or truncated "
+                     f"file{'; ' + where if where else ''}); depth was written for the {summary['frames_in']} "
+                     f"decodable frames")
+    if summary.get("resized_frames"):
+        lines.append(f"{source}: the frame size changed mid-stream; {summary['resized_frames']} frames were scaled "
+                     f"to the first frame's size, {info.width}x{info.height}")
+    if summary.get("repaired_timestamps"):
+        lines.append(f"{source}: {summary['repaired_timestamps']} frames repeated or went back on the previous "
+                     f"frame's timestamp; each was moved one tick past it")
+    return lines
 
 
 def process_video(
