@@ -205,7 +205,9 @@ def resolve_model(settings):
         print("note: random weights - the output shows the pipeline working, not real depth", file=sys.stderr)
         return None
     resolved = resolve_checkpoint(model.checkpoint or model.name or DEFAULT_MODEL)
-    check_checkpoint(resolved.path, model.version, model.max_depth)
+    if check_checkpoint(resolved.path, model.version, model.max_depth).temporal:
+        raise PipelineError(f"{resolved.path}: a Video Depth Anything checkpoint: the jobs do not run the video "
+                            f"model yet; pass a Depth-Anything checkpoint or --model NAME")
     return resolved
 
 

@@ -1,4 +1,4 @@
-"""Depth-Anything v1 (and v2 weights) as plain PyTorch: no video, no Ray.
+"""Depth-Anything v1 (and v2 weights) and Video Depth Anything as plain PyTorch: no video files, no Ray.
 
     from model import load_model
     net = load_model("depth_anything_vits14.pth", device="cpu")   # or a Hugging Face folder / .safetensors
@@ -10,6 +10,7 @@ from .config import VARIANTS, DepthAnythingConfig, make_config
 from .depth_anything import DepthAnything
 from .predictor import PRECISIONS, DepthPredictor, PredictorOptions
 from .transforms import model_input_size, prepare_frames, resize_depth
+from .video_depth_anything import VideoDepthAnything
 
 __all__ = [
     "CheckpointError",
@@ -19,6 +20,7 @@ __all__ = [
     "PRECISIONS",
     "PredictorOptions",
     "VARIANTS",
+    "VideoDepthAnything",
     "check_checkpoint",
     "hf_to_official",
     "load_model",

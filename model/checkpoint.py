@@ -6,7 +6,8 @@ Takes: a path to
       Depth-Anything v2 file of the same layout (`depth_anything_v2_vit{s,b,l}.pth`);
   (b) a Hugging Face folder (`config.json` + `model.safetensors`, the `depth-anything-{small,base,large}-hf` layout)
       or a `.safetensors` file in that layout (legacy on-disk names or transformers 5.x in-memory names).
-Gives: `DepthAnything` in eval mode with every weight loaded, the variant read off the weight shapes, and its head:
+Gives: `DepthAnything` (or `VideoDepthAnything` for its released files, `video_depth_anything_vit?.pth`, recognised
+by their motion modules) in eval mode with every weight loaded, the variant read off the weight shapes, and its head:
 relative inverse depth, or metric depth in metres for Depth Anything V2's metric models (`_metric_max_depth`).
 
 Everything goes through one path: HF keys -> official keys -> our keys, then a strict check against the model.
@@ -27,6 +28,7 @@ import torch
 
 from .config import DepthAnythingConfig, default_tap_blocks, variant_name
 from .depth_anything import DepthAnything
+from .video_depth_anything import VideoDepthAnything
 
 
 class CheckpointError(ValueError):
@@ -88,6 +90,52 @@ _OFFICIAL_TO_OURS = [
     (r"^depth_head\.scratch\.output_conv2\.0\.", "head.hidden_conv."),
     (r"^depth_head\.scratch\.output_conv2\.2\.", "head.proj_1ch."),
 ]
+
+
+# Video Depth Anything's files (`video_depth_anything_vit?.pth`, `metric_video_depth_anything_vit?.pth`): the same
+# encoder and DPT keys under `head.` instead of `depth_head.`, and four motion modules
+_VDA_MOTION = r"^head\.motion_modules\.(\d)\.temporal_transformer\."
+_VDA_BLOCK = _VDA_MOTION + r"transformer_blocks\.0\."
+_VDA_MOTION_TO_OURS = [
+    (_VDA_MOTION + r"(norm|proj_in|proj_out)\.", r"motion_modules.\1.\2."),
+    (_VDA_BLOCK + r"attention_blocks\.(\d)\.(to_q|to_k|to_v)\.", r"motion_modules.\1.attentions.\2.\3."),
+    (_VDA_BLOCK + r"attention_blocks\.(\d)\.to_out\.0\.", r"motion_modules.\1.attentions.\2.to_out."),
+    (_VDA_BLOCK + r"attention_blocks\.(\d)\.pos_encoder\.pe$", r"motion_modules.\1.attentions.\2.position_table"),
+    (_VDA_BLOCK + r"norms\.(\d)\.", r"motion_modules.\1.attention_norms.\2."),
+    (_VDA_BLOCK + r"ff\.net\.0\.proj\.", r"motion_modules.\1.feed_forward.proj_in."),
+    (_VDA_BLOCK + r"ff\.net\.2\.", r"motion_modules.\1.feed_forward.proj_out."),
+    (_VDA_BLOCK + r"ff_norm\.", r"motion_modules.\1.feed_forward_norm."),
+]
+
+
+def is_video_checkpoint(keys) -> bool:
+    """Video Depth Anything's layout: motion modules in the head."""
+    return any(key.startswith("head.motion_modules.") for key in keys)
+
+
+def split_video_state(vda_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+                                                                   list[str]]:
+    """Video Depth Anything's layout -> (the image model's official layout, the motion modules under our names,
+    motion-module keys not recognised)."""
+    official, motion, unknown = {}, {}, []
+    for key, tensor in vda_state.items():
+        if key.startswith("head.motion_modules."):
+            renamed = _rename(key, _VDA_MOTION_TO_OURS)
+            if renamed is None:
+                unknown.append(key)
+            else:
+                motion[renamed] = tensor
+        else:
+            official["depth_head." + key[len("head."):] if key.startswith("head.") else key] = tensor
+    return official, motion, unknown
+
+
+def our_name(released_key: str) -> str | None:
+    """Our name for one key of a released file (Depth-Anything's official layout or Video Depth Anything's), or
+    None for a key inference does not use or that is not known."""
+    image_part, motion, _ = split_video_state({released_key: None}) if released_key.startswith("head.") else (
+        {released_key: None}, {}, [])
+    return next(iter(motion), None) or next(iter(official_to_ours(image_part)[0]), None)
 
 
 def _rename(key: str, rules) -> str | None:
@@ -343,7 +391,7 @@ def _check_runs_faithfully(path: Path, hf_config: dict) -> None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", version: str | None = None,
-               max_depth: float | None = None) -> DepthAnything:
+               max_depth: float | None = None) -> DepthAnything | VideoDepthAnything:
     """Build the model a checkpoint describes and load it strictly; see the module docstring for accepted layouts.
     `max_depth`: metres, for an official-layout metric file whose name does not say its range (see
     `_metric_max_depth`)."""
@@ -366,18 +414,28 @@ def _checked_model_and_state(path: Path, version: str | None, shapes_only: bool,
     if version not in (None, "v1", "v2"):
         raise CheckpointError(f"{path}: unknown version {version!r}; expected 'v1' or 'v2'")
     tensors, hf_config = _read_tensors(path, shapes_only)
-    is_hf_layout = any(key.startswith("backbone.") for key in tensors)
-    official_state, unknown_hf_keys = hf_to_official(tensors) if is_hf_layout else (tensors, [])
+    video = is_video_checkpoint(tensors)
+    motion_state = {}
+    if video:  # (v2's taps: the video models are built on Depth Anything V2)
+        official_state, motion_state, unknown_hf_keys = split_video_state(tensors)
+        version = version or "v2"
+    else:
+        is_hf_layout = any(key.startswith("backbone.") for key in tensors)
+        official_state, unknown_hf_keys = hf_to_official(tensors) if is_hf_layout else (tensors, [])
 
     block_count = len({k.split(".")[2] for k in official_state if k.startswith("pretrained.blocks.")})
     version = version or _detect_version(path, hf_config, max(block_count, 1))
     config = infer_config(official_state, version, str(path))
-    config = replace(config, max_depth=_metric_max_depth(path, hf_config, max_depth, version))
+    if video:
+        config = replace(config, temporal=True)
+    else:
+        config = replace(config, max_depth=_metric_max_depth(path, hf_config, max_depth, version))
     our_state, unexpected = official_to_ours(official_state)
+    our_state.update(motion_state)
     unexpected += unknown_hf_keys
 
     with torch.device("meta" if shapes_only else "cpu"):
-        model = DepthAnything(config)
+        model = VideoDepthAnything(config) if video else DepthAnything(config)
     expected = model.state_dict()
     missing = [key for key in expected if key not in our_state]
     wrong_shapes = [
@@ -389,7 +447,8 @@ def _checked_model_and_state(path: Path, version: str | None, shapes_only: bool,
         if items:
             more = f" and {len(items) - 3} more" if len(items) > 3 else ""
             raise CheckpointError(
-                f"{path}: not a complete {config.variant} Depth-Anything checkpoint: {problem}: "
+                f"{path}: not a complete {config.variant} {'Video Depth Anything' if video else 'Depth-Anything'} "
+                f"checkpoint: {problem}: "
                 f"{', '.join(items[:3])}{more}"
             )
     return model, our_state

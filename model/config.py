@@ -42,6 +42,8 @@ class DepthAnythingConfig:
     # What the head gives: None, relative inverse depth (ReLU, no unit); a number, metric depth in metres (Depth
     # Anything V2's metric models: sigmoid times this maximum, 20 for Hypersim indoor, 80 for Virtual KITTI outdoor)
     max_depth: float | None = None
+    # Video Depth Anything: the same network with motion modules across frames (video_depth_anything.py)
+    temporal: bool = False
 
     @property
     def metric(self) -> bool:

@@ -11,12 +11,14 @@ The output of a randomly weighted model is *not* depth: it only exercises the ar
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from .config import make_config
 from .depth_anything import DepthAnything
+from .video_depth_anything import VideoDepthAnything
 
 
 @torch.no_grad()
@@ -53,3 +55,9 @@ def random_model(variant: str = "vits", seed: int = 0, version: str = "v1",
                  max_depth: float | None = None) -> DepthAnything:
     """A randomly weighted model of a released variant, in eval mode on the CPU (`max_depth`: a metric head)."""
     return randomize_(DepthAnything(make_config(variant, version, max_depth)), seed).eval()
+
+
+def random_video_model(variant: str = "vits", seed: int = 0) -> VideoDepthAnything:
+    """A randomly weighted Video Depth Anything (v2 taps), every tensor drawn: the motion modules' output
+    projections, zero in an untrained model, too, so that the temporal attention changes the depth."""
+    return randomize_(VideoDepthAnything(replace(make_config(variant, "v2"), temporal=True)), seed).eval()

@@ -37,9 +37,14 @@ class ReassemblyStage(nn.Module):
         self.to_fusion_width = nn.Conv2d(stage_width, fusion_width, kernel_size=3, padding=1, bias=False)
 
     def forward(self, patch_tokens_bnd: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        return self.to_fusion_width(self.resampled(patch_tokens_bnd, grid_hw))
+
+    def resampled(self, patch_tokens_bnd: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """The map before its conv to the fusion width, B x C_k x h x w (where Video Depth Anything's motion
+        modules act)."""
         batch, _, embed_dim = patch_tokens_bnd.shape
         image_like_bdhw = patch_tokens_bnd.transpose(1, 2).reshape(batch, embed_dim, *grid_hw)
-        return self.to_fusion_width(self.resample(self.project(image_like_bdhw)))
+        return self.resample(self.project(image_like_bdhw))
 
 
 class ReassemblyModel(nn.Module):

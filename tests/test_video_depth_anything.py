@@ -1,0 +1,213 @@
+"""Video Depth Anything against the original, on seeded random weights: the network in window mode (four windows,
+portrait, a padded last window) and in streaming mode (past the cache's steady state), each within float32 rounding
+(relative L2 <= 1e-4 a frame) of the original run in float64 (fixtures made by tests/fixtures/make_vda_fixtures.py);
+the two modes differing, the temporal attention mattering, the released file layout loading strictly, and memory
+bounded by a window or a cache whatever the length."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import load_model
+from model.checkpoint import CheckpointError, our_name
+from model.predictor import cast_weights_once
+from model.random_weights import random_video_model
+from pipeline.stages.inference.temporal_stream import CACHED_FRAMES, StreamingDepth
+from pipeline.stages.inference.temporal_windows import WindowedDepth
+from tests.test_gpu_path import cuda_dtype_rules  # noqa: F401, F811 (the fixture: mixed dtypes refused as on CUDA)
+from tests.video_frames import CASES, video_frames
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vda"
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def prepared(frames: np.ndarray) -> torch.Tensor:
+    """T x H x W x 3 uint8 -> T x 3 x H x W float32, normalised as the original does (in float64, then float32)."""
+    normalised = (frames.astype(np.float32) / 255.0 - MEAN) / STD
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {seed: random_video_model("vits", seed=seed) for seed in {case.seed for case in CASES}}
+
+
+def run_windows(model, frames: torch.Tensor, output_hw) -> np.ndarray:
+    windows = WindowedDepth(lambda window: model(window.unsqueeze(0))[0], output_hw)
+    with torch.inference_mode():
+        depth = [plane for frame in frames for plane in windows.push(frame)] + windows.finish()
+    return np.stack(depth)
+
+
+def run_stream(model, frames: torch.Tensor, output_hw) -> np.ndarray:
+    stream = StreamingDepth(model.encode, model.decode, output_hw)
+    with torch.inference_mode():
+        return np.stack([stream.push(frame) for frame in frames])
+
+
+def relative_errors(ours: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    difference = (ours - expected).reshape(len(ours), -1)
+    return np.linalg.norm(difference, axis=1) / np.linalg.norm(expected.reshape(len(expected), -1), axis=1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_each_mode_gives_the_original_s_depth(models, case):
+    expected = np.load(FIXTURES / f"{case.name}.npz")["depth"]
+    frames = prepared(video_frames(case))
+    run = run_windows if case.mode == "window" else run_stream
+    ours = run(models[case.seed], frames, (case.height, case.width))
+    assert ours.shape == expected.shape == (case.frames, case.height, case.width)
+    errors = relative_errors(ours, expected)
+    assert errors.max() <= 1e-4, f"worst frame {errors.argmax()}: {errors.max():.2e}"
+
+
+def test_the_two_modes_differ_and_the_temporal_attention_matters(models):
+    case = next(case for case in CASES if case.mode == "stream")
+    frames, size = prepared(video_frames(case)), (case.height, case.width)
+    model = models[case.seed]
+    stream, window = run_stream(model, frames, size), run_windows(model, frames, size)
+    assert relative_errors(stream, window)[1:].mean() > 1e-2  # (frame 0 may agree: both see it alone first)
+    without = random_video_model("vits", seed=case.seed)
+    for module in without.motion_modules:
+        torch.nn.init.zeros_(module.proj_out.weight)
+        torch.nn.init.zeros_(module.proj_out.bias)
+    assert relative_errors(run_windows(without, frames, size), window).mean() > 1e-2
+
+
+def official_layout(model) -> dict[str, torch.Tensor]:
+    """Our weights under the released files' names (the loader's mapping run backwards, key by key)."""
+    ours = model.state_dict()
+    return {key: ours[our_name(key)].clone() for key in _released_keys(model)}
+
+
+def _released_keys(model) -> list[str]:
+    """The released files' key names, found by trying the loader's mapping on every candidate spelling."""
+    wanted = set(model.state_dict())
+    found = []
+    candidates = _candidate_keys(model)
+    for key in candidates:
+        ours_key = our_name(key)
+        if ours_key in wanted:
+            found.append(key)
+            wanted.discard(ours_key)
+    assert not wanted, f"no released name for {sorted(wanted)[:3]}"
+    return found
+
+
+def _candidate_keys(model) -> list[str]:
+    heads = ["pretrained.cls_token", "pretrained.pos_embed", "pretrained.patch_embed.proj.weight",
+             "pretrained.patch_embed.proj.bias", "pretrained.norm.weight", "pretrained.norm.bias"]
+    for block in range(model.config.num_blocks):
+        for part in ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+                     "attn.proj.bias", "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+                     "mlp.fc2.weight", "mlp.fc2.bias", "ls2.gamma"):
+            heads.append(f"pretrained.blocks.{block}.{part}")
+    for stage in range(4):
+        for kind in ("weight", "bias"):
+            heads += [f"head.projects.{stage}.{kind}", f"head.resize_layers.{stage}.{kind}"]
+        heads.append(f"head.scratch.layer{stage + 1}_rn.weight")
+        for unit in ("out_conv", "resConfUnit1.conv1", "resConfUnit1.conv2", "resConfUnit2.conv1",
+                     "resConfUnit2.conv2"):
+            heads += [f"head.scratch.refinenet{stage + 1}.{unit}.{kind}" for kind in ("weight", "bias")]
+    heads += [f"head.scratch.output_conv{name}.{kind}" for name in ("1", "2.0", "2.2") for kind in ("weight", "bias")]
+    block = "temporal_transformer.transformer_blocks.0"
+    for module in range(4):
+        base = f"head.motion_modules.{module}.temporal_transformer"
+        for part in ("norm", "proj_in", "proj_out"):
+            heads += [f"{base}.{part}.{kind}" for kind in ("weight", "bias")]
+        for attention in range(2):
+            prefix = f"head.motion_modules.{module}.{block}.attention_blocks.{attention}"
+            heads += [f"{prefix}.to_q.weight", f"{prefix}.to_k.weight", f"{prefix}.to_v.weight",
+                      f"{prefix}.to_out.0.weight", f"{prefix}.to_out.0.bias", f"{prefix}.pos_encoder.pe"]
+            heads += [f"head.motion_modules.{module}.{block}.norms.{attention}.{kind}" for kind in ("weight", "bias")]
+        for part in ("ff.net.0.proj", "ff.net.2", "ff_norm"):
+            heads += [f"head.motion_modules.{module}.{block}.{part}.{kind}" for kind in ("weight", "bias")]
+    return heads
+
+
+def test_a_released_layout_file_loads_strictly_and_gives_the_same_depth(models, tmp_path):
+    model = models[0]
+    path = tmp_path / "video_depth_anything_vits.pth"
+    torch.save(official_layout(model), path)
+    loaded = load_model(path)
+    assert type(loaded).__name__ == "VideoDepthAnything" and loaded.config.tap_blocks == (2, 5, 8, 11)
+    frames = prepared(video_frames(CASES[0]))[:6].unsqueeze(0)
+    with torch.inference_mode():
+        assert torch.equal(loaded(frames), model(frames))
+    state = torch.load(path, weights_only=True)
+    del state["head.motion_modules.2.temporal_transformer.transformer_blocks.0.ff_norm.bias"]
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="video_depth_anything_vits.pth: not a complete vits Video Depth "
+                                              "Anything checkpoint: missing: motion_modules.2.feed_forward_norm.bias"):
+        load_model(path)
+
+
+class StandInNetwork:
+    """A network-shaped stand-in that costs nothing: depth from the frames' first channel, a cache entry per frame."""
+
+    def window(self, frames_t3hw):
+        return frames_t3hw[:, 0].abs() + 0.1
+
+    def encode(self, frames_n3hw):
+        return [frames_n3hw], frames_n3hw.shape[-2:]
+
+    def decode(self, tapped, grid_hw, frames, cached=None):
+        images = tapped[0]
+        entries = [images.flatten(2).transpose(1, 2).reshape(-1, 1, 3)[:, :, :1].clone() for _ in range(8)]
+        return images[:, 0].abs() + 0.1, entries
+
+
+def test_memory_is_bounded_by_a_window_and_by_the_cache_whatever_the_length():
+    network, frame = StandInNetwork(), torch.randn(3, 42, 56)
+    peaks = []
+    for windows in (3, 30):
+        runner = WindowedDepth(network.window, (42, 56))
+        tracemalloc.start()
+        count = 0
+        for index in range(22 * windows + 10):
+            count += len(runner.push(frame + index % 7))
+            assert len(runner._waiting) <= 32 and len(runner._tail) <= 8 and len(runner._reference) <= 2
+        count += len(runner.finish())
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert count == 22 * windows + 10  # every frame's depth, once
+    assert peaks[1] <= 1.2 * peaks[0], peaks
+    stream = StreamingDepth(network.encode, network.decode, (42, 56))
+    for index in range(120):
+        stream.push(frame)
+        assert len(stream._cache) == min(32 + index, CACHED_FRAMES)
+
+
+def test_weights_cast_once_run_under_cuda_dtype_rules_in_both_modes(cuda_dtype_rules):  # noqa: F811
+    """The GPU's half-precision path: every weight (the motion modules' norms and position tables too) cast once,
+    run where mixed dtypes are refused as CUDA refuses them; the head's last convolutions in float32 as the
+    original keeps them; the depth close to float32's."""
+    case = CASES[0]
+    frames, size = prepared(video_frames(case))[:34], (case.height, case.width)
+    reference_windows = run_windows(random_video_model("vits", seed=case.seed), frames, size)
+    reference_stream = run_stream(random_video_model("vits", seed=case.seed), frames[:12], size)
+    half = cast_weights_once(random_video_model("vits", seed=case.seed), torch.bfloat16)
+    assert {tensor.dtype for tensor in (*half.parameters(), *half.buffers())} == {torch.bfloat16}
+    windows = run_windows(half, frames.to(torch.bfloat16), size)
+    stream = run_stream(half, frames[:12].to(torch.bfloat16), size)
+    assert windows.dtype == stream.dtype == np.float32
+    assert relative_errors(windows, reference_windows).max() < 5e-2
+    assert relative_errors(stream, reference_stream).max() < 5e-2
+
+
+def test_the_jobs_refuse_a_video_checkpoint_until_they_run_it(models, tmp_path):
+    """One line naming the file, before Ray starts (not a traceback from a network fed the wrong shapes)."""
+    import run_pipeline
+    from pipeline.errors import PipelineError
+    from pipeline.settings import load_settings
+
+    path = tmp_path / "video_depth_anything_vits.pth"
+    torch.save(official_layout(models[0]), path)
+    settings = load_settings(None, {"model.checkpoint": str(path)})
+    with pytest.raises(PipelineError, match=f"{path}: a Video Depth Anything checkpoint: the jobs do not run"):
+        run_pipeline.resolve_model(settings)
