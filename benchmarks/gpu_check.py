@@ -21,7 +21,10 @@ short keeps what it measured) and as a table on stdout, with a pass/fail where a
      p95 <= 150 ms;
   c. GPU milliseconds per frame from CUDA events (input preparation included), vits / vitb / vitl, batch 1 / 8 / 16,
      float32 / float16 / bfloat16, torch.compile off, and on for --compile-variants at batch 8; pass: float16 at most
-     0.8x float32's time at batch 8, compiled at most 1.05x eager.
+     0.8x float32's time at batch 8, compiled at most 1.05x eager;
+  f. Video Depth Anything Small at 518 x 924: float16 (weights cast once) against float32 (TF32 off) on a 32-frame
+     window, relative L2 <= 2e-2; frames per second of its window mode (a window's time over its 22 new frames) and
+     of its streaming mode (once the cache is full), float16.
 Each variant's random weights are built once. Random weights, seeded: the figures measure arithmetic and plumbing,
 not depth quality. Sections d and e need av and Ray (on the GPU machine: `source .devicepack/unpack.sh` first).
 `--help` needs neither, nor a GPU; without a CUDA GPU the check says so in one line and exits 1 (`--rehearse` runs
@@ -70,6 +73,67 @@ def model_on(variant: str, device: str):
 
 def relative_l2(got, expected) -> float:
     return ((got.float() - expected.float()).norm() / expected.float().norm()).item()
+
+
+VIDEO_PRECISION_LIMIT = 2e-2  # float16 against float32 over a window (the motion modules' softmax and 32 frames)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# f. Video Depth Anything
+
+
+def video_model_check(device: str = "cuda", size_hw=SIZE_HW, precision: str = "float16",
+                      limit: float | None = VIDEO_PRECISION_LIMIT, stream_frames: int = 16) -> list[dict]:
+    """Its precision over one window, and its two modes' frames per second, at one size and precision."""
+    import torch
+
+    from model.predictor import PRECISIONS, cast_weights_once
+    from model.random_weights import random_video_model
+    from pipeline.stages.inference.temporal_stream import CACHED_FRAMES, StreamingDepth
+    from pipeline.stages.inference.temporal_windows import INFER_LEN, OVERLAP, WindowedDepth
+
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randn(CACHED_FRAMES + stream_frames, 3, *size_hw, generator=generator)
+    dtype = PRECISIONS[precision]
+    with torch.inference_mode():
+        reference_net = random_video_model("vits").to(device)
+        tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            expected = reference_net(frames[:INFER_LEN].to(device).unsqueeze(0))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        del reference_net
+        net = cast_weights_once(random_video_model("vits").to(device), dtype)
+        error = relative_l2(net(frames[:INFER_LEN].to(device, dtype).unsqueeze(0)), expected)
+        rows = [{"check": f"{precision} against float32, one window", "relative_l2": error, "limit": limit,
+                 "pass": None if limit is None else error <= limit}]
+
+        def synchronize():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+
+        windows = WindowedDepth(lambda window: net(window.unsqueeze(0))[0], tuple(size_hw))
+        steady = INFER_LEN - OVERLAP
+        for frame in frames[:INFER_LEN]:
+            windows.push(frame.to(device, dtype))
+        synchronize()
+        started = time.perf_counter()
+        for frame in frames[INFER_LEN:INFER_LEN + steady]:
+            windows.push(frame.to(device, dtype))
+        synchronize()
+        rows.append({"check": "window mode", "fps": steady / (time.perf_counter() - started), "pass": None})
+        stream = StreamingDepth(net.encode, net.decode, tuple(size_hw))
+        for frame in frames[:CACHED_FRAMES]:
+            stream.push(frame.to(device, dtype))
+        synchronize()
+        started = time.perf_counter()
+        for frame in frames[CACHED_FRAMES:]:
+            stream.push(frame.to(device, dtype))
+        synchronize()
+        rows.append({"check": "streaming mode", "fps": stream_frames / (time.perf_counter() - started),
+                     "pass": None})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -414,7 +478,8 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
-ORDER = "badec"  # what decides most first: the CUDA path's correctness, precision, the pipeline, live, speed
+ORDER = "badecf"  # what decides most first: the CUDA path's correctness, precision, the pipeline, live, speed;
+# then the video model
 
 
 def main(argv=None) -> int:
@@ -452,6 +517,8 @@ def main(argv=None) -> int:
             "e": ("live mode, a 96 x 160 file in real time on the CPU (rehearsal)",
                   lambda: live_latency(args.frames, small_hw, ("--input-size", "70"), p95_limit_ms=None)),
             "c": ("GPU ms per frame", gpu_only),
+            "f": ("Video Depth Anything, 70 x 126 on the CPU, bfloat16 (rehearsal)",
+                  lambda: video_model_check("cpu", (70, 126), "bfloat16", limit=None, stream_frames=4)),
         }
     else:
         every = {
@@ -462,6 +529,8 @@ def main(argv=None) -> int:
             "c": ("GPU ms per frame (CUDA events, input preparation included)",
                   lambda: model_speed(variants, [int(b) for b in args.batches.split(",")], compile_variants,
                                       deadline=deadline)),
+            "f": ("Video Depth Anything Small, 518 x 924: float16 against float32, frames per second",
+                  video_model_check),
         }
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (rehearsal)"
     print(f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} cores, "

@@ -96,9 +96,12 @@ def test_the_device_check_rehearsed_end_to_end_on_the_cpu(tmp_path):
                              env={**os.environ, "OUT": str(tmp_path), "PYTHONUNBUFFERED": "1"})
     assert process.returncode == 0, process.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert list(results["sections"]) == ["b", "a", "d", "e", "c"]
+    assert list(results["sections"]) == ["b", "a", "d", "e", "c", "f"]
     assert {k: s["status"] for k, s in results["sections"].items()} == {"b": "skipped", "a": "skipped", "d": "ok",
-                                                                        "e": "ok", "c": "skipped"}
+                                                                        "e": "ok", "c": "skipped", "f": "ok"}
+    video = results["sections"]["f"]["rows"]
+    assert [row["check"] for row in video] == ["bfloat16 against float32, one window", "window mode", "streaming mode"]
+    assert 0 < video[0]["relative_l2"] < 5e-2 and video[1]["fps"] > 0 and video[2]["fps"] > 0
     assert [r["frames"] for r in results["sections"]["d"]["rows"]] == [16, 32]
     assert results["sections"]["e"]["rows"][0]["frames_in"] == 16
     assert "d. Ray pipeline" in process.stdout and "OK" in process.stdout
