@@ -416,6 +416,9 @@ def _checked_model_and_state(path: Path, version: str | None, shapes_only: bool,
     tensors, hf_config = _read_tensors(path, shapes_only)
     video = is_video_checkpoint(tensors)
     motion_state = {}
+    if video and path.name.startswith("metric_"):
+        raise CheckpointError(f"{path}: a metric Video Depth Anything checkpoint: not supported yet (its metres have "
+                              f"no stated range, which the outputs' 16-bit scale and units need)")
     if video:  # (v2's taps: the video models are built on Depth Anything V2)
         official_state, motion_state, unknown_hf_keys = split_video_state(tensors)
         version = version or "v2"

@@ -1,11 +1,11 @@
 """
 Released weights by name: `small` or a Hub repo id -> a local folder from the Hugging Face Hub cache.
 
-Takes: a model name (`small`, `base`, `large`, `v2-small`, `v2-base`, `v2-large`, and the metric models
-`v2-metric-{indoor,outdoor}-{small,base,large}`), a repo id (`owner/name`, optionally
-`owner/name@revision`), or a local path (returned as it is).
+Takes: a model name (`small`, `base`, `large`, `v2-small`, `v2-base`, `v2-large`, the metric models
+`v2-metric-{indoor,outdoor}-{small,base,large}`, and Video Depth Anything's `vda-{small,base,large}`), a repo id
+(`owner/name`, optionally `owner/name@revision`), or a local path (returned as it is).
 Gives: `ResolvedCheckpoint`: the local folder `load_model` reads (`config.json` + `model.safetensors`, nothing else is
-fetched), and the repo id and commit it came from.
+fetched; for Video Depth Anything its one release file), and the repo id and commit it came from.
 
 Resolution goes through `huggingface_hub`: its cache (`HF_HOME`, `HF_HUB_CACHE`), `HF_HUB_OFFLINE=1`, `HF_ENDPOINT`
 and its progress bars on a terminal. When the Hub cannot be reached (checked with one TCP connection, 3 s at most,
@@ -40,10 +40,16 @@ MODEL_NAMES = {
     **{f"v2-metric-{scene}-{size}": f"depth-anything/Depth-Anything-V2-Metric-{Scene}-{size.title()}-hf"
        for scene, Scene in METRIC_SCENES.items() for size in ("small", "base", "large")},
 }
+# Video Depth Anything (Chen et al., CVPR 2025): one .pth a repo; Small is Apache-2.0, Base and Large CC-BY-NC-4.0
+VIDEO_MODELS = {f"vda-{size}": (f"depth-anything/Video-Depth-Anything-{size.title()}",
+                                f"video_depth_anything_{variant}.pth")
+                for size, variant in (("small", "vits"), ("base", "vitb"), ("large", "vitl"))}
+MODEL_NAMES.update({name: repo for name, (repo, _) in VIDEO_MODELS.items()})
 NON_COMMERCIAL = ("v2-base", "v2-large", *(f"v2-metric-{scene}-{size}" for scene in METRIC_SCENES
-                                           for size in ("base", "large")))
+                                           for size in ("base", "large")), "vda-base", "vda-large")
 DEFAULT_MODEL = "small"
 FILES = ("config.json", "model.safetensors")  # all the model needs
+REPO_FILES = {repo: (filename,) for repo, filename in VIDEO_MODELS.values()}  # repos of one release file
 _REPO_ID = re.compile(r"^[\w][\w.-]*/[\w][\w.-]*(@[\w.\-/]+)?$")
 
 
@@ -97,14 +103,15 @@ def _download(repo_id: str, revision: str | None) -> ResolvedCheckpoint:
     offline = constants.HF_HUB_OFFLINE or not hub_reachable(constants.ENDPOINT)
     where = f"{repo_id}@{revision}" if revision else repo_id
     paths = []
-    for filename in FILES:
+    files = REPO_FILES.get(repo_id, FILES)
+    for filename in files:
         try:
             paths.append(Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline)))
         except LocalEntryNotFoundError:
             reason = "offline (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
             raise CheckpointError(
                 f"{where}: {filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {reason}; "
-                f"download it once with network (hf download {repo_id} {' '.join(FILES)}"
+                f"download it once with network (hf download {repo_id} {' '.join(files)}"
                 f"{' --revision ' + revision if revision else ''}) or pass --checkpoint PATH"
             ) from None
         except RevisionNotFoundError:
@@ -114,7 +121,8 @@ def _download(repo_id: str, revision: str | None) -> ResolvedCheckpoint:
         except HfHubHTTPError as error:
             raise CheckpointError(f"{where}: {filename}: {str(error).splitlines()[0]}") from None
     folder = paths[0].parent  # .../snapshots/<commit>/
-    return ResolvedCheckpoint(str(folder), repo_id, folder.name)
+    # (a repo of one release file: that file, which load_model reads; else the folder)
+    return ResolvedCheckpoint(str(paths[0] if len(paths) == 1 else folder), repo_id, folder.name)
 
 
 def hub_reachable(endpoint: str, timeout_s: float = 3.0) -> bool:

@@ -199,7 +199,6 @@ def test_the_installed_package_holds_every_module():
     """`pip install .` finds its packages from pyproject.toml's patterns: every folder of modules under model/ and
     pipeline/ is a package they include (a folder missed would be absent from the installed command)."""
     import tomllib
-
     from setuptools import find_packages
 
     config = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["setuptools"]

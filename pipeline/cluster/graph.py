@@ -57,6 +57,12 @@ RETRY_PAUSE_S = 1.0  # before a stream's second attempt; twice that before its t
 ANSWER_S = 5.0  # what an actor gets to answer a small call (a failed stream's sink abort, usage) before it is let go
 
 
+def smoother_for(name: str, model: dict) -> str:
+    """The smoother a stream's sink runs: the default is none for a video model (its depth is consistent over time
+    already), the aligned smoother for the others; one named is run whatever the model."""
+    return "none" if name == "default" and model.get("temporal") else name
+
+
 @dataclass
 class StreamResult:
     """What one stream's decode and sink actors reported, and when it finished."""
@@ -274,11 +280,13 @@ class DepthGraph:
             model = self.model_info  # the models were loading while this stream's actors started
             job = StreamJob(source, self.batch_size, settings.batching.frame_layout, pts_range,
                             # float16 depth is finer than any 8-bit picture; outputs of the values keep float32
-                            "float32" if keeps_values(render.depth_format) else "float16",
+                            "float32" if keeps_values(render.depth_format) or model.get("temporal") else "float16",
                             settings.batching.max_in_flight, settings.ray.restart_timeout_s,
-                            sink_args=(output, info, render, settings.smoothing.name, dict(settings.smoothing.params),
+                            sink_args=(output, info, render, smoother_for(settings.smoothing.name, model),
+                                       dict(settings.smoothing.params),
                                        self.plan.smoother_device, write_from_pts, tag, model),
-                            fps=settings.input.fps)
+                            fps=settings.input.fps, windows=bool(model.get("temporal")),
+                            metric=model.get("depth") == "metric")
             # The stream runs on its own actor, beside its sink: this thread only hears how far it is, and the end
             result = None
             # The model actors on the stream's node, when it has any: its frames and depth then stay on that node

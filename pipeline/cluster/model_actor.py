@@ -54,7 +54,7 @@ class ModelActor:
     def load(self) -> dict:
         worker = self._loaded()
         config = worker.predictor.net.config
-        return {"variant": config.variant, "version": config.version,
+        return {"variant": config.variant, "version": config.version, "temporal": getattr(config, "temporal", False),
                 "depth": "metric" if getattr(config, "max_depth", None) else "relative",
                 **({"max_depth_m": config.max_depth} if getattr(config, "max_depth", None) else {}),
                 "device": str(worker.device), "torch_threads": torch.get_num_threads()}

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
 import ray
 
 from pipeline.cluster.model_router import ModelRouter
@@ -25,6 +26,8 @@ from pipeline.cluster.ray_calls import (
     with_node,
 )
 from pipeline.errors import PipelineError
+from pipeline.stages.frames import DepthBatch, FrameBatch
+from pipeline.stages.inference.temporal_windows import Window, WindowAligner, WindowPlanner
 from pipeline.stages.sources.video_decoder import open_source
 
 __all__ = ["StreamActor", "StreamJob"]
@@ -44,6 +47,8 @@ class StreamJob:
     sink_args: tuple = ()  # SinkActor.open's arguments: the stream opens its sink, so that open precedes its writes
     progress_every_s: float = 0.5  # how often the stream tells the driver how far it is
     fps: float | str | None = None  # an image sequence's frame rate (videos have their own timestamps)
+    windows: bool = False  # a video model in window mode: frames go to the model actors as overlapping windows
+    metric: bool = False  # its depth in metres: windows are not fitted to each other by scale and shift
 
 
 PROGRESS, RESULT = "progress", "result"
@@ -80,17 +85,23 @@ class StreamActor:
         except (PipelineError, OSError) as error:
             raise with_node(error) from None
         in_flight: deque = deque()
-        frames_across = 0  # bytes of frames sent to a model actor on another node
         progress = {"first_written_at": None, "frames_after_first": 0}
         unreported, reported_at = 0, time.monotonic()
+        counted = {"frame_bytes_across": 0}
+
+        def infer(batch: FrameBatch):
+            """The batch to a model actor: (its depth's reference, the batch's, whether they cross nodes)."""
+            batch_ref = ray.put(batch)  # one copy in the store, read by the model actor and the sink
+            actor = router.next()
+            remote = actor_nodes.get(actor._actor_id.hex()) != here
+            counted["frame_bytes_across"] += batch.pixels.nbytes if remote else 0
+            return actor.infer.remote(batch_ref, job.depth_dtype), batch_ref, remote
+
+        writes = (self._window_writes(decoder, job, infer) if job.windows else
+                  ((*infer(batch), len(batch)) for batch in decoder.batches(job.batch_size)))
         try:
-            for batch in decoder.batches(job.batch_size):
-                batch_ref = ray.put(batch)  # one copy in the store, read by the model actor and the sink
-                actor = router.next()
-                depth_ref = actor.infer.remote(batch_ref, job.depth_dtype)
-                remote = actor_nodes.get(actor._actor_id.hex()) != here
-                frames_across += batch.pixels.nbytes if remote else 0
-                in_flight.append((sink.write.remote(depth_ref, batch_ref, remote), len(batch)))
+            for depth_ref, batch_ref, remote, count in writes:
+                in_flight.append((sink.write.remote(depth_ref, batch_ref, remote), count))
                 while len(in_flight) >= job.max_in_flight:
                     unreported += self._wait_oldest(in_flight, router, progress)
                 if unreported and time.monotonic() - reported_at >= job.progress_every_s:
@@ -113,9 +124,61 @@ class StreamActor:
             "cpu_s": cpu_seconds() - cpu_at_start,  # decoding and driving the stream
             "node": f"{ray.util.get_node_ip_address()}/{here[:8]}",  # address, and id (local clusters share one)
             "node_id": here,
-            "frame_bytes_across_nodes": frames_across,
+            "frame_bytes_across_nodes": counted["frame_bytes_across"],  # frames sent to another node's model
         }
         yield RESULT, {"decode": decode_stats, "sink": sink_stats, "progress": progress, "finished": time.time()}
+
+    @staticmethod
+    def _window_writes(decoder, job: StreamJob, infer):
+        """A video model's window mode: the stream's frames to the model actors as overlapping windows (several in
+        flight), each window's depth aligned to the last here, in order (WindowAligner, the original's numbers), and
+        handed to the sink as the frames' own batches: (depth, frames, across nodes, frames) as `run` writes them."""
+        info = decoder.info
+        planner, aligner = WindowPlanner(), WindowAligner((info.height, info.width), job.metric)
+        awaiting: deque = deque()  # (index, pts, pixels) of the frames whose depth is not final yet
+        sent: deque = deque()  # the windows' depth references, oldest first
+        max_depth = None
+
+        def send(window: Window):
+            pts = [frame[1] for frame in window.frames]
+            for position in range(len(pts) - window.padding, len(pts)):  # copies of the last frame, never written
+                pts[position] = pts[position - 1] + 1
+            frames = FrameBatch(window.frames[0][0], pts, info.time_base,
+                                np.stack([frame[2] for frame in window.frames]), layout)
+            sent.append(infer(frames)[0])
+
+        def finished(maps):
+            """The frames whose depth is final (those of padding frames dropped), in batches of the job's size."""
+            taken = [awaiting.popleft() for _ in range(min(len(maps), len(awaiting)))]
+            for start in range(0, len(taken), job.batch_size):
+                part = taken[start:start + job.batch_size]
+                depth = DepthBatch(part[0][0], [f[1] for f in part], info.time_base,
+                                   np.stack(maps[start:start + len(part)]), max_depth)
+                frames = FrameBatch(part[0][0], [f[1] for f in part], info.time_base,
+                                    np.stack([f[2] for f in part]), layout)
+                yield ray.put(depth), ray.put(frames), False, len(part)
+
+        def align_oldest():
+            nonlocal max_depth
+            window_depth = ray.get(sent.popleft())
+            max_depth = window_depth.max_depth
+            return aligner.add(window_depth.depth)
+
+        layout = None
+        for batch in decoder.batches(job.batch_size):
+            layout = batch.layout
+            for offset in range(len(batch)):
+                frame = (batch.first_index + offset, batch.pts[offset], batch.pixels[offset])
+                awaiting.append(frame)
+                for window in planner.push(frame):
+                    send(window)
+                while len(sent) > job.max_in_flight:
+                    yield from finished(align_oldest())
+        for window in planner.finish():
+            send(window)
+        while sent:
+            yield from finished(align_oldest())
+        yield from finished(aligner.finish())
 
     @staticmethod
     def _wait_oldest(in_flight: deque, router, progress: dict) -> int:

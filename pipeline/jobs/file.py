@@ -159,6 +159,13 @@ def _depth_scale(graph: DepthGraph, source: str) -> float:
 def _segment_plan(graph: DepthGraph, source: str, info: VideoInfo, segments: int | str) -> list[Segment]:
     if segments == 1:
         return []
+    if graph.model_info.get("temporal"):
+        # A video model's windows chain from a stream's first frame: a segment's seam is not yet matched to a whole
+        # run's, so a video runs as one stream (videos of a batch job still run at once)
+        if segments == "auto":
+            return []
+        raise PipelineError(f"--segments {segments}: a Video Depth Anything model runs a video as one stream (its "
+                            f"windows chain from the first frame); pass --segments 1")
     if segments == "auto":
         duration = (info.expected_frames / float(info.rate)) if info.expected_frames and info.rate else None
         spare = graph.cluster_cpus - graph.plan.model_actors

@@ -74,6 +74,19 @@ class ModelSource:
         raise PipelineError("no model: pass --checkpoint PATH (or --random-weights VARIANT for a plumbing test)")
 
 
+class OneClip(torch.nn.Module):
+    """A video model (VideoDepthAnything) seen as an image model whose batch is one clip: N x 3 x h x w frames in
+    order -> N x h x w depth, each frame's depth made looking at the others (a window of the window mode)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+        self.config = net.config
+
+    def forward(self, frames_n3hw: torch.Tensor) -> torch.Tensor:
+        return self.net(frames_n3hw.unsqueeze(0))[0]
+
+
 def cuda_problem() -> str | None:
     """Why this torch cannot use a GPU (None when it can): what a plan that sees GPUs in Ray says before running on
     the CPU instead."""
@@ -187,8 +200,10 @@ class DepthWorker:
         # compute lock, stalling every stream. A file's short last batch: to the full batch (one size in all); a live
         # pass of 1 to 8 cameras' frames: to the next of a few sizes (powers of two up to the batch)
         largest = network_batch or batch_size
-        self.file_pass_sizes = (largest,) if predictor.options.compile and largest else ()
-        self.pass_sizes = pass_sizes(largest) if predictor.options.compile else ()
+        # (a video model's clip is as long as its window: never padded with frames it would look at)
+        padded = predictor.options.compile and not getattr(predictor.net.config, "temporal", False)
+        self.file_pass_sizes = (largest,) if padded and largest else ()
+        self.pass_sizes = pass_sizes(largest) if padded else ()
         self.device = predictor.device
         # Metric models' range in metres (None: relative depth): every DepthBatch says what its values are
         self.max_depth = getattr(getattr(predictor.net, "config", None), "max_depth", None)
@@ -215,7 +230,10 @@ class DepthWorker:
             torch.set_num_threads(threads)
             cv2.setNumThreads(threads)
         resolved = resolve_device(device)
-        return cls(DepthPredictor(source.load(resolved), options), batch_size=batch_size, network_batch=network_batch)
+        net = source.load(resolved)
+        if getattr(getattr(net, "config", None), "temporal", False):  # a video model: a batch is one clip, never split
+            net, network_batch = OneClip(net), 0
+        return cls(DepthPredictor(net, options), batch_size=batch_size, network_batch=network_batch)
 
     def infer(self, batch: FrameBatch, depth_dtype: str = "float16") -> DepthBatch:
         """Depth at the model's resolution (B x h x w), in `depth_dtype`: float16 is plenty for 8-bit pictures and
