@@ -197,9 +197,9 @@ def progress_bar(total: int | None):
     return tqdm(total=total, unit="frame", disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
 
-def resolve_model(settings, live: bool = False):
+def resolve_model(settings):
     """The checkpoint to load (None for random weights), checked; last of the checks before Ray, since resolving a
-    name can mean a download that a bad input or setting should not wait for. `live`: for a live job."""
+    name can mean a download that a bad input or setting should not wait for."""
     model = settings.model
     if model.random_weights:
         print("note: random weights - the output shows the pipeline working, not real depth", file=sys.stderr)
@@ -208,9 +208,7 @@ def resolve_model(settings, live: bool = False):
     if model.name in NON_COMMERCIAL and not model.checkpoint:
         print(f"note: {model.name} ({resolved.repo_id}) is for non-commercial use only (CC-BY-NC-4.0; its model card "
               f"says)", file=sys.stderr)
-    if check_checkpoint(resolved.path, model.version, model.max_depth).temporal and live:
-        raise PipelineError(f"{resolved.path}: a Video Depth Anything checkpoint: live mode does not run the video "
-                            f"model yet (files do, in its window mode); pass a Depth-Anything checkpoint or --model")
+    check_checkpoint(resolved.path, model.version, model.max_depth)
     return resolved
 
 
@@ -269,7 +267,7 @@ def run_cameras(args: argparse.Namespace) -> dict:
                              ("--segments",) if args.segments is not None else ())
     job = CamerasJob.from_request(settings, request, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
     try:  # (the control port is bound from here on)
-        resolved = resolve_model(settings, live=True)
+        resolved = resolve_model(settings)
         with depth_graph(settings, resolved) as graph:
             # Ctrl-C and SIGTERM end the job normally: every camera's outputs closed, the summary printed
             with stop_signals_call(lambda number, frame: job.stop()):
@@ -295,7 +293,7 @@ def run_live(args: argparse.Namespace) -> dict:
     check_summary_path(args.summary)
     job = LiveJob.from_request(settings, LiveRequest(args.input, args.output, args.record, args.realtime,
                                                      args.no_overwrite, file_flags))
-    resolved = resolve_model(settings, live=True)
+    resolved = resolve_model(settings)
     with depth_graph(settings, resolved) as graph:
         # Ctrl-C and SIGTERM end a live run normally: stop reading, finish what is in flight, close the session
         with stop_signals_call(lambda number, frame: job.stop()):

@@ -7,6 +7,7 @@ bounded by a window or a cache whatever the length."""
 from __future__ import annotations
 
 import tracemalloc
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -20,8 +21,9 @@ from model.predictor import cast_weights_once
 from model.random_weights import random_video_model
 from pipeline.stages.inference.temporal_stream import CACHED_FRAMES, StreamingDepth
 from pipeline.stages.inference.temporal_windows import WindowedDepth
+from tests.clips import clip
 from tests.test_gpu_path import cuda_dtype_rules  # noqa: F401, F811 (the fixture: mixed dtypes refused as on CUDA)
-from tests.video_frames import CASES, video_frames
+from tests.video_frames import CASES, Case, video_frames
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vda"
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -202,19 +204,35 @@ def test_weights_cast_once_run_under_cuda_dtype_rules_in_both_modes(cuda_dtype_r
     assert relative_errors(stream, reference_stream).max() < 5e-2
 
 
-def test_live_jobs_refuse_a_video_checkpoint_until_they_run_it(models, tmp_path):
-    """One line naming the file, before Ray starts (not a traceback from a network fed the wrong shapes); a file
-    job takes it."""
-    import run_pipeline
-    from pipeline.errors import PipelineError
-    from pipeline.settings import load_settings
+def test_a_worker_runs_each_live_stream_through_its_own_cache(models):
+    """The streaming mode in a model actor's worker: each camera's frames through its own cache, in order, the same
+    depth as StreamingDepth on the same prepared frames; two cameras interleaved never mix; a camera back at another
+    size starts afresh; a stream let go is forgotten."""
+    from model import DepthPredictor, PredictorOptions
+    from pipeline.stages.frames import FrameBatch
+    from pipeline.stages.inference.depth_worker import DepthWorker, OneClip
 
-    path = tmp_path / "video_depth_anything_vits.pth"
-    torch.save(official_layout(models[0]), path)
-    settings = load_settings(None, {"model.checkpoint": str(path)})
-    with pytest.raises(PipelineError, match=f"{path}: a Video Depth Anything checkpoint: live mode does not run"):
-        run_pipeline.resolve_model(settings, live=True)
-    assert run_pipeline.resolve_model(settings).path == str(path)
+    net = models[0]
+    worker = DepthWorker(DepthPredictor(OneClip(net), PredictorOptions(input_size=28)))
+    cameras = {name: video_frames(Case(name, "stream", 12, 28, 42, seed=seed))
+               for name, seed in (("door", 3), ("yard", 4))}
+    expected = {}
+    for name, frames in cameras.items():
+        prepared_frames = worker.predictor.prepare(torch.from_numpy(frames))
+        expected[name] = run_stream(net, prepared_frames, (28, 42))
+    got = {name: [] for name in cameras}
+    for start in range(0, 12, 3):  # batches of three, the cameras taking turns
+        for name, frames in cameras.items():
+            batch = FrameBatch(start, list(range(start, start + 3)), Fraction(1, 30), frames[start:start + 3])
+            got[name].append(worker.infer_stream(name, batch, "float32").depth)
+    for name in cameras:
+        assert relative_errors(np.concatenate(got[name]), expected[name]).max() <= 1e-5
+    wide = video_frames(Case("wide", "stream", 2, 28, 56, seed=5))
+    fresh = worker.infer_stream("door", FrameBatch(0, [0, 1], Fraction(1, 30), wide), "float32").depth
+    alone = run_stream(net, worker.predictor.prepare(torch.from_numpy(wide)), (28, 56))
+    assert relative_errors(fresh, alone).max() <= 1e-5  # another size: the stream started afresh
+    worker.end_stream("yard")
+    assert set(worker._streams) == {"door"}
 
 
 def test_a_file_job_gives_the_window_mode_s_depth(ray_cluster, models, tmp_path, capsys):
@@ -225,8 +243,6 @@ def test_a_file_job_gives_the_window_mode_s_depth(ray_cluster, models, tmp_path,
 
     import run_pipeline
     from pipeline.stages.sinks.image_sequence_writer import read_exr
-    from tests.video_frames import Case
-
     case = Case("e2e", "window", 57, 126, 224, seed=2)
     frames = video_frames(case)
     folder = tmp_path / "frames"
@@ -253,6 +269,15 @@ def test_a_file_job_gives_the_window_mode_s_depth(ray_cluster, models, tmp_path,
     assert code == 2 and "--segments 2: a Video Depth Anything model runs a video as one stream" in \
         capsys.readouterr().err
     assert not (tmp_path / "segmented.mp4").exists()
+    # Live: a file played in real time, one camera, the streaming mode on the model actor
+    source = clip(tmp_path, "live.mp4", width=224, height=126, frames=12, rate=Fraction(5))
+    code = run_pipeline.main([str(source), "--realtime", "--record", str(tmp_path / "live_depth.mp4"),
+                              "--checkpoint", str(checkpoint), "--input-size", "126", "--model-actors", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["frames_in"] == 12 and summary["frames_out"] + summary["dropped"] == 12, summary
+    assert (tmp_path / "live_depth.mp4").exists()
 
 
 def test_the_released_names_resolve_to_their_one_file_from_the_hub_cache(models, tmp_path, capsys):
@@ -288,7 +313,7 @@ def test_the_released_names_resolve_to_their_one_file_from_the_hub_cache(models,
 
 
 def test_a_video_model_s_default_smoother_is_none_and_a_named_one_runs():
-    from pipeline.cluster.graph import smoother_for
+    from pipeline.stages.render.smoothing import smoother_for
 
     assert smoother_for("default", {"temporal": True}) == "none"
     assert smoother_for("default", {"temporal": False}) == "default"

@@ -49,7 +49,7 @@ class CameraActor:
         self._summary: dict | None = None
         self._thread: threading.Thread | None = None
 
-    def run(self, model_actors: list) -> None:
+    def run(self, model_actors: list, model: dict | None = None) -> None:
         """Start the camera's loop (once) on these model actors: the first is the camera's own (its frames batch
         there with the same other cameras' each time), the others its fallback while that one is down."""
         if self._thread is not None:
@@ -72,12 +72,13 @@ class CameraActor:
             return result
 
         self._cpu_at_start = cpu_seconds()  # (the process's start-up, imports mostly, is not the camera's work)
-        self._thread = threading.Thread(target=self._run, args=(submit,), daemon=True, name=f"camera-{name}")
+        self._own_model_actor = router.healthy()[0]
+        self._thread = threading.Thread(target=self._run, args=(submit, model), daemon=True, name=f"camera-{name}")
         self._thread.start()
 
-    def _run(self, submit) -> None:
+    def _run(self, submit, model) -> None:
         try:
-            self._summary = self._camera.run(submit)
+            self._summary = self._camera.run(submit, model=model)
         except BaseException:  # noqa: BLE001 - recorded by the camera (its state: failed), reported by stats
             pass
 
@@ -91,6 +92,7 @@ class CameraActor:
         self._camera.stop()
         if self._thread is not None:
             self._thread.join(timeout_s)
+            self._own_model_actor.end_stream.remote(self._name)  # (a video model lets the camera's cache go)
         if self._summary is None:
             return {**self._camera.stats(), "error": self._camera.error or "did not stop in time"}
         # The camera's process is its own: its CPU is the camera's (reading, smoothing, rendering, encoding)

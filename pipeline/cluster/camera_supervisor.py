@@ -32,8 +32,10 @@ STOP_S = 15.0  # what a camera gets to close its outputs when stopped
 
 
 class CameraSupervisor:
-    def __init__(self, models, settings, batch_size: int):
+    def __init__(self, models, settings, batch_size: int, model_info=lambda: {}):
+        """`model_info()`: what the model actors loaded (a video model's cameras send one batch at a time)."""
         self.models = models
+        self.model_info = model_info
         self.settings = settings
         self.batch_size = batch_size
         self._actors: dict[str, object] = {}
@@ -53,7 +55,7 @@ class CameraSupervisor:
         with self._lock:
             self._actors[camera.name] = actor
             self._stats[camera.name] = {"state": "starting", "node": node, "restarts": 0}
-        actor.run.remote(self._model_actors_for(camera.name))
+        actor.run.remote(self._model_actors_for(camera.name), self.model_info())
 
     def stats(self) -> dict[str, dict]:
         with self._lock:
@@ -142,7 +144,7 @@ class CameraSupervisor:
                     figures = {"state": "failed", "error": str(error).splitlines()[0]}
                 restarted = figures.get("running") is False  # Ray started its process again: run it again
                 if restarted:
-                    actors[name].run.remote(self._model_actors_for(name))
+                    actors[name].run.remote(self._model_actors_for(name), self.model_info())
                 with self._lock:
                     if name in self._stats:
                         kept = {key: self._stats[name][key] for key in ("node", "restarts")}

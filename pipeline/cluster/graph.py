@@ -48,19 +48,15 @@ from pipeline.formats import keeps_values
 from pipeline.settings import PipelineSettings
 from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
 from pipeline.stages.inference.depth_worker import ModelSource, cuda_problem
+from pipeline.stages.render.smoothing import smoother_for
 from pipeline.stages.sinks.depth_sink import RenderOptions
 from pipeline.stages.sinks.output_files import remove_partial, temporary_path
 
 __all__ = ["DepthGraph", "StreamResult"]
 
+LIVE_STREAM = "live"  # the one camera of a one-camera live job, as its model actor knows it
 RETRY_PAUSE_S = 1.0  # before a stream's second attempt; twice that before its third
 ANSWER_S = 5.0  # what an actor gets to answer a small call (a failed stream's sink abort, usage) before it is let go
-
-
-def smoother_for(name: str, model: dict) -> str:
-    """The smoother a stream's sink runs: the default is none for a video model (its depth is consistent over time
-    already), the aligned smoother for the others; one named is run whatever the model."""
-    return "none" if name == "default" and model.get("temporal") else name
 
 
 @dataclass
@@ -156,8 +152,11 @@ class DepthGraph:
     def submit(self, batch: FrameBatch, depth_dtype: str = "float16") -> Callable[[], DepthBatch]:
         """Send one batch to the next model actor (a live camera's frames); gives a function that waits for its
         `DepthBatch`, its errors as one-line exceptions."""
-        _ = self.model_info  # the models' errors first, as one line
-        reference = self.router.next().infer.remote(batch, depth_dtype)
+        model = self.model_info  # the models' errors first, as one line
+        if model.get("temporal"):  # a video model's streaming mode: one actor keeps the stream's cache
+            reference = self.router.healthy()[0].infer_frames.remote(LIVE_STREAM, batch, depth_dtype, 1, 0.0)
+        else:
+            reference = self.router.next().infer.remote(batch, depth_dtype)
 
         def result():
             try:
@@ -332,7 +331,8 @@ class DepthGraph:
         if self._cameras is None:
             from pipeline.cluster.camera_supervisor import CameraSupervisor
 
-            self._cameras = CameraSupervisor(self.router, self.settings, self.batch_size)
+            self._cameras = CameraSupervisor(self.router, self.settings, self.batch_size,
+                                             model_info=lambda: self.model_info)
         return self._cameras
 
     def model_actors_peak_rss(self) -> list[float]:

@@ -73,6 +73,10 @@ class ModelActor:
     @ray.method(concurrency_group="live")
     def infer_frames(self, stream: str, batch: FrameBatch, depth_dtype: str, batch_size: int, wait_s: float):
         """One camera's waiting frames, batched with other cameras' (see CrossStreamBatcher): its DepthBatch."""
+        if getattr(self._loaded().predictor.net.config, "temporal", False):
+            # A video model's streaming mode: each camera's frames through its own cache, in order (the camera
+            # sends one batch at a time to this one actor)
+            return self._loaded().infer_stream(stream, batch, depth_dtype)
         key = (depth_dtype, batch_size, wait_s)
         with self._loading:
             batcher = self._batchers.get(key)
@@ -86,6 +90,12 @@ class ModelActor:
                         lambda batches: worker.infer_together(batches, depth_dtype), batch_size, wait_s,
                         group_of=worker.input_size_for, workers=2 if worker.device.type == "cuda" else 1)
         return batcher.submit(stream, batch).result()
+
+    @ray.method(concurrency_group="control")
+    def end_stream(self, stream: str) -> None:
+        """A camera stopped: a video model lets its cache go (nothing to do for an image model)."""
+        if self._worker is not None:
+            self._worker.end_stream(stream)
 
     @ray.method(concurrency_group="control")
     def batching(self) -> list[dict]:

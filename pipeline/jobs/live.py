@@ -97,8 +97,8 @@ class LiveJob:
     def run(self, graph, decoder=None) -> dict:
         """Until stopped (or a realtime file ends); `decoder`: the source's first connection (opened here if None,
         after the graph has loaded the models, so start-up is not counted as latency)."""
-        _ = graph.model_info
-        return self.camera.run(graph.submit, decoder if decoder is not None else self.source.open())
+        model = graph.model_info
+        return self.camera.run(graph.submit, decoder if decoder is not None else self.source.open(), model=model)
 
 
 __all__ = ["LiveJob", "LiveRequest", "LiveTargets", "live_depth_format_problem"]

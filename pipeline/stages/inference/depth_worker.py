@@ -32,6 +32,7 @@ from model.hub import resolve_checkpoint
 from model.random_weights import random_model
 from pipeline.errors import PipelineError
 from pipeline.stages.frames import DepthBatch, FrameBatch
+from pipeline.stages.inference.temporal_stream import StreamingDepth
 from pipeline.stages.pixels import YUV420P, frame_height, i420_to_rgb
 
 __all__ = ["DepthWorker", "ModelSource", "PinnedSlots", "cuda_problem", "pass_sizes"]
@@ -72,6 +73,9 @@ class ModelSource:
             return random_model(self.random_weights, seed=self.seed, version=self.version or "v1",
                                 max_depth=self.max_depth).to(device)
         raise PipelineError("no model: pass --checkpoint PATH (or --random-weights VARIANT for a plumbing test)")
+
+
+MAX_STREAMS = 64  # a video model's live streams whose caches a worker keeps at once (least recently used let go)
 
 
 class OneClip(torch.nn.Module):
@@ -212,6 +216,8 @@ class DepthWorker:
         self.predict_cpu_s = 0.0  # CPU seconds inside the predictor (CPU device only)
         self.gpu_busy_ms = 0.0  # GPU milliseconds of compute, from CUDA events around each batch (GPU only)
         self._counters_lock = threading.Lock()
+        self._streams: dict[str, tuple[StreamingDepth, threading.Lock]] = {}  # a video model's live streams
+        self._streams_lock = threading.Lock()
         self._use_cuda = self.device.type == "cuda"
         self._compute_lock = threading.Lock()
         if self._use_cuda:
@@ -272,6 +278,34 @@ class DepthWorker:
             start += len(batch)
         self._counted(frames=start)
         return results
+
+    def infer_stream(self, stream: str, batch: FrameBatch, depth_dtype: str = "float16") -> DepthBatch:
+        """A video model's streaming mode (a live camera): the batch's frames one at a time through the stream's own
+        cache of earlier frames (StreamingDepth), in order; depth at the frames' size. A stream whose frame size
+        changes (a camera back at another resolution) starts afresh; the least recently used of more than
+        MAX_STREAMS streams is let go (`end_stream` lets one go at once)."""
+        frame_hw = (frame_height(batch.pixels[0], batch.layout), batch.pixels.shape[2])
+        network = self.predictor.net.net  # (OneClip's video model)
+        with self._streams_lock:
+            state = self._streams.pop(stream, None)
+            if state is None or state[0].output_hw != frame_hw:
+                state = (StreamingDepth(network.encode, network.decode, frame_hw), threading.Lock())
+            self._streams[stream] = state  # (last: the most recently used)
+            while len(self._streams) > MAX_STREAMS:
+                self._streams.pop(next(iter(self._streams)))
+        streaming, stream_lock = state
+        with stream_lock, self._compute_lock, torch.inference_mode():
+            frames = torch.from_numpy(batch.pixels).to(self.device)
+            images = self.predictor.prepare(i420_to_rgb(frames) if batch.layout == YUV420P else frames)
+            with self.predictor.autocast():
+                depth = np.stack([streaming.push(image) for image in images])
+        self._counted(frames=len(batch))
+        return DepthBatch(batch.first_index, batch.pts, batch.time_base, depth.astype(depth_dtype), self.max_depth)
+
+    def end_stream(self, stream: str) -> None:
+        """Let a stream's cache go (its camera stopped or was removed)."""
+        with self._streams_lock:
+            self._streams.pop(stream, None)
 
     def input_size_for(self, batch: FrameBatch) -> tuple[int, int]:
         """The network's input size (h, w) for a batch's frames."""

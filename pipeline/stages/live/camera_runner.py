@@ -44,7 +44,7 @@ from pipeline.errors import one_line
 from pipeline.formats import keeps_values
 from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
 from pipeline.stages.live.frame_buffer import FrameBuffer, LatencyStats
-from pipeline.stages.render.smoothing import make_smoother
+from pipeline.stages.render.smoothing import make_smoother, smoother_for
 from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions, output_metadata
 from pipeline.stages.sinks.output_files import recover_recordings
 from pipeline.stages.sinks.rtsp_publisher import LIVE_TIME_BASE, RtspPublisher
@@ -181,6 +181,7 @@ class LiveCamera:
         self.latency = LatencyStats()
         self.stopping = threading.Event()
         self.frames_out = self.filler_frames = self.model_errors = self.frames_lost_to_model = 0
+        self._model: dict = {}  # what the model actors loaded (run's `model`)
         self.sink: DepthSink | None = None  # made at the first frame
         self.error: str | None = None  # what ended the loop, if something did
         self._finished = False
@@ -198,12 +199,14 @@ class LiveCamera:
 
     # .................................................................................................................
 
-    def run(self, submit: Submit, decoder=None) -> dict:
+    def run(self, submit: Submit, decoder=None, model: dict | None = None) -> dict:
         """Until stopped (or a realtime file ends). `submit(batch, depth_dtype)` sends a batch to the model and gives
         a function that waits for its depth: up to `live.in_flight` batches are at the model at once, so it computes
         one while the camera renders and publishes the one before. `decoder`: the source's first connection, opened
         by the caller (a camera that cannot be opened at start is then its error); None: connected here, with
-        backoff."""
+        backoff. `model`: what the model actors loaded; a video model (`temporal`) gets one batch at a time, in order
+        (its cache of earlier frames), and no smoother unless one is named."""
+        self._model = model or {}
         started = time.monotonic()
         if self.targets.record:  # a killed run's recording (fragmented: playable to its last second) is kept
             for kept in recover_recordings(Path(self.targets.record)):
@@ -228,7 +231,8 @@ class LiveCamera:
                     self._keep_viewers(time.monotonic(), rate)
                     continue
                 # A full buffer says the model is behind: a second batch in flight would only add to the wait
-                limit = 1 if len(frames) >= self.buffer.capacity else self.options.in_flight
+                limit = 1 if len(frames) >= self.buffer.capacity or self._model.get("temporal") else \
+                    self.options.in_flight
                 # Frames of one size at a time (a reconnect can bring another size into the same take)
                 for group in _same_size_runs(frames):
                     pts_list = []
@@ -379,7 +383,8 @@ class LiveCamera:
                                          b_frames=False, fragmented=True) if self.targets.record else None)
             return LiveWriter(publisher, recorder, frame_hw)
 
-        smoother = make_smoother(options.smoother, device="cpu", **options.smoother_params)
+        smoother = make_smoother(smoother_for(options.smoother, self._model), device="cpu",
+                                 **options.smoother_params)
         # (the writer opens at the first frame: by then the sink knows the depth's units and 16-bit scale)
         sink = DepthSink(self.targets.record or self.targets.publish, live_info, render, smoother,
                          writer_factory=open_writer)

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from pipeline.stages.pixels import RGB24, colour_sample, luma_at
 from pipeline.stages.render.statistics import lower_median, quantiles
 
-__all__ = ["AlignedSmoothing", "Guide", "SMOOTHER_NAMES", "Smoother", "make_smoother"]
+__all__ = ["AlignedSmoothing", "Guide", "SMOOTHER_NAMES", "Smoother", "make_smoother", "smoother_for"]
 
 
 @dataclass(frozen=True)
@@ -297,6 +297,12 @@ def _robust_fit(x: np.ndarray, y: np.ndarray, iterations: int = 4) -> tuple[floa
 SMOOTHERS = {"none": NoSmoothing, "ema": EmaSmoothing, "aligned": AlignedSmoothing}
 DEFAULT_SMOOTHER = "aligned"
 SMOOTHER_NAMES = ("default", *SMOOTHERS)
+
+
+def smoother_for(name: str, model: dict | None) -> str:
+    """The smoother a stream runs: the default is none for a video model (`model["temporal"]`: its depth is
+    consistent over time already), the aligned smoother for the others; one named is run whatever the model."""
+    return "none" if name == "default" and (model or {}).get("temporal") else name
 
 
 def make_smoother(name: str | None = None, device: str | None = None, **params) -> Smoother:
