@@ -139,6 +139,9 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-depth", type=float, metavar="METRES",
                         help="a metric .pth checkpoint's range when its name does not say it (20 indoor, 80 outdoor); "
                              "Hugging Face checkpoints and the metric model names carry their own")
+    parser.add_argument("--vda-mode", choices=("auto", "window", "stream"),
+                        help="a Video Depth Anything model's way to run: window (files' default: 32-frame windows, "
+                             "each aligned to the last) or stream (one frame at a time, live's way)")
     parser.add_argument("--fps", metavar="RATE", help="frame rate of an image-sequence input (a folder, 'glob*.png' or "
                                                      "pattern%%06d.png): 30 (default), 29.97 or 30000/1001")
     parser.add_argument("--config", help="YAML preset, e.g. configs/cpu.yaml (flags override it)")
@@ -168,6 +171,7 @@ FLAG_KEYS = {
     "random_weights": "model.random_weights",
     "version": "model.version",
     "max_depth": "model.max_depth",
+    "vda_mode": "model.vda_mode",
     "fps": "input.fps",
     "input_size": "model.input_size",
     "precision": "model.precision",

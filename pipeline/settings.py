@@ -50,6 +50,9 @@ class ModelSettings:
     # A metric checkpoint's range in metres, for an official .pth whose name does not say it (20 indoor, 80 outdoor);
     # a Hugging Face checkpoint's config says it itself
     max_depth: float | None = None
+    # A video model (Video Depth Anything): window (the files' default: 32-frame windows, each aligned to the last)
+    # or stream (one frame at a time through a cache of earlier ones: always, for live cameras); auto: as said
+    vda_mode: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,7 @@ RULES: dict[str, dict[str, Check]] = {
         "device": device_name,
         "threads": integer(0),
         "max_depth": optional(number(MAX_DEPTH_RANGE_M[0], maximum=MAX_DEPTH_RANGE_M[1])),
+        "vda_mode": one_of("auto", "window", "stream"),
     },
     "input": {"fps": rate_problem},
     "batching": {"batch_size": integer(0), "network_batch": integer(0), "max_in_flight": integer(1),

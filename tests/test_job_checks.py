@@ -58,6 +58,8 @@ def test_a_file_run_that_passes_gives_its_output_and_timing(video):
     ({}, lambda v: LiveRequest(str(v), "a.mp4", "b.mp4", True), "live mode records to one file"),
     ({}, lambda v: LiveRequest(str(v), None, None, True), "live mode needs somewhere to send depth"),
     ({}, lambda v: LiveRequest(str(v), None, str(v), True), "would overwrite the input"),
+    ({"model.vda_mode": "window"}, lambda v: LiveRequest(str(v), None, "r.mp4", True),
+     "--vda-mode window is for files"),
 ])
 def test_a_live_run_is_refused_before_ray_naming_the_problem(video, settings, request_of, says):
     with pytest.raises(PipelineError) as raised:

@@ -263,6 +263,15 @@ def test_a_file_job_gives_the_window_mode_s_depth(ray_cluster, models, tmp_path,
     assert written.shape == expected.shape and errors.max() <= 1e-4, errors.max()
     rows = (tmp_path / "depth" / "frames.csv").read_text().splitlines()[1:]
     assert [int(row.split(",")[0]) for row in rows] == list(range(case.frames))
+    # The same with --vda-mode stream: the streaming mode's depth (StreamingDepth's, the original's)
+    code = run_pipeline.main([f"{folder}/%06d.png", "--fps", "30", "--checkpoint", str(checkpoint),
+                              "--input-size", "126", "--smoother", "none", "--depth-format", "exr", "--vda-mode",
+                              "stream", "-o", str(tmp_path / "streamed"), "--model-actors", "1"])
+    assert code == 0, capsys.readouterr().err
+    streamed = np.stack([read_exr(path) for path in sorted((tmp_path / "streamed").glob("*.exr"))])
+    expected_stream = run_stream(models[0], prepared(frames), (case.height, case.width))
+    assert relative_errors(streamed, expected_stream).max() <= 1e-4
+    assert relative_errors(streamed, written).mean() > 1e-2  # (the two modes' depth differ)
     # Segments of a video model: not yet (one line, exit 2, nothing written)
     code = run_pipeline.main([f"{folder}/%06d.png", "--checkpoint", str(checkpoint), "--input-size", "126",
                               "--segments", "2", "-o", str(tmp_path / "segmented.mp4"), "--model-actors", "1"])

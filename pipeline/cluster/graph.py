@@ -284,8 +284,11 @@ class DepthGraph:
                             sink_args=(output, info, render, smoother_for(settings.smoothing.name, model),
                                        dict(settings.smoothing.params),
                                        self.plan.smoother_device, write_from_pts, tag, model),
-                            fps=settings.input.fps, windows=bool(model.get("temporal")),
-                            metric=model.get("depth") == "metric")
+                            fps=settings.input.fps,
+                            windows=bool(model.get("temporal")) and settings.model.vda_mode != "stream",
+                            metric=model.get("depth") == "metric",
+                            stream_key=uuid.uuid4().hex if model.get("temporal") and settings.model.vda_mode == "stream"
+                            else None)
             # The stream runs on its own actor, beside its sink: this thread only hears how far it is, and the end
             result = None
             # The model actors on the stream's node, when it has any: its frames and depth then stay on that node

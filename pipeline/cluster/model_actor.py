@@ -70,6 +70,11 @@ class ModelActor:
     def infer(self, batch: FrameBatch, depth_dtype: str):
         return self._loaded().infer(batch, depth_dtype)
 
+    def infer_stream(self, stream: str, batch: FrameBatch, depth_dtype: str):
+        """A file's frames through a video model's streaming mode (its cache kept under `stream`): in the default
+        group, one call at a time, in the order one caller sends them."""
+        return self._loaded().infer_stream(stream, batch, depth_dtype)
+
     @ray.method(concurrency_group="live")
     def infer_frames(self, stream: str, batch: FrameBatch, depth_dtype: str, batch_size: int, wait_s: float):
         """One camera's waiting frames, batched with other cameras' (see CrossStreamBatcher): its DepthBatch."""

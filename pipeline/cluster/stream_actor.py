@@ -49,6 +49,7 @@ class StreamJob:
     fps: float | str | None = None  # an image sequence's frame rate (videos have their own timestamps)
     windows: bool = False  # a video model in window mode: frames go to the model actors as overlapping windows
     metric: bool = False  # its depth in metres: windows are not fitted to each other by scale and shift
+    stream_key: str | None = None  # a video model in streaming mode: every batch to one model actor, under this key
 
 
 PROGRESS, RESULT = "progress", "result"
@@ -89,12 +90,17 @@ class StreamActor:
         unreported, reported_at = 0, time.monotonic()
         counted = {"frame_bytes_across": 0}
 
+        # A video model's streaming mode keeps the stream's cache on one model actor
+        own_actor = router.healthy()[0] if job.stream_key else None
+
         def infer(batch: FrameBatch):
             """The batch to a model actor: (its depth's reference, the batch's, whether they cross nodes)."""
             batch_ref = ray.put(batch)  # one copy in the store, read by the model actor and the sink
-            actor = router.next()
+            actor = own_actor or router.next()
             remote = actor_nodes.get(actor._actor_id.hex()) != here
             counted["frame_bytes_across"] += batch.pixels.nbytes if remote else 0
+            if own_actor is not None:
+                return actor.infer_stream.remote(job.stream_key, batch_ref, job.depth_dtype), batch_ref, remote
             return actor.infer.remote(batch_ref, job.depth_dtype), batch_ref, remote
 
         writes = (self._window_writes(decoder, job, infer) if job.windows else
@@ -111,6 +117,8 @@ class StreamActor:
                 unreported += self._wait_oldest(in_flight, router, progress)
         finally:
             decoder.close()
+            if own_actor is not None:
+                own_actor.end_stream.remote(job.stream_key)
         if unreported:
             yield PROGRESS, unreported
         sink_stats = ray.get(sink.close.remote())

@@ -48,6 +48,9 @@ class CamerasJob:
         """Every check that needs no Ray, each a one-line PipelineError naming the flag, file or key."""
         for flag in request.file_flags:
             raise PipelineError(f"{flag} is for files; a camera is one stream, run as it comes")
+        if settings.model.vda_mode == "window":
+            raise PipelineError("--vda-mode window is for files: a camera runs a video model in its streaming mode "
+                                "(one frame at a time)")
         host, port = parse_address(request.control)
         token = read_token(request.token_file, warn=warn)
         if token is None and not is_loopback(host):

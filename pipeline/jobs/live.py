@@ -68,6 +68,9 @@ class LiveJob:
             raise PipelineError("live mode needs an input: a camera URL, or a file with --realtime")
         for flag in request.file_flags:
             raise PipelineError(f"{flag} is for files; a live stream is one stream, run as it comes")
+        if settings.model.vda_mode == "window":
+            raise PipelineError("--vda-mode window is for files: a live camera runs a video model in its streaming "
+                                "mode (one frame at a time)")
         publish = request.output if is_publish_url(request.output or "") else None
         problem = live_depth_format_problem(settings.output.depth_format, publish=bool(publish))
         if problem:
