@@ -130,3 +130,15 @@ def test_order_statistics_match_numpy_and_torch(count):
     for fractions in ((0.1, 0.9), (0.01, 0.99), (0.0, 0.5, 1.0)):
         np.testing.assert_allclose(quantiles(values, fractions), np.quantile(values, fractions), rtol=0, atol=1e-12)
     assert lower_median(values) == torch.from_numpy(values).median().item()
+
+
+def test_no_smoothing_takes_read_only_depth_without_a_warning():
+    """Depth read from Ray's object store is read-only: passed through as float32, no torch warning."""
+    import warnings
+
+    depth = np.arange(12, dtype=np.float16).reshape(3, 4)
+    depth.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = make_smoother("none").update(depth)
+    assert out.dtype == np.float32 and np.array_equal(out, depth.astype(np.float32))

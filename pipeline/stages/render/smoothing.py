@@ -68,6 +68,8 @@ class NoSmoothing:
     def update(self, depth: np.ndarray, guide: Guide | np.ndarray | None = None) -> np.ndarray:
         if depth.dtype == np.float32:
             return depth
+        if not depth.flags.writeable:  # (depth read from Ray's object store: torch takes writable arrays only)
+            return depth.astype(np.float32)
         return torch.from_numpy(depth).float().numpy()  # (four times faster than NumPy's astype)
 
     def reset(self) -> None:
