@@ -7,6 +7,7 @@ bounded by a window or a cache whatever the length."""
 from __future__ import annotations
 
 import tracemalloc
+import urllib.request
 from fractions import Fraction
 from pathlib import Path
 
@@ -335,3 +336,57 @@ def test_a_metric_video_checkpoint_is_refused_until_its_range_is_known(models, t
     with pytest.raises(CheckpointError, match="metric_video_depth_anything_vits.pth: a metric Video Depth Anything "
                                               "checkpoint: not supported yet"):
         load_model(path)
+
+
+def test_many_cameras_run_a_video_model_each_through_its_own_cache(models, tmp_path):
+    """The many-camera job on Ray with a video model: two file cameras of two sizes played in real time, each
+    camera's frames through its own cache on its model actor (one batch at a time), every frame written or counted
+    as dropped, the recordings whole; SIGTERM ends the job with the summary (and the cameras' caches let go)."""
+    import json
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.clips import read_video
+
+    project = Path(__file__).resolve().parents[1]
+    checkpoint = tmp_path / "video_depth_anything_vits.pth"
+    torch.save(official_layout(models[0]), checkpoint)
+    played = {"door": clip(tmp_path, "door.mp4", width=56, height=42, frames=25, rate=Fraction(5)),
+              "yard": clip(tmp_path, "yard.mp4", width=84, height=42, frames=25, rate=Fraction(5))}
+    file = tmp_path / "cameras.yaml"
+    file.write_text(json.dumps({"cameras": [
+        {"name": name, "input": str(source), "realtime": True, "record": str(tmp_path / f"{name}_depth.mp4")}
+        for name, source in played.items()]}))
+    process = subprocess.Popen([sys.executable, str(project / "run_pipeline.py"), "live", str(file), "--control",
+                                "127.0.0.1:0", "--checkpoint", str(checkpoint), "--input-size", "42",
+                                "--model-actors", "1"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        base = None
+        while base is None:
+            line = process.stderr.readline()
+            assert line or process.poll() is None, "the job ended before it listened"
+            found = re.search(r"control API at (http://127\.0\.0\.1:\d+)", line)
+            base = found[1] if found else None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # both files played to their end (5 s each in real time)
+            with urllib.request.urlopen(f"{base}/cameras", timeout=5) as answer:
+                cameras = json.loads(answer.read())["cameras"]
+            if len(cameras) == 2 and all(camera.get("frames_in", 0) >= 25 for camera in cameras):
+                break
+            time.sleep(0.5)
+        time.sleep(2)  # (what is in flight written)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=90)
+    assert process.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout)
+    assert summary["model"]["temporal"] is True and summary["model"]["variant"] == "vits"
+    for name in played:
+        camera = summary["cameras"][name]
+        assert camera["frames_in"] == 25 and camera["frames_out"] > 0, camera
+        assert camera["frames_out"] + camera["dropped"] <= camera["frames_in"] + 1, camera
+        assert read_video(tmp_path / f"{name}_depth.mp4")["count"] == camera["frames_out"]

@@ -92,7 +92,7 @@ class CamerasJob:
             pass
         with shielded():
             summary = self.service.stop_all()
-        return {**summary, "control": self.server.url}
+        return {**summary, "control": self.server.url, "model": graph.model_info}
 
     def close(self) -> None:
         self.server.close()
