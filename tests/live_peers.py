@@ -9,6 +9,7 @@ to (ANNOUNCE / RECORD), keeping every decoded frame with its arrival time.
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import threading
 import time
@@ -19,6 +20,17 @@ import numpy as np
 
 PROJECT = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def control_url(process: subprocess.Popen) -> str:
+    """The control API's address a many-camera job (`run_pipeline.py live ... --control 127.0.0.1:0`) prints on
+    stderr once it listens; the job's stderr is read up to that line."""
+    while True:
+        line = process.stderr.readline()
+        assert line or process.poll() is None, "the job ended before it listened"
+        found = re.search(r"control API at (http://127\.0\.0\.1:\d+)", line)
+        if found:
+            return found[1]
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 
 from tests import test_live
 from tests.clips import clip, read_video
-from tests.live_peers import Camera, Receiver
+from tests.live_peers import Camera, Receiver, control_url
 from tests.test_live import MODEL, moving, wait_for
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -82,12 +81,7 @@ def test_three_cameras_added_removed_restarted_at_another_size_and_stopped(tmp_p
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     added = Camera(128, 80, 15)
     try:
-        base = None
-        while base is None:
-            line = process.stderr.readline()
-            assert line or process.poll() is None, "the job ended before it listened"
-            found = re.search(r"control API at (http://127\.0\.0\.1:\d+)", line)
-            base = found[1] if found else None
+        base = control_url(process)
         # At once, while the file's cameras are being added: a POST with a file camera's name (and recording) once
         # ended the whole job with exit 2; now it is answered (503 while starting) and the job goes on
         status, _ = call(base, "POST", "/cameras", {"name": "lobby", "input": cameras["wide"].url,

@@ -343,13 +343,13 @@ def test_many_cameras_run_a_video_model_each_through_its_own_cache(models, tmp_p
     camera's frames through its own cache on its model actor (one batch at a time), every frame written or counted
     as dropped, the recordings whole; SIGTERM ends the job with the summary (and the cameras' caches let go)."""
     import json
-    import re
     import signal
     import subprocess
     import sys
     import time
 
     from tests.clips import read_video
+    from tests.live_peers import control_url
 
     project = Path(__file__).resolve().parents[1]
     checkpoint = tmp_path / "video_depth_anything_vits.pth"
@@ -365,12 +365,7 @@ def test_many_cameras_run_a_video_model_each_through_its_own_cache(models, tmp_p
                                 "--model-actors", "1"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
-        base = None
-        while base is None:
-            line = process.stderr.readline()
-            assert line or process.poll() is None, "the job ended before it listened"
-            found = re.search(r"control API at (http://127\.0\.0\.1:\d+)", line)
-            base = found[1] if found else None
+        base = control_url(process)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # both files played to their end (5 s each in real time)
             with urllib.request.urlopen(f"{base}/cameras", timeout=5) as answer:
