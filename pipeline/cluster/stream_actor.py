@@ -27,7 +27,7 @@ from pipeline.cluster.ray_calls import (
 )
 from pipeline.errors import PipelineError
 from pipeline.stages.frames import DepthBatch, FrameBatch
-from pipeline.stages.inference.temporal_windows import Window, WindowAligner, WindowPlanner
+from pipeline.stages.inference.temporal_windows import Window, WindowAligner, WindowPlanner, window_batch
 from pipeline.stages.sources.video_decoder import open_source
 
 __all__ = ["StreamActor", "StreamJob"]
@@ -148,12 +148,7 @@ class StreamActor:
         max_depth = None
 
         def send(window: Window):
-            pts = [frame[1] for frame in window.frames]
-            for position in range(len(pts) - window.padding, len(pts)):  # copies of the last frame, never written
-                pts[position] = pts[position - 1] + 1
-            frames = FrameBatch(window.frames[0][0], pts, info.time_base,
-                                np.stack([frame[2] for frame in window.frames]), layout)
-            sent.append(infer(frames)[0])
+            sent.append(infer(window_batch(window, info.time_base, layout))[0])
 
         def finished(maps):
             """The frames whose depth is final (those of padding frames dropped), in batches of the job's size."""

@@ -25,7 +25,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["INFER_LEN", "OVERLAP", "Window", "WindowAligner", "WindowPlanner", "WindowedDepth", "scale_and_shift"]
+from pipeline.stages.frames import FrameBatch
+
+__all__ = ["INFER_LEN", "OVERLAP", "Window", "WindowAligner", "WindowPlanner", "WindowedDepth", "scale_and_shift",
+           "window_batch"]
 
 INFER_LEN = 32  # frames a window
 OVERLAP = 10  # frames a window takes from the last one: its keyframes
@@ -97,6 +100,16 @@ class WindowPlanner:
         self._waiting = []
         self._keyframes = [frames[position] for position in KEYFRAMES]
         return Window(frames, context, padding)
+
+
+def window_batch(window: Window, time_base, layout: str) -> FrameBatch:
+    """A window of (index, pts, pixels) frames as one FrameBatch for the network. Its keyframes are earlier frames
+    and its padding copies of the last one, whose timestamps repeat: every timestamp is made to follow the one before
+    (those frames are never written; the batch's timestamps only have to increase)."""
+    pts = [frame[1] for frame in window.frames]
+    for position in range(1, len(pts)):
+        pts[position] = max(pts[position], pts[position - 1] + 1)
+    return FrameBatch(window.frames[0][0], pts, time_base, np.stack([frame[2] for frame in window.frames]), layout)
 
 
 class WindowAligner:
