@@ -277,6 +277,8 @@ class DepthGraph:
                 self._wait_placed([sink], "sink actors (smoothing on the GPU)", {**self.plan.sink_options,
                                                                                  "num_cpus": 0})
             model = self.model_info  # the models were loading while this stream's actors started
+            # A video model: its window mode (files' default), or its streaming mode through one actor's cache
+            streaming = bool(model.get("temporal")) and settings.model.vda_mode == "stream"
             job = StreamJob(source, self.batch_size, settings.batching.frame_layout, pts_range,
                             # float16 depth is finer than any 8-bit picture; outputs of the values keep float32
                             "float32" if keeps_values(render.depth_format) or model.get("temporal") else "float16",
@@ -284,11 +286,8 @@ class DepthGraph:
                             sink_args=(output, info, render, smoother_for(settings.smoothing.name, model),
                                        dict(settings.smoothing.params),
                                        self.plan.smoother_device, write_from_pts, tag, model),
-                            fps=settings.input.fps,
-                            windows=bool(model.get("temporal")) and settings.model.vda_mode != "stream",
-                            metric=model.get("depth") == "metric",
-                            stream_key=uuid.uuid4().hex if model.get("temporal") and settings.model.vda_mode == "stream"
-                            else None)
+                            fps=settings.input.fps, windows=bool(model.get("temporal")) and not streaming,
+                            metric=model.get("depth") == "metric", stream_key=uuid.uuid4().hex if streaming else None)
             # The stream runs on its own actor, beside its sink: this thread only hears how far it is, and the end
             result = None
             # The model actors on the stream's node, when it has any: its frames and depth then stay on that node

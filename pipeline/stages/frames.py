@@ -48,19 +48,25 @@ class FrameBatch:
     layout: str = "rgb24"
 
     def __post_init__(self):
-        """Checked where made, so a wrong batch fails at its maker, with its shapes, not deep inside the model."""
-        shape = getattr(self.pixels, "shape", None)
-        where = f"FrameBatch from frame {self.first_index}: pixels {shape} {getattr(self.pixels, 'dtype', '')}, " \
-                f"{len(self.pts)} timestamps, layout {self.layout!r}"
+        """Checked where made, so a wrong batch fails at its maker, with its shapes, not deep inside the model (the
+        message is made only then: batches are made for every few frames)."""
+        problem = self._problem()
+        if problem:
+            raise ValueError(f"FrameBatch from frame {self.first_index}: pixels {getattr(self.pixels, 'shape', None)} "
+                             f"{getattr(self.pixels, 'dtype', '')}, {len(self.pts)} timestamps, layout "
+                             f"{self.layout!r}: {problem}")
+
+    def _problem(self) -> str | None:
         if self.layout not in (RGB24, YUV420P):
-            raise ValueError(f"{where}: the layout must be {RGB24!r} or {YUV420P!r}")
+            return f"the layout must be {RGB24!r} or {YUV420P!r}"
         if not isinstance(self.pixels, np.ndarray) or self.pixels.dtype != np.uint8:
-            raise ValueError(f"{where}: the pixels must be a uint8 numpy array")
+            return "the pixels must be a uint8 numpy array"
+        shape = self.pixels.shape
         if self.layout == RGB24 and (self.pixels.ndim != 4 or shape[3] != 3):
-            raise ValueError(f"{where}: rgb24 pixels are B x H x W x 3")
+            return "rgb24 pixels are B x H x W x 3"
         if self.layout == YUV420P and (self.pixels.ndim != 3 or shape[1] % 3 or shape[2] % 2):
-            raise ValueError(f"{where}: I420 pixels are B x (H * 3 / 2) x W, H and W even")
-        check_timing(where, self.first_index, self.pts, len(self.pixels))
+            return "I420 pixels are B x (H * 3 / 2) x W, H and W even"
+        return timing_problem(self.first_index, self.pts, len(self.pixels))
 
     def __len__(self) -> int:
         return len(self.pts)
@@ -79,28 +85,32 @@ class DepthBatch:
     max_depth: float | None = None
 
     def __post_init__(self):
-        shape = getattr(self.depth, "shape", None)
-        where = f"DepthBatch from frame {self.first_index}: depth {shape} {getattr(self.depth, 'dtype', '')}, " \
-                f"{len(self.pts)} timestamps"
+        problem = self._problem()
+        if problem:
+            raise ValueError(f"DepthBatch from frame {self.first_index}: depth {getattr(self.depth, 'shape', None)} "
+                             f"{getattr(self.depth, 'dtype', '')}, {len(self.pts)} timestamps: {problem}")
+
+    def _problem(self) -> str | None:
         if not isinstance(self.depth, np.ndarray) or self.depth.ndim != 3 or \
                 self.depth.dtype not in (np.float16, np.float32):
-            raise ValueError(f"{where}: depth is a float16 or float32 numpy array, B x h x w")
+            return "depth is a float16 or float32 numpy array, B x h x w"
         if self.max_depth is not None and not self.max_depth > 0:
-            raise ValueError(f"{where}: max_depth {self.max_depth} is not a positive range in metres")
-        check_timing(where, self.first_index, self.pts, len(self.depth))
+            return f"max_depth {self.max_depth} is not a positive range in metres"
+        return timing_problem(self.first_index, self.pts, len(self.depth))
 
     def __len__(self) -> int:
         return len(self.pts)
 
 
-def check_timing(where: str, first_index: int, pts: list[int], count: int) -> None:
+def timing_problem(first_index: int, pts: list[int], count: int) -> str | None:
     """A batch's frames: at least one, one timestamp each, timestamps increasing (the order frames are shown in)."""
     if first_index < 0:
-        raise ValueError(f"{where}: a frame index is never negative")
+        return "a frame index is never negative"
     if count == 0 or count != len(pts):
-        raise ValueError(f"{where}: one timestamp for each of at least one frame")
+        return "one timestamp for each of at least one frame"
     if any(later <= earlier for earlier, later in zip(pts, pts[1:])):
-        raise ValueError(f"{where}: timestamps must increase ({pts[:8]}{' ...' if len(pts) > 8 else ''})")
+        return f"timestamps must increase ({pts[:8]}{' ...' if len(pts) > 8 else ''})"
+    return None
 
 
 def batched(timed_frames: Iterable[tuple[int, object]], fill: Callable[[object, np.ndarray], None],
