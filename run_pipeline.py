@@ -137,8 +137,9 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-weights", choices=VARIANTS, help="random weights of a variant (plumbing test only)")
     parser.add_argument("--version", choices=("v1", "v2"), help="Depth-Anything version (default: from checkpoint)")
     parser.add_argument("--max-depth", type=float, metavar="METRES",
-                        help="a metric .pth checkpoint's range when its name does not say it (20 indoor, 80 outdoor); "
-                             "Hugging Face checkpoints and the metric model names carry their own")
+                        help="a metric .pth checkpoint's range when its name does not say it (20 indoor, 80 outdoor; "
+                             "a metric video model's outputs are laid out for 80 unless given); Hugging Face "
+                             "checkpoints and the metric model names carry their own")
     parser.add_argument("--vda-mode", choices=("auto", "window", "stream"),
                         help="a Video Depth Anything model's way to run: window (files' default: 32-frame windows, "
                              "each aligned to the last) or stream (one frame at a time, live's way)")

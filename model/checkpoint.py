@@ -6,9 +6,10 @@ Takes: a path to
       Depth-Anything v2 file of the same layout (`depth_anything_v2_vit{s,b,l}.pth`);
   (b) a Hugging Face folder (`config.json` + `model.safetensors`, the `depth-anything-{small,base,large}-hf` layout)
       or a `.safetensors` file in that layout (legacy on-disk names or transformers 5.x in-memory names).
-Gives: `DepthAnything` (or `VideoDepthAnything` for its released files, `video_depth_anything_vit?.pth`, recognised
-by their motion modules) in eval mode with every weight loaded, the variant read off the weight shapes, and its head:
-relative inverse depth, or metric depth in metres for Depth Anything V2's metric models (`_metric_max_depth`).
+Gives: `DepthAnything` (or `VideoDepthAnything` for its released files, `video_depth_anything_vit?.pth` and
+`metric_video_depth_anything_vit?.pth`, recognised by their motion modules) in eval mode with every weight loaded, the
+variant read off the weight shapes, and its head: relative inverse depth, or metric depth in metres for Depth Anything
+V2's metric models (`_metric_max_depth`) and the metric video models (`_video_metric_range`).
 
 Everything goes through one path: HF keys -> official keys -> our keys, then a strict check against the model.
 Anything that is not a complete Depth-Anything checkpoint raises `CheckpointError` with a one-line message that
@@ -372,6 +373,29 @@ def _metric_max_depth(path: Path, hf_config: dict | None, given: float | None, v
     return float(configured)
 
 
+# Video Depth Anything's metric files (`metric_video_depth_anything_vit?.pth`) have the relative files' keys and a
+# ReLU head without a maximum: their name says they give metres. Trained on Virtual KITTI (depth capped at 80 m) and
+# IRS (indoor): 80 m is the range their outputs are laid out for (the 16-bit scale); farther pixels are counted as
+# saturated there, and --max-depth widens it
+VIDEO_METRIC_RANGE_M = 80.0
+_RELATIVE_VIDEO_FILE_NAME = re.compile(r"video_depth_anything_vit[sbl]\.(pth|pt|safetensors)")
+
+
+def _video_metric_range(path: Path, given: float | None) -> float | None:
+    """None for a relative Video Depth Anything file; the metres its outputs are laid out for, for a metric one (by
+    its name, or any file but a released relative one given --max-depth)."""
+    low, high = MAX_DEPTH_RANGE_M
+    if given is not None and not (isinstance(given, (int, float)) and math.isfinite(given) and low <= given <= high):
+        raise CheckpointError(f"{path}: max depth must be from {low:g} to {high:g} metres, got {given!r}")
+    name = path.name.lower()
+    if name.startswith("metric_"):
+        return VIDEO_METRIC_RANGE_M if given is None else float(given)
+    if given is not None and _RELATIVE_VIDEO_FILE_NAME.fullmatch(name):
+        raise CheckpointError(f"{path}: a released relative-depth Video Depth Anything checkpoint (by its name): "
+                              f"--max-depth is for metric checkpoints; never run with another head")
+    return None if given is None else float(given)
+
+
 def _same_depth(given: float, expected: float) -> bool:
     """The same range, up to a decimal's rounding (20.000001 is 20 m given with too many digits, not 80 m)."""
     return math.isclose(float(given), float(expected), rel_tol=1e-6)
@@ -416,9 +440,6 @@ def _checked_model_and_state(path: Path, version: str | None, shapes_only: bool,
     tensors, hf_config = _read_tensors(path, shapes_only)
     video = is_video_checkpoint(tensors)
     motion_state = {}
-    if video and path.name.startswith("metric_"):
-        raise CheckpointError(f"{path}: a metric Video Depth Anything checkpoint: not supported yet (its metres have "
-                              f"no stated range, which the outputs' 16-bit scale and units need)")
     if video:  # (v2's taps: the video models are built on Depth Anything V2)
         official_state, motion_state, unknown_hf_keys = split_video_state(tensors)
         version = version or "v2"
@@ -430,7 +451,7 @@ def _checked_model_and_state(path: Path, version: str | None, shapes_only: bool,
     version = version or _detect_version(path, hf_config, max(block_count, 1))
     config = infer_config(official_state, version, str(path))
     if video:
-        config = replace(config, temporal=True)
+        config = replace(config, temporal=True, max_depth=_video_metric_range(path, max_depth))
     else:
         config = replace(config, max_depth=_metric_max_depth(path, hf_config, max_depth, version))
     our_state, unexpected = official_to_ours(official_state)

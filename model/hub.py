@@ -2,7 +2,8 @@
 Released weights by name: `small` or a Hub repo id -> a local folder from the Hugging Face Hub cache.
 
 Takes: a model name (`small`, `base`, `large`, `v2-small`, `v2-base`, `v2-large`, the metric models
-`v2-metric-{indoor,outdoor}-{small,base,large}`, and Video Depth Anything's `vda-{small,base,large}`), a repo id
+`v2-metric-{indoor,outdoor}-{small,base,large}`, and Video Depth Anything's `vda-{small,base,large}` and
+`vda-metric-{small,base,large}`), a repo id
 (`owner/name`, optionally `owner/name@revision`), or a local path (returned as it is).
 Gives: `ResolvedCheckpoint`: the local folder `load_model` reads (`config.json` + `model.safetensors`, nothing else is
 fetched; for Video Depth Anything its one release file), and the repo id and commit it came from.
@@ -40,13 +41,19 @@ MODEL_NAMES = {
     **{f"v2-metric-{scene}-{size}": f"depth-anything/Depth-Anything-V2-Metric-{Scene}-{size.title()}-hf"
        for scene, Scene in METRIC_SCENES.items() for size in ("small", "base", "large")},
 }
-# Video Depth Anything (Chen et al., CVPR 2025): one .pth a repo; Small is Apache-2.0, Base and Large CC-BY-NC-4.0
-VIDEO_MODELS = {f"vda-{size}": (f"depth-anything/Video-Depth-Anything-{size.title()}",
-                                f"video_depth_anything_{variant}.pth")
-                for size, variant in (("small", "vits"), ("base", "vitb"), ("large", "vitl"))}
+# Video Depth Anything (Chen et al., CVPR 2025): one .pth a repo, relative and metric (metres, by the file's name);
+# the Small models are Apache-2.0, Base and Large CC-BY-NC-4.0
+_VIDEO_SIZES = (("small", "vits"), ("base", "vitb"), ("large", "vitl"))
+VIDEO_MODELS = {
+    **{f"vda-{size}": (f"depth-anything/Video-Depth-Anything-{size.title()}", f"video_depth_anything_{variant}.pth")
+       for size, variant in _VIDEO_SIZES},
+    **{f"vda-metric-{size}": (f"depth-anything/Metric-Video-Depth-Anything-{size.title()}",
+                              f"metric_video_depth_anything_{variant}.pth") for size, variant in _VIDEO_SIZES},
+}
 MODEL_NAMES.update({name: repo for name, (repo, _) in VIDEO_MODELS.items()})
 NON_COMMERCIAL = ("v2-base", "v2-large", *(f"v2-metric-{scene}-{size}" for scene in METRIC_SCENES
-                                           for size in ("base", "large")), "vda-base", "vda-large")
+                                           for size in ("base", "large")),
+                  *(f"vda-{kind}{size}" for kind in ("", "metric-") for size in ("base", "large")))
 DEFAULT_MODEL = "small"
 FILES = ("config.json", "model.safetensors")  # all the model needs
 REPO_FILES = {repo: (filename,) for repo, filename in VIDEO_MODELS.values()}  # repos of one release file

@@ -41,8 +41,8 @@ def models():
     return {seed: random_video_model("vits", seed=seed) for seed in {case.seed for case in CASES}}
 
 
-def run_windows(model, frames: torch.Tensor, output_hw) -> np.ndarray:
-    windows = WindowedDepth(lambda window: model(window.unsqueeze(0))[0], output_hw)
+def run_windows(model, frames: torch.Tensor, output_hw, metric: bool = False) -> np.ndarray:
+    windows = WindowedDepth(lambda window: model(window.unsqueeze(0))[0], output_hw, metric)
     with torch.inference_mode():
         depth = [plane for frame in frames for plane in windows.push(frame)] + windows.finish()
     return np.stack(depth)
@@ -63,8 +63,10 @@ def relative_errors(ours: np.ndarray, expected: np.ndarray) -> np.ndarray:
 def test_each_mode_gives_the_original_s_depth(models, case):
     expected = np.load(FIXTURES / f"{case.name}.npz")["depth"]
     frames = prepared(video_frames(case))
-    run = run_windows if case.mode == "window" else run_stream
-    ours = run(models[case.seed], frames, (case.height, case.width))
+    if case.mode == "window":
+        ours = run_windows(models[case.seed], frames, (case.height, case.width), case.metric)
+    else:
+        ours = run_stream(models[case.seed], frames, (case.height, case.width))
     assert ours.shape == expected.shape == (case.frames, case.height, case.width)
     errors = relative_errors(ours, expected)
     assert errors.max() <= 1e-4, f"worst frame {errors.argmax()}: {errors.max():.2e}"
@@ -318,6 +320,14 @@ def test_the_released_names_resolve_to_their_one_file_from_the_hub_cache(models,
         with pytest.raises(CheckpointError, match=r"Video-Depth-Anything-Small: video_depth_anything_vits\.pth is "
                                                   r"not in the Hugging Face cache"):
             resolve_checkpoint("vda-small")
+        # The metric models: their own repos and file names, metres by the name
+        metric_release = tmp_path / "metric_video_depth_anything_vits.pth"
+        torch.save(official_layout(models[0]), metric_release)
+        write_hub_cache(MODEL_NAMES["vda-metric-small"], [metric_release], commit)
+        resolved = resolve_checkpoint("vda-metric-small")
+        assert resolved.repo_id == "depth-anything/Metric-Video-Depth-Anything-Small"
+        assert load_model(resolved.path).config.max_depth == 80.0
+        assert "vda-metric-small" not in NON_COMMERCIAL and "vda-metric-large" in NON_COMMERCIAL
     finally:
         constants.HF_HUB_CACHE = session_cache
 
@@ -330,12 +340,58 @@ def test_a_video_model_s_default_smoother_is_none_and_a_named_one_runs():
     assert smoother_for("aligned", {"temporal": True}) == "aligned"
 
 
-def test_a_metric_video_checkpoint_is_refused_until_its_range_is_known(models, tmp_path):
-    path = tmp_path / "metric_video_depth_anything_vits.pth"
-    torch.save(official_layout(models[0]), path)
-    with pytest.raises(CheckpointError, match="metric_video_depth_anything_vits.pth: a metric Video Depth Anything "
-                                              "checkpoint: not supported yet"):
-        load_model(path)
+def test_a_metric_video_checkpoint_gives_metres_laid_out_for_its_range(models, tmp_path):
+    """The metric files have the relative files' keys: their name says metres (80 m the range their outputs are laid
+    out for, or --max-depth); --max-depth on a released relative name is refused."""
+    metric, relative = tmp_path / "metric_video_depth_anything_vits.pth", tmp_path / "video_depth_anything_vits.pth"
+    for path in (metric, relative):
+        torch.save(official_layout(models[0]), path)
+    loaded = load_model(metric)
+    assert loaded.config.temporal and loaded.config.metric and loaded.config.max_depth == 80.0
+    assert load_model(metric, max_depth=120).config.max_depth == 120.0
+    assert not load_model(relative).config.metric
+    with pytest.raises(CheckpointError, match="video_depth_anything_vits.pth: a released relative-depth Video Depth "
+                                              "Anything checkpoint"):
+        load_model(relative, max_depth=80)
+    with pytest.raises(CheckpointError, match="max depth must be from 0.1 to 1000 metres"):
+        load_model(metric, max_depth=1e9)
+
+
+def test_a_metric_video_model_s_file_job_writes_its_unfitted_windows_in_metres(ray_cluster, models, tmp_path,
+                                                                               capsys):
+    """A metric video model through the file pipeline: its windows joined without a scale and shift (the original's
+    metric rule, checked against the original by the metric fixture above), EXR in metres, PNG16 at 2 mm steps."""
+    import json
+
+    import run_pipeline
+    from pipeline.stages.sinks.image_sequence_writer import read_exr
+    case = Case("metric e2e", "window", 30, 42, 70, seed=2)
+    frames = video_frames(case)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"{index:06d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    checkpoint = tmp_path / "metric_video_depth_anything_vits.pth"
+    torch.save(official_layout(models[2]), checkpoint)
+    written = {}
+    for depth_format in ("exr", "png16"):
+        code = run_pipeline.main([f"{folder}/%06d.png", "--fps", "30", "--checkpoint", str(checkpoint),
+                                  "--input-size", "42", "--depth-format", depth_format,
+                                  "-o", str(tmp_path / depth_format), "--model-actors", "1"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        summary = json.loads(captured.out)
+        assert summary["frames_out"] == case.frames and summary["model"]["depth"] == "metric", summary
+        description = json.loads((tmp_path / depth_format / "depth.json").read_text())
+        assert description["unit"] == "metre" and description["max_depth"] == 80.0, description
+        written[depth_format] = description, sorted((tmp_path / depth_format).glob(f"*.{depth_format[:3]}"))
+    exr = np.stack([read_exr(path) for path in written["exr"][1]])
+    expected = run_windows(models[2], prepared(frames), (case.height, case.width), metric=True)
+    assert relative_errors(exr, expected).max() <= 1e-4
+    relative_rule = run_windows(models[2], prepared(frames), (case.height, case.width))
+    assert relative_errors(relative_rule[25:], expected[25:]).min() > 1e-2  # (the relative rule fits windows)
+    png = np.stack([cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in written["png16"][1]])
+    assert png.dtype == np.uint16 and np.abs(png / 500.0 - np.minimum(exr, 65535 / 500)).max() <= 1 / 1000 + 1e-4
 
 
 def test_many_cameras_run_a_video_model_each_through_its_own_cache(models, tmp_path):

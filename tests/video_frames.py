@@ -18,6 +18,7 @@ class Case:
     width: int
     variant: str = "vits"
     seed: int = 0
+    metric: bool = False  # the metric models' window mode: no scale and shift between windows
 
 
 CASES = (
@@ -27,6 +28,8 @@ CASES = (
     Case("window_40x42x28", "window", 40, 42, 28, seed=1),
     # past the 42 frames after which the stream's cache keeps its steady shape
     Case("stream_50x28x42", "stream", 50, 28, 42),
+    # a metric model's windows: the same network, its windows joined without fitting (the original's metric=True)
+    Case("metric_window_50x28x42", "window", 50, 28, 42, seed=2, metric=True),
 )
 
 
