@@ -54,6 +54,19 @@ def run_stream(model, frames: torch.Tensor, output_hw) -> np.ndarray:
         return np.stack([stream.push(frame) for frame in frames])
 
 
+def frames_and_checkpoint(tmp_path: Path, case: Case, model, checkpoint_name: str):
+    """A case's frames (T x H x W x 3), written as a numbered PNG folder, and the model saved in the released layout:
+    (frames, the folder, the checkpoint's path)."""
+    frames = video_frames(case)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"{index:06d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    checkpoint = tmp_path / checkpoint_name
+    torch.save(official_layout(model), checkpoint)
+    return frames, folder, checkpoint
+
+
 def relative_errors(ours: np.ndarray, expected: np.ndarray) -> np.ndarray:
     difference = (ours - expected).reshape(len(ours), -1)
     return np.linalg.norm(difference, axis=1) / np.linalg.norm(expected.reshape(len(expected), -1), axis=1)
@@ -247,13 +260,7 @@ def test_a_file_job_gives_the_window_mode_s_depth(ray_cluster, models, tmp_path,
     import run_pipeline
     from pipeline.stages.sinks.image_sequence_writer import read_exr
     case = Case("e2e", "window", 50, 126, 224, seed=2)  # (50: padding copies become the next window's keyframes)
-    frames = video_frames(case)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for index, frame in enumerate(frames):
-        cv2.imwrite(str(folder / f"{index:06d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    checkpoint = tmp_path / "video_depth_anything_vits.pth"
-    torch.save(official_layout(models[0]), checkpoint)
+    frames, folder, checkpoint = frames_and_checkpoint(tmp_path, case, models[0], "video_depth_anything_vits.pth")
     code = run_pipeline.main([f"{folder}/%06d.png", "--fps", "30", "--checkpoint", str(checkpoint),
                               "--input-size", "126", "--smoother", "none", "--depth-format", "exr",
                               "-o", str(tmp_path / "depth"), "--model-actors", "1"])
@@ -366,13 +373,8 @@ def test_a_metric_video_model_s_file_job_writes_its_unfitted_windows_in_metres(r
     import run_pipeline
     from pipeline.stages.sinks.image_sequence_writer import read_exr
     case = Case("metric e2e", "window", 30, 42, 70, seed=2)
-    frames = video_frames(case)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for index, frame in enumerate(frames):
-        cv2.imwrite(str(folder / f"{index:06d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    checkpoint = tmp_path / "metric_video_depth_anything_vits.pth"
-    torch.save(official_layout(models[2]), checkpoint)
+    frames, folder, checkpoint = frames_and_checkpoint(tmp_path, case, models[2],
+                                                       "metric_video_depth_anything_vits.pth")
     written = {}
     for depth_format in ("exr", "png16"):
         code = run_pipeline.main([f"{folder}/%06d.png", "--fps", "30", "--checkpoint", str(checkpoint),
