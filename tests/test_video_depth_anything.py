@@ -190,8 +190,9 @@ def test_memory_is_bounded_by_a_window_and_by_the_cache_whatever_the_length():
         count = 0
         for index in range(22 * windows + 10):
             count += len(runner.push(frame + index % 7))
-            assert len(runner.planner._waiting) <= 32 and len(runner.aligner._tail) <= 8
-            assert len(runner.aligner._reference) <= 2
+            part = runner.part
+            assert len(part.planner._waiting) <= 32 and len(part.aligner._tail) <= 8
+            assert len(part.aligner._reference) <= 2 and len(part._awaiting) <= 32
         count += len(runner.finish())
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
@@ -244,11 +245,36 @@ def test_a_worker_runs_each_live_stream_through_its_own_cache(models):
     for name in cameras:
         assert relative_errors(np.concatenate(got[name]), expected[name]).max() <= 1e-5
     wide = video_frames(Case("wide", "stream", 2, 28, 56, seed=5))
-    fresh = worker.infer_stream("door", FrameBatch(0, [0, 1], Fraction(1, 30), wide), "float32").depth
+    fresh_batch = worker.infer_stream("door", FrameBatch(0, [0, 1], Fraction(1, 30), wide), "float32")
+    fresh = fresh_batch.depth
     alone = run_stream(net, worker.predictor.prepare(torch.from_numpy(wide)), (28, 56))
     assert relative_errors(fresh, alone).max() <= 1e-5  # another size: the stream started afresh
     worker.end_stream("yard")
     assert set(worker._streams) == {"door"}
+    # Each depth batch says how many frames its cache had seen: a stream let go and sent on starts again at 0
+    again = worker.infer_stream("yard", FrameBatch(12, [12, 13], Fraction(1, 30), cameras["yard"][:2]), "float32")
+    assert (again.history, fresh_batch.history) == (0, 0)
+    assert worker.infer_stream("yard", FrameBatch(14, [14], Fraction(1, 30), cameras["yard"][2:3]),
+                               "float32").history == 2
+
+
+def test_a_sink_reports_where_a_stream_s_cache_started_again(tmp_path):
+    """DepthBatch.history falling behind the frames the sink has had through that cache: the time is reported."""
+    from pipeline.stages.frames import DepthBatch
+    from pipeline.stages.render.smoothing import make_smoother
+    from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions
+    from pipeline.stages.sources.video_decoder import open_source
+
+    decoder = open_source(str(clip(tmp_path, "six.mp4", width=64, height=48, frames=6, rate=Fraction(2))))
+    batches = list(decoder.batches(2))
+    decoder.close()
+    sink = DepthSink(str(tmp_path / "depth.mp4"), decoder.info, RenderOptions(), make_smoother("none"))
+    for batch, history in zip(batches, (0, 2, 0)):  # the third batch's cache started afresh
+        depth = DepthBatch(batch.first_index, batch.pts, batch.time_base, np.ones((2, 6, 8), np.float32),
+                           history=history)
+        sink.write(depth, batch)
+    stats = sink.close()
+    assert stats["frames_out"] == 6 and stats["cache_rebuilt_at_s"] == [2.0]
 
 
 def test_a_file_job_gives_the_window_mode_s_depth(ray_cluster, models, tmp_path, capsys):
@@ -277,17 +303,13 @@ def test_a_file_job_gives_the_window_mode_s_depth(ray_cluster, models, tmp_path,
     code = run_pipeline.main([f"{folder}/%06d.png", "--fps", "30", "--checkpoint", str(checkpoint),
                               "--input-size", "126", "--smoother", "none", "--depth-format", "exr", "--vda-mode",
                               "stream", "-o", str(tmp_path / "streamed"), "--model-actors", "1"])
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out)["frames_out"] == case.frames
     streamed = np.stack([read_exr(path) for path in sorted((tmp_path / "streamed").glob("*.exr"))])
     expected_stream = run_stream(models[0], prepared(frames), (case.height, case.width))
     assert relative_errors(streamed, expected_stream).max() <= 1e-4
     assert relative_errors(streamed, written).mean() > 1e-2  # (the two modes' depth differ)
-    # Segments of a video model: not yet (one line, exit 2, nothing written)
-    code = run_pipeline.main([f"{folder}/%06d.png", "--checkpoint", str(checkpoint), "--input-size", "126",
-                              "--segments", "2", "-o", str(tmp_path / "segmented.mp4"), "--model-actors", "1"])
-    assert code == 2 and "--segments 2: a Video Depth Anything model runs a video as one stream" in \
-        capsys.readouterr().err
-    assert not (tmp_path / "segmented.mp4").exists()
     # Live: a file played in real time, one camera, the streaming mode on the model actor
     source = clip(tmp_path, "live.mp4", width=224, height=126, frames=12, rate=Fraction(5))
     code = run_pipeline.main([str(source), "--realtime", "--record", str(tmp_path / "live_depth.mp4"),
@@ -297,6 +319,63 @@ def test_a_file_job_gives_the_window_mode_s_depth(ray_cluster, models, tmp_path,
     summary = json.loads(captured.out)
     assert summary["frames_in"] == 12 and summary["frames_out"] + summary["dropped"] == 12, summary
     assert (tmp_path / "live_depth.mp4").exists()
+
+
+def test_segments_of_a_video_model_run_its_windows_and_caches_from_a_warm_up(ray_cluster, models, tmp_path, capsys):
+    """`--segments N` with a video model: each segment decodes the video's opening frames again and runs a warm-up
+    (`segments.warmup_seconds`, here 5 s at 10 fps: 3 windows, or 50 frames) before its first frame. A segment whose
+    warm-up reaches frame 0 is a whole run's frames exactly; a later one is what the stages give for its span (the
+    pipeline runs the stated algorithm), within the stated bound of a whole run (benchmarks/vda_segment_seams.py),
+    every frame once at its time. Both modes."""
+    import json
+
+    import run_pipeline
+    from pipeline.stages.inference.temporal_windows import WindowSpan, first_window_reference
+    from pipeline.stages.sinks.image_sequence_writer import read_exr
+    case = Case("segments", "window", 150, 28, 42, seed=3)
+    frames, folder, checkpoint = frames_and_checkpoint(tmp_path, case, models[0], "video_depth_anything_vits.pth")
+    config = tmp_path / "warmup.yaml"
+    config.write_text("segments:\n  warmup_seconds: 5\n")
+    model, size, prepared_frames = models[0], (case.height, case.width), prepared(frames)
+
+    def run(name: str, *flags: str) -> tuple[np.ndarray, dict]:
+        code = run_pipeline.main([f"{folder}/%06d.png", "--fps", "10", "--checkpoint", str(checkpoint),
+                                  "--input-size", "28", "--depth-format", "exr", "--config", str(config),
+                                  "-o", str(tmp_path / name), "--model-actors", "1", *flags])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        rows = (tmp_path / name / "frames.csv").read_text().splitlines()[1:]
+        assert [int(row.split(",")[0]) for row in rows] == list(range(case.frames))  # each frame once, in order
+        return np.stack([read_exr(path) for path in sorted((tmp_path / name).glob("*.exr"))]), json.loads(
+            captured.out)
+
+    whole, _ = run("whole")
+    segmented, summary = run("segmented", "--segments", "3")
+    assert [segment["frames"] for segment in summary["segments"]] == [46, 44, 60], summary["segments"]
+    # Segments 0 and 1 run from frame 0 (1's warm-up reaches it): a whole run's depth
+    assert relative_errors(segmented[:90], whole[:90]).max() <= 1e-5
+    # Segment 2 (from frame 90, window 4) runs windows 1-3 as its warm-up, tied to window 0 run again
+    span = WindowSpan(1, 4)
+    run_window = lambda window: model(window.unsqueeze(0))[0]  # noqa: E731
+    with torch.inference_mode():
+        part = WindowedDepth(run_window, size, span=span, first_frame=prepared_frames[0],
+                             first_reference=first_window_reference(run_window(prepared_frames[:32]), size))
+        expected = np.stack([p for frame in prepared_frames[span.decode_from:] for p in part.push(frame)]
+                            + part.finish())[span.write_from - 32:]
+    assert relative_errors(segmented[90:], expected).max() <= 1e-4
+    seams = relative_errors(segmented[90:], whole[90:])
+    assert 0 < seams.max() <= 0.1, seams.max()  # (3 warm-up windows: up to 4.1e-2 measured on random weights)
+    # Streaming mode: segment 1 (from frame 75) pushes frame 0 first, then frames 25-149
+    streamed, _ = run("streamed", "--vda-mode", "stream")
+    streamed_segments, summary = run("streamed_segmented", "--vda-mode", "stream", "--segments", "2")
+    assert [segment["frames"] for segment in summary["segments"]] == [75, 75], summary["segments"]
+    assert relative_errors(streamed_segments[:75], streamed[:75]).max() <= 1e-5
+    cache = StreamingDepth(model.encode, model.decode, size)
+    with torch.inference_mode():
+        cache.push(prepared_frames[0])
+        expected = np.stack([cache.push(frame) for frame in prepared_frames[25:]])[50:]
+    assert relative_errors(streamed_segments[75:], expected).max() <= 1e-4
+    assert 0 < relative_errors(streamed_segments[75:], streamed[75:]).max() <= 0.5
 
 
 def test_the_released_names_resolve_to_their_one_file_from_the_hub_cache(models, tmp_path, capsys):
@@ -462,3 +541,85 @@ def test_windows_of_every_stream_length_make_valid_batches_and_cover_every_frame
             written += len(aligner.add(np.ones((32, 2, 3), np.float32)))
         written += len(aligner.finish())
         assert written >= count and len(windows) == max(1, -(-count // 22)), count
+
+
+def test_window_segments_cover_every_frame_once_and_each_part_makes_exactly_its_frames_final():
+    """plan_window_segments for many lengths, counts and warm-ups: the segments' frames tile the video once, each
+    starting where a window makes depth final; each segment's part (SpanWindows over its decode range, window 0's
+    depth given) pairs its frames with depth in order, and what it decodes is written, warm-up, lead-in or left to
+    the next part, nothing else."""
+    from pipeline.jobs.segments import plan_window_segments
+    from pipeline.stages.inference.temporal_windows import INFER_LEN, SpanWindows, first_final, window_start
+
+    reference = np.zeros((4, 6), np.float32)
+    for frames in (33, 54, 77, 100, 141, 237, 500):
+        index = [(3 * position, position % 50 == 0) for position in range(frames)]
+        pts_position = {pts: position for position, (pts, _) in enumerate(index)}
+        for count in (1, 2, 3, 7):
+            for warmup in (1, 3, 7):
+                segments = plan_window_segments(index, count, warmup)
+                covered = []
+                for segment in segments:
+                    span = segment.windows
+                    start = pts_position[segment.start]
+                    end = frames if segment.end is None else pts_position[segment.end]
+                    assert start == (first_final(span.written_from) if segment.index else 0)
+                    assert span.first == (max(0, span.written_from - warmup) if segment.index else 0)
+                    assert (segment.prefix_end is not None) == (span.first > 0)
+                    covered += range(start, end)
+                    decode_end = frames if segment.decode_end is None else pts_position[segment.decode_end]
+                    decoded = range(pts_position[segment.warmup_from], decode_end)
+                    part = SpanWindows(span, (4, 6), first_reference=reference, first_frame=-1)
+                    windows = [w for position in decoded for w in part.push(position)] + part.finish()
+                    paired = [frame for window in windows
+                              for frame, _ in part.add(np.ones((INFER_LEN, 2, 3), np.float32))] + \
+                        [frame for frame, _ in part.close()]
+                    assert paired == list(range(window_start(span.first) if span.first else 0, end))
+                    assert paired[-(end - start):] == list(range(start, end))
+                    assert part.lead_in_frames + part.lookahead_frames + len(paired) == len(decoded)
+                    assert all(len(window.frames) == INFER_LEN for window in windows)
+                assert covered == list(range(frames)), (frames, count, warmup)
+
+
+@pytest.mark.parametrize("mode", ["window", "stream"])
+def test_a_model_actor_lost_mid_stream_leaves_an_undisturbed_run_s_depth_in_both_modes(ray_cluster, models, tmp_path,
+                                                                                       mode):
+    """The model actor's process killed mid-run (Ray restarts it). Window mode: its windows are sent again as they
+    were (the alignment's state is the stream actor's), and the stream goes on. Streaming mode: the stream's cache
+    went with the process, and Ray would resend the lost calls out of order (seen: 62, 56, 60, 58, 64), so the
+    stream fails and runs again whole, its summary says so (retried_streams). Either way the depth is an undisturbed
+    run's, every frame written once, at its time."""
+    import ray
+
+    from pipeline.cluster.graph import DepthGraph
+    from pipeline.jobs.file import process_video
+    from pipeline.settings import load_settings
+    from pipeline.stages.sinks.image_sequence_writer import read_exr
+
+    case = Case("lost actor", mode, 120, 28, 42, seed=4)
+    frames, folder, checkpoint = frames_and_checkpoint(tmp_path, case, models[0], "video_depth_anything_vits.pth")
+    graph = DepthGraph(load_settings(None, {
+        "model.checkpoint": str(checkpoint), "model.input_size": 28, "model.vda_mode": mode, "input.fps": 10,
+        "batching.batch_size": 2, "output.depth_format": "exr", "ray.model_actors": 1}))
+    written = []
+
+    def kill_once(count: int) -> None:
+        written.append(count)
+        if sum(written) >= 30 and not killed:
+            killed.append(True)
+            ray.kill(graph.model_actors[0], no_restart=False)
+
+    killed: list[bool] = []
+    try:
+        summary = process_video(graph, f"{folder}/%06d.png", str(tmp_path / "depth"), on_progress=kill_once)
+    finally:
+        graph.shutdown()
+    assert killed and summary["frames_out"] == case.frames, summary
+    rows = (tmp_path / "depth" / "frames.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == list(range(case.frames))
+    depth = np.stack([read_exr(path) for path in sorted((tmp_path / "depth").glob("*.exr"))])
+    size = (case.height, case.width)
+    undisturbed = (run_windows if mode == "window" else run_stream)(models[0], prepared(frames), size)
+    assert relative_errors(depth, undisturbed).max() <= 1e-4 and summary["rebuilt_caches_at_s"] == []
+    # Window mode: the lost windows ran again, the stream went on; streaming mode: the stream ran again whole
+    assert summary["retried_streams"] == (0 if mode == "window" else 1), summary

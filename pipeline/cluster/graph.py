@@ -48,6 +48,7 @@ from pipeline.formats import keeps_values
 from pipeline.settings import PipelineSettings
 from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
 from pipeline.stages.inference.depth_worker import ModelSource, cuda_problem
+from pipeline.stages.inference.temporal_windows import WindowSpan
 from pipeline.stages.render.smoothing import smoother_for
 from pipeline.stages.sinks.depth_sink import RenderOptions
 from pipeline.stages.sinks.output_files import remove_partial, temporary_path
@@ -244,12 +245,14 @@ class DepthGraph:
 
     def run_stream(self, source: str, output: str, info: VideoInfo, render: RenderOptions,
                    pts_range: tuple[int, int | None] | None = None, write_from_pts: int | None = None,
-                   on_progress: Callable[[int], None] | None = None) -> "StreamResult":
+                   on_progress: Callable[[int], None] | None = None, prefix_range: tuple[int | None, int] | None = None,
+                   window_span: WindowSpan | None = None) -> "StreamResult":
         """decode -> shared model actors -> sink for one stream (a video, or a segment of one), bounded in flight.
 
         `pts_range`: decode only [start, end) (a segment with its warm-up); `write_from_pts`: frames before it only
-        warm the smoother and the colour range up (see DepthSink). Waits for one of the job's stream slots first
-        (`plan.max_streams`: videos and segments together)."""
+        warm the smoother and the colour range up (see DepthSink). A video model's segment: `prefix_range`, the
+        video's opening frames decoded first, and in window mode `window_span`, its windows (StreamJob). Waits for
+        one of the job's stream slots first (`plan.max_streams`: videos and segments together)."""
         with self.stream_slots:
             if not self._models_placed.is_set():
                 # Where the model actors run decides where streams run: on a cluster, know it before the first
@@ -260,13 +263,15 @@ class DepthGraph:
                 self._models_placed.set()
             node = self.placement.acquire()
             try:
-                return self._run_stream(source, output, info, render, pts_range, write_from_pts, on_progress, node)
+                return self._run_stream(source, output, info, render, pts_range, write_from_pts, on_progress, node,
+                                        {"prefix_range": prefix_range, "window_span": window_span})
             finally:
                 self.placement.release(node)
 
     def _run_stream(self, source: str, output: str, info: VideoInfo, render: RenderOptions,
                     pts_range: tuple[int, int | None] | None, write_from_pts: int | None,
-                    on_progress: Callable[[int], None] | None, node: str | None) -> "StreamResult":
+                    on_progress: Callable[[int], None] | None, node: str | None,
+                    part: dict | None = None) -> "StreamResult":
         settings = self.settings
         # The sink's temporary file has a name the driver knows: if the sink's process or node dies, the driver
         # removes what it left (on a filesystem every node sees, which outputs need anyway)
@@ -287,7 +292,8 @@ class DepthGraph:
                                        dict(settings.smoothing.params),
                                        self.plan.smoother_device, write_from_pts, tag, model),
                             fps=settings.input.fps, windows=bool(model.get("temporal")) and not streaming,
-                            metric=model.get("depth") == "metric", stream_key=uuid.uuid4().hex if streaming else None)
+                            metric=model.get("depth") == "metric", stream_key=uuid.uuid4().hex if streaming else None,
+                            **(part or {}))
             # The stream runs on its own actor, beside its sink: this thread only hears how far it is, and the end
             result = None
             # The model actors on the stream's node, when it has any: its frames and depth then stay on that node

@@ -70,9 +70,12 @@ class ModelActor:
     def infer(self, batch: FrameBatch, depth_dtype: str):
         return self._loaded().infer(batch, depth_dtype)
 
+    @ray.method(max_task_retries=0)
     def infer_stream(self, stream: str, batch: FrameBatch, depth_dtype: str):
         """A file's frames through a video model's streaming mode (its cache kept under `stream`): in the default
-        group, one call at a time, in the order one caller sends them."""
+        group, one call at a time, in the order one caller sends them. Never sent again by Ray: after a restart Ray
+        sends the calls it retries in any order, and the cache they built is gone anyway; the stream fails instead
+        and is run again whole (graph.retrying), so its depth is an undisturbed run's."""
         return self._loaded().infer_stream(stream, batch, depth_dtype)
 
     @ray.method(concurrency_group="live")

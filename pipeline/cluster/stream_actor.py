@@ -9,6 +9,8 @@ Gives: a stream of (PROGRESS, frames written) and last (RESULT, the stream's fig
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -27,7 +29,14 @@ from pipeline.cluster.ray_calls import (
 )
 from pipeline.errors import PipelineError
 from pipeline.stages.frames import DepthBatch, FrameBatch
-from pipeline.stages.inference.temporal_windows import Window, WindowAligner, WindowPlanner, window_batch
+from pipeline.stages.inference.temporal_windows import (
+    INFER_LEN,
+    SpanWindows,
+    Window,
+    WindowSpan,
+    first_window_reference,
+    window_batch,
+)
 from pipeline.stages.sources.video_decoder import open_source
 
 __all__ = ["StreamActor", "StreamJob"]
@@ -50,6 +59,10 @@ class StreamJob:
     windows: bool = False  # a video model in window mode: frames go to the model actors as overlapping windows
     metric: bool = False  # its depth in metres: windows are not fitted to each other by scale and shift
     stream_key: str | None = None  # a video model in streaming mode: every batch to one model actor, under this key
+    # A segment of a video model: the video's opening frames it decodes first ([start, end) of pts: window 0, or
+    # frame 0), and in window mode the windows it runs (the frames of pts_range are then those of its windows)
+    prefix_range: tuple[int | None, int] | None = None
+    window_span: WindowSpan | None = None
 
 
 PROGRESS, RESULT = "progress", "result"
@@ -80,15 +93,20 @@ class StreamActor:
         cpu_at_start = cpu_seconds()
         router = ModelRouter(model_actors, job.restart_timeout_s, log=False)
         sink.open.remote(*job.sink_args)  # (Ray keeps one caller's calls to an actor in order)
+        decoders = []
         try:
             # One thread: streams are the parallelism (frame threads cost 10-15% more CPU a frame)
-            decoder = open_source(job.source, job.fps, threads=1, pts_range=job.pts_range, layout=job.layout)
+            for pts_range in (job.prefix_range, job.pts_range)[0 if job.prefix_range else 1:]:
+                decoders.append(open_source(job.source, job.fps, threads=1, pts_range=pts_range, layout=job.layout))
         except (PipelineError, OSError) as error:
+            for decoder in decoders:
+                decoder.close()
             raise with_node(error) from None
+        prefix, decoder = decoders if len(decoders) == 2 else (None, decoders[0])
+        counted = {"frame_bytes_across": 0, "lead_in_frames": 0}
         in_flight: deque = deque()
         progress = {"first_written_at": None, "frames_after_first": 0}
         unreported, reported_at = 0, time.monotonic()
-        counted = {"frame_bytes_across": 0}
 
         # A video model's streaming mode keeps the stream's cache on one model actor
         own_actor = router.healthy()[0] if job.stream_key else None
@@ -103,8 +121,11 @@ class StreamActor:
                 return actor.infer_stream.remote(job.stream_key, batch_ref, job.depth_dtype), batch_ref, remote
             return actor.infer.remote(batch_ref, job.depth_dtype), batch_ref, remote
 
-        writes = (self._window_writes(decoder, job, infer) if job.windows else
-                  ((*infer(batch), len(batch)) for batch in decoder.batches(job.batch_size)))
+        if job.windows:
+            writes = self._window_writes(decoder, prefix, job, infer, counted)
+        else:  # (a streaming-mode segment's frame 0 first: through the cache, then to the sink as warm-up)
+            batches = _numbered_in_order(itertools.chain(*(each.batches(job.batch_size) for each in decoders)))
+            writes = ((*infer(batch), len(batch)) for batch in batches)
         try:
             for depth_ref, batch_ref, remote, count in writes:
                 in_flight.append((sink.write.remote(depth_ref, batch_ref, remote), count))
@@ -116,18 +137,20 @@ class StreamActor:
             while in_flight:
                 unreported += self._wait_oldest(in_flight, router, progress)
         finally:
-            decoder.close()
+            for each in decoders:
+                each.close()
             if own_actor is not None:
                 own_actor.end_stream.remote(job.stream_key)
         if unreported:
             yield PROGRESS, unreported
         sink_stats = ray.get(sink.close.remote())
         decode_stats = {
-            "frames_in": decoder.frames_decoded,
-            "unreadable_frames": decoder.unreadable_frames,
-            "corrupt_packets": decoder.corrupt_packets,
-            "repaired_timestamps": decoder.repaired_timestamps,
-            "resized_frames": decoder.resized_frames,
+            **{name: sum(getattr(each, attribute) for each in decoders) for name, attribute in (
+                ("frames_in", "frames_decoded"), ("unreadable_frames", "unreadable_frames"),
+                ("corrupt_packets", "corrupt_packets"), ("repaired_timestamps", "repaired_timestamps"),
+                ("resized_frames", "resized_frames"))},
+            # decoded for a video model's windows only, never written nor sent to the sink (see SpanWindows)
+            "lead_in_frames": counted["lead_in_frames"],
             "peak_rss_mb": peak_rss_mb(),
             "cpu_s": cpu_seconds() - cpu_at_start,  # decoding and driving the stream
             "node": f"{ray.util.get_node_ip_address()}/{here[:8]}",  # address, and id (local clusters share one)
@@ -137,51 +160,71 @@ class StreamActor:
         yield RESULT, {"decode": decode_stats, "sink": sink_stats, "progress": progress, "finished": time.time()}
 
     @staticmethod
-    def _window_writes(decoder, job: StreamJob, infer):
+    def _window_writes(decoder, prefix, job: StreamJob, infer, counted: dict):
         """A video model's window mode: the stream's frames to the model actors as overlapping windows (several in
-        flight), each window's depth aligned to the last here, in order (WindowAligner, the original's numbers), and
-        handed to the sink as the frames' own batches: (depth, frames, across nodes, frames) as `run` writes them."""
+        flight), each window's depth aligned to the last here, in order (SpanWindows, the original's numbers), and
+        handed to the sink as the frames' own batches: (depth, frames, across nodes, frames) as `run` writes them.
+        A segment (`job.window_span`) first runs window 0 again from `prefix`, for the depth its windows are fitted
+        to."""
         info = decoder.info
-        planner, aligner = WindowPlanner(), WindowAligner((info.height, info.width), job.metric)
-        awaiting: deque = deque()  # (index, pts, pixels) of the frames whose depth is not final yet
+        layout = job.layout
         sent: deque = deque()  # the windows' depth references, oldest first
         max_depth = None
+
+        def frames_of(source):
+            nonlocal layout
+            for batch in source.batches(job.batch_size):
+                layout = batch.layout
+                yield from ((batch.first_index + offset, batch.pts[offset], batch.pixels[offset])
+                            for offset in range(len(batch)))
+
+        span, first_reference, first_frame = job.window_span or WindowSpan(0, 0), None, None
+        if span.first > 0:
+            opening = list(frames_of(prefix))
+            counted["lead_in_frames"] += len(opening)
+            if len(opening) < INFER_LEN:
+                raise PipelineError(f"{job.source}: {len(opening)} frames where a segment needs the video's first "
+                                    f"{INFER_LEN}")
+            window_depth = ray.get(infer(window_batch(Window(opening, 0), info.time_base, layout))[0])
+            first_reference = first_window_reference(window_depth.depth, (info.height, info.width))
+            first_frame = opening[0]
+        part = SpanWindows(span, (info.height, info.width), job.metric, first_reference, first_frame)
 
         def send(window: Window):
             sent.append(infer(window_batch(window, info.time_base, layout))[0])
 
-        def finished(maps):
-            """The frames whose depth is final (those of padding frames dropped), in batches of the job's size."""
-            taken = [awaiting.popleft() for _ in range(min(len(maps), len(awaiting)))]
-            for start in range(0, len(taken), job.batch_size):
-                part = taken[start:start + job.batch_size]
-                depth = DepthBatch(part[0][0], [f[1] for f in part], info.time_base,
-                                   np.stack(maps[start:start + len(part)]), max_depth)
-                frames = FrameBatch(part[0][0], [f[1] for f in part], info.time_base,
-                                    np.stack([f[2] for f in part]), layout)
-                yield ray.put(depth), ray.put(frames), False, len(part)
+        to_sink = 0  # frames handed to the sink: the next one's index there (lead-in frames never go)
+
+        def finished(pairs):
+            """The frames whose depth is final, in batches of the job's size."""
+            nonlocal to_sink
+            for start in range(0, len(pairs), job.batch_size):
+                part_pairs = pairs[start:start + job.batch_size]
+                frames = [frame for frame, _ in part_pairs]
+                depth = DepthBatch(to_sink, [f[1] for f in frames], info.time_base,
+                                   np.stack([plane for _, plane in part_pairs]), max_depth)
+                batch = FrameBatch(to_sink, [f[1] for f in frames], info.time_base,
+                                   np.stack([f[2] for f in frames]), layout)
+                to_sink += len(frames)
+                yield ray.put(depth), ray.put(batch), False, len(frames)
 
         def align_oldest():
             nonlocal max_depth
             window_depth = ray.get(sent.popleft())
             max_depth = window_depth.max_depth
-            return aligner.add(window_depth.depth)
+            return part.add(window_depth.depth)
 
-        layout = None
-        for batch in decoder.batches(job.batch_size):
-            layout = batch.layout
-            for offset in range(len(batch)):
-                frame = (batch.first_index + offset, batch.pts[offset], batch.pixels[offset])
-                awaiting.append(frame)
-                for window in planner.push(frame):
-                    send(window)
-                while len(sent) > job.max_in_flight:
-                    yield from finished(align_oldest())
-        for window in planner.finish():
+        for frame in frames_of(decoder):
+            for window in part.push(frame):
+                send(window)
+            while len(sent) > job.max_in_flight:
+                yield from finished(align_oldest())
+        for window in part.finish():
             send(window)
         while sent:
             yield from finished(align_oldest())
-        yield from finished(aligner.finish())
+        yield from finished(part.close())
+        counted["lead_in_frames"] += part.lead_in_frames + part.lookahead_frames
 
     @staticmethod
     def _wait_oldest(in_flight: deque, router, progress: dict) -> int:
@@ -207,3 +250,10 @@ class StreamActor:
     def ready(self) -> bool:
         return True
 
+
+def _numbered_in_order(batches):
+    """Batches of several decoders, one after another, renumbered as one stream (the sink writes by index)."""
+    index = 0
+    for batch in batches:
+        yield batch if batch.first_index == index else dataclasses.replace(batch, first_index=index)
+        index += len(batch)

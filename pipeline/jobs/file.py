@@ -14,6 +14,7 @@ Policy only: what runs as how many streams, what is retried, what is fixed for t
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,9 +34,12 @@ from pipeline.jobs.segments import (
     join_segments,
     packet_index,
     plan_segments,
+    plan_stream_segments,
+    plan_window_segments,
 )
 from pipeline.jobs.thread_fan_out import run_in_threads
 from pipeline.stages.frames import VideoInfo
+from pipeline.stages.inference.temporal_windows import STEP
 from pipeline.stages.render.colorize import DepthQuantizer
 from pipeline.stages.render.depth_units import DepthUnits
 from pipeline.stages.sinks.depth_sink import RenderOptions, output_metadata
@@ -159,13 +163,6 @@ def _depth_scale(graph: DepthGraph, source: str) -> float:
 def _segment_plan(graph: DepthGraph, source: str, info: VideoInfo, segments: int | str) -> list[Segment]:
     if segments == 1:
         return []
-    if graph.model_info.get("temporal"):
-        # A video model's windows chain from a stream's first frame: a segment's seam is not yet matched to a whole
-        # run's, so a video runs as one stream (videos of a batch job still run at once)
-        if segments == "auto":
-            return []
-        raise PipelineError(f"--segments {segments}: a Video Depth Anything model runs a video as one stream (its "
-                            f"windows chain from the first frame); pass --segments 1")
     if segments == "auto":
         duration = (info.expected_frames / float(info.rate)) if info.expected_frames and info.rate else None
         spare = graph.cluster_cpus - graph.plan.model_actors
@@ -177,7 +174,13 @@ def _segment_plan(graph: DepthGraph, source: str, info: VideoInfo, segments: int
     index = packet_index(source)
     check_segmentable(index, source)
     warmup_frames = round(graph.settings.segments.warmup_seconds * float(info.rate or 30))
-    return plan_segments(index, count, warmup_frames)
+    if not graph.model_info.get("temporal"):
+        return plan_segments(index, count, warmup_frames)
+    # A video model: every window is tied to window 0 and every cache to frame 0 (decoded again by each segment),
+    # and to the windows or frames before it, whose hold shrinks with distance: the same warm-up, in windows
+    if graph.settings.model.vda_mode == "stream":
+        return plan_stream_segments(index, count, warmup_frames)
+    return plan_window_segments(index, count, max(1, math.ceil(warmup_frames / STEP)))
 
 def _process_segments(graph: DepthGraph, source: str, output: Path, info: VideoInfo, render: RenderOptions,
                       plan: list[Segment], resume: bool, on_progress, started: float) -> dict:
@@ -242,8 +245,10 @@ def _run_segment(graph: DepthGraph, source: str, store: SegmentStore, segment: S
                  render: RenderOptions, on_progress) -> StreamResult:
     where = f"segment {segment.index} ({segment.time_range(info.time_base)}): "
     return graph.retrying(source, where, lambda: graph.run_stream(
-        source, str(store.path_of(segment)), info, render, pts_range=(segment.warmup_from, segment.end),
-        write_from_pts=segment.start, on_progress=on_progress))
+        source, str(store.path_of(segment)), info, render, pts_range=segment.decode_range,
+        write_from_pts=segment.start, on_progress=on_progress,
+        prefix_range=(None, segment.prefix_end) if segment.prefix_end is not None else None,
+        window_span=segment.windows))
 
 
 def summarize(graph: DepthGraph, source: str, results: list[StreamResult], seconds: float) -> dict:
@@ -251,7 +256,8 @@ def summarize(graph: DepthGraph, source: str, results: list[StreamResult], secon
     model_rss = graph.model_actors_peak_rss()
     decode_stats = [r.decode for r in results]
     sink_stats = [r.sink for r in results]
-    frames_in = sum(d["frames_in"] for d in decode_stats) - sum(k["warmup_frames"] for k in sink_stats)
+    frames_in = sum(d["frames_in"] - d.get("lead_in_frames", 0) for d in decode_stats) - \
+        sum(k["warmup_frames"] for k in sink_stats)
     frames_out = sum(k["frames_out"] for k in sink_stats)
     steady_frames = sum(r.progress["frames_after_first"] for r in results)
     first_written = [r.progress["first_written_at"] for r in results if r.progress["first_written_at"]]
@@ -287,6 +293,10 @@ def summarize(graph: DepthGraph, source: str, results: list[StreamResult], secon
         "bytes_across_nodes": sum(d["frame_bytes_across_nodes"] for d in decode_stats)
         + sum(k["depth_bytes_across_nodes"] for k in sink_stats),
     }
+    if graph.model_info.get("temporal"):
+        # A video model's streaming cache lost with its model actor, started again at these times (seconds); the
+        # window mode keeps its state in the stream's own actor, and a lost model actor's windows run again as sent
+        summary["rebuilt_caches_at_s"] = [seconds for k in sink_stats for seconds in k["cache_rebuilt_at_s"]]
     if sixteen_bit(graph.settings.output.depth_format) and sink_stats:
         summary.update(depth_scale=sink_stats[0]["depth_scale"],
                        saturated_pixels=sum(k["saturated_pixels"] for k in sink_stats))

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,6 +32,13 @@ import av
 from pipeline.errors import PipelineError
 from pipeline.jobs.status import input_stamp
 from pipeline.stages.frames import VideoInfo
+from pipeline.stages.inference.temporal_windows import (
+    INFER_LEN,
+    STEP,
+    WindowSpan,
+    first_final,
+    position_in_video,
+)
 from pipeline.stages.sinks.file_lock import FileLock
 from pipeline.stages.sinks.image_sequence_writer import path_digest
 from pipeline.stages.sinks.output_files import remove_partial
@@ -40,7 +47,7 @@ from pipeline.stages.sources.image_sequence import is_image_sequence, list_image
 
 __all__ = [
     "SEGMENT_SUFFIX", "Segment", "SegmentStore", "auto_segment_count", "check_segmentable", "fingerprint",
-    "join_segments", "packet_index", "plan_segments", "work_folders",
+    "join_segments", "packet_index", "plan_segments", "plan_stream_segments", "plan_window_segments", "work_folders",
 ]
 
 SEGMENT_SUFFIX = ".nut"
@@ -48,13 +55,24 @@ SEGMENT_SUFFIX = ".nut"
 
 @dataclass(frozen=True)
 class Segment:
-    """Frames with start <= pts < end (end None: to the end of the video); decoding starts at `warmup_from`."""
+    """Frames with start <= pts < end (end None: to the end of the video); decoding starts at `warmup_from`.
+
+    A video model's segment also decodes the video's opening frames first (pts < `prefix_end`: window 0 in window
+    mode, frame 0 in streaming mode: what every later window or cache entry is tied to), and in window mode runs the
+    windows of `windows`, decoding up to `decode_end` (its last window's frames, past `end`)."""
 
     index: int
     start: int
     end: int | None
     warmup_from: int
     frames: int  # in the packet index (frames the segment should write)
+    prefix_end: int | None = None
+    windows: WindowSpan | None = None
+    decode_end: int | None = None  # window mode: None to the video's end
+
+    @property
+    def decode_range(self) -> tuple[int, int | None]:
+        return self.warmup_from, self.decode_end if self.windows is not None else self.end
 
     def time_range(self, time_base: Fraction) -> str:
         """'12.000-24.000 s' (the end of the last segment is 'end')."""
@@ -104,6 +122,46 @@ def plan_segments(index: list[tuple[int, bool]], count: int, warmup_frames: int 
             frames=end_position - position,
         ))
     return segments
+
+
+def plan_window_segments(index: list[tuple[int, bool]], count: int, warmup_windows: int) -> list[Segment]:
+    """A video model's window mode: up to `count` segments of about equal frame counts, each starting where a window
+    of a whole run starts making depth final (frames 24, 46, ...: WindowSpan), so that a segment's windows are a whole
+    run's windows. Each segment after the first runs `warmup_windows` windows before its own first (fewer where the
+    video starts sooner: then it runs from frame 0 and is exact), and window 0 again (its `prefix_end`)."""
+    if not index:
+        return []
+    pts = [p for p, _ in index]
+    frames = len(pts)
+    # A segment ends after a complete window that the video's frames fill (its successor starts at the next one)
+    starts = [0]
+    for k in range(1, count):
+        window = max(1, round((k * frames / count - first_final(1)) / STEP) + 1)
+        if window > starts[-1] and position_in_video(window, INFER_LEN - 1) < frames:
+            starts.append(window)
+    segments = []
+    for number, window in enumerate(starts):
+        end_window = starts[number + 1] if number + 1 < len(starts) else None
+        span = WindowSpan(max(0, window - warmup_windows) if number else 0, window, end_window)
+        end_position = span.write_end if end_window is not None else frames
+        segments.append(Segment(
+            index=number,
+            start=pts[span.write_from],
+            end=pts[end_position] if end_position < frames else None,
+            warmup_from=pts[span.decode_from],
+            frames=end_position - span.write_from,
+            prefix_end=pts[INFER_LEN] if span.first > 0 else None,
+            windows=span,
+            decode_end=pts[span.decode_end] if span.decode_end is not None and span.decode_end < frames else None,
+        ))
+    return segments
+
+
+def plan_stream_segments(index: list[tuple[int, bool]], count: int, warmup_frames: int) -> list[Segment]:
+    """A video model's streaming mode: `plan_segments`' segments, each after the first also decoding frame 0 first
+    (the cache's first entries, which every later frame attends to)."""
+    segments = plan_segments(index, count, warmup_frames)
+    return [segment if segment.index == 0 else replace(segment, prefix_end=index[1][0]) for segment in segments]
 
 
 def auto_segment_count(spare_cpus: float, duration_s: float | None, min_seconds: float) -> int:

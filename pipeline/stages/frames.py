@@ -76,13 +76,16 @@ class FrameBatch:
 class DepthBatch:
     """Depth for a FrameBatch: `depth` B x h x w (float16 or float32) at the model's resolution, which keeps the
     frame's aspect ratio; same indices and timestamps. `DepthSink` resizes it to the frame size. `max_depth`: None
-    for relative inverse depth (larger is nearer), or the metric model's range: metres, in (0, max_depth]."""
+    for relative inverse depth (larger is nearer), or the metric model's range: metres, in (0, max_depth].
+    `history`: a video model's streaming mode: how many of the stream's frames its cache had seen before this batch
+    (fewer than `first_index`: the cache was lost with its model actor and started again here)."""
 
     first_index: int
     pts: list[int]
     time_base: Fraction
     depth: np.ndarray
     max_depth: float | None = None
+    history: int | None = None
 
     def __post_init__(self):
         problem = self._problem()

@@ -295,12 +295,14 @@ class DepthWorker:
                 self._streams.pop(next(iter(self._streams)))
         streaming, stream_lock = state
         with stream_lock, self._compute_lock, torch.inference_mode():
+            history = streaming.frames_in
             frames = torch.from_numpy(batch.pixels).to(self.device)
             images = self.predictor.prepare(i420_to_rgb(frames) if batch.layout == YUV420P else frames)
             with self.predictor.autocast():
                 depth = np.stack([streaming.push(image) for image in images])
         self._counted(frames=len(batch))
-        return DepthBatch(batch.first_index, batch.pts, batch.time_base, depth.astype(depth_dtype), self.max_depth)
+        return DepthBatch(batch.first_index, batch.pts, batch.time_base, depth.astype(depth_dtype), self.max_depth,
+                          history)
 
     def end_stream(self, stream: str) -> None:
         """Let a stream's cache go (its camera stopped or was removed)."""

@@ -76,6 +76,8 @@ class DepthSink:
         self.writer_factory = writer_factory
         self.write_from_pts = write_from_pts
         self.warmup_frames = 0
+        self._cache_history = 0  # frames the stream's cache has seen, as the last batch told
+        self.cache_rebuilt_at: list[float] = []  # seconds where a video model's streaming cache started again
         self.info = info
         self.options = options
         self.smoother = smoother
@@ -100,6 +102,12 @@ class DepthSink:
         self._waiting[depth_batch.first_index] = (depth_batch, frame_batch)
         while self._next_index in self._waiting:
             depth_batch, frame_batch = self._waiting.pop(self._next_index)
+            if depth_batch.history is not None:
+                if depth_batch.history < self._cache_history:
+                    # A video model's cache started again mid-stream (let go on a model actor serving more than
+                    # MAX_STREAMS streams): the depth from here attends to fewer frames
+                    self.cache_rebuilt_at.append(round(float(depth_batch.pts[0] * depth_batch.time_base), 3))
+                self._cache_history = depth_batch.history + len(depth_batch)
             for depth, pixels, pts in zip(depth_batch.depth, frame_batch.pixels, depth_batch.pts):
                 self._write_frame(depth, pixels, frame_batch.layout, pts)
             self._next_index += len(depth_batch)
@@ -219,7 +227,7 @@ class DepthSink:
         if isinstance(self._writer, BackgroundWriter):  # the encoder's own CPU, beside the hand-over counted above
             self.stage_cpu_s["encode"] += self._writer.encode_cpu_s
         stats = {"output": str(path), "frames_out": self.frames_written, "stage_cpu_s": dict(self.stage_cpu_s),
-                 "warmup_frames": self.warmup_frames}
+                 "warmup_frames": self.warmup_frames, "cache_rebuilt_at_s": self.cache_rebuilt_at}
         if self.quantizer is not None:
             stats.update(depth_scale=self.quantizer.scale, saturated_pixels=self.quantizer.saturated_pixels)
         return stats
