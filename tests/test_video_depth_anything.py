@@ -258,6 +258,49 @@ def test_a_worker_runs_each_live_stream_through_its_own_cache(models):
                                "float32").history == 2
 
 
+def test_streams_pushed_together_give_each_stream_s_own_depth(models):
+    """push_together: several streams at different points (one new, one past its cache's steady state, one twice in
+    the call) through one encoder pass and shared decoder passes, each the depth it gets alone; the worker's
+    infer_streams_together the same as infer_stream a stream at a time."""
+    from model import DepthPredictor, PredictorOptions
+    from pipeline.stages.frames import FrameBatch
+    from pipeline.stages.inference.depth_worker import DepthWorker, OneClip
+    from pipeline.stages.inference.temporal_stream import push_together
+
+    net, size = models[0], (28, 42)
+    clips = {name: prepared(video_frames(Case(name, "stream", 60, 28, 42, seed=seed)))
+             for name, seed in (("a", 5), ("b", 6), ("c", 7))}
+    alone = {name: run_stream(net, frames, size) for name, frames in clips.items()}
+    together = {name: StreamingDepth(net.encode, net.decode, size) for name in clips}
+    got = {name: [] for name in clips}
+    with torch.inference_mode():
+        for frame in clips["b"][:45]:  # b is past the steady state when the others start
+            got["b"].append(together["b"].push(frame))
+        for step in range(7):
+            order = ["a", "c", "c", "b"]  # (c twice: its two frames in order)
+            position = {"a": step, "b": 45 + step, "c": 2 * step}
+            frames, streams = [], []
+            for name in order:
+                frames.append(clips[name][position[name]])
+                streams.append(together[name])
+                position[name] += 1
+            for name, depth in zip(order, push_together(streams, torch.stack(frames))):
+                got[name].append(depth)
+    for name, count in (("a", 7), ("b", 52), ("c", 14)):
+        assert relative_errors(np.stack(got[name]), alone[name][:count]).max() <= 1e-5, name
+    worker = DepthWorker(DepthPredictor(OneClip(net), PredictorOptions(input_size=28)))
+    pictures = {name: video_frames(Case(name, "stream", 6, 28, 42, seed=seed)) for name, seed in (("a", 5), ("b", 6))}
+    batches = [(name, FrameBatch(start, [start, start + 1], Fraction(1, 30), pictures[name][start:start + 2]))
+               for start in (0, 2, 4) for name in ("a", "b")]
+    joint = [worker.infer_streams_together(batches[i:i + 2], "float32") for i in range(0, 6, 2)]
+    worker.end_stream("a")
+    worker.end_stream("b")
+    single = [worker.infer_stream(name, batch, "float32") for name, batch in batches]
+    for result, reference in zip([r for pair in joint for r in pair], single):
+        assert relative_errors(result.depth, reference.depth).max() <= 1e-4  # (float32 rounding of other batches)
+        assert result.history == reference.history == result.first_index
+
+
 def test_a_sink_reports_where_a_stream_s_cache_started_again(tmp_path):
     """DepthBatch.history falling behind the frames the sink has had through that cache: the time is reported."""
     from pipeline.stages.frames import DepthBatch
@@ -476,9 +519,10 @@ def test_a_metric_video_model_s_file_job_writes_its_unfitted_windows_in_metres(r
 
 
 def test_many_cameras_run_a_video_model_each_through_its_own_cache(models, tmp_path):
-    """The many-camera job on Ray with a video model: two file cameras of two sizes played in real time, each
-    camera's frames through its own cache on its model actor (one batch at a time), every frame written or counted
-    as dropped, the recordings whole; SIGTERM ends the job with the summary (and the cameras' caches let go)."""
+    """The many-camera job on Ray with a video model: three file cameras of two sizes played in real time, each
+    camera's frames through its own cache on its model actor (one batch at a time), those of one size batched
+    together, every frame written or counted as dropped, the recordings whole; SIGTERM ends the job with the
+    summary (and the cameras' caches let go)."""
     import json
     import signal
     import subprocess
@@ -492,6 +536,7 @@ def test_many_cameras_run_a_video_model_each_through_its_own_cache(models, tmp_p
     checkpoint = tmp_path / "video_depth_anything_vits.pth"
     torch.save(official_layout(models[0]), checkpoint)
     played = {"door": clip(tmp_path, "door.mp4", width=56, height=42, frames=25, rate=Fraction(5)),
+              "gate": clip(tmp_path, "gate.mp4", width=56, height=42, frames=25, rate=Fraction(5)),
               "yard": clip(tmp_path, "yard.mp4", width=84, height=42, frames=25, rate=Fraction(5))}
     file = tmp_path / "cameras.yaml"
     file.write_text(json.dumps({"cameras": [
@@ -507,7 +552,7 @@ def test_many_cameras_run_a_video_model_each_through_its_own_cache(models, tmp_p
         while time.monotonic() < deadline:  # both files played to their end (5 s each in real time)
             with urllib.request.urlopen(f"{base}/cameras", timeout=5) as answer:
                 cameras = json.loads(answer.read())["cameras"]
-            if len(cameras) == 2 and all(camera.get("frames_in", 0) >= 25 for camera in cameras):
+            if len(cameras) == 3 and all(camera.get("frames_in", 0) >= 25 for camera in cameras):
                 break
             time.sleep(0.5)
         time.sleep(2)  # (what is in flight written)
@@ -522,6 +567,8 @@ def test_many_cameras_run_a_video_model_each_through_its_own_cache(models, tmp_p
         assert camera["frames_in"] == 25 and camera["frames_out"] > 0, camera
         assert camera["frames_out"] + camera["dropped"] <= camera["frames_in"] + 1, camera
         assert read_video(tmp_path / f"{name}_depth.mp4")["count"] == camera["frames_out"]
+    # door and gate (one size) shared the network's passes, each through its own cache
+    assert summary["model_batches"]["mean_cameras"] > 1.0, summary["model_batches"]
 
 
 def test_windows_of_every_stream_length_make_valid_batches_and_cover_every_frame():

@@ -81,10 +81,6 @@ class ModelActor:
     @ray.method(concurrency_group="live")
     def infer_frames(self, stream: str, batch: FrameBatch, depth_dtype: str, batch_size: int, wait_s: float):
         """One camera's waiting frames, batched with other cameras' (see CrossStreamBatcher): its DepthBatch."""
-        if getattr(self._loaded().predictor.net.config, "temporal", False):
-            # A video model's streaming mode: each camera's frames through its own cache, in order (the camera
-            # sends one batch at a time to this one actor)
-            return self._loaded().infer_stream(stream, batch, depth_dtype)
         key = (depth_dtype, batch_size, wait_s)
         with self._loading:
             batcher = self._batchers.get(key)
@@ -93,10 +89,15 @@ class ModelActor:
             with self._loading:
                 batcher = self._batchers.get(key)
                 if batcher is None:
-                    # Two batches in the network at once on a GPU (copies beside compute), one on a CPU
+                    # Two batches in the network at once on a GPU (copies beside compute), one on a CPU. A video
+                    # model's streaming mode: each camera's frames through its own cache, in order (a camera sends
+                    # one batch at a time to this one actor), the cameras' frames batched in each pass
+                    temporal = bool(getattr(worker.predictor.net.config, "temporal", False))
+                    infer = worker.infer_streams_together if temporal else worker.infer_together
                     batcher = self._batchers[key] = CrossStreamBatcher(
-                        lambda batches: worker.infer_together(batches, depth_dtype), batch_size, wait_s,
-                        group_of=worker.input_size_for, workers=2 if worker.device.type == "cuda" else 1)
+                        lambda batches: infer(batches, depth_dtype), batch_size, wait_s,
+                        group_of=worker.input_size_for, workers=2 if worker.device.type == "cuda" and not temporal
+                        else 1, keyed=temporal)
         return batcher.submit(stream, batch).result()
 
     @ray.method(concurrency_group="control")

@@ -3,7 +3,8 @@ Cross-stream batching: frames of several cameras -> one pass through the network
 
 Takes: `submit(stream, FrameBatch)` from any thread (each camera sends what it has waiting: one frame when it keeps
 up); `infer(list[FrameBatch]) -> list[DepthBatch]`, the network on several batches at once (`DepthWorker.
-infer_together`), and `group_of(FrameBatch)`, which batches may go through it together (`DepthWorker.input_size_for`:
+infer_together`; with `keyed`, (stream, FrameBatch) pairs: `infer_streams_together`, a video model), and
+`group_of(FrameBatch)`, which batches may go through it together (`DepthWorker.input_size_for`:
 those the network sees at one input size).
 Gives: a `Future` per submission, resolved with that submission's own `DepthBatch` (its indices and timestamps).
 
@@ -45,14 +46,17 @@ class _Request:
 
 
 class CrossStreamBatcher:
-    def __init__(self, infer: Callable[[list[FrameBatch]], list[DepthBatch]], batch_size: int, wait_s: float,
+    def __init__(self, infer: Callable[[list], list[DepthBatch]], batch_size: int, wait_s: float,
                  group_of: Callable[[FrameBatch], Hashable] = same_frames, workers: int = 1,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, keyed: bool = False):
         """`workers`: batches in the network at once (2 on a GPU overlaps one batch's copies with another's
-        compute; 1 on a CPU, where the network uses every core it has)."""
+        compute; 1 on a CPU, where the network uses every core it has). `keyed`: `infer` takes (stream, batch)
+        pairs (a video model's streaming mode: each stream's frames through its own cache,
+        `DepthWorker.infer_streams_together`)."""
         if batch_size < 1 or wait_s < 0:
             raise ValueError("batch_size must be at least 1 and wait_s not negative")
         self.infer, self.batch_size, self.wait_s, self.clock = infer, batch_size, wait_s, clock
+        self.keyed = keyed
         self.group_of = group_of
         self._groups: dict[Hashable, list[_Request]] = {}  # group_of -> requests, oldest first
         self._seen: dict[Hashable, dict[str, float]] = {}  # group_of -> stream -> when it last submitted
@@ -143,7 +147,8 @@ class CrossStreamBatcher:
 
     def _run(self, requests: list[_Request]) -> None:
         try:
-            results = self.infer([request.batch for request in requests])
+            results = self.infer([(request.stream, request.batch) if self.keyed else request.batch
+                                  for request in requests])
         except BaseException as error:  # every waiting camera hears of it (a model actor's failure is theirs too)
             for request in requests:
                 request.future.set_exception(error)

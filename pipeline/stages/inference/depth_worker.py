@@ -15,6 +15,7 @@ stream outside the compute lock. On the CPU the same `infer` runs without any of
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -32,7 +33,7 @@ from model.hub import resolve_checkpoint
 from model.random_weights import random_model
 from pipeline.errors import PipelineError
 from pipeline.stages.frames import DepthBatch, FrameBatch
-from pipeline.stages.inference.temporal_stream import StreamingDepth
+from pipeline.stages.inference.temporal_stream import StreamingDepth, push_together
 from pipeline.stages.pixels import YUV420P, frame_height, i420_to_rgb
 
 __all__ = ["DepthWorker", "ModelSource", "PinnedSlots", "cuda_problem", "pass_sizes"]
@@ -280,11 +281,48 @@ class DepthWorker:
         return results
 
     def infer_stream(self, stream: str, batch: FrameBatch, depth_dtype: str = "float16") -> DepthBatch:
-        """A video model's streaming mode (a live camera): the batch's frames one at a time through the stream's own
-        cache of earlier frames (StreamingDepth), in order; depth at the frames' size. A stream whose frame size
-        changes (a camera back at another resolution) starts afresh; the least recently used of more than
-        MAX_STREAMS streams is let go (`end_stream` lets one go at once)."""
-        frame_hw = (frame_height(batch.pixels[0], batch.layout), batch.pixels.shape[2])
+        """A video model's streaming mode: the batch's frames one at a time through the stream's own cache of
+        earlier frames (StreamingDepth), in order; depth at the frames' size. A stream whose frame size changes (a
+        camera back at another resolution) starts afresh; the least recently used of more than MAX_STREAMS streams
+        is let go (`end_stream` lets one go at once)."""
+        return self.infer_streams_together([(stream, batch)], depth_dtype)[0]
+
+    def infer_streams_together(self, items: list[tuple[str, FrameBatch]],
+                               depth_dtype: str = "float16") -> list[DepthBatch]:
+        """Several streams' batches in a video model's streaming mode at once (live cameras, CrossStreamBatcher):
+        every frame through the encoder in one pass, then frame by frame through each stream's own cache, the
+        streams' frames decoded together (`push_together`); a DepthBatch for each, as `infer_stream` would give it.
+        The batches must share the network's input size (`input_size_for`)."""
+        states = [self._stream_state(stream, (frame_height(batch.pixels[0], batch.layout), batch.pixels.shape[2]))
+                  for stream, batch in items]
+        locks = {id(lock): lock for _, lock in states}
+        with contextlib.ExitStack() as held:
+            for key in sorted(locks):  # (one order everywhere: no two calls wait on each other)
+                held.enter_context(locks[key])
+            held.enter_context(self._compute_lock)
+            held.enter_context(torch.inference_mode())
+            histories, seen = [], {}
+            for (streaming, _), (_, batch) in zip(states, items):  # (a stream twice: its batches in order)
+                histories.append(seen.get(id(streaming), streaming.frames_in))
+                seen[id(streaming)] = histories[-1] + len(batch)
+            images = []
+            for _, batch in items:
+                frames = torch.from_numpy(batch.pixels).to(self.device)
+                images.append(self.predictor.prepare(i420_to_rgb(frames) if batch.layout == YUV420P else frames))
+            streams = [streaming for (streaming, _), (_, batch) in zip(states, items) for _ in range(len(batch))]
+            with self.predictor.autocast():
+                depth = push_together(streams, torch.cat(images))
+        results, start = [], 0
+        for (_, batch), history in zip(items, histories):
+            planes = np.stack(depth[start:start + len(batch)]).astype(depth_dtype)
+            results.append(DepthBatch(batch.first_index, batch.pts, batch.time_base, planes, self.max_depth, history))
+            start += len(batch)
+        self._counted(frames=start)
+        return results
+
+    def _stream_state(self, stream: str, frame_hw: tuple[int, int]) -> tuple[StreamingDepth, threading.Lock]:
+        """The stream's cache and its lock (a new one for a new stream, or one whose frame size changed); the least
+        recently used beyond MAX_STREAMS let go."""
         network = self.predictor.net.net  # (OneClip's video model)
         with self._streams_lock:
             state = self._streams.pop(stream, None)
@@ -293,16 +331,7 @@ class DepthWorker:
             self._streams[stream] = state  # (last: the most recently used)
             while len(self._streams) > MAX_STREAMS:
                 self._streams.pop(next(iter(self._streams)))
-        streaming, stream_lock = state
-        with stream_lock, self._compute_lock, torch.inference_mode():
-            history = streaming.frames_in
-            frames = torch.from_numpy(batch.pixels).to(self.device)
-            images = self.predictor.prepare(i420_to_rgb(frames) if batch.layout == YUV420P else frames)
-            with self.predictor.autocast():
-                depth = np.stack([streaming.push(image) for image in images])
-        self._counted(frames=len(batch))
-        return DepthBatch(batch.first_index, batch.pts, batch.time_base, depth.astype(depth_dtype), self.max_depth,
-                          history)
+        return state
 
     def end_stream(self, stream: str) -> None:
         """Let a stream's cache go (its camera stopped or was removed)."""
