@@ -24,7 +24,9 @@ short keeps what it measured) and as a table on stdout, with a pass/fail where a
      0.8x float32's time at batch 8, compiled at most 1.05x eager;
   f. Video Depth Anything Small at 518 x 924: float16 (weights cast once) against float32 (TF32 off) on a 32-frame
      window, relative L2 <= 2e-2; frames per second of its window mode (a window's time over its 22 new frames) and
-     of its streaming mode (once the cache is full), float16.
+     of its streaming mode (once the cache is full), float16; the model actor's streaming path for 4 live cameras
+     (pinned upload, one encoder pass, each camera's cache): batched against one camera at a time in float32,
+     relative L2 <= 1e-4, and both's frames per second in float16.
 Each variant's random weights are built once. Random weights, seeded: the figures measure arithmetic and plumbing,
 not depth quality. Sections d and e need av and Ray (on the GPU machine: `source .devicepack/unpack.sh` first).
 `--help` needs neither, nor a GPU; without a CUDA GPU the check says so in one line and exits 1 (`--rehearse` runs
@@ -76,6 +78,7 @@ def relative_l2(got, expected) -> float:
 
 
 VIDEO_PRECISION_LIMIT = 2e-2  # float16 against float32 over a window (the motion modules' softmax and 32 frames)
+STREAM_BATCH_LIMIT = 1e-4  # cameras batched against one at a time, both float32 (as the CPU tests hold them)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -83,8 +86,10 @@ VIDEO_PRECISION_LIMIT = 2e-2  # float16 against float32 over a window (the motio
 
 
 def video_model_check(device: str = "cuda", size_hw=SIZE_HW, precision: str = "float16",
-                      limit: float | None = VIDEO_PRECISION_LIMIT, stream_frames: int = 16) -> list[dict]:
-    """Its precision over one window, and its two modes' frames per second, at one size and precision."""
+                      limit: float | None = VIDEO_PRECISION_LIMIT, stream_frames: int = 16,
+                      cameras: int = 4) -> list[dict]:
+    """Its precision over one window, its two modes' frames per second, at one size and precision; and the model
+    actor's streaming path for several cameras (`camera_streams_check`)."""
     import torch
 
     from model.predictor import PRECISIONS, cast_weights_once
@@ -133,7 +138,60 @@ def video_model_check(device: str = "cuda", size_hw=SIZE_HW, precision: str = "f
         synchronize()
         rows.append({"check": "streaming mode", "fps": stream_frames / (time.perf_counter() - started),
                      "pass": None})
+    rows += camera_streams_check(device, size_hw, precision, cameras, stream_frames)
     return rows
+
+
+def camera_streams_check(device: str, size_hw, precision: str, cameras: int, frames: int) -> list[dict]:
+    """The model actor's streaming path for live cameras (DepthWorker.infer_streams_together: the pinned upload,
+    one encoder pass for every camera's frame, the decoder through each camera's cache, one download): `cameras`
+    cameras' frames batched against the same frames a camera at a time, in float32 with TF32 off (only the
+    batching differs), and the frames per second of each in `precision`."""
+    import numpy as np
+    import torch
+
+    from model import DepthPredictor, PredictorOptions
+    from model.random_weights import random_video_model
+    from pipeline.stages.frames import FrameBatch
+    from pipeline.stages.inference.depth_worker import DepthWorker, OneClip
+
+    rng = np.random.default_rng(0)
+    pictures = rng.integers(0, 256, (cameras, frames, *size_hw, 3), dtype=np.uint8)
+
+    def run(worker: DepthWorker, together: bool, prefix: str) -> tuple[np.ndarray, float]:
+        depth, started = [], time.perf_counter()
+        for index in range(frames):
+            if index == frames // 2:  # the second half timed: the caches filled
+                started = time.perf_counter()
+            items = [(f"{prefix}{camera}", FrameBatch(index, [index], Fraction(1, 30),
+                                                      pictures[camera, index:index + 1]))
+                     for camera in range(cameras)]
+            results = worker.infer_streams_together(items, "float32") if together else [
+                worker.infer_stream(stream, one, "float32") for stream, one in items]
+            depth.append(np.stack([result.depth for result in results]))
+        return np.stack(depth), (frames - frames // 2) * cameras / (time.perf_counter() - started)
+
+    def worker_in(chosen: str) -> DepthWorker:
+        options = PredictorOptions(input_size=min(size_hw), precision=chosen,
+                                   cast_weights=(device == "cuda" and chosen != "float32") or None)
+        return DepthWorker(DepthPredictor(OneClip(random_video_model("vits").to(device)), options))
+
+    exact = worker_in("float32")
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        alone, _ = run(exact, False, "alone")
+        batched, _ = run(exact, True, "together")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    error = relative_l2(torch.from_numpy(batched), torch.from_numpy(alone))
+    fast = worker_in(precision)
+    _, alone_fps = run(fast, False, "alone")
+    _, batched_fps = run(fast, True, "together")
+    return [{"check": f"{cameras} cameras batched against one at a time, float32 (the worker's streaming path)",
+             "relative_l2": error, "limit": STREAM_BATCH_LIMIT, "pass": error <= STREAM_BATCH_LIMIT},
+            {"check": f"{cameras} cameras, {precision}: frames per second batched, one at a time", "fps": batched_fps,
+             "fps_alone": alone_fps, "ratio": batched_fps / alone_fps, "pass": None}]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -518,7 +576,7 @@ def main(argv=None) -> int:
                   lambda: live_latency(args.frames, small_hw, ("--input-size", "70"), p95_limit_ms=None)),
             "c": ("GPU ms per frame", gpu_only),
             "f": ("Video Depth Anything, 70 x 126 on the CPU, bfloat16 (rehearsal)",
-                  lambda: video_model_check("cpu", (70, 126), "bfloat16", limit=None, stream_frames=4)),
+                  lambda: video_model_check("cpu", (70, 126), "bfloat16", limit=None, stream_frames=12)),
         }
     else:
         every = {

@@ -285,7 +285,7 @@ def test_streams_pushed_together_give_each_stream_s_own_depth(models):
                 streams.append(together[name])
                 position[name] += 1
             for name, depth in zip(order, push_together(streams, torch.stack(frames))):
-                got[name].append(depth)
+                got[name].append(depth.numpy())
     for name, count in (("a", 7), ("b", 52), ("c", 14)):
         assert relative_errors(np.stack(got[name]), alone[name][:count]).max() <= 1e-5, name
     worker = DepthWorker(DepthPredictor(OneClip(net), PredictorOptions(input_size=28)))
@@ -542,10 +542,12 @@ def test_many_cameras_run_a_video_model_each_through_its_own_cache(models, tmp_p
     file.write_text(json.dumps({"cameras": [
         {"name": name, "input": str(source), "realtime": True, "record": str(tmp_path / f"{name}_depth.mp4")}
         for name, source in played.items()]}))
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("live:\n  batch_wait_ms: 150\n")  # (frames of cameras playing at 5 fps can meet)
     process = subprocess.Popen([sys.executable, str(project / "run_pipeline.py"), "live", str(file), "--control",
                                 "127.0.0.1:0", "--checkpoint", str(checkpoint), "--input-size", "42",
-                                "--model-actors", "1"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                                "--model-actors", "1", "--config", str(settings)], cwd=project,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = control_url(process)
         deadline = time.monotonic() + 120
@@ -568,7 +570,7 @@ def test_many_cameras_run_a_video_model_each_through_its_own_cache(models, tmp_p
         assert camera["frames_out"] + camera["dropped"] <= camera["frames_in"] + 1, camera
         assert read_video(tmp_path / f"{name}_depth.mp4")["count"] == camera["frames_out"]
     # door and gate (one size) shared the network's passes, each through its own cache
-    assert summary["model_batches"]["mean_cameras"] > 1.0, summary["model_batches"]
+    assert summary["model_batches"]["mean_cameras"] > 1.2, summary["model_batches"]  # (1.44-1.47 seen; 1.5 at most)
 
 
 def test_windows_of_every_stream_length_make_valid_batches_and_cover_every_frame():

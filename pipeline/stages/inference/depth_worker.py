@@ -291,33 +291,40 @@ class DepthWorker:
                                depth_dtype: str = "float16") -> list[DepthBatch]:
         """Several streams' batches in a video model's streaming mode at once (live cameras, CrossStreamBatcher):
         every frame through the encoder in one pass, then frame by frame through each stream's own cache, the
-        streams' frames decoded together (`push_together`); a DepthBatch for each, as `infer_stream` would give it.
-        The batches must share the network's input size (`input_size_for`)."""
+        streams' frames decoded together (`push_together`); a DepthBatch for each, as `infer_stream` would give it
+        (depth at the frames' size). The batches must share the network's input size (`input_size_for`). On a GPU
+        the frames go up through the pinned slots and the depth comes down on its own stream, as for an image
+        model (`_infer_cuda`)."""
         states = [self._stream_state(stream, (frame_height(batch.pixels[0], batch.layout), batch.pixels.shape[2]))
                   for stream, batch in items]
         locks = {id(lock): lock for _, lock in states}
         with contextlib.ExitStack() as held:
             for key in sorted(locks):  # (one order everywhere: no two calls wait on each other)
                 held.enter_context(locks[key])
-            held.enter_context(self._compute_lock)
-            held.enter_context(torch.inference_mode())
             histories, seen = [], {}
             for (streaming, _), (_, batch) in zip(states, items):  # (a stream twice: its batches in order)
                 histories.append(seen.get(id(streaming), streaming.frames_in))
                 seen[id(streaming)] = histories[-1] + len(batch)
-            images = []
-            for _, batch in items:
-                frames = torch.from_numpy(batch.pixels).to(self.device)
-                images.append(self.predictor.prepare(i420_to_rgb(frames) if batch.layout == YUV420P else frames))
             streams = [streaming for (streaming, _), (_, batch) in zip(states, items) for _ in range(len(batch))]
-            with self.predictor.autocast():
-                depth = push_together(streams, torch.cat(images))
+
+            def compute(on_device: list[tuple[torch.Tensor, str]]) -> torch.Tensor:
+                """The frames on the device -> every frame's depth at its frame size, flattened one after another
+                (frames of several sizes leave as one tensor, through one pinned download on a GPU)."""
+                with torch.inference_mode():
+                    images = torch.cat([self.predictor.prepare(i420_to_rgb(frames) if layout == YUV420P else frames)
+                                        for frames, layout in on_device])
+                    with self.predictor.autocast():
+                        return torch.cat([plane.flatten() for plane in push_together(streams, images)])
+
+            flat = self._infer_parts([(batch.pixels, batch.layout) for _, batch in items], DEPTH_DTYPES[depth_dtype],
+                                     compute=compute)
         results, start = [], 0
-        for (_, batch), history in zip(items, histories):
-            planes = np.stack(depth[start:start + len(batch)]).astype(depth_dtype)
+        for (_, batch), history, streaming in zip(items, histories, [s for s, _ in states]):
+            height, width = streaming.output_hw
+            planes = flat[start:start + len(batch) * height * width].reshape(len(batch), height, width)
             results.append(DepthBatch(batch.first_index, batch.pts, batch.time_base, planes, self.max_depth, history))
-            start += len(batch)
-        self._counted(frames=start)
+            start += planes.size
+        self._counted(frames=sum(len(batch) for _, batch in items))
         return results
 
     def _stream_state(self, stream: str, frame_hw: tuple[int, int]) -> tuple[StreamingDepth, threading.Lock]:
@@ -343,9 +350,12 @@ class DepthWorker:
         return self.predictor.input_size_for((frame_height(batch.pixels[0], batch.layout), batch.pixels.shape[2]))
 
     def _infer_parts(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype,
-                     sizes: tuple[int, ...] = ()) -> np.ndarray:
-        """`sizes`: the pass sizes a pass is padded up to (none: as it comes)."""
-        return (self._infer_cuda if self._use_cuda else self._infer_cpu)(parts, dtype, sizes)
+                     sizes: tuple[int, ...] = (), compute: Callable | None = None) -> np.ndarray:
+        """`sizes`: the pass sizes a pass is padded up to (none: as it comes). `compute`: what runs on the frames
+        once on the device ([(frames, layout)] -> a depth tensor; the network's `_predict` unless given), under the
+        compute lock, on the compute stream on a GPU, between the pinned upload and the download."""
+        compute = compute or (lambda on_device: self._predict(on_device, sizes))
+        return (self._infer_cuda if self._use_cuda else self._infer_cpu)(parts, dtype, compute)
 
     def _predict(self, parts: list[tuple[torch.Tensor, str]], sizes: tuple[int, ...] = ()) -> torch.Tensor:
         """Frames on the model's device, each part in its layout -> float32 depth B x h x w at the model's resolution,
@@ -371,16 +381,15 @@ class DepthWorker:
             self.predict_cpu_s += cpu_s
             self.gpu_busy_ms += gpu_ms
 
-    def _infer_cpu(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype, sizes: tuple[int, ...]) -> np.ndarray:
+    def _infer_cpu(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype, compute: Callable) -> np.ndarray:
         with self._compute_lock:
             started = time.process_time()
-            depth = self._predict([(torch.from_numpy(pixels), layout) for pixels, layout in parts], sizes).to(dtype)
+            depth = compute([(torch.from_numpy(pixels), layout) for pixels, layout in parts]).to(dtype)
             # Input preparation, network, the cast to the result's dtype: device work (a GPU does all three)
             self._counted(cpu_s=time.process_time() - started)
         return depth.numpy()
 
-    def _infer_cuda(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype,
-                    sizes: tuple[int, ...]) -> np.ndarray:
+    def _infer_cuda(self, parts: list[tuple[np.ndarray, str]], dtype: torch.dtype, compute: Callable) -> np.ndarray:
         slots, on_device, copied = [], [], None
         try:
             with torch.cuda.stream(self._copy_stream):
@@ -399,7 +408,7 @@ class DepthWorker:
                 # The input was allocated on the copy stream: tell the allocator the compute stream uses it too
                 for frames_on_device, _ in on_device:
                     frames_on_device.record_stream(self._compute_stream)
-                depth_on_device = self._predict(on_device, sizes).to(dtype)
+                depth_on_device = compute(on_device).to(dtype)
                 computed = torch.cuda.Event(enable_timing=True)
                 computed.record(self._compute_stream)
             # The copy back runs on its own stream, outside the lock: the next batch's compute need not wait for it

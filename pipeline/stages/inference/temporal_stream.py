@@ -37,7 +37,7 @@ class StreamingDepth:
 
     def push(self, frame_3hw: torch.Tensor) -> np.ndarray:
         """The stream's next frame -> its depth at `output_hw` (H x W float32)."""
-        return push_together([self], frame_3hw.unsqueeze(0))[0]
+        return push_together([self], frame_3hw.unsqueeze(0))[0].cpu().numpy()
 
     def reset(self) -> None:
         """Forget the stream (a new one starts with its own first frame)."""
@@ -61,20 +61,21 @@ class StreamingDepth:
         if index + INFER_LEN > GAP + 1:
             del self._cache[1]
 
-    def _resized(self, depth_hw: torch.Tensor) -> np.ndarray:
+    def _resized(self, depth_hw: torch.Tensor) -> torch.Tensor:
         depth = F.interpolate(depth_hw.float()[None, None], size=self.output_hw, mode="bilinear", align_corners=True)
-        return depth[0, 0].cpu().numpy()
+        return depth[0, 0]
 
 
-def push_together(streams: list[StreamingDepth], frames_n3hw: torch.Tensor) -> list[np.ndarray]:
-    """Frame i through `streams[i]`'s cache, for several streams at once (live cameras): their depth, in order. The
+def push_together(streams: list[StreamingDepth], frames_n3hw: torch.Tensor) -> list[torch.Tensor]:
+    """Frame i through `streams[i]`'s cache, for several streams at once (live cameras): their depth (H x W float32
+    at each stream's `output_hw`, on the frames' device), in order. The
     streams share one network and one input size. The encoder sees every frame in one pass; the decoder, which
     looks back through each stream's own cache, one pass per round: each stream's next frame (a stream may appear
     several times, its frames in order), the streams' first frames (no cache yet) apart from the others. The same
     depth as each stream alone, to float32 rounding."""
     encode, decode = streams[0].encode, streams[0].decode
     tapped, grid_hw = encode(frames_n3hw)
-    depth: list[np.ndarray | None] = [None] * len(streams)
+    depth: list[torch.Tensor | None] = [None] * len(streams)
     pending = list(range(len(streams)))
     while pending:
         taking, round_ = set(), []
