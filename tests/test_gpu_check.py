@@ -100,8 +100,12 @@ def test_the_device_check_rehearsed_end_to_end_on_the_cpu(tmp_path):
     assert {k: s["status"] for k, s in results["sections"].items()} == {"b": "skipped", "a": "skipped", "d": "ok",
                                                                         "e": "ok", "c": "skipped", "f": "ok"}
     video = results["sections"]["f"]["rows"]
-    assert [row["check"] for row in video] == ["bfloat16 against float32, one window", "window mode", "streaming mode"]
+    assert [row["check"] for row in video] == [
+        "bfloat16 against float32, one window", "window mode", "streaming mode",
+        "4 cameras batched against one at a time, float32 (the worker's streaming path)",
+        "4 cameras, bfloat16: frames per second batched, one at a time"]
     assert 0 < video[0]["relative_l2"] < 5e-2 and video[1]["fps"] > 0 and video[2]["fps"] > 0
+    assert video[3]["relative_l2"] <= 1e-4 and video[3]["pass"] and video[4]["fps"] > 0 < video[4]["fps_alone"]
     assert [r["frames"] for r in results["sections"]["d"]["rows"]] == [16, 32]
     assert results["sections"]["e"]["rows"][0]["frames_in"] == 16
     assert "d. Ray pipeline" in process.stdout and "OK" in process.stdout
