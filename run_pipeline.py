@@ -107,6 +107,9 @@ def parse_live_args(argv) -> argparse.Namespace:
     add_shared_flags(parser)
     parser.add_argument("--summary", help="also write the JSON summary to this file")
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing recording")
+    parser.add_argument("--no-persist", action="store_true",
+                        help="leave the cameras file as it is: cameras added or removed over HTTP are forgotten when "
+                             "the job ends (by default they are written back to it, the previous copy kept as .bak)")
     return parser.parse_args(argv)
 
 
@@ -269,7 +272,7 @@ def run_cameras(args: argparse.Namespace) -> dict:
     settings = load_settings(args.config, overrides, {**flag_labels(), "live.recordings_dir": "--recordings-dir"})
     check_summary_path(args.summary)
     request = CamerasRequest(args.cameras, args.control, args.control_token_file, args.no_overwrite,
-                             ("--segments",) if args.segments is not None else ())
+                             ("--segments",) if args.segments is not None else (), persist=not args.no_persist)
     job = CamerasJob.from_request(settings, request, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
     try:  # (the control port is bound from here on)
         resolved = resolve_model(settings)

@@ -188,3 +188,73 @@ def test_a_bad_cameras_file_fails_before_anything_starts(tmp_path, capsys, monke
     file.write_text("cameras:\n  - {name: door, input: rtsp://127.0.0.1:9/x, output: rtsp://127.0.0.1:9/y}\n")
     code, err = run_cli(capsys, "live", str(file), "--control", "localhost", *MODEL)
     assert_one_line_error(code, err, "--control localhost: expected HOST:PORT")
+
+
+def test_cameras_changed_over_http_survive_a_sigkill_and_a_sigterm(tmp_path):
+    """The same command after a crash or a restart serves the cameras as they were changed over HTTP: a camera added
+    and one removed, then the job SIGKILLed (the cameras file rewritten at each change, atomically: nothing to
+    flush); another added, then SIGTERM. Real GStreamer cameras; each run records."""
+    from tests.test_cli_faults import ray_agents
+
+    agents_before = ray_agents()
+    feeds = {name: Camera(96, 64, 15) for name in ("door", "yard", "gate")}
+    for feed in feeds.values():
+        feed.start()
+    recordings = tmp_path / "recordings"
+    file = tmp_path / "cameras.yaml"
+    file.write_text(json.dumps({"cameras": [{"name": "door", "input": feeds["door"].url,
+                                             "record": str(tmp_path / "door.mp4")}]}))
+    command = [sys.executable, str(PROJECT / "run_pipeline.py"), "live", str(file), "--control", "127.0.0.1:0",
+               *MODEL, "--recordings-dir", str(recordings)]
+    processes = []
+
+    def start() -> str:
+        processes.append(subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True))
+        base = control_url(processes[-1])
+        wait_for(lambda: call(base, "GET", "/readyz", token=None)[0] == 200, 90, "every camera connected")
+        return base
+
+    def flowing(base: str) -> dict:
+        cameras = call(base, "GET", "/cameras", token=None)[1]["cameras"]
+        wait_for(lambda: all(camera_figures(base, c["name"]).get("frames_out", 0) >= 5 for c in cameras), 60, "depth")
+        return {camera["name"]: camera for camera in call(base, "GET", "/cameras", token=None)[1]["cameras"]}
+
+    try:
+        base = start()
+        status, body = call(base, "POST", "/cameras", {"name": "yard", "input": feeds["yard"].url,
+                                                       "record": "yard.mp4"}, token=None)
+        assert status == 201 and body["persisted"] is True
+        status, body = call(base, "DELETE", "/cameras/door", token=None)
+        assert status == 200 and body["persisted"] is True
+        assert set(flowing(base)) == {"yard"}
+        partial = lambda: next(recordings.glob(".yard.*.partial.mp4"), None)  # noqa: E731
+        wait_for(lambda: partial() is not None and partial().stat().st_size > 5_000, 60, "a fragment recorded")
+        processes[-1].send_signal(signal.SIGKILL)  # a crash: no chance to save anything
+        processes[-1].communicate(timeout=30)
+
+        base = start()  # the same command
+        assert set(flowing(base)) == {"yard"}
+        status, body = call(base, "POST", "/cameras", {"name": "gate", "input": feeds["gate"].url,
+                                                       "record": "gate.mp4"}, token=None)
+        assert status == 201 and body["persisted"] is True
+        assert set(flowing(base)) == {"yard", "gate"}
+        processes[-1].send_signal(signal.SIGTERM)
+        stdout, stderr = processes[-1].communicate(timeout=90)
+        assert processes[-1].returncode == 0, stderr[-3000:]
+        assert set(json.loads(stdout)["cameras"]) == {"yard", "gate"}
+
+        base = start()  # and again, after a clean stop
+        assert set(flowing(base)) == {"yard", "gate"}
+        # (the killed run's recording was kept by the next run; the file's previous version beside it)
+        assert (tmp_path / "cameras.yaml.bak").exists() and list(recordings.glob("yard.recovered-*.mp4"))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.communicate(timeout=90)
+        for feed in feeds.values():
+            feed.stop()
+        for pid in ray_agents() - agents_before:  # the killed driver's Ray agents outlive it: end them
+            with __import__("contextlib").suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

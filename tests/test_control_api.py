@@ -88,7 +88,7 @@ def test_cameras_are_added_listed_and_removed(api):
 
     status, body = request(host, port, "DELETE", "/cameras/door")
     assert status == 200 and body["summary"]["frames_out"] == 29
-    assert request(host, port, "GET", "/cameras")[1] == {"cameras": []}
+    assert request(host, port, "GET", "/cameras")[1]["cameras"] == []
     # The same name may be used again once the camera is gone
     assert request(host, port, "POST", "/cameras", CAMERA)[0] == 201
     summary = service.stop_all()
@@ -505,3 +505,71 @@ def test_a_source_that_refuses_says_why_while_it_waits():
     reader.join(timeout=10)
     assert source.state == "connecting" or source.state == "ended"
     assert source.last_error is not None and "127.0.0.1:9/door" in source.last_error, source.last_error
+
+
+def test_changes_over_http_are_written_back_to_the_cameras_file_with_a_backup(tmp_path):
+    """POST and DELETE rewrite the cameras file (atomically, the copy replaced kept as .bak): what the same command
+    would read after a restart is what runs now; the rewritten file reads back as the same cameras."""
+    import yaml
+
+    from pipeline.jobs.cameras_file import CamerasFile
+
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    settings = load_settings(None, {"live.recordings_dir": str(recordings)})
+    path = tmp_path / "cameras.yaml"
+    path.write_text("# the lobby\ncameras:\n  - {name: door, input: rtsp://127.0.0.1:9/door, "
+                    "output: rtsp://127.0.0.1:9/door-depth}\n")
+    cameras = read_cameras_file(str(path), settings)
+    warnings = []
+    service = CameraService(settings, SupervisorStandIn(),
+                            cameras_file=CamerasFile(path, [c.entry for c in cameras], warn=warnings.append))
+    for camera in cameras:
+        service.add(camera)
+    service.running()
+    server = ControlServer("127.0.0.1", 0).start(service)
+    host, port = server.server.server_address[:2]
+    try:
+        status, body = request(host, port, "POST", "/cameras", {"name": "yard", "input": "rtsp://127.0.0.1:9/yard",
+                                                                "record": "yard.mp4", "colormap": "gray"})
+        assert status == 201 and body["persisted"] is True
+        written = yaml.safe_load(path.read_text())["cameras"]
+        assert [c["name"] for c in written] == ["door", "yard"]
+        assert written[1] == {"name": "yard", "input": "rtsp://127.0.0.1:9/yard",
+                              "record": str((recordings / "yard.mp4").resolve()), "colormap": "gray"}
+        assert "# the lobby" in (tmp_path / "cameras.yaml.bak").read_text()  # (the file as it was)
+        status, body = request(host, port, "DELETE", "/cameras/door")
+        assert status == 200 and body["persisted"] is True
+        assert [c.name for c in read_cameras_file(str(path), settings)] == ["yard"]  # what a restart runs
+        assert [c["name"] for c in yaml.safe_load((tmp_path / "cameras.yaml.bak").read_text())["cameras"]] == \
+            ["door", "yard"]
+        assert request(host, port, "GET", "/cameras")[1]["cameras_file"] == {
+            "file": str(path), "persist": True, "problem": None}
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cameras.yaml", "cameras.yaml.bak", "recordings"]
+        # A file that cannot be written: the change runs, is said not persisted, one warning
+        path.chmod(0o444)
+        before = path.read_text()
+        for name in ("gate", "shed"):
+            status, body = request(host, port, "POST", "/cameras", {"name": name, "input": f"rtsp://127.0.0.1:9/{name}",
+                                                                    "output": f"rtsp://127.0.0.1:9/{name}-d"})
+            assert status == 201 and body["persisted"] is False
+        assert path.read_text() == before and len(warnings) == 1 and "cannot be written" in warnings[0]
+        problem = request(host, port, "GET", "/cameras")[1]["cameras_file"]["problem"]
+        assert "cameras.yaml: cannot be written (the file is read-only)" in problem
+    finally:
+        server.close()
+        path.chmod(0o644)
+
+
+def test_no_persist_leaves_the_cameras_file_alone(tmp_path):
+    from pipeline.jobs.cameras_file import CamerasFile
+
+    path = tmp_path / "cameras.yaml"
+    path.write_text("cameras: []\n")
+    service = CameraService(load_settings(None, {}), SupervisorStandIn(),
+                            cameras_file=CamerasFile(path, [], persist=False))
+    service.running()
+    camera, persisted = service.add_entry(dict(CAMERA))
+    assert camera.name == "door" and persisted is False
+    assert service.remove("door")[1] is False
+    assert path.read_text() == "cameras: []\n" and not (tmp_path / "cameras.yaml.bak").exists()

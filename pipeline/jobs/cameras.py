@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from pipeline.errors import PipelineError, one_line
+from pipeline.jobs.cameras_file import CamerasFile
 from pipeline.jobs.live import live_depth_format_problem
 from pipeline.jobs.outputs import InputFiles, check_output
 from pipeline.settings import PipelineSettings, check_combination, merge
@@ -229,18 +230,22 @@ class CameraService:
     Changes (add, remove) are taken only while it runs: `starting` until the cameras file's cameras are in (the
     caller says `running()`), `stopping` from `stopping()` on; meanwhile a request is answered 503."""
 
-    def __init__(self, settings: PipelineSettings, supervisor, no_overwrite: bool = False):
-        """`supervisor`: the graph's camera supervisor (cluster/camera_supervisor.py), or a stand-in."""
+    def __init__(self, settings: PipelineSettings, supervisor, no_overwrite: bool = False,
+                 cameras_file: CamerasFile | None = None):
+        """`supervisor`: the graph's camera supervisor (cluster/camera_supervisor.py), or a stand-in.
+        `cameras_file`: where changes over HTTP are written back (None: nowhere)."""
         self.settings = settings
         self.supervisor = supervisor
         self.no_overwrite = no_overwrite
+        self.cameras_file = cameras_file
         self.model_loaded = False
         self.started = time.monotonic()
         self.phase = "starting"  # -> running -> stopping
         self._cameras: dict[str, Camera] = {}
         self._finished: dict[str, dict] = {}  # summaries of cameras removed while the job ran
         self._lock = threading.Lock()  # the tables above
-        self._changes = threading.Lock()  # one add / remove / stop at a time, each with its supervisor call
+        self._changes = threading.RLock()  # one add / remove / stop at a time, each with its supervisor call
+        self.last_change_persisted = False
 
     def running(self) -> None:
         """The cameras file's cameras are in: requests may add and remove from now on."""
@@ -285,6 +290,19 @@ class CameraService:
                 with self._lock:
                     self._cameras.pop(camera.name, None)
                 raise
+            if request:
+                self.last_change_persisted = self._persist(lambda file: file.added(camera.entry))
+
+    def _persist(self, change) -> bool:
+        """A change over HTTP into the cameras file (under the change lock): whether the file holds it."""
+        return change(self.cameras_file) if self.cameras_file is not None else False
+
+    @property
+    def persistence(self) -> dict:
+        """Whether changes over HTTP reach the cameras file, and why not (GET /cameras)."""
+        file = self.cameras_file
+        return {"file": str(file.path) if file else None, "persist": bool(file and file.persist),
+                "problem": file.problem if file else None}
 
     def add_entry(self, entry) -> Camera:
         """A camera from a request's JSON body: checked as a file entry is, and as a request must be (its input a URL,
@@ -301,8 +319,9 @@ class CameraService:
                 entry = {**entry, "record": recording_inside(entry["record"], self.settings.live.recordings_dir,
                                                              where)}
         camera = camera_from_entry(entry, self.settings, where, self.no_overwrite)
-        self.add(camera, request=True)
-        return camera
+        with self._changes:  # (the change and whether it was persisted, read together)
+            self.add(camera, request=True)
+            return camera, self.last_change_persisted
 
     def fail(self, camera: Camera, error: BaseException) -> None:
         """A camera that could not start (a cameras-file camera that clashes): its error in the summary, not the
@@ -312,8 +331,9 @@ class CameraService:
                                            "record": camera.targets.record, "frames_in": 0, "frames_out": 0,
                                            "error": one_line(error)}
 
-    def remove(self, name: str) -> dict:
-        """Stop a camera and close its outputs cleanly: its summary. KeyError for a name not running."""
+    def remove(self, name: str) -> tuple[dict, bool]:
+        """Stop a camera and close its outputs cleanly: its summary, and whether the cameras file no longer has it.
+        KeyError for a name not running."""
         with self._changes:
             with self._lock:
                 self._refuse_changes(f"DELETE /cameras/{name}")
@@ -323,7 +343,8 @@ class CameraService:
             with self._lock:
                 self._cameras.pop(name, None)
                 self._finished[name] = summary
-        return summary
+            persisted = self._persist(lambda file: file.removed(name))
+        return summary, persisted
 
     def cameras(self) -> dict[str, dict]:
         """Each running camera: its state and figures (from the camera supervisor's last look, at most a second old)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError, one_line
 from pipeline.jobs.cameras import Camera, CameraService, read_cameras_file
+from pipeline.jobs.cameras_file import CamerasFile
 from pipeline.jobs.control_api import ControlServer, is_loopback, parse_address, read_token
 from pipeline.jobs.outputs import check_output_folder
 from pipeline.settings import PipelineSettings
@@ -33,12 +34,14 @@ class CamerasRequest:
     token_file: str | None = None  # None: $DEPTH_CONTROL_TOKEN, or no token (loopback only)
     no_overwrite: bool = False
     file_flags: tuple[str, ...] = ()  # flags given that are for files only (--segments)
+    persist: bool = True  # changes over HTTP written back to the cameras file (--no-persist: never)
 
 
 class CamerasJob:
     def __init__(self, settings: PipelineSettings, cameras: list[Camera], server: ControlServer,
-                 no_overwrite: bool = False):
+                 no_overwrite: bool = False, cameras_file: CamerasFile | None = None):
         self.settings, self.cameras, self.server, self.no_overwrite = settings, cameras, server, no_overwrite
+        self.cameras_file = cameras_file
         self.service: CameraService | None = None
         self._stopping = threading.Event()
 
@@ -61,7 +64,8 @@ class CamerasJob:
             check_output_folder(settings.live.recordings_dir, "--recordings-dir")
             Path(settings.live.recordings_dir).mkdir(parents=True, exist_ok=True)
         cameras = read_cameras_file(request.cameras_file, settings, request.no_overwrite)
-        return cls(settings, cameras, ControlServer(host, port, token), request.no_overwrite)
+        file = CamerasFile(request.cameras_file, [camera.entry for camera in cameras], request.persist, warn)
+        return cls(settings, cameras, ControlServer(host, port, token), request.no_overwrite, file)
 
     def stop(self) -> None:
         """End the job (safe from a signal handler): requests from now on are answered 503, never taken."""
@@ -73,7 +77,7 @@ class CamerasJob:
             shielded: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> dict:
         """Until `stop()`: the summary. `shielded()` wraps the final stop of every camera (the CLI holds signals
         there, so that the outputs are closed whole)."""
-        self.service = CameraService(self.settings, graph.camera_supervisor(), self.no_overwrite)
+        self.service = CameraService(self.settings, graph.camera_supervisor(), self.no_overwrite, self.cameras_file)
         self.server.start(self.service)  # changes answered 503 until the file's cameras are in
         log(f"live: {len(self.cameras)} cameras; control API at {self.server.url} (GET /cameras, /healthz, /readyz, "
             f"/metrics; POST /cameras; DELETE /cameras/NAME){'; token required' if self.server.token_required else ''}")

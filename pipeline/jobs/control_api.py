@@ -7,8 +7,9 @@ Gives:
 - `GET /cameras`: each running camera with its state, frames_in, frames_out, dropped, reconnects, fps_in, fps_out,
   latency_ms p50 / p95, and its last error (JSON); `GET /cameras/NAME`: one;
 - `POST /cameras` (a JSON body with a cameras-file entry's fields; `input` a URL, `record` a name inside the
-  recordings folder): starts a camera, 201 with it;
-- `DELETE /cameras/NAME`: stops it and closes its outputs, 200 with its summary;
+  recordings folder): starts a camera, 201 with it and `persisted` (whether the cameras file now has it:
+  cameras_file.py);
+- `DELETE /cameras/NAME`: stops it and closes its outputs, 200 with its summary and `persisted`;
 - `GET /healthz`: 200 while the process answers; `GET /readyz`: 200 once the model is loaded and every camera is
   connected or reconnecting, else 503 with the reason (each waiting camera's last error);
 - `GET /metrics`: Prometheus' text format (prometheus_client), per-camera series labelled `camera`;
@@ -291,7 +292,8 @@ class ControlHandler(BaseHTTPRequestHandler):
             return self._json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
                               {"ready": ready, "reason": why})
         if path == "/cameras":
-            return self._json(HTTPStatus.OK, {"cameras": list(self.service.cameras().values())})
+            return self._json(HTTPStatus.OK, {"cameras": list(self.service.cameras().values()),
+                                              "cameras_file": self.service.persistence})
         if path == "/metrics":
             return self._send(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         if path == "/":
@@ -323,14 +325,14 @@ class ControlHandler(BaseHTTPRequestHandler):
         except RecursionError:
             return self._error(HTTPStatus.BAD_REQUEST, "the body is not valid JSON (nested too deeply)")
         try:
-            camera = self.service.add_entry(entry)
+            camera, persisted = self.service.add_entry(entry)
         except RequestRefused as error:
             return self._error(HTTPStatus(error.status), str(error), error.headers)
         except PipelineError as error:
             return self._error(HTTPStatus.BAD_REQUEST, one_line(error))
         return self._json(HTTPStatus.CREATED, {"name": camera.name, "input": camera.input,
                                                "output": camera.targets.publish, "record": camera.targets.record,
-                                               "state": "starting"})
+                                               "state": "starting", "persisted": persisted})
 
     def do_DELETE(self):
         path = self._path()
@@ -340,12 +342,12 @@ class ControlHandler(BaseHTTPRequestHandler):
             return self._wrong_method(path, "DELETE")
         name = unquote(path[len("/cameras/"):])
         try:
-            summary = self.service.remove(name)
+            summary, persisted = self.service.remove(name)
         except RequestRefused as error:
             return self._error(HTTPStatus(error.status), str(error), error.headers)
         except KeyError:
             return self._error(HTTPStatus.NOT_FOUND, f"no camera named {name!r} is running")
-        return self._json(HTTPStatus.OK, {"name": name, "summary": summary})
+        return self._json(HTTPStatus.OK, {"name": name, "summary": summary, "persisted": persisted})
 
     def do_PUT(self):
         path = self._path()
