@@ -126,6 +126,8 @@ class LiveSettings:
     # Where recordings asked for over HTTP go: `record` in a POST is a new file's name inside this folder (None:
     # refused). The cameras file, written by whoever runs the job, may record anywhere
     recordings_dir: str | None = None
+    # The dashboard's live previews (GET /cameras/NAME/preview.mjpg): pictures a second, made only while watched
+    preview_fps: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,7 @@ RULES: dict[str, dict[str, Check]] = {
         "in_flight": integer(1, 16),
         "max_cameras": integer(1, 1000),
         "recordings_dir": optional(of_type(str, "a folder")),
+        "preview_fps": number(0.2, maximum=30),
     },
     "segments": {
         "count": lambda value: None if value == "auto" else (integer(1)(value) and f"{integer(1)(value)} (or auto)"),

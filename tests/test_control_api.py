@@ -11,6 +11,8 @@ import socket
 import threading
 import time
 
+import cv2
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,14 +28,30 @@ class SupervisorStandIn:
 
     def __init__(self):
         self.started, self.stopped = [], []
+        self.previews = 0  # pictures encoded for viewers
 
     def start(self, camera):
         self.started.append(camera.name)
 
     def stats(self):
         return {name: {"state": "running", "frames_in": 30, "frames_out": 29, "dropped": 1, "reconnects": 0,
-                       "fps_in": 15.0, "fps_out": 14.5, "latency_ms": {"p50": 40.0, "p95": 61.0}}
+                       "fps_in": 15.0, "fps_out": 14.5, "latency_ms": {"p50": 40.0, "p95": 61.0},
+                       "flicker_pct": 0.42, "queue": 1, "peak_rss_mb": 250.0}
                 for name in self.started if name not in self.stopped}
+
+    def preview(self, name, newer_than=0):
+        """A camera making a new 64 x 48 picture (a bar at a new place) every 20 ms; none for `dark` yet."""
+        if name not in self.started or name in self.stopped:
+            raise KeyError(name)
+        if name == "dark":
+            return None
+        number = int(time.monotonic() * 50)
+        if number <= newer_than:
+            return None
+        self.previews += 1
+        picture = np.zeros((48, 64, 3), np.uint8)
+        picture[:, number % 64] = (255, 128, 0)
+        return number, cv2.imencode(".jpg", picture)[1].tobytes()
 
     def stop(self, name):
         self.stopped.append(name)
@@ -43,7 +61,8 @@ class SupervisorStandIn:
         return {name: self.stop(name) for name in names}
 
     def batching(self):
-        return {"count": 12, "mean_frames": 2.5, "mean_cameras": 2.0}
+        return {"count": 12, "mean_frames": 2.5, "mean_cameras": 2.0,
+                "seconds": {"buckets": [0, 0, 0, 2, 9, 12, 12, 12, 12, 12, 12], "sum": 0.9}}
 
 
 @pytest.fixture()
@@ -167,6 +186,15 @@ def test_metrics_are_prometheus_text_with_a_camera_label(api):
     latency = {(s.labels["camera"], s.labels["quantile"]): s.value for s in families["depth_camera_latency_ms"].samples}
     assert latency[("yard", "0.95")] == 61.0
     assert families["depth_model_batch_mean_cameras"].samples[0].value == 2.0
+    # What an operator alerts on: flicker, queue depth, memory, the model's batch time, the job's own process
+    for family, value in (("depth_camera_flicker", 0.42), ("depth_camera_queue_frames", 1.0),
+                          ("depth_camera_memory_bytes", 250.0 * 2**20)):
+        assert {s.labels["camera"]: s.value for s in families[family].samples} == {"door": value, "yard": value}
+    histogram = {(s.name, s.labels.get("le")): s.value for s in families["depth_model_batch_seconds"].samples}
+    assert histogram[("depth_model_batch_seconds_bucket", "0.05")] == 2 and \
+        histogram[("depth_model_batch_seconds_bucket", "+Inf")] == 12 and \
+        histogram[("depth_model_batch_seconds_count", None)] == 12
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
 
 
 def test_the_control_address(tmp_path):
@@ -573,3 +601,74 @@ def test_no_persist_leaves_the_cameras_file_alone(tmp_path):
     assert camera.name == "door" and persisted is False
     assert service.remove("door")[1] is False
     assert path.read_text() == "cameras: []\n" and not (tmp_path / "cameras.yaml.bak").exists()
+
+
+def test_snapshot_and_mjpeg_previews_are_made_only_while_watched(api):
+    """snapshot.jpg: the last picture (404 before the first, or for a camera not running); preview.mjpg: a
+    multipart/x-mixed-replace stream of new pictures at live.preview_fps, nothing made while nobody watches, a
+    stalled viewer never in another's way; the stream ends when its camera is removed."""
+    service, host, port = api
+    supervisor = service.supervisor
+    request(host, port, "POST", "/cameras", CAMERA)
+    request(host, port, "POST", "/cameras", {**CAMERA, "name": "dark", "output": "rtsp://127.0.0.1:9/dark"})
+    time.sleep(0.5)
+    assert supervisor.previews == 0  # nobody watches: nothing encoded
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    connection.request("GET", "/cameras/door/snapshot.jpg")
+    answer = connection.getresponse()
+    picture = cv2.imdecode(np.frombuffer(answer.read(), np.uint8), cv2.IMREAD_COLOR)
+    assert answer.status == 200 and answer.getheader("Content-Type") == "image/jpeg" and picture.shape == (48, 64, 3)
+    assert request(host, port, "GET", "/cameras/dark/snapshot.jpg")[0] == 404  # no picture yet
+    assert request(host, port, "GET", "/cameras/nobody/snapshot.jpg")[0] == 404
+    assert request(host, port, "GET", "/cameras/nobody/preview.mjpg")[0] == 404
+
+    # A viewer that never reads (its socket's buffers small) beside one that reads
+    stalled = socket.create_connection((host, port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(b"GET /cameras/door/preview.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    reader = socket.create_connection((host, port), timeout=10)
+    reader.sendall(b"GET /cameras/door/preview.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    started, received = time.monotonic(), b""
+    while received.count(b"--depthframe") < 11 and time.monotonic() - started < 8:
+        received += reader.recv(65536)
+    seconds = time.monotonic() - started
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"200 OK" in head and b"multipart/x-mixed-replace; boundary=depthframe" in head
+    parts = [part for part in body.split(b"--depthframe\r\n") if part]
+    pictures = [cv2.imdecode(np.frombuffer(part.partition(b"\r\n\r\n")[2].rstrip(b"\r\n"), np.uint8),
+                             cv2.IMREAD_COLOR) for part in parts[:10]]
+    assert all(p is not None and p.shape == (48, 64, 3) for p in pictures)
+    assert len({p.tobytes() for p in pictures}) == 10  # each part a new picture
+    assert 1.4 <= seconds <= 4.0, seconds  # 10 more pictures at 5 a second (live.preview_fps), not as they come
+    made = supervisor.previews
+    assert made <= 2 * 11 + 4  # the viewers share one poller: about one picture a tick, not one a viewer
+    # The camera removed: the reader's stream ends
+    request(host, port, "DELETE", "/cameras/door")
+    reader.settimeout(5)
+    while reader.recv(65536):  # (to its end: the server closes it)
+        pass
+    reader.close()
+    stalled.close()
+    time.sleep(0.5)
+    after = supervisor.previews
+    time.sleep(0.6)
+    assert supervisor.previews == after  # no viewers: no more pictures made
+
+
+def test_the_dashboard_is_served_to_a_browser_with_a_strict_policy(api):
+    """GET / with a browser's Accept: the page (its script and style from this origin only); a client asking
+    for JSON gets the index of paths."""
+    _, host, port = api
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    connection.request("GET", "/", headers={"Accept": "text/html,application/xhtml+xml"})
+    answer = connection.getresponse()
+    page = answer.read().decode()
+    policy = answer.getheader("Content-Security-Policy")
+    assert answer.status == 200 and answer.getheader("Content-Type").startswith("text/html")
+    assert "default-src 'self'" in policy and "script-src" not in policy.replace("default-src", "")
+    assert '<script src="dashboard.js"' in page and "http" not in page.replace('http-equiv', '')
+    for path, kind in (("/dashboard.js", "text/javascript"), ("/dashboard.css", "text/css")):
+        status, text = request(host, port, "GET", path)
+        assert status == 200 and "http://" not in text and "https://" not in text, path
+    status, index = request(host, port, "GET", "/")
+    assert status == 200 and "GET /cameras/NAME/preview.mjpg" in index["paths"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.stages.frames import DepthBatch, FrameBatch
-from pipeline.stages.inference.cross_stream_batcher import CrossStreamBatcher, batch_means
+from pipeline.stages.inference.cross_stream_batcher import BATCH_SECONDS_BUCKETS, CrossStreamBatcher, batch_means
 
 
 def frames(camera: int, count: int, first_index: int = 0, shape=(6, 8, 3)) -> FrameBatch:
@@ -55,7 +55,13 @@ def test_frames_of_several_cameras_share_a_batch_and_each_gets_its_own_depth():
     for camera, depth in results.items():
         assert depth.first_index == 7 and depth.pts == [7000] and depth.depth.shape == (1, 3, 4)
         assert np.all(depth.depth == camera * 20 + 7)
-    assert batch_means([batcher.stats()]) == {"count": 2, "mean_frames": 4.0, "mean_cameras": 2.5}
+    means = batch_means([batcher.stats(), batcher.stats()])  # (two batchers' totals add up)
+    assert {key: means[key] for key in ("count", "mean_frames", "mean_cameras")} == {
+        "count": 4, "mean_frames": 4.0, "mean_cameras": 2.5}
+    # Each batch's seconds in the network, as a cumulative histogram (a stand-in network: well under 5 ms)
+    buckets = means["seconds"]["buckets"]
+    assert len(buckets) == len(BATCH_SECONDS_BUCKETS) + 1 and buckets[-1] == 4 and buckets == sorted(buckets)
+    assert 0 < means["seconds"]["sum"] < 4 * 5.0
 
 
 def test_a_frame_waits_for_the_other_cameras_at_most_wait_s_and_sizes_are_never_mixed():

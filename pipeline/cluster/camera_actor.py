@@ -82,6 +82,11 @@ class CameraActor:
         except BaseException:  # noqa: BLE001 - recorded by the camera (its state: failed), reported by stats
             pass
 
+    def preview(self, newer_than: int = 0) -> tuple[int, bytes] | None:
+        """The camera's last depth picture as JPEG, if newer than `newer_than` (LiveCamera.preview): made on this
+        call's thread, beside the camera's loop, only when someone watches."""
+        return self._camera.preview(newer_than)
+
     def stats(self) -> dict:
         return {**self._camera.stats(), "running": self._thread is not None, "peak_rss_mb": peak_rss_mb(),
                 "pid": os.getpid()}

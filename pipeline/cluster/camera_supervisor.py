@@ -5,7 +5,8 @@ Takes: the job's model actors and settings (from `DepthGraph.camera_supervisor()
 (`jobs.cameras.Camera`) to start and names to stop.
 Gives: `stats()`, every camera's figures as last heard (a thread asks the actors twice a second, so that an HTTP
 request never waits on Ray, nor on a camera that does not answer); `stop(name)` / `stop_all(names)`, each camera's
-summary, its outputs closed; `batching()`, how the model actors batched the cameras' frames.
+summary, its outputs closed; `batching()`, how the model actors batched the cameras' frames; `preview(name)`, a
+camera's last depth picture as JPEG.
 
 Each camera runs on an actor of its own (actors.CameraActor), on a node with a model actor (the one with the fewest
 cameras), so that its frames and depth stay on that node. A camera whose process died is restarted by Ray
@@ -29,6 +30,7 @@ __all__ = ["CameraSupervisor"]
 
 POLL_S = 0.5  # how often the cameras' figures are asked for
 STOP_S = 15.0  # what a camera gets to close its outputs when stopped
+PREVIEW_WAIT_S = 2.0  # a preview picture not given in this long is skipped
 
 
 class CameraSupervisor:
@@ -60,6 +62,18 @@ class CameraSupervisor:
     def stats(self) -> dict[str, dict]:
         with self._lock:
             return {name: dict(figures) for name, figures in self._stats.items()}
+
+    def preview(self, name: str, newer_than: int = 0) -> tuple[int, bytes] | None:
+        """The camera's last depth picture as JPEG and its number, if newer than `newer_than` (None: none yet, none
+        newer, or the camera did not answer in PREVIEW_WAIT_S). KeyError: no such camera."""
+        with self._lock:
+            actor = self._actors.get(name)
+        if actor is None:
+            raise KeyError(name)
+        try:
+            return ray.get(actor.preview.remote(newer_than), timeout=PREVIEW_WAIT_S)
+        except (ray.exceptions.RayError, TimeoutError):
+            return None  # restarting, or busy: the viewer gets the next one
 
     def stop(self, name: str) -> dict:
         return self.stop_all([name])[name]

@@ -355,6 +355,14 @@ class CameraService:
                        "record": camera.targets.record, "error": None, **figures.get(name, {"state": "starting"})}
                 for name, camera in running.items()}
 
+    def preview(self, name: str, newer_than: int = 0) -> tuple[int, bytes] | None:
+        """A running camera's last depth picture as JPEG with its number, if newer than `newer_than` (None: none yet).
+        KeyError: no camera of that name is running."""
+        with self._lock:
+            if name not in self._cameras:
+                raise KeyError(name)
+        return self.supervisor.preview(name, newer_than)
+
     def ready(self) -> tuple[bool, str]:
         """Ready once the model is loaded and every camera is connected or reconnecting; (ready, why not: each
         waiting camera with its last error)."""

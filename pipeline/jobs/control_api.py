@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -39,14 +40,17 @@ import time
 from collections import deque
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pipeline.errors import PipelineError, one_line
 from pipeline.jobs.cameras import CameraService, RequestRefused
+from pipeline.jobs.previews import PreviewHub
+from pipeline.stages.inference.cross_stream_batcher import BATCH_SECONDS_BUCKETS
 
 __all__ = ["ControlServer", "DEFAULT_CONTROL", "TOKEN_ENVIRONMENT", "is_loopback", "parse_address", "read_token"]
 
@@ -59,6 +63,11 @@ OPEN_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: no token
 FAILED_ATTEMPTS, FAILED_WINDOW_S = 10, 60.0  # wrong tokens a client may send per window before it gets 429
 MAX_CONNECTIONS = 64  # connections served at once; more are answered 503 at once (a thread each)
 READ_TIMEOUT_S = 10.0  # a client silent this long (a slow or idle one) is let go: its thread is freed
+STATIC = Path(__file__).resolve().parent / "static"
+DASHBOARD_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
+                   "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+                   "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
+MJPEG_BOUNDARY = "depthframe"
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -159,12 +168,20 @@ class CameraMetrics:
             for name, camera in cameras.items():
                 family.add_metric([name], camera.get(key) or 0)
             yield family
-        gauges = {"fps_in": "frames per second read, last seconds", "fps_out": "frames per second out, last seconds"}
+        gauges = {"fps_in": "frames per second read, last seconds", "fps_out": "frames per second out, last seconds",
+                  "flicker": "depth change between frames where the picture is still, in percent of the depth's "
+                             "range, last 50 frames (stages/render/flicker.py)",
+                  "queue_frames": "frames waiting for the model now",
+                  "memory_bytes": "the camera's process: peak resident memory"}
+        values = {"flicker": lambda camera: camera.get("flicker_pct"),
+                  "queue_frames": lambda camera: camera.get("queue"),
+                  "memory_bytes": lambda camera: camera["peak_rss_mb"] * 2**20 if camera.get("peak_rss_mb") else None}
         for key, text in gauges.items():
             family = GaugeMetricFamily(f"depth_camera_{key}", text, labels=["camera"])
             for name, camera in cameras.items():
-                if camera.get(key) is not None:
-                    family.add_metric([name], camera[key])
+                value = values[key](camera) if key in values else camera.get(key)
+                if value is not None:
+                    family.add_metric([name], value)
             yield family
         latency = GaugeMetricFamily("depth_camera_latency_ms", "arrival to publication, last frames",
                                     labels=["camera", "quantile"])
@@ -185,6 +202,11 @@ class CameraMetrics:
         for key, text in (("mean_frames", "frames per network batch"), ("mean_cameras", "cameras per network batch")):
             if batches[key] is not None:
                 yield GaugeMetricFamily(f"depth_model_batch_{key}", text, value=batches[key])
+        seconds = batches.get("seconds")
+        if seconds is not None:
+            bounds = [*(f"{bound:g}" for bound in BATCH_SECONDS_BUCKETS), "+Inf"]
+            yield HistogramMetricFamily("depth_model_batch_seconds", "a network batch's time in the model actor",
+                                        buckets=list(zip(bounds, seconds["buckets"])), sum_value=seconds["sum"])
 
 
 class BoundedHTTPServer(ThreadingHTTPServer):
@@ -249,11 +271,15 @@ class ControlServer:
     def start(self, service: CameraService) -> "ControlServer":
         registry = CollectorRegistry(auto_describe=False)
         registry.register(CameraMetrics(service))
-        self._handler.service, self._handler.registry = service, registry
+        ProcessCollector(registry=registry)  # the job's own process: memory, CPU, open files (process_*)
+        self.previews = PreviewHub(service.preview, service.settings.live.preview_fps)
+        self._handler.service, self._handler.registry, self._handler.previews = service, registry, self.previews
         self._thread.start()
         return self
 
     def close(self) -> None:
+        if getattr(self, "previews", None) is not None:
+            self.previews.close()  # (the preview streams end: their threads are free)
         if self._thread.is_alive():
             self.server.shutdown()
         self.server.server_close()
@@ -262,6 +288,7 @@ class ControlServer:
 class ControlHandler(BaseHTTPRequestHandler):
     service: CameraService
     registry: CollectorRegistry
+    previews: PreviewHub
     token: str | None
     attempts: FailedAttempts
     server_version = "video-depth"
@@ -296,11 +323,19 @@ class ControlHandler(BaseHTTPRequestHandler):
                                               "cameras_file": self.service.persistence})
         if path == "/metrics":
             return self._send(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
-        if path == "/":
+        if path == "/" and "text/html" not in self.headers.get("Accept", ""):
             return self._json(HTTPStatus.OK, {"service": "video-depth live", "paths": {
-                "GET /cameras": "every camera's state and figures", "POST /cameras": "add a camera (JSON entry)",
-                "GET /cameras/NAME": "one camera", "DELETE /cameras/NAME": "stop a camera",
-                "GET /healthz": "liveness", "GET /readyz": "readiness", "GET /metrics": "Prometheus text"}})
+                "GET /": "the dashboard (for a browser)", "GET /cameras": "every camera's state and figures",
+                "POST /cameras": "add a camera (JSON entry)", "GET /cameras/NAME": "one camera",
+                "GET /cameras/NAME/snapshot.jpg": "its last depth picture",
+                "GET /cameras/NAME/preview.mjpg": "its depth pictures, live (MJPEG)",
+                "DELETE /cameras/NAME": "stop a camera", "GET /healthz": "liveness", "GET /readyz": "readiness",
+                "GET /metrics": "Prometheus text"}})
+        if path in DASHBOARD_FILES:
+            return self._dashboard_file(path)
+        if path.startswith("/cameras/") and path.endswith(("/snapshot.jpg", "/preview.mjpg")):
+            name, _, picture = unquote(path[len("/cameras/"):]).rpartition("/")
+            return self._snapshot(name) if picture == "snapshot.jpg" else self._preview_stream(name)
         if path.startswith("/cameras/"):
             name = unquote(path[len("/cameras/"):])
             camera = self.service.cameras().get(name)
@@ -308,6 +343,50 @@ class ControlHandler(BaseHTTPRequestHandler):
                 return self._error(HTTPStatus.NOT_FOUND, f"no camera named {name!r} is running")
             return self._json(HTTPStatus.OK, camera)
         return self._not_found(path)
+
+    def _dashboard_file(self, path: str):
+        """The dashboard's page, script and style (pipeline/jobs/static/): nothing fetched from elsewhere, and the
+        browser told so (a Content-Security-Policy of this origin only)."""
+        name, content_type = DASHBOARD_FILES[path]
+        body = (STATIC / name).read_bytes()
+        return self._send(HTTPStatus.OK, body, content_type, {
+            "Content-Security-Policy": "default-src 'self'; img-src 'self'; connect-src 'self'; "
+                                       "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+
+    def _snapshot(self, name: str):
+        try:
+            picture = self.service.preview(name)
+        except KeyError:
+            return self._error(HTTPStatus.NOT_FOUND, f"no camera named {name!r} is running")
+        if picture is None:
+            return self._error(HTTPStatus.NOT_FOUND, f"camera {name!r} has no depth picture yet")
+        return self._send(HTTPStatus.OK, picture[1], "image/jpeg", {"Cache-Control": "no-store"})
+
+    def _preview_stream(self, name: str):
+        """MJPEG (multipart/x-mixed-replace): the camera's newest depth picture at live.preview_fps, until the
+        viewer leaves, the camera is removed or the job stops (PreviewHub: made only while watched; a slow viewer
+        misses pictures, and after READ_TIMEOUT_S of not reading is let go)."""
+        try:
+            pictures = self.previews.watch(name)
+            first = next(pictures, None)  # (a KeyError here: no such camera)
+        except KeyError:
+            return self._error(HTTPStatus.NOT_FOUND, f"no camera named {name!r} is running")
+        self.close_connection = True  # (a response without a length ends with its connection)
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            for jpeg in itertools.chain([first] if first is not None else [], pictures):
+                self.wfile.write(b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (
+                    MJPEG_BOUNDARY.encode(), len(jpeg), jpeg))
+                self.wfile.flush()
+        except (ConnectionError, TimeoutError, OSError):
+            pass  # the viewer left, or stopped reading
+        finally:
+            pictures.close()
 
     def do_POST(self):
         path = self._path()

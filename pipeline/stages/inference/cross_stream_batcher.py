@@ -19,6 +19,8 @@ one larger than `batch_size` goes alone. Statistics: `stats()` (totals), `batch_
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -27,9 +29,11 @@ from dataclasses import dataclass, field
 
 from pipeline.stages.frames import DepthBatch, FrameBatch
 
-__all__ = ["CrossStreamBatcher", "batch_means"]
+__all__ = ["BATCH_SECONDS_BUCKETS", "CrossStreamBatcher", "batch_means"]
 
 ACTIVE_S = 1.0  # a stream that has sent nothing for this long (or 20 waits) is not waited for
+# Upper bounds (seconds) of the network-time histogram's buckets: a CPU's 50-500 ms to a GPU's few milliseconds
+BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def same_frames(batch: FrameBatch) -> Hashable:
@@ -63,6 +67,8 @@ class CrossStreamBatcher:
         self._changed = threading.Condition()
         self._closed = False
         self.batches = self.frames = self.stream_sum = 0
+        # each batch's time in the network (its `infer` call): a histogram, for an alert on a slow model
+        self.seconds_sum, self.seconds_counts = 0.0, [0] * (len(BATCH_SECONDS_BUCKETS) + 1)
         self._threads = [threading.Thread(target=self._work, daemon=True, name=f"cross-batcher-{i}")
                          for i in range(workers)]
         for thread in self._threads:
@@ -91,7 +97,8 @@ class CrossStreamBatcher:
         """Totals so far: batches run, frames in them, and streams in them (each batch's distinct streams, summed);
         see `batch_means`."""
         with self._changed:
-            return {"count": self.batches, "frames": self.frames, "cameras": self.stream_sum}
+            return {"count": self.batches, "frames": self.frames, "cameras": self.stream_sum,
+                    "seconds_sum": self.seconds_sum, "seconds_counts": list(self.seconds_counts)}
 
     # .................................................................................................................
 
@@ -146,6 +153,7 @@ class CrossStreamBatcher:
         return taken
 
     def _run(self, requests: list[_Request]) -> None:
+        started = time.perf_counter()
         try:
             results = self.infer([(request.stream, request.batch) if self.keyed else request.batch
                                   for request in requests])
@@ -153,16 +161,25 @@ class CrossStreamBatcher:
             for request in requests:
                 request.future.set_exception(error)
             return
+        seconds = time.perf_counter() - started
         with self._changed:
             self.batches += 1
             self.frames += sum(len(request.batch) for request in requests)
             self.stream_sum += len({request.stream for request in requests})
+            self.seconds_sum += seconds
+            self.seconds_counts[bisect.bisect_left(BATCH_SECONDS_BUCKETS, seconds)] += 1
         for request, result in zip(requests, results):
             request.future.set_result(result)
 
 def batch_means(totals: list[dict]) -> dict:
-    """Several batchers' `stats()` as one: `count`, `mean_frames` (frames per batch), `mean_cameras`."""
+    """Several batchers' `stats()` as one: `count`, `mean_frames` (frames per batch), `mean_cameras`, and the
+    batches' seconds in the network (`seconds`: `buckets`, cumulative counts at each of BATCH_SECONDS_BUCKETS and
+    +Inf, as Prometheus histograms have them; `sum`)."""
     count = sum(t["count"] for t in totals)
+    per_bucket = [sum(counts) for counts in zip(*(t["seconds_counts"] for t in totals))] or \
+        [0] * (len(BATCH_SECONDS_BUCKETS) + 1)
     return {"count": count,
             "mean_frames": round(sum(t["frames"] for t in totals) / count, 3) if count else None,
-            "mean_cameras": round(sum(t["cameras"] for t in totals) / count, 3) if count else None}
+            "mean_cameras": round(sum(t["cameras"] for t in totals) / count, 3) if count else None,
+            "seconds": {"buckets": list(itertools.accumulate(per_bucket)),
+                        "sum": round(sum(t["seconds_sum"] for t in totals), 6)}}

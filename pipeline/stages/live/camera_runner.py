@@ -44,6 +44,7 @@ from pipeline.errors import one_line
 from pipeline.formats import keeps_values
 from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
 from pipeline.stages.live.frame_buffer import FrameBuffer, LatencyStats
+from pipeline.stages.render.flicker import FlickerMeter
 from pipeline.stages.render.smoothing import make_smoother, smoother_for
 from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions, output_metadata
 from pipeline.stages.sinks.output_files import recover_recordings
@@ -56,6 +57,7 @@ __all__ = ["LiveCamera", "LiveCameraOptions", "LiveTargets"]
 # (batch, depth dtype) -> a function that waits for the batch's depth
 Submit = Callable[[FrameBatch, str], Callable[[], DepthBatch]]
 RATE_WINDOW_S = 5.0  # fps in `stats()`: over about this many seconds
+PREVIEW_QUALITY = 80  # JPEG quality of a preview picture (a 720p depth picture: about 40 kB)
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ class LiveCamera:
         self.latency = LatencyStats()
         self.stopping = threading.Event()
         self.frames_out = self.filler_frames = self.model_errors = self.frames_lost_to_model = 0
+        self.previews_encoded = 0  # JPEG pictures made for viewers (none while nobody watches)
         self._model: dict = {}  # what the model actors loaded (run's `model`)
         self.sink: DepthSink | None = None  # made at the first frame
         self.error: str | None = None  # what ended the loop, if something did
@@ -196,6 +199,27 @@ class LiveCamera:
     def stop(self) -> None:
         self.stopping.set()
         self.source.stop()
+
+    def preview(self, newer_than: int = 0, quality: int = PREVIEW_QUALITY) -> tuple[int, bytes] | None:
+        """The last depth picture written, as JPEG, with its number (frames written so far), if newer than
+        `newer_than`; None before the first or when nothing newer. Encoded here, on the caller's thread, only when
+        asked: a camera nobody watches encodes none, and the camera's own loop never waits for it."""
+        writer = self.sink.writer if self.sink is not None else None
+        if writer is None or writer.last_image is None or writer.frames_written <= newer_than:
+            return None
+        number, picture = writer.frames_written, writer.last_image  # (replaced whole by the loop, never changed)
+        if isinstance(picture, av.VideoFrame):
+            picture = picture.to_ndarray(format="rgb24")
+        if picture.dtype == np.uint16:
+            picture = (picture >> 8).astype(np.uint8)
+        if picture.ndim == 3:
+            picture = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)
+        encoded, jpeg = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not encoded:
+            return None
+        with self._stats_lock:
+            self.previews_encoded += 1
+        return number, jpeg.tobytes()
 
     # .................................................................................................................
 
@@ -280,6 +304,7 @@ class LiveCamera:
         elif any(frame.after_gap for frame in group):
             self.sink.smoother.reset()  # a new connection: the past says nothing about it
             self.sink.colorizer.tracker.reset()
+            self.sink.flicker.reset()
         # Indices in the order written (a batch lost to the model leaves no gap the sink would wait on)
         written = self.frames_out
         self.sink.write(DepthBatch(written, depth.pts, depth.time_base, depth.depth, depth.max_depth),
@@ -298,6 +323,8 @@ class LiveCamera:
         return {"state": self._state(), "frames_in": self.source.frames_in, "frames_out": self.frames_out,
                 "dropped": self.dropped, "reconnects": self.source.reconnects,
                 "fps_in": fps_in, "fps_out": fps_out, "latency_ms": {"p50": p50, "p95": p95},
+                "flicker_pct": self.sink.flicker.value if self.sink is not None else None,
+                "queue": len(self.buffer), "previews_encoded": self.previews_encoded,
                 "size": [self.source.info.width, self.source.info.height] if self.source.info else None,
                 "publishing": publisher.connected if publisher is not None else None,
                 # what ended the loop; else why the camera is not connected (refused, not found, timed out)
@@ -387,7 +414,7 @@ class LiveCamera:
                                  **options.smoother_params)
         # (the writer opens at the first frame: by then the sink knows the depth's units and 16-bit scale)
         sink = DepthSink(self.targets.record or self.targets.publish, live_info, render, smoother,
-                         writer_factory=open_writer)
+                         writer_factory=open_writer, flicker=FlickerMeter())
         return sink
 
     def _log_line(self, seconds: float, interval: dict) -> None:

@@ -49,6 +49,10 @@ class FrameBuffer:
             self._closed = True
             self._ready.notify()
 
+    def __len__(self) -> int:
+        """Frames waiting now (the queue's depth)."""
+        return len(self._frames)
+
     def take(self, timeout_s: float) -> tuple[list[LiveFrame], bool]:
         """(everything waiting, oldest first; whether the source has ended), waiting up to `timeout_s` for a frame."""
         with self._ready:

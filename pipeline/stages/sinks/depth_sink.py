@@ -26,9 +26,10 @@ import numpy as np
 
 from pipeline.formats import is_sequence_format, keeps_values, sixteen_bit
 from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
-from pipeline.stages.pixels import YUV420P, frame_height, i420_planes, to_rgb
+from pipeline.stages.pixels import YUV420P, frame_height, i420_planes, luma_at, to_rgb
 from pipeline.stages.render.colorize import GRAY, DepthColorizer, DepthQuantizer
 from pipeline.stages.render.depth_units import DepthUnits
+from pipeline.stages.render.flicker import FlickerMeter
 from pipeline.stages.render.smoothing import Guide, Smoother
 from pipeline.stages.sinks.background_writer import BackgroundWriter
 from pipeline.stages.sinks.image_sequence_writer import DepthSequenceWriter
@@ -65,12 +66,13 @@ class DepthSink:
 
     def __init__(self, output: str, info: VideoInfo, options: RenderOptions, smoother: Smoother,
                  write_from_pts: int | None = None, temporary_tag: str | None = None, writer_factory=None,
-                 model: dict | None = None):
+                 model: dict | None = None, flicker: FlickerMeter | None = None):
         """`write_from_pts`: frames before it only warm the smoother and the colour range up and are not written (a
         segment of a long video starts this way, so that its first written frames match an unsegmented run).
         `temporary_tag`: see DepthVideoWriter. `writer_factory(frame_hw)`: something else to write to (live mode:
         an RTSP publisher), with DepthVideoWriter's `write(image, pts)`, `close()`, `abort()`, `frames_written`.
-        `model`: what made the depth (the model's description), for a frame folder's depth.json."""
+        `model`: what made the depth (the model's description), for a frame folder's depth.json. `flicker`: a
+        meter fed each written frame's depth as smoothed and the frame's luma (live cameras: render/flicker.py)."""
         self.output = output
         self.temporary_tag = temporary_tag
         self.writer_factory = writer_factory
@@ -85,6 +87,7 @@ class DepthSink:
         self.colorizer = DepthColorizer(colormap)
         self.quantizer = DepthQuantizer(options.depth_scale) if sixteen_bit(options.depth_format) else None
         self.model = model or {}
+        self.flicker = flicker
         self.units: DepthUnits | None = None  # known from the first depth batch
         self._writer: DepthVideoWriter | None = None
         self._next_index = 0
@@ -130,6 +133,9 @@ class DepthSink:
         # Depth arrives as float16 or float32; every smoother gives float32
         guide = Guide.of_frame(pixels, model_hw, layout) if getattr(self.smoother, "uses_guide", False) else None
         smoothed = self.smoother.update(depth, guide)
+        if self.flicker is not None:
+            self.flicker.update(smoothed, *((guide.gray, guide.gray_unit) if guide is not None
+                                            else luma_at(pixels, layout, model_hw)))
         smoothed_at = time.thread_time()
         if getattr(self.smoother, "cut_detected", False):
             self.colorizer.tracker.reset()  # a new shot gets its own display range at once, not a slow drift

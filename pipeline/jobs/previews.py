@@ -1,0 +1,109 @@
+"""
+Live previews of the cameras for the dashboard's viewers (GET /cameras/NAME/preview.mjpg), with nothing spent on a
+camera nobody watches and no viewer able to slow a camera down.
+
+Takes: `fetch(name, newer_than)` -> (number, JPEG bytes) of the camera's last depth picture if newer, or None; a
+KeyError once the camera is gone (CameraService.preview, over the camera supervisor); the pictures a second.
+Gives: `watch(name)`: an iterator of JPEG pictures for one viewer, each newer than the last it got.
+
+One poller thread a camera, only while it has viewers: it asks for the camera's newest picture `fps` times a second
+(the camera encodes one JPEG per ask, whatever the number of viewers) and keeps the latest. Each viewer takes the
+latest when it is ready for one: a viewer that reads slowly or not at all only misses pictures (its own connection
+times out), while the poller, the camera and the other viewers go on. The last viewer gone, the poller stops.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+__all__ = ["PreviewHub"]
+
+VIEWER_WAIT_S = 5.0  # a viewer with no new picture this long (a camera away) is sent the last one again
+
+
+class _Channel:
+    def __init__(self):
+        self.viewers = 0
+        self.picture: tuple[int, bytes] | None = None
+        self.gone = False
+        self.changed = threading.Condition()
+        self.poller: threading.Thread | None = None
+
+
+class PreviewHub:
+    def __init__(self, fetch: Callable[[str, int], tuple[int, bytes] | None], fps: float):
+        self.fetch, self.interval_s = fetch, 1.0 / fps
+        self._channels: dict[str, _Channel] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self.pictures_fetched = 0  # pictures the cameras made for viewers, all cameras
+
+    def watch(self, name: str) -> Iterator[bytes]:
+        """One viewer's pictures of camera `name` until it is gone or the hub closes (KeyError at once for a camera
+        that is not there)."""
+        first = self.fetch(name, 0)  # (a KeyError here: no such camera, nothing started)
+        channel = self._join(name, first)
+        try:
+            sent = 0
+            while not self._closed.is_set():
+                with channel.changed:
+                    channel.changed.wait_for(lambda: channel.gone or self._closed.is_set() or (
+                        channel.picture is not None and channel.picture[0] > sent), timeout=VIEWER_WAIT_S)
+                    if channel.gone:
+                        return
+                    picture = channel.picture
+                if picture is not None:
+                    sent = picture[0]
+                    yield picture[1]
+        finally:
+            self._leave(name, channel)
+
+    def close(self) -> None:
+        """Every viewer's iterator ends; pollers stop."""
+        self._closed.set()
+        with self._lock:
+            channels = list(self._channels.values())
+        for channel in channels:
+            with channel.changed:
+                channel.changed.notify_all()
+
+    # .................................................................................................................
+
+    def _join(self, name: str, first: tuple[int, bytes] | None) -> _Channel:
+        with self._lock:
+            channel = self._channels.setdefault(name, _Channel())
+            channel.viewers += 1
+            if first is not None and (channel.picture is None or first[0] > channel.picture[0]):
+                channel.picture = first
+            if channel.poller is None:
+                channel.poller = threading.Thread(target=self._poll, args=(name, channel), daemon=True,
+                                                  name=f"preview-{name}")
+                channel.poller.start()
+        return channel
+
+    def _leave(self, name: str, channel: _Channel) -> None:
+        with self._lock:
+            channel.viewers -= 1
+            if channel.viewers == 0 and self._channels.get(name) is channel:
+                del self._channels[name]  # (its poller sees no viewers and ends)
+
+    def _poll(self, name: str, channel: _Channel) -> None:
+        while not self._closed.wait(self.interval_s):
+            with self._lock:
+                if channel.viewers == 0:
+                    return
+            newest = channel.picture[0] if channel.picture is not None else 0
+            try:
+                picture = self.fetch(name, newest)
+            except KeyError:  # the camera was removed: its viewers are done
+                picture, channel.gone = None, True
+            if picture is not None:
+                with self._lock:
+                    self.pictures_fetched += 1
+            with channel.changed:
+                if picture is not None:
+                    channel.picture = picture
+                channel.changed.notify_all()
+            if channel.gone:
+                return
