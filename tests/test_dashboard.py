@@ -5,7 +5,7 @@ DevTools protocol: tests/browser.py).
 One job runs the whole story: snapshot and MJPEG previews decoded back (JPEG, the camera's aspect ratio, several
 parts, each new); a stalled preview viewer beside a camera that keeps its rate; the flicker figure in /cameras and
 /metrics; the dashboard's cards with moving previews (pixels change between two screenshots); a camera added from
-the page. `DASHBOARD_SCREENSHOT=PATH` keeps the screenshot (docs/dashboard.png is made so).
+the page and one removed there. `DASHBOARD_SCREENSHOT=PATH` keeps the screenshot (docs/dashboard.png is made so).
 """
 
 from __future__ import annotations
@@ -89,6 +89,9 @@ def test_previews_flicker_and_the_dashboard_in_a_real_browser(tmp_path):
                  60, "depth of both cameras")
         assert all(camera_figures(base, name)["previews_encoded"] == 0 for name in ("door", "yard"))  # none watched
 
+        # The previews and the page need the token, as the API does
+        for path in ("/cameras/door/snapshot.jpg", "/cameras/door/preview.mjpg", "/dashboard.js"):
+            assert call(base, "GET", path, token=None)[0] == 401, path
         # snapshot.jpg: a JPEG at the camera's aspect ratio; preview.mjpg: several parts, each a new picture
         status, kind, body = get(base, "/cameras/yard/snapshot.jpg")
         snapshot = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
@@ -146,6 +149,11 @@ def test_previews_flicker_and_the_dashboard_in_a_real_browser(tmp_path):
             page.wait_for("document.querySelectorAll('.card').length === 3", 30)
             wait_for(lambda: camera_figures(base, "gate").get("frames_out", 0) > 10, 60, "depth of the added camera")
             assert "gate" in [entry["name"] for entry in yaml.safe_load(file.read_text())["cameras"]]  # persisted
+            # ... and one removed with its card's button
+            page.evaluate("document.querySelector('.card[data-name=\"yard\"] .remove').click() || true")
+            page.wait_for("document.querySelectorAll('.card').length === 2 && "
+                          "!document.querySelector('.card[data-name=\"yard\"]')", 30)
+            assert {c["name"] for c in call(base, "GET", "/cameras")[1]["cameras"]} == {"door", "gate"}
     finally:
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=90)
