@@ -445,6 +445,7 @@ class LiveCamera:
             "republished": publisher.republished if publisher else 0,
             "frames_lost_while_publishing": publisher.frames_lost if publisher else 0,
             "latency_ms": self.latency.summary(),
+            "flicker_pct": self.sink.flicker.value if self.sink is not None else None,  # (the last 50 frames)
             "seconds": round(seconds, 3),
             "fps_in": round(self.source.frames_in / flowing, 3) if flowing else None,
             "fps_out": round(self.frames_out / flowing, 3) if flowing else None,
