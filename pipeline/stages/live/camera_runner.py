@@ -200,6 +200,12 @@ class LiveCamera:
         self.stopping.set()
         self.source.stop()
 
+    @property
+    def cache_restarts(self) -> int:
+        """A video model's streaming cache started again mid-run (its model actor restarted, or the camera came back
+        at another size): its depth then attends to fewer frames for a while (DepthBatch.history)."""
+        return len(self.sink.cache_rebuilt_at) if self.sink is not None else 0
+
     def preview(self, newer_than: int = 0, quality: int = PREVIEW_QUALITY) -> tuple[int, bytes] | None:
         """The last depth picture written, as JPEG, with its number (frames written so far), if newer than
         `newer_than`; None before the first or when nothing newer. Encoded here, on the caller's thread, only when
@@ -307,7 +313,7 @@ class LiveCamera:
             self.sink.flicker.reset()
         # Indices in the order written (a batch lost to the model leaves no gap the sink would wait on)
         written = self.frames_out
-        self.sink.write(DepthBatch(written, depth.pts, depth.time_base, depth.depth, depth.max_depth),
+        self.sink.write(DepthBatch(written, depth.pts, depth.time_base, depth.depth, depth.max_depth, depth.history),
                         FrameBatch(written, batch.pts, batch.time_base, batch.pixels, batch.layout))
         self._published(group)
         return len(group)
@@ -325,6 +331,7 @@ class LiveCamera:
                 "fps_in": fps_in, "fps_out": fps_out, "latency_ms": {"p50": p50, "p95": p95},
                 "flicker_pct": self.sink.flicker.value if self.sink is not None else None,
                 "queue": len(self.buffer), "previews_encoded": self.previews_encoded,
+                "cache_restarts": self.cache_restarts,
                 "size": [self.source.info.width, self.source.info.height] if self.source.info else None,
                 "publishing": publisher.connected if publisher is not None else None,
                 # what ended the loop; else why the camera is not connected (refused, not found, timed out)
@@ -446,6 +453,7 @@ class LiveCamera:
             "frames_lost_while_publishing": publisher.frames_lost if publisher else 0,
             "latency_ms": self.latency.summary(),
             "flicker_pct": self.sink.flicker.value if self.sink is not None else None,  # (the last 50 frames)
+            "cache_restarts": self.cache_restarts,
             "seconds": round(seconds, 3),
             "fps_in": round(self.source.frames_in / flowing, 3) if flowing else None,
             "fps_out": round(self.frames_out / flowing, 3) if flowing else None,
