@@ -264,14 +264,14 @@ class DepthGraph:
             node = self.placement.acquire()
             try:
                 return self._run_stream(source, output, info, render, pts_range, write_from_pts, on_progress, node,
-                                        {"prefix_range": prefix_range, "window_span": window_span})
+                                        prefix_range, window_span)
             finally:
                 self.placement.release(node)
 
     def _run_stream(self, source: str, output: str, info: VideoInfo, render: RenderOptions,
                     pts_range: tuple[int, int | None] | None, write_from_pts: int | None,
                     on_progress: Callable[[int], None] | None, node: str | None,
-                    part: dict | None = None) -> "StreamResult":
+                    prefix_range: tuple[int | None, int] | None, window_span: WindowSpan | None) -> "StreamResult":
         settings = self.settings
         # The sink's temporary file has a name the driver knows: if the sink's process or node dies, the driver
         # removes what it left (on a filesystem every node sees, which outputs need anyway)
@@ -293,7 +293,7 @@ class DepthGraph:
                                        self.plan.smoother_device, write_from_pts, tag, model),
                             fps=settings.input.fps, windows=bool(model.get("temporal")) and not streaming,
                             metric=model.get("depth") == "metric", stream_key=uuid.uuid4().hex if streaming else None,
-                            **(part or {}))
+                            prefix_range=prefix_range, window_span=window_span)
             # The stream runs on its own actor, beside its sink: this thread only hears how far it is, and the end
             result = None
             # The model actors on the stream's node, when it has any: its frames and depth then stay on that node

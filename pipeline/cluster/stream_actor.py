@@ -96,7 +96,7 @@ class StreamActor:
         decoders = []
         try:
             # One thread: streams are the parallelism (frame threads cost 10-15% more CPU a frame)
-            for pts_range in (job.prefix_range, job.pts_range)[0 if job.prefix_range else 1:]:
+            for pts_range in ([job.prefix_range] if job.prefix_range else []) + [job.pts_range]:
                 decoders.append(open_source(job.source, job.fps, threads=1, pts_range=pts_range, layout=job.layout))
         except (PipelineError, OSError) as error:
             for decoder in decoders:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from pipeline.jobs.status import BatchStatus, input_stamp, settings_digest
 from pipeline.jobs.thread_fan_out import run_in_threads
 from pipeline.settings import PipelineSettings, check_combination, merge
 from pipeline.stages.sinks.image_sequence_writer import path_digest, path_size
-from pipeline.stages.sinks.output_files import abandoned_partials, remove_partial
+from pipeline.stages.sinks.output_files import abandoned_partials, remove_partial, write_whole
 
 __all__ = ["BatchJob", "BatchOptions", "EXIT_SOME_FAILED", "report_table"]
 
@@ -223,10 +222,7 @@ class BatchJob:
         }
 
     def _write_report(self, report: dict) -> None:
-        path = self.folder / REPORT_NAME
-        temporary = path.with_name(f".{REPORT_NAME}.partial")
-        temporary.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(temporary, path)
+        write_whole(self.folder / REPORT_NAME, json.dumps(report, indent=2) + "\n")
 
 
 def _remove_partial_files(output: Path, older_than: float | None = None) -> None:

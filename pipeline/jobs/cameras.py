@@ -244,8 +244,7 @@ class CameraService:
         self._cameras: dict[str, Camera] = {}
         self._finished: dict[str, dict] = {}  # summaries of cameras removed while the job ran
         self._lock = threading.Lock()  # the tables above
-        self._changes = threading.RLock()  # one add / remove / stop at a time, each with its supervisor call
-        self.last_change_persisted = False
+        self._changes = threading.Lock()  # one add / remove / stop at a time, each with its supervisor call
 
     def running(self) -> None:
         """The cameras file's cameras are in: requests may add and remove from now on."""
@@ -264,9 +263,10 @@ class CameraService:
         if self.phase == "stopping":
             raise RequestRefused(f"{what}: the service is stopping", HTTPStatus.SERVICE_UNAVAILABLE)
 
-    def add(self, camera: Camera, request: bool = False) -> None:
+    def add(self, camera: Camera, request: bool = False) -> bool:
         """Start a camera; a `CameraConflict` if its name is running or a file or stream it uses is another camera's
-        (`request`: it came over HTTP, and is refused unless the service is running)."""
+        (`request`: it came over HTTP, and is refused unless the service is running; it then goes into the cameras
+        file). Whether the cameras file holds it."""
         with self._changes:
             with self._lock:
                 if request:
@@ -290,8 +290,7 @@ class CameraService:
                 with self._lock:
                     self._cameras.pop(camera.name, None)
                 raise
-            if request:
-                self.last_change_persisted = self._persist(lambda file: file.added(camera.entry))
+            return request and self._persist(lambda file: file.added(camera.entry))
 
     def _persist(self, change) -> bool:
         """A change over HTTP into the cameras file (under the change lock): whether the file holds it."""
@@ -319,9 +318,7 @@ class CameraService:
                 entry = {**entry, "record": recording_inside(entry["record"], self.settings.live.recordings_dir,
                                                              where)}
         camera = camera_from_entry(entry, self.settings, where, self.no_overwrite)
-        with self._changes:  # (the change and whether it was persisted, read together)
-            self.add(camera, request=True)
-            return camera, self.last_change_persisted
+        return camera, self.add(camera, request=True)
 
     def fail(self, camera: Camera, error: BaseException) -> None:
         """A camera that could not start (a cameras-file camera that clashes): its error in the summary, not the

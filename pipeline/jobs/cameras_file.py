@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import one_line
+from pipeline.stages.sinks.output_files import write_whole
 
 __all__ = ["CamerasFile"]
 
@@ -60,8 +61,8 @@ class CamerasFile:
             if self.path.exists() and (not os.access(self.path, os.W_OK) or not self.path.stat().st_mode & 0o222):
                 raise PermissionError("the file is read-only")  # (its owner's wish, kept even by root)
             if self.path.exists():
-                _replace_with(self.backup, self.path.read_bytes())
-            _replace_with(self.path, text.encode("utf-8"))
+                write_whole(self.backup, self.path.read_bytes())
+            write_whole(self.path, text)
         except OSError as error:
             self.problem = f"{self.path}: cannot be written ({one_line(error)}); changes over HTTP are not persisted"
             if not self._warned:
@@ -71,23 +72,3 @@ class CamerasFile:
         self.problem = None
         return True
 
-
-def _replace_with(path: Path, data: bytes) -> None:
-    """`path` holds `data`, whole, or is as it was: written beside it, flushed to disk, renamed over it."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        if path.exists():
-            os.chmod(temporary, path.stat().st_mode & 0o7777)  # (the file keeps its permissions)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)  # the rename itself on disk too (a power cut after it keeps it)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)

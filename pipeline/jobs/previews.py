@@ -37,7 +37,6 @@ class PreviewHub:
         self._channels: dict[str, _Channel] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self.pictures_fetched = 0  # pictures the cameras made for viewers, all cameras
 
     def watch(self, name: str) -> Iterator[bytes]:
         """One viewer's pictures of camera `name` until it is gone or the hub closes (KeyError at once for a camera
@@ -98,9 +97,6 @@ class PreviewHub:
                 picture = self.fetch(name, newest)
             except KeyError:  # the camera was removed: its viewers are done
                 picture, channel.gone = None, True
-            if picture is not None:
-                with self._lock:
-                    self.pictures_fetched += 1
             with channel.changed:
                 if picture is not None:
                     channel.picture = picture

@@ -41,7 +41,7 @@ from pipeline.stages.inference.temporal_windows import (
 )
 from pipeline.stages.sinks.file_lock import FileLock
 from pipeline.stages.sinks.image_sequence_writer import path_digest
-from pipeline.stages.sinks.output_files import remove_partial
+from pipeline.stages.sinks.output_files import remove_partial, write_whole
 from pipeline.stages.sinks.video_writer import DepthVideoWriter
 from pipeline.stages.sources.image_sequence import is_image_sequence, list_images
 
@@ -270,9 +270,7 @@ class SegmentStore:
     def _write_manifest(self) -> None:
         text = json.dumps({"fingerprint": self.fingerprint,
                            "segments": {str(k): v for k, v in sorted(self.done.items())}}, indent=1)
-        temporary = self.manifest_path.with_name(".manifest.json.partial")
-        temporary.write_text(text)
-        os.replace(temporary, self.manifest_path)
+        write_whole(self.manifest_path, text)
 
     def remove(self) -> None:
         """The run is done with its folder (joined, or failed): removed, and its lock let go."""

@@ -7,7 +7,8 @@ Takes: an output path (a video file, or a folder of frames).
 Gives: `temporary_path(output, tag)`, the name a writer of `output` writes under; `abandoned_partials(output)`, the
 temporary files and folders of `output` that no live writer holds (a writer holds a lock on its file, or on
 `LOCK_NAME` inside its folder: file_lock.py); `remove_partial(path)`; `recover_recordings(output)`, a killed live
-run's fragmented recordings kept beside the output, trimmed to their last whole fragment.
+run's fragmented recordings kept beside the output, trimmed to their last whole fragment; `write_whole(path, data)`,
+a small file (a manifest, a report, a cameras file) replaced whole or not at all.
 """
 
 from __future__ import annotations
@@ -20,9 +21,33 @@ from pathlib import Path
 
 from pipeline.stages.sinks.file_lock import is_held_elsewhere
 
-__all__ = ["LOCK_NAME", "abandoned_partials", "recover_recordings", "remove_partial", "temporary_path"]
+__all__ = ["LOCK_NAME", "abandoned_partials", "recover_recordings", "remove_partial", "temporary_path",
+           "write_whole"]
 
 LOCK_NAME = ".lock"  # held inside the temporary folder while a writer lives (see file_lock.py)
+
+
+def write_whole(path: Path, data: bytes | str) -> None:
+    """`path` holds `data`, whole, or is as it was (a crash or a full disk at any moment): written beside it as
+    `.NAME.partial`, flushed to disk, renamed over it (keeping its permissions), the rename itself flushed too."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data.encode("utf-8") if isinstance(data, str) else data)
+            file.flush()
+            os.fsync(file.fileno())
+        if path.exists():
+            os.chmod(temporary, path.stat().st_mode & 0o7777)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def temporary_path(output: Path, tag: str) -> Path:
