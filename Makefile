@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	mkdir -p outputs
 	@if $(PYTHON) -m model.hub small > /dev/null; then \
-		$(PYTHON) run_pipeline.py --model small --config configs/cpu.yaml -o outputs/demo_depth.mp4; \
+		$(PYTHON) run_pipeline.py --model small --config cpu -o outputs/demo_depth.mp4; \
 	else \
 		echo "note: no Depth-Anything weights here (see above): running with random weights instead, so the output shows the pipeline working, not real depth"; \
-		$(PYTHON) run_pipeline.py --random-weights vits --config configs/cpu.yaml -o outputs/demo_depth.mp4; \
+		$(PYTHON) run_pipeline.py --random-weights vits --config cpu -o outputs/demo_depth.mp4; \
 	fi
 
 test: $(STAMP)

@@ -42,7 +42,7 @@ from pipeline.errors import PipelineError, one_line
 from pipeline.formats import DEPTH_FORMATS
 from pipeline.jobs.outputs import check_output_folder, check_summary_path
 from pipeline.settings import load_settings
-from pipeline.urls import is_live_url, is_publish_url
+from pipeline.urls import is_live_url, is_publish_url, redact
 
 SAMPLE_INPUT = Path("outputs/sample_input.mp4")
 
@@ -148,7 +148,7 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
                              "each aligned to the last) or stream (one frame at a time, live's way)")
     parser.add_argument("--fps", metavar="RATE", help="frame rate of an image-sequence input (a folder, 'glob*.png' or "
                                                      "pattern%%06d.png): 30 (default), 29.97 or 30000/1001")
-    parser.add_argument("--config", help="YAML preset, e.g. configs/cpu.yaml (flags override it)")
+    parser.add_argument("--config", help="a YAML file, or a preset: cpu, gpu, default, high-quality (flags override it)")
     parser.add_argument("--colormap", help="OpenCV colormap name (default inferno)")
     parser.add_argument("--depth-format", choices=DEPTH_FORMATS)
     parser.add_argument("--batch-size", type=int,
@@ -210,13 +210,19 @@ def resolve_model(settings):
     name can mean a download that a bad input or setting should not wait for."""
     model = settings.model
     if model.random_weights:
+        if model.vda_mode != "auto":
+            raise PipelineError(f"--vda-mode {model.vda_mode} is for Video Depth Anything models; --random-weights "
+                                f"{model.random_weights} is a per-frame model")
         print("note: random weights - the output shows the pipeline working, not real depth", file=sys.stderr)
         return None
     resolved = resolve_checkpoint(model.checkpoint or model.name or DEFAULT_MODEL)
     if model.name in NON_COMMERCIAL and not model.checkpoint:
         print(f"note: {model.name} ({resolved.repo_id}) is for non-commercial use only (CC-BY-NC-4.0; its model card "
               f"says)", file=sys.stderr)
-    check_checkpoint(resolved.path, model.version, model.max_depth)
+    config = check_checkpoint(resolved.path, model.version, model.max_depth)
+    if model.vda_mode != "auto" and not config.temporal:
+        raise PipelineError(f"--vda-mode {model.vda_mode} is for Video Depth Anything models; {resolved.path} is a "
+                            f"per-frame Depth-Anything model")
     return resolved
 
 
@@ -273,13 +279,14 @@ def run_cameras(args: argparse.Namespace) -> dict:
     check_summary_path(args.summary)
     request = CamerasRequest(args.cameras, args.control, args.control_token_file, args.no_overwrite,
                              ("--segments",) if args.segments is not None else (), persist=not args.no_persist)
-    job = CamerasJob.from_request(settings, request, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+    job = CamerasJob.from_request(settings, request,
+                                  warn=lambda line: print(f"warning: {redact(line)}", file=sys.stderr, flush=True))
     try:  # (the control port is bound from here on)
         resolved = resolve_model(settings)
         with depth_graph(settings, resolved) as graph:
             # Ctrl-C and SIGTERM end the job normally: every camera's outputs closed, the summary printed
             with stop_signals_call(lambda number, frame: job.stop()):
-                return job.run(graph, log=lambda line: print(line, file=sys.stderr, flush=True),
+                return job.run(graph, log=lambda line: print(redact(line), file=sys.stderr, flush=True),
                                shielded=signals_deferred)
     finally:
         job.close()
@@ -449,16 +456,16 @@ def main(argv=None, summary_out=None) -> int:
             summary = run_cameras(args)
         else:
             summary = run(args)
-        text = json.dumps(summary, indent=2, default=str)
+        text = redact(json.dumps(summary, indent=2, default=str))  # (a camera URL's password never printed)
         if getattr(args, "summary", None):
             Path(args.summary).write_text(text + "\n")
     except (PipelineError, CheckpointError, ValueError, OSError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {redact(one_line(error))}", file=sys.stderr)
         return 2
     except Exception as error:  # a fault of ours, not of the input: still one line, the traceback on request
         if os.environ.get("DEPTH_TRACEBACK", "0").strip().lower() not in ("", "0", "false", "no", "off"):
             raise
-        print(f"error: internal {type(error).__name__}: {one_line(error)} (DEPTH_TRACEBACK=1 shows where)",
+        print(f"error: internal {type(error).__name__}: {redact(one_line(error))} (DEPTH_TRACEBACK=1 shows where)",
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated): which one, on_stop_signal recorded

@@ -130,7 +130,7 @@ def main() -> None:
           f"smoother, colour output, batch {args.batch_size}, torch {torch.__version__}")
     for layout in args.layouts:
         # As on a GPU node: the whole batch through the network at once
-        settings = load_settings("configs/default.yaml", {"model.device": "cpu", "batching.batch_size": args.batch_size,
+        settings = load_settings("default", {"model.device": "cpu", "batching.batch_size": args.batch_size,
                                                           "batching.network_batch": args.batch_size,
                                                           "batching.frame_layout": layout})
         graph = DepthGraph(settings, builder=build_instant_depth)

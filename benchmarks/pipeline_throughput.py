@@ -87,7 +87,7 @@ def sequential_fps(clip: Path, output: Path, options: PredictorOptions) -> float
 def pipeline_settings(input_size: int, batch_size: int):
     """The CLI's pipeline with default settings; `batch_size` 0: its own choice (on a CPU, batches of 4 between
     actors and one frame at a time through the network)."""
-    return load_settings("configs/default.yaml", {
+    return load_settings("default", {
         "model.random_weights": "vits", "model.input_size": input_size, "batching.batch_size": batch_size,
     })
 

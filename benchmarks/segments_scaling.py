@@ -36,7 +36,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="segments_scaling_"))
     clip = make_sample_clip(folder / "clip720.mp4", width=1280, height=720, frames=args.frames, rate=30,
                             keyframe_interval=30)
-    settings = load_settings("configs/default.yaml", {
+    settings = load_settings("default", {
         "model.random_weights": "vits", "model.input_size": args.input_size,
         "segments.warmup_seconds": args.warmup_seconds,
     })

@@ -235,7 +235,10 @@ def _read_tensors(path: Path, shapes_only: bool = False) -> tuple[dict[str, torc
                               f"refused. Convert it to .safetensors from a copy you trust (its publisher's), on a "
                               f"machine you trust, and load that") from None
     except Exception as error:  # torch raises several types for truncated zips and foreign pickles
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(error)})") from None
+        reason = _first_line(error)
+        if "zip archive" in reason or "central directory" in reason:  # (torch's text speaks of its zip library)
+            reason = "its zip archive is incomplete: truncated, or a download that did not finish"
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     # Training scripts often wrap the weights; accept the common wrappers
     for wrapper in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
@@ -442,7 +445,10 @@ def _checked_model_and_state(path: Path, version: str | None, shapes_only: bool,
     motion_state = {}
     if video:  # (v2's taps: the video models are built on Depth Anything V2)
         official_state, motion_state, unknown_hf_keys = split_video_state(tensors)
-        version = version or "v2"
+        if version == "v1":
+            raise CheckpointError(f"{path}: a Video Depth Anything checkpoint, built on Depth-Anything V2 (its taps "
+                                  f"2, 5, 8, 11 for vits): --version v1 contradicts it; leave --version out")
+        version = "v2"
     else:
         is_hf_layout = any(key.startswith("backbone.") for key in tensors)
         official_state, unknown_hf_keys = hf_to_official(tensors) if is_hf_layout else (tensors, [])
@@ -450,6 +456,10 @@ def _checked_model_and_state(path: Path, version: str | None, shapes_only: bool,
     block_count = len({k.split(".")[2] for k in official_state if k.startswith("pretrained.blocks.")})
     version = version or _detect_version(path, hf_config, max(block_count, 1))
     config = infer_config(official_state, version, str(path))
+    named = re.findall(r"vit([sblg])(?:14)?(?=[._-]|$)", path.name.lower())
+    if named and config.variant != "custom" and f"vit{named[-1]}" != config.variant:
+        raise CheckpointError(f"{path}: its name says vit{named[-1]}, but its weights are {config.variant}'s; "
+                              f"rename the file or check that it is the one you meant")
     if video:
         config = replace(config, temporal=True, max_depth=_video_metric_range(path, max_depth))
     else:

@@ -128,6 +128,10 @@ class LiveSettings:
     recordings_dir: str | None = None
     # The dashboard's live previews (GET /cameras/NAME/preview.mjpg): pictures a second, made only while watched
     preview_fps: float = 5.0
+    # Host names the control API answers to besides loopback names and the address it is bound to (a bound 0.0.0.0
+    # also answers to IP addresses and this machine's own names): a DNS name or proxy in front of it, e.g.
+    # [depth.example.org]. Any other Host header is refused (a web page that rebinds its name to this address)
+    control_hosts: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,13 @@ def rate_problem(value) -> str | None:
     return None
 
 
+def host_names(value) -> str | None:
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", name) for name in value):
+        return None
+    return f"must be a list of host names (e.g. [depth.example.org]), got {value!r}"
+
+
 def device_name(value) -> str | None:
     if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         return None
@@ -260,6 +271,7 @@ RULES: dict[str, dict[str, Check]] = {
         "max_cameras": integer(1, 1000),
         "recordings_dir": optional(of_type(str, "a folder")),
         "preview_fps": number(0.2, maximum=30),
+        "control_hosts": host_names,
     },
     "segments": {
         "count": lambda value: None if value == "auto" else (integer(1)(value) and f"{integer(1)(value)} (or auto)"),
@@ -339,14 +351,29 @@ def merge(settings: PipelineSettings, overrides: dict[str, Any], where: str,
     return dataclasses.replace(settings, **changes)
 
 
+PRESETS = Path(__file__).resolve().parent / "presets"  # installed with the package: cpu, gpu, default, high-quality
+
+
+def preset_path(preset: str | Path) -> Path:
+    """A preset's file: a YAML file that exists, else one of the packaged presets by its name (`cpu`, `cpu.yaml`,
+    or `configs/cpu.yaml` as earlier versions had them beside the code)."""
+    path = Path(preset)
+    if path.is_file():
+        return path
+    packaged = PRESETS / (path.stem + ".yaml")
+    if path.suffix in ("", ".yaml") and path.parent.name in ("", "configs", "presets") and packaged.is_file():
+        return packaged
+    names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+    raise PipelineError(f"{path}: config file not found (a YAML file, or a preset: {names})")
+
+
 def load_settings(preset: str | Path | None = None, overrides: dict[str, Any] | None = None,
                   labels: dict[str, str] | None = None) -> PipelineSettings:
-    """Defaults, then the YAML preset, then the overrides (None values skipped); every value checked."""
+    """Defaults, then the YAML preset (a file, or a packaged preset's name), then the overrides (None values
+    skipped); every value checked."""
     settings = PipelineSettings()
     if preset is not None:
-        path = Path(preset)
-        if not path.is_file():
-            raise PipelineError(f"{path}: config file not found")
+        path = preset_path(preset)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError:

@@ -27,7 +27,7 @@ from tests.live_peers import Camera, Receiver, control_url
 from tests.test_live import MODEL, moving, wait_for
 
 PROJECT = Path(__file__).resolve().parents[1]
-pytestmark = test_live.pytestmark  # skipped without GStreamer's RTSP server (unless REQUIRE_RTSP)
+needs_rtsp = test_live.pytestmark  # skipped without GStreamer's RTSP server (unless REQUIRE_RTSP)
 
 
 TOKEN = "the-cameras-test-token-0123456789"
@@ -56,6 +56,7 @@ def sizes_since(receiver: Receiver, moment: float) -> set:
     return {picture.shape for arrived, picture in receiver.frames if arrived > moment}
 
 
+@needs_rtsp
 def test_three_cameras_added_removed_restarted_at_another_size_and_stopped(tmp_path):
     cameras = {"wide": Camera(160, 96, 15), "small": Camera(96, 64, 15)}
     for camera in cameras.values():
@@ -190,6 +191,7 @@ def test_a_bad_cameras_file_fails_before_anything_starts(tmp_path, capsys, monke
     assert_one_line_error(code, err, "--control localhost: expected HOST:PORT")
 
 
+@needs_rtsp
 def test_cameras_changed_over_http_survive_a_sigkill_and_a_sigterm(tmp_path):
     """The same command after a crash or a restart serves the cameras as they were changed over HTTP: a camera added
     and one removed, then the job SIGKILLed (the cameras file rewritten at each change, atomically: nothing to

@@ -300,3 +300,10 @@ def test_the_video_depth_command_is_the_cli(tmp_path):
                              capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.strip().splitlines() == [f"error: {tmp_path / 'none.mp4'}: input file not found"]
+
+
+def test_an_error_about_a_url_never_shows_its_password(capsys, tmp_path):
+    code, err = run_cli(capsys, "http://viewer:hunter2@127.0.0.1:9/clip.mp4", "-o", tmp_path / "out.mp4",
+                        "--random-weights", "vits")
+    assert_one_line_error(code, err, "http://***@127.0.0.1:9/clip.mp4")
+    assert "hunter2" not in err and not (tmp_path / "out.mp4").exists()

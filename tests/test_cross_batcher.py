@@ -55,13 +55,24 @@ def test_frames_of_several_cameras_share_a_batch_and_each_gets_its_own_depth():
     for camera, depth in results.items():
         assert depth.first_index == 7 and depth.pts == [7000] and depth.depth.shape == (1, 3, 4)
         assert np.all(depth.depth == camera * 20 + 7)
-    means = batch_means([batcher.stats(), batcher.stats()])  # (two batchers' totals add up)
+    # Two batches: the blocker's 4 frames of one camera, then 4 cameras' single frames
+    means = batch_means([batcher.stats()])
     assert {key: means[key] for key in ("count", "mean_frames", "mean_cameras")} == {
-        "count": 4, "mean_frames": 4.0, "mean_cameras": 2.5}
+        "count": 2, "mean_frames": 4.0, "mean_cameras": 2.5}
+    # Another batcher's totals (a second model actor's: one batch of two cameras' single frames) add to them
+    other = CrossStreamBatcher(Network(), batch_size=2, wait_s=5.0)
+    try:
+        pair = [other.submit("a", frames(1, 1)), other.submit("b", frames(2, 1))]
+        [future.result(timeout=10) for future in pair]
+    finally:
+        other.close()
+    means = batch_means([batcher.stats(), other.stats()])
+    assert {key: means[key] for key in ("count", "mean_frames", "mean_cameras")} == {
+        "count": 3, "mean_frames": round(10 / 3, 3), "mean_cameras": round(7 / 3, 3)}
     # Each batch's seconds in the network, as a cumulative histogram (a stand-in network: well under 5 ms)
     buckets = means["seconds"]["buckets"]
-    assert len(buckets) == len(BATCH_SECONDS_BUCKETS) + 1 and buckets[-1] == 4 and buckets == sorted(buckets)
-    assert 0 < means["seconds"]["sum"] < 4 * 5.0
+    assert len(buckets) == len(BATCH_SECONDS_BUCKETS) + 1 and buckets[-1] == 3 and buckets == sorted(buckets)
+    assert 0 < means["seconds"]["sum"] < 3 * 5.0
 
 
 def test_a_frame_waits_for_the_other_cameras_at_most_wait_s_and_sizes_are_never_mixed():

@@ -46,7 +46,7 @@ def mjpeg_parts(base: str, name: str, count: int) -> list[np.ndarray]:
     """`count` pictures of a camera's preview stream, decoded."""
     host, port = base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=15) as viewer:
-        viewer.sendall(f"GET /cameras/{name}/preview.mjpg HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
+        viewer.sendall(f"GET /cameras/{name}/preview.mjpg HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}"
                        f"\r\n\r\n".encode())
         received = b""
         while received.count(b"--depthframe\r\n") <= count:
@@ -100,17 +100,23 @@ def test_previews_flicker_and_the_dashboard_in_a_real_browser(tmp_path):
         assert all(picture.shape == (64, 96, 3) for picture in pictures)
         assert len({picture.tobytes() for picture in pictures}) == 6
 
-        # A viewer that stops reading: the camera's depth keeps its rate, and another viewer still gets pictures
-        before = camera_figures(base, "door")["frames_out"]
+        # A viewer that stops reading: the camera's depth keeps up with its frames in, and another viewer still gets
+        # pictures (judged against what the camera read meanwhile, not against a rate: the machine may be busy)
+        before = camera_figures(base, "door")
         host, port = base.removeprefix("http://").split(":")
         stalled = socket.create_connection((host, int(port)))
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.sendall(f"GET /cameras/door/preview.mjpg HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
-                        f"\r\n\r\n".encode())
-        time.sleep(4)
+        stalled.sendall(f"GET /cameras/door/preview.mjpg HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer "
+                        f"{TOKEN}\r\n\r\n".encode())
+        wait_for(lambda: camera_figures(base, "door")["frames_in"] - before["frames_in"] >= 40, 120,
+                 "the camera read on")
         assert len(mjpeg_parts(base, "door", 3)) == 3
         figures = camera_figures(base, "door")
-        assert figures["frames_out"] - before >= 0.7 * 15 * 4, figures  # 15 fps, not held back by the viewer
+        frames_in, frames_out = (figures[key] - before[key] for key in ("frames_in", "frames_out"))
+        dropped = figures["dropped"] - before["dropped"]
+        # every frame read is published or counted as dropped (a few in flight), and depth went on flowing: a
+        # viewer that held the camera back would have stopped it
+        assert frames_out + dropped >= frames_in - 8 and frames_out >= 10, (before, figures)
         stalled.close()
 
         # The flicker figure: per camera in /cameras and in /metrics

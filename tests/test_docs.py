@@ -103,5 +103,5 @@ def test_each_documented_command_parses_and_names_files_that_exist(document, arg
     except SystemExit as exit_:
         raise AssertionError(f"{document}: `{' '.join(argv)}` does not parse (exit {exit_.code})") from None
     for word in argv:
-        if word.startswith(("configs/", "benchmarks/", "docs/")):
+        if word.startswith(("pipeline/", "benchmarks/", "docs/")):
             assert (PROJECT / word).exists(), f"{document}: {word} does not exist"

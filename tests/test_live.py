@@ -75,10 +75,11 @@ def test_camera_to_server_end_to_end_and_survives_a_camera_restart(camera):
         wait_for(lambda: len(receiver.frames) >= 30, 60, "depth frames at the server")
         first = [picture for _, picture in receiver.frames[:30]]
         assert first[0].shape == (96, 160) and moving(first)  # the camera's size, changing content
-        # The camera goes away for a few seconds and comes back on the same URL
+        # The camera goes away for a while (until the output has been kept alive with filler frames for a while)
+        # and comes back on the same URL
         camera.stop()
         stopped = time.monotonic()
-        time.sleep(3)
+        wait_for(lambda: sum(t > stopped + 1.5 for t, _ in receiver.frames) >= 3, 60, "filler frames meanwhile")
         camera.start()
         restarted = time.monotonic()
         wait_for(lambda: sum(t > restarted for t, _ in receiver.frames) >= 40, 60, "frames after the restart")
@@ -89,9 +90,12 @@ def test_camera_to_server_end_to_end_and_survives_a_camera_restart(camera):
     assert moving(after), "fresh depth flows again by itself (not the filler frame repeated)"
     assert summary["reconnects"] >= 1 and "reconnecting" in stderr
     assert summary["filler_frames"] > 0  # the output was kept alive while the camera was away
-    # ... at the source's pace: the stream's clock moved on through the gap as the wall clock did
-    gap = [s for (t, _), s in zip(receiver.frames, receiver.stream_seconds) if stopped + 1.5 < t < restarted]
-    assert len(gap) >= 10 and gap[-1] - gap[0] >= 0.5 * (restarted - stopped - 1.5), gap
+    # ... on the live clock: the stream's clock moved on through the gap as the wall clock did (however many filler
+    # frames a busy machine managed to send)
+    gap = [(t, s) for (t, _), s in zip(receiver.frames, receiver.stream_seconds) if stopped + 1.5 < t < restarted]
+    assert len(gap) >= 3, gap
+    (t_first, s_first), (t_last, s_last) = gap[0], gap[-1]
+    assert s_last - s_first >= 0.5 * (t_last - t_first) - 0.2, gap
     assert set(summary) >= {"frames_in", "frames_out", "dropped", "reconnects", "latency_ms"}
     assert set(summary["latency_ms"]) == {"p50", "p95", "max"} and summary["latency_ms"]["p50"] > 0
     assert summary["frames_out"] + summary["dropped"] <= summary["frames_in"] + 1
@@ -129,11 +133,12 @@ def test_a_source_faster_than_the_model_drops_frames_and_latency_stays_bounded(t
         summary, _ = stop_pipeline(process)
         receiver.stop()
         fast.stop()
-    latency = summary["latency_ms"]
+    latency, model = summary["latency_ms"], summary["model_ms"]
     assert summary["dropped"] > 0.3 * summary["frames_in"], summary
     # A backlog would grow by two thirds of a second every second: after ~10 s the latest frames would be seconds
-    # old. Dropping the oldest keeps every frame within a few model runs of its arrival
-    assert latency["p95"] < 1500 and latency["max"] < 3000, summary
+    # old. Dropping the oldest keeps every frame within a few of the model's own turnarounds of its arrival
+    # (measured in this run: a busy machine makes both longer, not the one against the other)
+    assert latency["p95"] <= 4 * model["p95"] + 300, summary
 
 
 def test_a_file_played_in_real_time_gives_every_frame_and_a_recording(tmp_path):

@@ -168,3 +168,28 @@ def test_the_live_flicker_figure_follows_the_benchmark_s_static_flicker():
     meter.update(sequence.observed[cut - 1], cv2.cvtColor(sequence.rgb[cut - 1], cv2.COLOR_RGB2GRAY))
     meter.update(sequence.observed[cut], cv2.cvtColor(sequence.rgb[cut], cv2.COLOR_RGB2GRAY))
     assert meter.value is None  # too few still pixels: not measured
+
+
+def test_nan_depth_is_a_counted_fault_and_a_flat_map_that_jumps_is_flicker():
+    from pipeline.stages.render.flicker import FlickerMeter
+
+    luma = np.full((48, 64), 120, np.uint8)
+    meter = FlickerMeter()
+    depth = np.linspace(1, 2, 48 * 64, dtype=np.float32).reshape(48, 64)
+    meter.update(depth, luma)
+    broken = depth.copy()
+    broken[5, 7] = np.nan  # one pixel: a model fault (e.g. a half-precision overflow)
+    meter.update(broken, luma)
+    meter.update(depth * np.float32(1.01), luma)
+    meter.update(np.full_like(depth, np.inf), luma)
+    meter.update(depth * np.float32(1.01), luma)
+    assert meter.faulty_frames == 2
+    assert meter.value is not None and 0 < meter.value < 2  # measured on the good frames, never poisoned
+    flat = FlickerMeter()
+    for frame in range(6):
+        flat.update(np.full((48, 64), 3.0 + frame % 2, np.float32), luma)  # 3, 4, 3, 4, ...
+    assert flat.value == 100.0 and flat.faulty_frames == 0
+    steady = FlickerMeter()
+    for _ in range(3):
+        steady.update(np.full((48, 64), 3.0, np.float32), luma)
+    assert steady.value == 0.0

@@ -208,13 +208,17 @@ def test_ema_smoother_and_names():
 
 
 def test_settings_presets_overrides_and_unknown_keys(tmp_path):
-    for preset in ("default", "cpu", "gpu", "high-quality"):
-        assert load_settings(f"configs/{preset}.yaml").model.input_size % 14 == 0
-    settings = load_settings("configs/cpu.yaml", {"batching.batch_size": 7, "model.input_size": None})
+    for preset in ("default", "cpu", "gpu", "high-quality"):  # by name, wherever the command runs
+        assert load_settings(preset).model.input_size % 14 == 0
+    assert load_settings("configs/cpu.yaml") == load_settings("cpu.yaml") == load_settings("cpu")  # (older spelling)
+    with pytest.raises(PipelineError, match=r"nothing.yaml: config file not found \(a YAML file, or a preset: cpu, "
+                                            r"default, gpu, high-quality\)"):
+        load_settings("nothing.yaml")
+    settings = load_settings("cpu", {"batching.batch_size": 7, "model.input_size": None})
     assert settings.batching.batch_size == 7 and settings.model.input_size == 364
     assert settings.batching.network_batch == 1  # the CPU preset: one frame a pass through the network
     with pytest.raises(PipelineError, match="batching.network_batch must be >= 0, got -1"):
-        load_settings("configs/default.yaml", {"batching.network_batch": -1})
+        load_settings("default", {"batching.network_batch": -1})
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  input_sise: 518\n")
     with pytest.raises(PipelineError, match=r"bad.yaml \[model\]: unknown setting 'input_sise'"):
@@ -329,7 +333,7 @@ def test_depth_is_encoded_at_a_constant_quantizer_unless_a_crf_is_set(sample, tm
     depth = np.tile(np.linspace(0, 1, 96, dtype=np.float32), (64, 1))
     encoded = {}
     for name in ("default", "high-quality"):
-        render = load_settings(f"configs/{name}.yaml", {"output.preset": "ultrafast"}).output
+        render = load_settings(name, {"output.preset": "ultrafast"}).output
         sink = DepthSink(str(tmp_path / f"{name}.mp4"), info, render, make_smoother("none"))
         frames = next(VideoDecoder(str(sample)).batches(2))
         sink.write(DepthBatch(0, frames.pts, frames.time_base, np.stack([depth, depth])), frames)

@@ -442,8 +442,11 @@ def test_the_released_names_resolve_to_their_one_file_from_the_hub_cache(models,
         resolved = resolve_checkpoint("vda-base")
         assert (resolved.path, resolved.repo_id, resolved.revision) == (
             str(snapshot / release.name), "depth-anything/Video-Depth-Anything-Base", commit)
-        assert load_model(resolved.path).config.temporal and "vda-base" in NON_COMMERCIAL
-        run_pipeline.resolve_model(load_settings(None, {"model.name": "vda-base"}))  # (prints the note)
+        assert "vda-base" in NON_COMMERCIAL
+        # (the stand-in's weights are vits's: a file whose name says another variant is refused, never run)
+        with pytest.raises(CheckpointError, match=r"video_depth_anything_vitb\.pth: its name says vitb, but its "
+                                                  r"weights are vits's"):
+            run_pipeline.resolve_model(load_settings(None, {"model.name": "vda-base"}))  # (prints the note first)
         assert "note: vda-base (depth-anything/Video-Depth-Anything-Base) is for non-commercial use only" in \
             capsys.readouterr().err
         with pytest.raises(CheckpointError, match=r"Video-Depth-Anything-Small: video_depth_anything_vits\.pth is "

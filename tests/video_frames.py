@@ -30,6 +30,10 @@ CASES = (
     Case("stream_50x28x42", "stream", 50, 28, 42),
     # a metric model's windows: the same network, its windows joined without fitting (the original's metric=True)
     Case("metric_window_50x28x42", "window", 50, 28, 42, seed=2, metric=True),
+    # a clip shorter than a window: one window, padded by repeating its last frame
+    Case("window_5x28x42", "window", 5, 28, 42, seed=3),
+    # a stream of one frame: the first frame alone, no cache yet
+    Case("stream_1x42x28", "stream", 1, 42, 28, seed=3),
 )
 
 

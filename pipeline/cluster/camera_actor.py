@@ -48,6 +48,7 @@ class CameraActor:
                                   targets, name=name)
         self._summary: dict | None = None
         self._thread: threading.Thread | None = None
+        self._model_actors_used: dict[str, object] = {}  # actor id -> handle: every model actor sent frames
 
     def run(self, model_actors: list, model: dict | None = None) -> None:
         """Start the camera's loop (once) on these model actors: the first is the camera's own (its frames batch
@@ -58,8 +59,11 @@ class CameraActor:
         router = ModelRouter(model_actors, self._settings.ray.restart_timeout_s, log=False)
         name, batch_size, wait_s = self._name, self._batch_size, self._settings.live.batch_wait_ms / 1e3
 
+        used = self._model_actors_used
+
         def submit(batch: FrameBatch, depth_dtype: str):
             actor = router.healthy()[0]  # the camera's own model actor while it is sound; the next one else
+            used.setdefault(actor._actor_id.hex(), actor)  # (each one that held the camera's cache lets it go at stop)
             reference = actor.infer_frames.remote(name, batch, depth_dtype, batch_size, wait_s)
 
             def result():
@@ -72,7 +76,6 @@ class CameraActor:
             return result
 
         self._cpu_at_start = cpu_seconds()  # (the process's start-up, imports mostly, is not the camera's work)
-        self._own_model_actor = router.healthy()[0]
         self._thread = threading.Thread(target=self._run, args=(submit, model), daemon=True, name=f"camera-{name}")
         self._thread.start()
 
@@ -97,7 +100,10 @@ class CameraActor:
         self._camera.stop()
         if self._thread is not None:
             self._thread.join(timeout_s)
-            self._own_model_actor.end_stream.remote(self._name)  # (a video model lets the camera's cache go)
+            # A video model's cache of this camera lets go at once on every model actor it went to (after a
+            # failover, frames went to another one too), not when its LRU gets to it
+            for actor in self._model_actors_used.values():
+                actor.end_stream.remote(self._name)
         if self._summary is None:
             return {**self._camera.stats(), "error": self._camera.error or "did not stop in time"}
         # The camera's process is its own: its CPU is the camera's (reading, smoothing, rendering, encoding)

@@ -32,14 +32,16 @@ from pipeline.errors import PipelineError, one_line
 from pipeline.jobs.cameras_file import CamerasFile
 from pipeline.jobs.live import live_depth_format_problem
 from pipeline.jobs.outputs import InputFiles, check_output
+from pipeline.stages.sinks.output_files import free_name
 from pipeline.settings import PipelineSettings, check_combination, merge
 from pipeline.stages.live.camera_runner import LiveTargets
 from pipeline.stages.sources.video_decoder import open_video
-from pipeline.urls import is_publish_url, is_url
+from pipeline.urls import is_publish_url, is_url, redact
 
 __all__ = ["CameraService", "RequestRefused", "camera_from_entry", "read_cameras_file"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 # A camera entry's own settings: its key -> the job setting it overrides for this camera
 CAMERA_SETTINGS = {
     "colormap": "output.colormap",
@@ -50,7 +52,9 @@ CAMERA_SETTINGS = {
     "transport": "live.transport",
     "smoothing": "smoothing.name",  # a name, or {name: ..., params: {...}}
 }
-CAMERA_KEYS = ("name", "input", "output", "record", "realtime", *CAMERA_SETTINGS)
+# keep_recordings: true (written for a recording asked for over HTTP): a recording already there from an earlier run
+# is kept, and this run records to NAME-2.EXT, NAME-3.EXT, ... (the first free name)
+CAMERA_KEYS = ("name", "input", "output", "record", "keep_recordings", "realtime", *CAMERA_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -99,31 +103,57 @@ def clash(camera: Camera, other: Camera) -> str | None:
 
 def recording_inside(record, folder: str | None, where: str) -> str:
     """A `record` sent over HTTP, confined: a relative name for a new file inside the recordings folder (`folder`),
-    as its full path. Refused (a `RequestRefused`, nothing created): no recordings folder, an absolute path or `..`,
-    a path that leads out of the folder through a symlink, and any existing file."""
+    as its full path; its sub-folders are made there (`gate/today.mp4`), each one a real folder, never a symlink.
+    Refused (a `RequestRefused`): no recordings folder, an absolute path or `..`, a control character, a path through
+    a symlink, and any existing file."""
     if folder is None:
         raise RequestRefused(f"{where}: record over HTTP needs a recordings folder: start the job with "
                              f"--recordings-dir DIR (live.recordings_dir), and send a name inside it",
                              HTTPStatus.FORBIDDEN)
-    if not isinstance(record, str) or not record.strip() or "\0" in record:
-        raise RequestRefused(f"{where}: record must be a file name inside the recordings folder, got {record!r}")
+    if not isinstance(record, str) or not record.strip() or CONTROL_CHARACTERS.search(record):
+        raise RequestRefused(f"{where}: record must be a file name inside the recordings folder (no control "
+                             f"characters), got {record!r}")
     parts = PurePosixPath(record).parts
     if PurePosixPath(record).is_absolute() or ".." in parts or record.startswith("~"):
         raise RequestRefused(f"{where}: record {record} must be a relative name inside the recordings folder (no "
                              f"absolute path, no '..')", HTTPStatus.FORBIDDEN)
-    root = Path(folder).resolve()
-    path = root.joinpath(*parts)
-    if not path.resolve().is_relative_to(root):
-        raise RequestRefused(f"{where}: record {record} leads out of the recordings folder (a symlink)",
-                             HTTPStatus.FORBIDDEN)
+    root = Path(os.path.realpath(folder))
+    try:
+        parent = make_folders_inside(root, parts[:-1])
+    except (OSError, RuntimeError) as error:
+        raise RequestRefused(f"{where}: record {record} leads through a symlink or cannot be made inside the "
+                             f"recordings folder ({one_line(error)})", HTTPStatus.FORBIDDEN) from None
+    path = parent / parts[-1]
     if os.path.lexists(path):
         raise CameraConflict(f"{where}: record {record} exists in the recordings folder; recordings over HTTP are "
                              f"never replaced: choose a new name")
     return str(path)
 
 
-def camera_from_entry(entry, settings: PipelineSettings, where: str, no_overwrite: bool = False) -> Camera:
-    """One entry (a mapping) checked: every problem is one line naming `where`, the camera and the key."""
+def make_folders_inside(root: Path, names: tuple[str, ...]) -> Path:
+    """root/names[0]/names[1]/..., each made if missing, each opened without following a symlink (an OSError for a
+    symlink in the way: ELOOP or ENOTDIR)."""
+    descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            if name in ("", "."):
+                continue
+            try:
+                os.mkdir(name, 0o755, dir_fd=descriptor)
+            except FileExistsError:
+                pass
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=descriptor)
+            os.close(descriptor)
+            descriptor = inner
+    finally:
+        os.close(descriptor)
+    return root.joinpath(*(name for name in names if name not in ("", ".")))
+
+
+def camera_from_entry(entry, settings: PipelineSettings, where: str, no_overwrite: bool = False,
+                      record_confined_to: str | None = None) -> Camera:
+    """One entry (a mapping) checked: every problem is one line naming `where`, the camera and the key.
+    `record_confined_to`: the folder its recording must stay inside (one asked for over HTTP)."""
     if not isinstance(entry, dict):
         raise PipelineError(f"{where}: a camera must be a mapping with name, input and output or record; got "
                             f"{type(entry).__name__}")
@@ -158,8 +188,14 @@ def camera_from_entry(entry, settings: PipelineSettings, where: str, no_overwrit
     if publish is not None and (not isinstance(publish, str) or not is_publish_url(publish)):
         raise PipelineError(f"{where}: output must be an rtsp:// URL to publish to, got {publish!r} (a file goes in "
                             f"record)")
-    if record is not None and (not isinstance(record, str) or not record.strip() or is_url(record)):
+    if record is not None and (not isinstance(record, str) or not record.strip() or is_url(record)
+                               or CONTROL_CHARACTERS.search(record)):
         raise PipelineError(f"{where}: record must be a file to record to, got {record!r}")
+    keep_recordings = entry.get("keep_recordings", False)
+    if not isinstance(keep_recordings, bool) or keep_recordings and record is None:
+        raise PipelineError(f"{where}: keep_recordings must be true or false, with a record, got {keep_recordings!r}")
+    if keep_recordings:
+        record = str(free_name(Path(record)))
     if publish is None and record is None:
         raise PipelineError(f"{where}: needs somewhere to send depth: output (an rtsp:// URL) and/or record (a file)")
     overrides, labels = {}, {}
@@ -188,7 +224,8 @@ def camera_from_entry(entry, settings: PipelineSettings, where: str, no_overwrit
                                       no_overwrite, "recording"))
         except PipelineError as error:
             raise PipelineError(f"{where}: {error}") from None
-    return Camera(name, source, LiveTargets(publish, record), realtime, camera_settings, dict(entry))
+    return Camera(name, source, LiveTargets(publish, record, record_confined_to if record else None), realtime,
+                  camera_settings, dict(entry))
 
 
 def read_cameras_file(path: str, settings: PipelineSettings, no_overwrite: bool = False) -> list[Camera]:
@@ -203,10 +240,10 @@ def read_cameras_file(path: str, settings: PipelineSettings, no_overwrite: bool 
         raise PipelineError(f"{path}: not a UTF-8 text file (a YAML cameras file is expected)") from None
     except yaml.YAMLError as error:
         raise PipelineError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(data, dict) or set(data) != {"cameras"} or not isinstance(data["cameras"], list) \
-            or not data["cameras"]:
+    if not isinstance(data, dict) or set(data) != {"cameras"} or not isinstance(data["cameras"], (list, type(None))):
         raise PipelineError(f"{path}: expected `cameras:` with a list of cameras (name, input, output and/or "
-                            f"record, and their own settings)")
+                            f"record, and their own settings; an empty list: cameras come over HTTP)")
+    data["cameras"] = data["cameras"] or []
     if len(data["cameras"]) > settings.live.max_cameras:
         raise PipelineError(f"{path}: {len(data['cameras'])} cameras, more than live.max_cameras "
                             f"({settings.live.max_cameras}; each camera is a process of about 250 MB)")
@@ -276,8 +313,9 @@ class CameraService:
                 if camera.name in self._cameras:
                     raise CameraConflict(f"camera {camera.name!r} is running already")
                 if len(self._cameras) >= self.settings.live.max_cameras:
-                    raise CameraConflict(f"camera {camera.name!r}: the job runs its most cameras already "
-                                         f"({self.settings.live.max_cameras}, live.max_cameras)")
+                    raise RequestRefused(f"camera {camera.name!r}: the job runs its most cameras already "
+                                         f"({self.settings.live.max_cameras}, live.max_cameras); remove one first",
+                                         HTTPStatus.TOO_MANY_REQUESTS)
                 for other in self._cameras.values():
                     problem = clash(camera, other)
                     if problem:
@@ -303,21 +341,27 @@ class CameraService:
         return {"file": str(file.path) if file else None, "persist": bool(file and file.persist),
                 "problem": file.problem if file else None}
 
-    def add_entry(self, entry) -> Camera:
+    def add_entry(self, entry) -> tuple[Camera, bool]:
         """A camera from a request's JSON body: checked as a file entry is, and as a request must be (its input a URL,
-        its recording a new file inside the recordings folder), then started."""
-        where = "POST /cameras:"
+        its recording a new file inside the recordings folder), then started: it, and whether the cameras file holds
+        it."""
+        where = "POST /cameras"
         self._refuse_changes("POST /cameras")
         if isinstance(entry, dict):
             source = entry.get("input")
             if isinstance(source, str) and source.strip() and not is_url(source):
-                raise RequestRefused(f"{where} input {source} is a local file; over HTTP a camera's input is a URL "
+                raise RequestRefused(f"{where}: input {source} is a local file; over HTTP a camera's input is a URL "
                                      f"(rtsp, rtmp, srt, udp, tcp, http): file cameras go in the cameras file",
                                      HTTPStatus.FORBIDDEN)
+            if "keep_recordings" in entry:
+                raise RequestRefused(f"{where}: keep_recordings is the service's to set (a recording over HTTP "
+                                     f"never replaces a file)")
             if entry.get("record") is not None:
+                # (written back to the cameras file by its full path, marked so that a restart keeps this recording)
                 entry = {**entry, "record": recording_inside(entry["record"], self.settings.live.recordings_dir,
-                                                             where)}
-        camera = camera_from_entry(entry, self.settings, where, self.no_overwrite)
+                                                             where), "keep_recordings": True}
+        camera = camera_from_entry(entry, self.settings, where, self.no_overwrite,
+                                   record_confined_to=self.settings.live.recordings_dir)
         return camera, self.add(camera, request=True)
 
     def fail(self, camera: Camera, error: BaseException) -> None:
@@ -360,20 +404,21 @@ class CameraService:
                 raise KeyError(name)
         return self.supervisor.preview(name, newer_than)
 
-    def ready(self) -> tuple[bool, str]:
+    def ready(self, details: bool = True) -> tuple[bool, str]:
         """Ready once the model is loaded and every camera is connected or reconnecting; (ready, why not: each
-        waiting camera with its last error)."""
+        waiting camera with its last error, or without `details` its name and state only)."""
         if not self.model_loaded:
             return False, "the model is loading"
         if self.phase != "running":
             return False, f"the service is {self.phase}"
         # (a file played in real time that has ended is done, not waited for)
-        waiting = {name: camera.get("error") for name, camera in self.cameras().items()
+        waiting = {name: (camera["state"], camera.get("error")) for name, camera in self.cameras().items()
                    if camera["state"] not in ("running", "reconnecting", "ended")}
         if not waiting:
             return True, "ready"
         return False, "not connected yet: " + "; ".join(
-            f"{name} ({error})" if error else name for name, error in sorted(waiting.items()))
+            f"{name} ({state}: {redact(error)})" if error and details else f"{name} ({state})"
+            for name, (state, error) in sorted(waiting.items()))
 
     def stop_all(self) -> dict:
         """Every camera stopped, its outputs closed: the job's summary."""

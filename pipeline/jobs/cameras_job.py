@@ -64,8 +64,9 @@ class CamerasJob:
             check_output_folder(settings.live.recordings_dir, "--recordings-dir")
             Path(settings.live.recordings_dir).mkdir(parents=True, exist_ok=True)
         cameras = read_cameras_file(request.cameras_file, settings, request.no_overwrite)
-        file = CamerasFile(request.cameras_file, [camera.entry for camera in cameras], request.persist, warn)
-        return cls(settings, cameras, ControlServer(host, port, token), request.no_overwrite, file)
+        file = CamerasFile(request.cameras_file, request.persist, warn)
+        server = ControlServer(host, port, token, host_names=tuple(settings.live.control_hosts), log=warn)
+        return cls(settings, cameras, server, request.no_overwrite, file)
 
     def stop(self) -> None:
         """End the job (safe from a signal handler): requests from now on are answered 503, never taken."""

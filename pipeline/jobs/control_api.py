@@ -13,16 +13,28 @@ Gives:
 - `GET /healthz`: 200 while the process answers; `GET /readyz`: 200 once the model is loaded and every camera is
   connected or reconnecting, else 503 with the reason (each waiting camera's last error);
 - `GET /metrics`: Prometheus' text format (prometheus_client), per-camera series labelled `camera`;
-- `GET /`: an index of the above; `GET /?token=TOKEN` sets the token as an HttpOnly, SameSite=Strict cookie (for a
-  browser) and redirects to `/`.
-With a token, every request but `GET /healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer TOKEN` (or the
-cookie): 401 otherwise, compared in constant time; a client that fails `FAILED_ATTEMPTS` times in
-`FAILED_WINDOW_S` gets 429 until the window has passed.
+- `GET /cameras/NAME/snapshot.jpg` (`?after=N`: 204 unless a picture newer than number N exists; the number in
+  `X-Picture`), `GET /cameras/NAME/preview.mjpg`: its depth pictures (the dashboard polls snapshots: a browser has 6
+  connections to a host, and a stream per card would hold them all);
+- `GET /`: the dashboard (an index of the above for a client that is no browser); `GET /?token=TOKEN` gives the
+  browser a session cookie (below) and redirects to `/`.
+With a token, every request but `GET /healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer TOKEN` or the
+session cookie: 401 otherwise, compared in constant time. A correct token is always let through; a client address
+that sent `FAILED_ATTEMPTS` wrong tokens in `FAILED_WINDOW_S` gets its further wrong ones answered 429, slowly (behind
+a proxy every client shares the proxy's address: only wrong tokens are slowed, never the right one).
+The browser's session cookie is `depth_session_PORT` (one per service on a host), HttpOnly, SameSite=Strict: an
+expiry and an HMAC of it keyed by the token, never the token itself (a cookie reaches every port of the host).
+
+What a web page in the operator's own browser could try is refused (browser_guard.py): a Host header that is not
+this service's address (DNS rebinding) 421; a change (POST, DELETE) from another origin, a cross-site fetch, or, for
+a request that a cookie or no token lets in, a POST that is not `application/json` (an HTML form's) 403 / 415.
 A bad request is a 4xx with `{"error": "..."}` (invalid JSON or entry: 400, a name already running or a file taken:
 409, an unknown name or path: 404, a method a path does not take: 405, no or too long a body: 411 / 413, a path
-outside the recordings folder: 403); while the file's cameras are being added, and once the job is stopping,
-changes are answered 503. Nothing in the job breaks. Each connection runs on a thread of its own (at most
-`MAX_CONNECTIONS` at once: more are answered 503 and closed), and a client silent for `READ_TIMEOUT_S` is let go.
+outside the recordings folder: 403, live.max_cameras reached: 429); while the file's cameras are being added, and
+once the job is stopping, changes are answered 503; an unexpected failure in a handler is 500 and one log line.
+Nothing in the job breaks. Each connection runs on a thread of its own (at most `MAX_CONNECTIONS` at once, and at
+most `MAX_PREVIEW_STREAMS` of them preview streams: more are answered 503 and closed; the listen backlog as deep),
+and a client silent for `READ_TIMEOUT_S` is let go. URLs in every answer show `***` for a user and password.
 """
 
 from __future__ import annotations
@@ -48,9 +60,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pipeline.errors import PipelineError, one_line
+from pipeline.jobs.browser_guard import BrowserSessions, HostCheck, change_refusal, fetch_refusal
 from pipeline.jobs.cameras import CameraService, RequestRefused
 from pipeline.jobs.previews import PreviewHub
 from pipeline.stages.inference.cross_stream_batcher import BATCH_SECONDS_BUCKETS
+from pipeline.urls import redact, redact_all
 
 __all__ = ["ControlServer", "DEFAULT_CONTROL", "TOKEN_ENVIRONMENT", "is_loopback", "parse_address", "read_token"]
 
@@ -58,10 +72,12 @@ MAX_BODY_BYTES = 64 * 1024
 DEFAULT_CONTROL = "127.0.0.1:8765"
 TOKEN_ENVIRONMENT = "DEPTH_CONTROL_TOKEN"
 TOKEN_MIN_CHARS = 16
-TOKEN_COOKIE = "depth_token"
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: no token (they say nothing a camera sees)
 FAILED_ATTEMPTS, FAILED_WINDOW_S = 10, 60.0  # wrong tokens a client may send per window before it gets 429
+LOCKED_ANSWER_DELAY_S = 0.5  # a wrong token from a client past its limit waits this long for its 429
 MAX_CONNECTIONS = 64  # connections served at once; more are answered 503 at once (a thread each)
+MAX_PREVIEW_STREAMS = 16  # of them, MJPEG streams (held open while watched): the API keeps the rest
+CHANGES = ("POST", "DELETE", "PUT", "PATCH")
 READ_TIMEOUT_S = 10.0  # a client silent this long (a slow or idle one) is let go: its thread is freed
 STATIC = Path(__file__).resolve().parent / "static"
 DASHBOARD_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -162,7 +178,8 @@ class CameraMetrics:
         cameras = self.service.cameras()
         counters = {"frames_in": "frames read from the camera", "frames_out": "depth frames published or recorded",
                     "dropped": "frames dropped (the model behind, or a failed model call)",
-                    "reconnects": "times the camera was reconnected"}
+                    "reconnects": "times the camera was reconnected",
+                    "faulty_depth_frames": "depth frames that held NaN or infinity (a fault of the model)"}
         for key, text in counters.items():
             family = CounterMetricFamily(f"depth_camera_{key}", text, labels=["camera"])
             for name, camera in cameras.items():
@@ -211,26 +228,25 @@ class CameraMetrics:
 
 class BoundedHTTPServer(ThreadingHTTPServer):
     """A thread per connection, at most `max_connections` at once: one more is answered 503 and closed at once
-    (unbounded, 750 slow clients would hold 780 threads), and nothing it does reaches stderr as a traceback."""
+    (unbounded, 750 slow clients would hold 780 threads), and nothing it does reaches stderr as a traceback. The
+    listen backlog is as deep as the limit (socketserver's 5 reset 2 of 20 concurrent clients unanswered). A
+    connection that turns into a preview stream moves from the general slots to one of `max_streams` of its own, so
+    that viewers never starve the API."""
 
     daemon_threads = True
 
-    def __init__(self, address, handler, max_connections: int = MAX_CONNECTIONS):
+    def __init__(self, address, handler, max_connections: int = MAX_CONNECTIONS,
+                 max_streams: int = MAX_PREVIEW_STREAMS):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.request_queue_size = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._stream_slots = threading.BoundedSemaphore(max_streams)
+        self._streaming = threading.local()  # whether this connection's thread holds a stream slot instead
         super().__init__(address, handler)
 
     def process_request(self, request, client_address):
         if not self._slots.acquire(blocking=False):
-            body = b'{"error": "too many connections; try again"}\n'
-            try:
-                request.settimeout(1.0)
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                                % (len(body), body))
-            except OSError:
-                pass
-            self.shutdown_request(request)
+            self.refuse(request, b"too many connections; try again")
             return
         try:
             super().process_request(request, client_address)
@@ -238,11 +254,32 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             self._slots.release()
             raise
 
+    @staticmethod
+    def refuse(request, why: bytes) -> None:
+        body = b'{"error": "%s"}\n' % why
+        try:
+            request.settimeout(1.0)
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                            % (len(body), body))
+        except OSError:
+            pass
+
+    def to_stream(self) -> bool:
+        """This connection (its last request) becomes a long-lived stream: whether a stream slot was free (its
+        general slot is then given back)."""
+        if not self._stream_slots.acquire(blocking=False):
+            return False
+        self._streaming.held = True
+        self._slots.release()
+        return True
+
     def process_request_thread(self, request, client_address):
+        self._streaming.held = False
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            (self._stream_slots if self._streaming.held else self._slots).release()
 
     def handle_error(self, request, client_address):
         pass  # a client that left early, or sent nonsense: its connection is closed, and the service goes on
@@ -250,15 +287,22 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
 class ControlServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-                 max_connections: int = MAX_CONNECTIONS, failed_attempts: int = FAILED_ATTEMPTS):
-        """Binds at once, so that a port in use is an error before anything starts; serves from `start`."""
+                 max_connections: int = MAX_CONNECTIONS, failed_attempts: int = FAILED_ATTEMPTS,
+                 host_names: tuple[str, ...] = (), max_streams: int = MAX_PREVIEW_STREAMS,
+                 log=lambda line: None):
+        """Binds at once, so that a port in use is an error before anything starts; serves from `start`.
+        `host_names`: names the API answers to besides loopback and its bound address (live.control_hosts);
+        `log`: where an unexpected failure in a handler is told (one line)."""
         self.token_required = token is not None
         self._handler = type("Handler", (ControlHandler,), {"token": token,
-                                                            "attempts": FailedAttempts(failed_attempts)})
+                                                            "attempts": FailedAttempts(failed_attempts),
+                                                            "hosts": HostCheck(host, host_names),
+                                                            "log_failure": staticmethod(log)})
         try:
-            self.server = BoundedHTTPServer((host, port), self._handler, max_connections)
+            self.server = BoundedHTTPServer((host, port), self._handler, max_connections, max_streams)
         except OSError as error:
             raise PipelineError(f"--control {host}:{port}: cannot listen there ({error.strerror or error})") from None
+        self._handler.sessions = BrowserSessions(token, self.server.server_address[1]) if token else None
         # (the poll interval is how long `close` waits for the serving thread to notice)
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True,
                                         name="control-api")
@@ -291,6 +335,9 @@ class ControlHandler(BaseHTTPRequestHandler):
     previews: PreviewHub
     token: str | None
     attempts: FailedAttempts
+    hosts: HostCheck
+    sessions: BrowserSessions | None
+    log_failure: object
     server_version = "video-depth"
     protocol_version = "HTTP/1.1"
     timeout = READ_TIMEOUT_S  # (socketserver sets it on the connection: reads and writes give up after it)
@@ -304,23 +351,49 @@ class ControlHandler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError):
             pass  # the client left early, or was silent too long: nothing to answer
 
+    def handle_one_request(self):
+        """One request; whatever fails unexpectedly in its handler is answered 500 (unless an answer had begun) and
+        told in one log line, and the connection is closed: a client is never left without an answer."""
+        self._answering = False
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError):
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure: an answer and a line, never a silent close
+            what = f"{getattr(self, 'command', '?')} {redact(urlsplit(getattr(self, 'path', '')).path)}"
+            self.log_failure(f"control API: {what} failed: {type(error).__name__}: {redact(one_line(error))}")
+            self.close_connection = True
+            if not self._answering:
+                try:
+                    self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{what}: the service failed to answer "
+                                                                  f"({type(error).__name__}); it goes on")
+                except OSError:
+                    pass
+
+    def send_response(self, code, message=None):
+        self._answering = True
+        super().send_response(code, message)
+
     # Routes ..........................................................................................................
 
     def do_GET(self):
         path = self._path()
+        if not self._host_allowed():
+            return None
         if path == "/" and "token" in parse_qs(urlsplit(self.path).query):
-            return self._token_to_cookie()
+            return self._token_to_session()
         if not self._authorised(path):
             return None
         if path == "/healthz":
             return self._json(HTTPStatus.OK, {"status": "ok"})
-        if path == "/readyz":
-            ready, why = self.service.ready()
+        if path == "/readyz":  # (open: without the token, names and states only, never a camera's error)
+            ready, why = self.service.ready(details=self.token is None or self._credentials() is not None)
             return self._json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
                               {"ready": ready, "reason": why})
         if path == "/cameras":
             return self._json(HTTPStatus.OK, {"cameras": list(self.service.cameras().values()),
-                                              "cameras_file": self.service.persistence})
+                                              "cameras_file": self.service.persistence,
+                                              "preview_fps": self.previews.fps})
         if path == "/metrics":
             return self._send(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         if path == "/" and "text/html" not in self.headers.get("Accept", ""):
@@ -350,18 +423,26 @@ class ControlHandler(BaseHTTPRequestHandler):
         name, content_type = DASHBOARD_FILES[path]
         body = (STATIC / name).read_bytes()
         return self._send(HTTPStatus.OK, body, content_type, {
-            "Content-Security-Policy": "default-src 'self'; img-src 'self'; connect-src 'self'; "
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; connect-src 'self'; "
                                        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
             "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
 
     def _snapshot(self, name: str):
+        """The camera's newest depth picture (PreviewHub.latest: asked of the camera at most preview_fps times a
+        second however many poll); `?after=N`: 204 while there is none newer than number N (the dashboard's poll)."""
+        after = parse_qs(urlsplit(self.path).query).get("after", ["0"])[0]
+        if not re.fullmatch(r"[0-9]{1,18}", after):
+            return self._error(HTTPStatus.BAD_REQUEST, f"after must be a picture number, got {after!r}")
         try:
-            picture = self.service.preview(name)
+            picture = self.previews.latest(name, int(after))
         except KeyError:
             return self._error(HTTPStatus.NOT_FOUND, f"no camera named {name!r} is running")
+        if picture is None and int(after):
+            return self._send(HTTPStatus.NO_CONTENT, b"", "image/jpeg", {"Cache-Control": "no-store"})
         if picture is None:
             return self._error(HTTPStatus.NOT_FOUND, f"camera {name!r} has no depth picture yet")
-        return self._send(HTTPStatus.OK, picture[1], "image/jpeg", {"Cache-Control": "no-store"})
+        return self._send(HTTPStatus.OK, picture[1], "image/jpeg",
+                          {"Cache-Control": "no-store", "X-Picture": str(picture[0])})
 
     def _preview_stream(self, name: str):
         """MJPEG (multipart/x-mixed-replace): the camera's newest depth picture at live.preview_fps, until the
@@ -372,6 +453,11 @@ class ControlHandler(BaseHTTPRequestHandler):
             first = next(pictures, None)  # (a KeyError here: no such camera)
         except KeyError:
             return self._error(HTTPStatus.NOT_FOUND, f"no camera named {name!r} is running")
+        if not self.server.to_stream():
+            pictures.close()
+            return self._error(HTTPStatus.SERVICE_UNAVAILABLE, f"{MAX_PREVIEW_STREAMS} preview streams are open "
+                                                               f"already; try again later (or snapshot.jpg)",
+                               {"Retry-After": "5"})
         self.close_connection = True  # (a response without a length ends with its connection)
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}")
@@ -390,7 +476,7 @@ class ControlHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         path = self._path()
-        if not self._authorised(path):
+        if not self._host_allowed() or not self._authorised(path):
             return None
         if path != "/cameras":
             return self._wrong_method(path, "POST")
@@ -415,7 +501,7 @@ class ControlHandler(BaseHTTPRequestHandler):
 
     def do_DELETE(self):
         path = self._path()
-        if not self._authorised(path):
+        if not self._host_allowed() or not self._authorised(path):
             return None
         if not path.startswith("/cameras/"):
             return self._wrong_method(path, "DELETE")
@@ -430,43 +516,81 @@ class ControlHandler(BaseHTTPRequestHandler):
 
     def do_PUT(self):
         path = self._path()
-        if self._authorised(path):
+        if self._host_allowed() and self._authorised(path):
             self._wrong_method(path, self.command)
 
     do_PATCH = do_PUT
 
     # Access ..........................................................................................................
 
-    def _authorised(self, path: str) -> bool:
-        """Whether the request may go on; if not, it has been answered (401, or 429 after too many failures)."""
-        if self.token is None or (self.command == "GET" and path in OPEN_PATHS):
+    def _host_allowed(self) -> bool:
+        """Whether the Host header names this service (not a web page's own name rebound to this address); if not,
+        it has been answered 421."""
+        host = self.headers.get("Host")
+        if self.hosts.allows(host):
             return True
-        if self._too_many_tries():
-            return False
-        if self._token_matches(self._given_token()):
-            return True
-        self.attempts.failed(self.client_address[0])
-        self._error(HTTPStatus.UNAUTHORIZED, "a valid token is required: Authorization: Bearer TOKEN",
-                    {"WWW-Authenticate": 'Bearer realm="video-depth"'})
+        self._error(HTTPStatus.MISDIRECTED_REQUEST, f"Host {host!r} is not this service's address; a name that "
+                                                    f"reaches it through DNS or a proxy goes in live.control_hosts")
         return False
 
-    def _too_many_tries(self) -> bool:
-        """Whether this client sent too many wrong tokens lately; if so, it has been answered 429."""
+    def _credentials(self) -> str | None:
+        """How the request proves the token: "bearer", "cookie", or None (neither, or a wrong one)."""
+        given = self._bearer()
+        if given is not None:
+            return "bearer" if self._token_matches(given) else None
+        cookie = self._cookie(self.sessions.name) if self.sessions else None
+        return "cookie" if cookie is not None and self.sessions.valid(cookie) else None
+
+    def _authorised(self, path: str) -> bool:
+        """Whether the request may go on; if not, it has been answered (401, 429 for a wrong token past the limit,
+        403 / 415 for what a web page would send). A correct token is always let through."""
+        if self.token is None:
+            how = "none"
+        elif self.command == "GET" and path in OPEN_PATHS:
+            return True
+        else:
+            how = self._credentials()
+            if how is None:
+                if self._bearer() is not None:
+                    return self._wrong_token()
+                self._error(HTTPStatus.UNAUTHORIZED, "a valid token is required: Authorization: Bearer TOKEN",
+                            {"WWW-Authenticate": 'Bearer realm="video-depth"'})
+                return False
+        # A browser sends ambient credentials (the cookie), or none where none are needed: what a page of another
+        # origin could make it send is refused
+        browser_made = how in ("cookie", "none")
+        refusal = (change_refusal(self.command, self.headers, browser_made) if self.command in CHANGES
+                   else fetch_refusal(self.headers, browser_made))
+        if refusal is not None:
+            self._error(*refusal)
+            return False
+        return True
+
+    def _wrong_token(self) -> bool:
+        """A wrong token: 401, or 429 (answered after a pause) once this address sent too many lately."""
         client = self.client_address[0]
+        self.attempts.failed(client)
         wait_s = self.attempts.wait_s(client)
         if wait_s > 0:
-            self._error(HTTPStatus.TOO_MANY_REQUESTS, f"too many wrong tokens from {client}; try again in "
-                                                      f"{wait_s:.0f} s", {"Retry-After": str(int(wait_s) + 1)})
-        return wait_s > 0
+            time.sleep(LOCKED_ANSWER_DELAY_S)
+            self._error(HTTPStatus.TOO_MANY_REQUESTS, f"too many wrong tokens from {client}; a wrong one is answered "
+                                                      f"429 for {wait_s:.0f} s more",
+                        {"Retry-After": str(int(wait_s) + 1)})
+        else:
+            self._error(HTTPStatus.UNAUTHORIZED, "the token is not valid",
+                        {"WWW-Authenticate": 'Bearer realm="video-depth"'})
+        return False
 
-    def _given_token(self) -> str | None:
+    def _bearer(self) -> str | None:
         scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-        for part in (self.headers.get("Cookie") or "").split(";"):
-            name, _, value = part.strip().partition("=")
-            if name == TOKEN_COOKIE and value:
-                return value
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+    def _cookie(self, wanted: str) -> str | None:
+        for header in self.headers.get_all("Cookie") or []:
+            for part in header.split(";"):
+                name, _, value = part.strip().partition("=")
+                if name == wanted and value:
+                    return value
         return None
 
     def _token_matches(self, given: str | None) -> bool:
@@ -474,17 +598,15 @@ class ControlHandler(BaseHTTPRequestHandler):
             return False
         return hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
 
-    def _token_to_cookie(self):
-        """GET /?token=TOKEN (a browser's first visit): the token as a cookie, then the page without it in the URL."""
-        if self._too_many_tries():
-            return None
-        given = parse_qs(urlsplit(self.path).query).get("token", [""])[0]
-        if self.token is not None and not self._token_matches(given):
-            self.attempts.failed(self.client_address[0])
-            return self._error(HTTPStatus.UNAUTHORIZED, "the token is not valid")
-        headers = {"Location": "/"}
+    def _token_to_session(self):
+        """GET /?token=TOKEN (a browser's first visit): a session cookie derived from the token, then the page
+        without the token in the URL."""
+        headers = {"Location": "/", "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
         if self.token is not None:
-            headers["Set-Cookie"] = f"{TOKEN_COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path=/"
+            given = parse_qs(urlsplit(self.path).query).get("token", [""])[0]
+            if not self._token_matches(given):
+                return self._wrong_token()
+            headers["Set-Cookie"] = self.sessions.cookie()
         return self._json(HTTPStatus.SEE_OTHER, {"see": "/"}, headers)
 
     # Helpers .........................................................................................................
@@ -538,7 +660,8 @@ class ControlHandler(BaseHTTPRequestHandler):
         self._error(status, message or status.phrase)
 
     def _json(self, status: HTTPStatus, payload, headers: dict | None = None):
-        return self._send(status, (json.dumps(payload, default=str) + "\n").encode(), "application/json", headers)
+        text = json.dumps(redact_all(payload), default=lambda value: redact(str(value)))
+        return self._send(status, (text + "\n").encode(), "application/json", headers)
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict | None = None):
         self.send_response(status)

@@ -108,6 +108,9 @@ def file_warnings(summary: dict, run: FileRun) -> list[str]:
     if summary.get("resized_frames"):
         lines.append(f"{source}: the frame size changed mid-stream; {summary['resized_frames']} frames were scaled "
                      f"to the first frame's size, {info.width}x{info.height}")
+    if summary.get("segments_asked"):
+        lines.append(f"{source}: --segments {summary['segments_asked']}: the clip's length and keyframes allow "
+                     f"{summary['segments_run']}; it ran as {summary['segments_run']}")
     if summary.get("repaired_timestamps"):
         lines.append(f"{source}: {summary['repaired_timestamps']} frames repeated or went back on the previous "
                      f"frame's timestamp; each was moved one tick past it")
@@ -132,12 +135,16 @@ def process_video(
     started = time.monotonic()
     render = _render_options(graph, source)
     plan = _segment_plan(graph, source, info, segments)
+    # Fewer segments than asked (a clip too short, or too few keyframes, to split so): said, never silent
+    fewer = ({"segments_asked": int(segments), "segments_run": max(len(plan), 1)}
+             if str(segments).isdigit() and max(len(plan), 1) < int(segments) else {})
     if len(plan) <= 1:
         result = graph.retrying(source, "", lambda: graph.run_stream(source, output, info, render,
                                                                      on_progress=on_progress))
         summary = summarize(graph, source, [result], time.monotonic() - started)
-        return {**summary, "output": result.sink["output"]}
-    return _process_segments(graph, source, Path(output), info, render, plan, resume, on_progress, started)
+        return {**summary, "output": result.sink["output"], **fewer}
+    return {**_process_segments(graph, source, Path(output), info, render, plan, resume, on_progress, started),
+            **fewer}
 
 # .................................................................................................................
 

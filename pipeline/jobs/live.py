@@ -101,7 +101,8 @@ class LiveJob:
         """Until stopped (or a realtime file ends); `decoder`: the source's first connection (opened here if None,
         after the graph has loaded the models, so start-up is not counted as latency)."""
         model = graph.model_info
-        return self.camera.run(graph.submit, decoder if decoder is not None else self.source.open(), model=model)
+        summary = self.camera.run(graph.submit, decoder if decoder is not None else self.source.open(), model=model)
+        return {**summary, "model": model}  # (what ran, as the file and many-camera jobs say)
 
 
 __all__ = ["LiveJob", "LiveRequest", "LiveTargets", "live_depth_format_problem"]

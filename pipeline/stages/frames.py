@@ -3,8 +3,8 @@ What flows between the stages: batches of frames and of depth maps, each frame w
 
 A `FrameBatch` carries B decoded frames as one uint8 array, upright after any rotation metadata: I420 (YUV 4:2:0,
 half the bytes, converted to RGB on the model's device) or packed RGB; a `DepthBatch` the matching depth (relative
-inverse depth, or metres), B x h x w at the model's resolution. Timestamps stay in the source's units (`pts` in `time_base`), so
-variable frame rates and 29.97 fps survive exactly.
+inverse depth, or metres), B x h x w at the model's resolution (a video model's: at the frame size, below). Timestamps
+stay in the source's units (`pts` in `time_base`), so variable frame rates and 29.97 fps survive exactly.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ class FrameBatch:
 @dataclass
 class DepthBatch:
     """Depth for a FrameBatch: `depth` B x h x w (float16 or float32) at the model's resolution, which keeps the
-    frame's aspect ratio; same indices and timestamps. `DepthSink` resizes it to the frame size. `max_depth`: None
+    frame's aspect ratio; same indices and timestamps. `DepthSink` resizes it to the frame size. A video model's
+    depth comes at the frame size already: Video Depth Anything resizes with aligned corners (the sink's resize
+    has half-pixel centres, as Depth-Anything's own), done on the model's device to stay faithful. `max_depth`: None
     for relative inverse depth (larger is nearer), or the metric model's range: metres, in (0, max_depth].
     `history`: a video model's streaming mode: how many of the stream's frames its cache had seen before this batch
     (fewer than `first_index`: the cache was lost with its model actor and started again here)."""

@@ -3,8 +3,10 @@ Infer: batches of frames -> batches of depth, on the model's device.
 
 Takes: `FrameBatch` (uint8 in host memory: I420, B x H*3/2 x W, converted to RGB on the model's device; or RGB,
 B x H x W x 3).
-Gives: `DepthBatch` (B x h x w depth at the model's resolution: relative inverse depth, or metres from a metric model, float16 or float32, host memory);
-the sink smooths it there and resizes it to the frame size once, for rendering.
+Gives: `DepthBatch` (B x h x w depth at the model's resolution: relative inverse depth, or metres from a metric model,
+float16 or float32, host memory); the sink smooths it there and resizes it to the frame size once, for rendering. A
+video model's depth (`infer_stream`, the window mode's windows) comes at the frame size: Video Depth Anything resizes
+with aligned corners, which the sink's resize does not reproduce to float32 rounding.
 
 On a GPU, each call stages its frames (as they came: I420 is half the bytes of RGB) in a reusable pinned host buffer
 and issues a non-blocking copy on a dedicated copy stream; the compute stream waits only on that copy's event. The

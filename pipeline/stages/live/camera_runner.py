@@ -48,6 +48,7 @@ from pipeline.stages.render.flicker import FlickerMeter
 from pipeline.stages.render.smoothing import make_smoother, smoother_for
 from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions, output_metadata
 from pipeline.stages.sinks.output_files import recover_recordings
+from pipeline.urls import redact
 from pipeline.stages.sinks.rtsp_publisher import LIVE_TIME_BASE, RtspPublisher
 from pipeline.stages.sinks.video_writer import DepthVideoWriter
 from pipeline.stages.sources.live_stream import LiveFrame, LiveSource
@@ -80,6 +81,8 @@ class LiveCameraOptions:
 class LiveTargets:
     publish: str | None  # rtsp:// URL
     record: str | None  # a file
+    record_confined_to: str | None = None  # a recording asked for over HTTP stays inside this folder (checked again
+    # right before its file is created and renamed)
 
 
 def image_size(image: np.ndarray | av.VideoFrame) -> tuple[int, int]:
@@ -177,10 +180,13 @@ class LiveCamera:
         self.targets = targets
         self.name = name
         base_log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.log = (lambda line: base_log(f"[{name}] {line}")) if name else base_log
+        # (a camera URL's user and password never reach a log: every line is redacted where it is made)
+        self.log = (lambda line: base_log(redact(f"[{name}] {line}"))) if name else (
+            lambda line: base_log(redact(line)))
         source.log = self.log
         self.buffer = FrameBuffer(options.queue, options.keep_every if options.drop == "every-k" else 1)
         self.latency = LatencyStats()
+        self.model_turnaround = LatencyStats()  # a batch sent to the model until its depth is back (queue included)
         self.stopping = threading.Event()
         self.frames_out = self.filler_frames = self.model_errors = self.frames_lost_to_model = 0
         self.previews_encoded = 0  # JPEG pictures made for viewers (none while nobody watches)
@@ -277,7 +283,7 @@ class LiveCamera:
                         pending = submit(batch, self._depth_dtype)
                     except Exception as error:  # noqa: BLE001 - reported when its turn comes, in order
                         pending = error
-                    in_flight.append((group, batch, pending))
+                    in_flight.append((group, batch, pending, time.monotonic()))
                 if time.monotonic() - last_log >= self.options.log_every_s:
                     self._log_line(time.monotonic() - last_log, interval)
                     last_log = time.monotonic()
@@ -297,7 +303,7 @@ class LiveCamera:
 
     def _finish(self, entry: tuple, rate: float) -> int:
         """Wait for the oldest batch's depth and write it (smoothed, rendered, published): frames written."""
-        group, batch, pending = entry
+        group, batch, pending, submitted = entry
         try:
             if isinstance(pending, Exception):
                 raise pending
@@ -305,6 +311,7 @@ class LiveCamera:
         except Exception as error:  # noqa: BLE001 - a model actor restarting: these frames are lost, not the camera
             self._model_failed(error, len(group))
             return 0
+        self.model_turnaround.add((time.monotonic() - submitted) * 1e3)
         if self.sink is None:
             self.sink = self._sink(rate)
         elif any(frame.after_gap for frame in group):
@@ -330,6 +337,7 @@ class LiveCamera:
                 "dropped": self.dropped, "reconnects": self.source.reconnects,
                 "fps_in": fps_in, "fps_out": fps_out, "latency_ms": {"p50": p50, "p95": p95},
                 "flicker_pct": self.sink.flicker.value if self.sink is not None else None,
+                "faulty_depth_frames": self.sink.flicker.faulty_frames if self.sink is not None else 0,
                 "queue": len(self.buffer), "previews_encoded": self.previews_encoded,
                 "cache_restarts": self.cache_restarts,
                 "size": [self.source.info.width, self.source.info.height] if self.source.info else None,
@@ -414,7 +422,9 @@ class LiveCamera:
                                          metadata=output_metadata(
                                              sink.quantizer.scale if sink.quantizer is not None else None,
                                              sink.units),
-                                         b_frames=False, fragmented=True) if self.targets.record else None)
+                                         b_frames=False, fragmented=True,
+                                         confined_to=self.targets.record_confined_to)
+                        if self.targets.record else None)
             return LiveWriter(publisher, recorder, frame_hw)
 
         smoother = make_smoother(smoother_for(options.smoother, self._model), device="cpu",
@@ -452,7 +462,11 @@ class LiveCamera:
             "republished": publisher.republished if publisher else 0,
             "frames_lost_while_publishing": publisher.frames_lost if publisher else 0,
             "latency_ms": self.latency.summary(),
+            # of it, the model's turnaround: a batch sent until its depth was back (waiting at the model included)
+            "model_ms": self.model_turnaround.summary(),
             "flicker_pct": self.sink.flicker.value if self.sink is not None else None,  # (the last 50 frames)
+            # frames whose depth held NaN or infinity (the model's fault, e.g. a half-precision overflow)
+            "faulty_depth_frames": self.sink.flicker.faulty_frames if self.sink is not None else 0,
             "cache_restarts": self.cache_restarts,
             "seconds": round(seconds, 3),
             "fps_in": round(self.source.frames_in / flowing, 3) if flowing else None,

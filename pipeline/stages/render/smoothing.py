@@ -21,6 +21,7 @@ ghosting). Scene cuts (colour histogram jump, or an alignment that fails) reset 
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -151,8 +152,11 @@ class AlignedSmoothing:
     @torch.inference_mode()
     def update(self, depth, guide: Guide | np.ndarray | None = None):
         as_numpy = isinstance(depth, np.ndarray)
-        # A float32 copy that this smoother owns (it is scaled in place): never the caller's array
-        depth = torch.as_tensor(depth).to(self.device, torch.float32, copy=True)
+        # A float32 copy that this smoother owns (it is scaled in place): never the caller's array (which may be a
+        # read-only view of Ray's object store: only read here, so torch's warning about it says nothing)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            depth = torch.as_tensor(depth).to(self.device, torch.float32, copy=True)
         if guide is not None and not isinstance(guide, Guide):
             guide = Guide.of_frame(np.asarray(guide), tuple(depth.shape))  # an RGB frame
         if self.metric:

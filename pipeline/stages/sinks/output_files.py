@@ -8,7 +8,10 @@ Gives: `temporary_path(output, tag)`, the name a writer of `output` writes under
 temporary files and folders of `output` that no live writer holds (a writer holds a lock on its file, or on
 `LOCK_NAME` inside its folder: file_lock.py); `remove_partial(path)`; `recover_recordings(output)`, a killed live
 run's fragmented recordings kept beside the output, trimmed to their last whole fragment; `write_whole(path, data)`,
-a small file (a manifest, a report, a cameras file) replaced whole or not at all.
+a small file (a manifest, a report, a cameras file) replaced whole or not at all (with the mode it had, or `mode`);
+`check_confined(path, folder)`: that a file about to be created or renamed into place is still inside `folder` (a
+recording asked for over HTTP: checked again right before each step, since a folder may be swapped for a symlink
+meanwhile); `free_name(path)`: `path`, or the first of NAME-2.EXT, NAME-3.EXT, ... that does not exist.
 """
 
 from __future__ import annotations
@@ -19,26 +22,37 @@ import shutil
 import time
 from pathlib import Path
 
+from pipeline.errors import PipelineError
 from pipeline.stages.sinks.file_lock import is_held_elsewhere
 
-__all__ = ["LOCK_NAME", "abandoned_partials", "recover_recordings", "remove_partial", "temporary_path",
-           "write_whole"]
+__all__ = ["LOCK_NAME", "abandoned_partials", "check_confined", "free_name", "recover_recordings", "remove_partial",
+           "temporary_path", "write_whole"]
 
 LOCK_NAME = ".lock"  # held inside the temporary folder while a writer lives (see file_lock.py)
 
 
-def write_whole(path: Path, data: bytes | str) -> None:
+def write_whole(path: Path, data: bytes | str, mode: int | None = None) -> None:
     """`path` holds `data`, whole, or is as it was (a crash or a full disk at any moment): written beside it as
-    `.NAME.partial`, flushed to disk, renamed over it (keeping its permissions), the rename itself flushed too."""
+    `.NAME.partial`, flushed to disk, renamed over it, the rename itself flushed too. The file keeps its permissions
+    (or takes `mode`), and so does the temporary file from its first byte: a file of secrets is never readable by
+    others, not even for a moment."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.partial")
+    if mode is None and path.exists():
+        mode = path.stat().st_mode & 0o7777
     try:
-        with open(temporary, "wb") as file:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                             0o600 if mode is None else mode & 0o600)
+        with open(descriptor, "wb") as file:
             file.write(data.encode("utf-8") if isinstance(data, str) else data)
             file.flush()
             os.fsync(file.fileno())
-        if path.exists():
-            os.chmod(temporary, path.stat().st_mode & 0o7777)
+        if mode is not None:
+            os.chmod(temporary, mode)
+        else:  # (a new file: as the umask says)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -48,6 +62,31 @@ def write_whole(path: Path, data: bytes | str) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def check_confined(path: Path, folder: str | Path | None, what: str = "recording") -> None:
+    """A PipelineError unless `path` lies inside `folder` (None: anywhere) through no symlink out: its folder's
+    real path inside the folder's, and `path` itself no symlink."""
+    if folder is None:
+        return
+    path = Path(path)
+    try:
+        inside = Path(os.path.realpath(path.parent)).is_relative_to(os.path.realpath(folder))
+        link = path.is_symlink()
+    except (OSError, RuntimeError) as error:
+        raise PipelineError(f"{path}: the {what} cannot be followed inside {folder} ({error})") from None
+    if not inside or link:
+        raise PipelineError(f"{path}: the {what} now leads out of {folder} (a symlink put in its way); not written")
+
+
+def free_name(path: Path) -> Path:
+    """`path` if nothing is there, else the first NAME-N.EXT (N = 2, 3, ...) with nothing there."""
+    path, number = Path(path), 2
+    candidate = path
+    while os.path.lexists(candidate):
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+        number += 1
+    return candidate
 
 
 def temporary_path(output: Path, tag: str) -> Path:

@@ -26,7 +26,7 @@ from pipeline.formats import depth_format as format_row
 from pipeline.stages.frames import VideoInfo
 from pipeline.stages.sinks.file_lock import FileLock
 from pipeline.stages.sinks.image_sequence_writer import check_replaceable
-from pipeline.stages.sinks.output_files import temporary_path
+from pipeline.stages.sinks.output_files import check_confined, temporary_path
 
 __all__ = [
     "DepthVideoWriter", "X264_PRESETS", "blank_i420", "check_output_path", "read_depth_scale", "video_frame_of",
@@ -38,6 +38,9 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 # Seconds of audio allowed ahead of the video when interleaving (players buffer far more than this)
 AUDIO_LEAD_S = 0.5
 ENCODER_THREADS = int(os.environ.get("DEPTH_ENCODER_THREADS", "1"))
+
+
+CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".nut": "nut"}  # (FFmpeg's names)
 
 
 def check_output_path(output: str | Path, depth_format: str, folder_made_later: bool = False) -> Path:
@@ -122,13 +125,16 @@ class DepthVideoWriter:
         video_template: av.video.stream.VideoStream | None = None,
         temporary_tag: str | None = None,
         fragmented: bool = False,
+        confined_to: str | None = None,
     ):
         """`video_template`: copy already encoded packets of a stream like this one (`write_packet`), no encoder.
         `temporary_tag`: names the temporary file (`temporary_path`), so that whoever started this writer can remove
         what it leaves if its process dies; unique by default. `fragmented`: an MP4 / MOV written as fragments of
         about a second, each playable once written (a live recording: a kill or an out-of-memory end keeps what was
-        recorded up to its last second; Matroska is written so anyway)."""
+        recorded up to its last second; Matroska is written so anyway). `confined_to`: a folder the file must stay
+        inside (a recording asked for over HTTP): checked again right before the file is created and renamed."""
         self.output = check_output_path(output, depth_format)
+        self._confined_to = confined_to
         self.depth_format = depth_format
         self.frames_written = 0
         # Unique per writer: two runs on one output each write their own file, and the last to finish wins whole
@@ -148,11 +154,19 @@ class DepthVideoWriter:
         # Held while this writer lives: a clean-up of killed runs' leftovers (jobs/batch.py) leaves a live file alone
         self._lock = FileLock(self._temporary)
         with self._disk_errors():
+            check_confined(self._temporary, confined_to)
             self._lock.acquire()
             options = {"avoid_negative_ts": "disabled"}
             if fragmented and self.output.suffix.lower() in (".mp4", ".mov"):
                 options.update(movflags="empty_moov+default_base_moof+frag_keyframe", frag_duration="1000000")
-            self._container = av.open(str(self._temporary), mode="w", options=options)
+            if confined_to is None:
+                self._file = None
+                self._container = av.open(str(self._temporary), mode="w", options=options)
+            else:  # (created now, through no symlink, and written through this descriptor: FFmpeg would open the
+                # path itself only at the first packet, long after the check)
+                self._file = open(os.open(self._temporary, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), "w+b")
+                self._container = av.open(self._file, mode="w", format=CONTAINER_FORMATS[self.output.suffix.lower()],
+                                          options=options)
         self._container.metadata.update(metadata or {})
 
         height, width = frame_hw
@@ -271,15 +285,22 @@ class DepthVideoWriter:
             self._mux_video(self._stream.encode() if self._stream.codec_context.is_encoder else [], last=True)
             self._mux_audio_until(None)
             self._container.close()
+            if self._file is not None:
+                self._file.close()
             if self._audio_in is not None:
                 self._audio_in.close()
+            try:
+                check_confined(self.output, self._confined_to)
+            except PipelineError:
+                self._lock.release()  # (what was written stays where it is: nothing is renamed out of the folder)
+                raise
             os.replace(self._temporary, self.output)
         self._lock.release()
         return self.output
 
     def abort(self) -> None:
         """Stop and remove the partial file; safe to call after a failure at any point."""
-        for container in (self._container, self._audio_in):
+        for container in (self._container, self._audio_in, getattr(self, "_file", None)):
             try:
                 if container is not None:
                     container.close()

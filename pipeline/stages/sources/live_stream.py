@@ -122,7 +122,8 @@ class LiveSource:
                     reason, first = one_line(error), False
                     self.last_error = reason
                     continue
-            self.log(f"live: {self.source}: {reason}; {'connecting' if self.state == 'connecting' else 'reconnecting'}"
+            said = reason.removeprefix(f"{self.source}: ")  # (the decoder's errors begin with the URL already)
+            self.log(f"live: {self.source}: {said}; {'connecting' if self.state == 'connecting' else 'reconnecting'}"
                      f" in {delay:.1f} s")
             time.sleep(delay)
             delay = min(delay * 2, self.backoff_s[1])
