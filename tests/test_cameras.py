@@ -196,9 +196,9 @@ def test_cameras_changed_over_http_survive_a_sigkill_and_a_sigterm(tmp_path):
     """The same command after a crash or a restart serves the cameras as they were changed over HTTP: a camera added
     and one removed, then the job SIGKILLed (the cameras file rewritten at each change, atomically: nothing to
     flush); another added, then SIGTERM. Real GStreamer cameras; each run records."""
-    from tests.test_cli_faults import ray_agents
+    from tests.test_cli_faults import end_agents, ray_agents
 
-    agents_before = ray_agents()
+    own_agents = set()
     feeds = {name: Camera(96, 64, 15) for name in ("door", "yard", "gate")}
     for feed in feeds.values():
         feed.start()
@@ -215,6 +215,7 @@ def test_cameras_changed_over_http_survive_a_sigkill_and_a_sigterm(tmp_path):
                                           text=True))
         base = control_url(processes[-1])
         wait_for(lambda: call(base, "GET", "/readyz", token=None)[0] == 200, 90, "every camera connected")
+        own_agents.update(ray_agents(of=processes[-1].pid))
         return base
 
     def flowing(base: str) -> dict:
@@ -246,10 +247,15 @@ def test_cameras_changed_over_http_survive_a_sigkill_and_a_sigterm(tmp_path):
         assert processes[-1].returncode == 0, stderr[-3000:]
         assert set(json.loads(stdout)["cameras"]) == {"yard", "gate"}
 
+        finished = {name: (recordings / f"{name}.mp4").read_bytes() for name in ("yard", "gate")}
         base = start()  # and again, after a clean stop
         assert set(flowing(base)) == {"yard", "gate"}
         # (the killed run's recording was kept by the next run; the file's previous version beside it)
         assert (tmp_path / "cameras.yaml.bak").exists() and list(recordings.glob("yard.recovered-*.mp4"))
+        # Recordings asked for over HTTP are never replaced, across restarts too: this run records beside them
+        assert {name: (recordings / f"{name}.mp4").read_bytes() for name in ("yard", "gate")} == finished
+        wait_for(lambda: list(recordings.glob(".yard-2.*.partial.mp4")) and list(
+            recordings.glob(".gate-2.*.partial.mp4")), 60, "this run's own recordings")
     finally:
         for process in processes:
             if process.poll() is None:
@@ -257,6 +263,4 @@ def test_cameras_changed_over_http_survive_a_sigkill_and_a_sigterm(tmp_path):
                 process.communicate(timeout=90)
         for feed in feeds.values():
             feed.stop()
-        for pid in ray_agents() - agents_before:  # the killed driver's Ray agents outlive it: end them
-            with __import__("contextlib").suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        end_agents(own_agents)

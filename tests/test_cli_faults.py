@@ -6,7 +6,9 @@ behind; settings and inputs that can be checked without Ray must fail before Ray
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -178,19 +180,38 @@ def start_cli(*argv) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT)
 
 
-def ray_agents() -> set[int]:
-    """Live Ray agent processes on this machine (an orphan from an interrupted start-up stays for minutes)."""
-    pids = set()
+def ray_agents(of: int | None = None) -> set[int]:
+    """Live Ray agent processes on this machine (an orphan from an interrupted start-up stays for minutes); `of`: only
+    those descended from that process (a run's own, never those of another suite running beside this one)."""
+    pids, parents = set(), {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
             command = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        state = text.rsplit(")", 1)[1].split()[0]
-        if state != "Z" and command.startswith((b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")):
+        fields = text.rsplit(")", 1)[1].split()
+        parents[int(stat.parent.name)] = int(fields[1])
+        if fields[0] != "Z" and command.startswith((b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")):
             pids.add(int(stat.parent.name))
-    return pids
+    if of is None:
+        return pids
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == of:
+                return True
+        return False
+
+    return {pid for pid in pids if descends(pid)}
+
+
+def end_agents(pids: set[int]) -> None:
+    """A killed driver's Ray agents outlive it by a minute: ended, rather than left to later tests."""
+    for pid in pids & ray_agents():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def wait_for(condition, timeout_s: float = 60.0) -> None:
@@ -214,12 +235,12 @@ def test_unreachable_address_fails_fast(clips, tmp_path):
 ])
 def test_signal_mid_run_stops_cleanly(clips, tmp_path, signals, status, line, depth_format):
     output = tmp_path / ("depth.mp4" if depth_format == "color" else "depth_png")
-    agents_before = ray_agents()
     process = start_cli(clips["long"], "-o", output, "--depth-format", depth_format, *FAST)
     if depth_format == "color":
         wait_for(lambda: list(tmp_path.glob(".depth.*.partial.mp4")))  # writing has begun
     else:
         wait_for(lambda: list(tmp_path.glob(".depth_png.*.partial/000001.png")))
+    own_agents = ray_agents(of=process.pid)
     for number in signals:
         process.send_signal(number)
         time.sleep(0.3)
@@ -228,18 +249,18 @@ def test_signal_mid_run_stops_cleanly(clips, tmp_path, signals, status, line, de
     assert err.strip().splitlines()[-1] == line
     assert "Traceback" not in err and "Segmentation" not in err
     assert list(tmp_path.iterdir()) == []
-    wait_for(lambda: ray_agents() <= agents_before, timeout_s=10)
+    wait_for(lambda: not own_agents & ray_agents(), timeout_s=10)
 
 
 def test_interrupt_during_start_up_leaves_no_ray_processes(clips, tmp_path):
-    agents_before = ray_agents()
     process = start_cli(clips["long"], "-o", tmp_path / "depth.mp4", *FAST)
-    wait_for(lambda: ray_agents() - agents_before)  # Ray is starting
+    wait_for(lambda: ray_agents(of=process.pid))  # Ray is starting
+    own_agents = ray_agents(of=process.pid)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Traceback" not in err
-    wait_for(lambda: ray_agents() <= agents_before, timeout_s=10)
+    wait_for(lambda: not own_agents & ray_agents(), timeout_s=10)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -66,9 +66,9 @@ def preview_region(png: bytes, box: dict) -> np.ndarray:
 
 
 def test_previews_flicker_and_the_dashboard_in_a_real_browser(tmp_path):
-    from tests.test_cli_faults import ray_agents
+    from tests.test_cli_faults import end_agents, ray_agents
 
-    agents_before = ray_agents()
+    own_agents: set[int] = set()  # (this job's Ray agents, ended at the end: never another suite's)
     feeds = {"door": Camera(96, 64, 15), "yard": Camera(128, 72, 15), "gate": Camera(96, 64, 15)}
     for feed in feeds.values():
         feed.start()
@@ -85,6 +85,7 @@ def test_previews_flicker_and_the_dashboard_in_a_real_browser(tmp_path):
     try:
         base = control_url(process)
         wait_for(lambda: call(base, "GET", "/readyz", token=None)[0] == 200, 90, "every camera connected")
+        own_agents.update(ray_agents(of=process.pid))
         wait_for(lambda: all(camera_figures(base, name).get("frames_out", 0) >= 30 for name in ("door", "yard")),
                  60, "depth of both cameras")
         assert all(camera_figures(base, name)["previews_encoded"] == 0 for name in ("door", "yard"))  # none watched
@@ -165,9 +166,7 @@ def test_previews_flicker_and_the_dashboard_in_a_real_browser(tmp_path):
         stdout, stderr = process.communicate(timeout=90)
         for feed in feeds.values():
             feed.stop()
-        for pid in ray_agents() - agents_before:
-            with __import__("contextlib").suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        end_agents(own_agents)
     assert process.returncode == 0, stderr[-3000:]
     summary = json.loads(stdout)
     assert set(summary["cameras"]) == {"door", "yard", "gate"}

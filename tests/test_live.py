@@ -198,14 +198,14 @@ def test_a_killed_live_run_keeps_what_it_recorded(tmp_path):
     """A SIGKILL (or the kernel's OOM killer) left an unplayable '.NAME.<id>.partial.mp4' that nothing cleaned, and
     the whole recording was lost: recordings are fragmented MP4 (a fragment a second, each playable once written),
     and the next run keeps a killed run's recording beside its own."""
-    from tests.test_cli_faults import ray_agents
+    from tests.test_cli_faults import end_agents, ray_agents
 
-    agents_before = ray_agents()
     source = clip(tmp_path, "camera.mp4", width=96, height=64, frames=300, rate=30)  # 10 s in real time
     recording = tmp_path / "live_depth.mp4"
     first = start_pipeline(source, "--realtime", "--record", recording)
     partial = lambda: next(tmp_path.glob(".live_depth.*.partial.mp4"), None)  # noqa: E731
     wait_for(lambda: partial() is not None and partial().stat().st_size > 20_000, 120, "a few seconds recorded")
+    own_agents = ray_agents(of=first.pid)
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)
     assert partial() is not None
@@ -219,6 +219,4 @@ def test_a_killed_live_run_keeps_what_it_recorded(tmp_path):
     assert read_video(recovered)["count"] >= 30, "the whole fragments written before the kill play"
     assert read_video(recording)["count"] == json.loads(stdout)["frames_out"] > 0
     assert not list(tmp_path.glob(".live_depth.*")), "no leftover"
-    for pid in ray_agents() - agents_before:  # the killed driver's Ray agents outlive it: end them
-        with __import__("contextlib").suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+    end_agents(own_agents)

@@ -20,7 +20,7 @@ from pipeline.jobs.segments import auto_segment_count, packet_index, plan_segmen
 from pipeline.settings import load_settings
 from pipeline.stages.sinks.video_writer import read_depth_scale
 from tests.clips import assert_same_timing, clip, gray16_frames, read_video
-from tests.test_cli_faults import ray_agents, wait_for
+from tests.test_cli_faults import end_agents, ray_agents, wait_for
 
 PROJECT = Path(__file__).resolve().parents[1]
 EXACT = ["--random-weights", "vits", "--input-size", "70", "--batch-size", "1", "--smoother", "none",
@@ -142,9 +142,9 @@ def finished_segments(output: Path) -> int:
 
 def test_killed_run_resumes_without_redoing_finished_segments(ray_cluster, clips, tmp_path, capsys, whole_run):
     source, output = clips["open_gop"], tmp_path / "depth.mkv"
-    agents_before = ray_agents()
     first = start_cli(source, "-o", output, *EXACT, "--segments", 4)
     wait_for(lambda: finished_segments(output) >= 1 or first.poll() is not None, timeout_s=120)
+    own_agents = ray_agents(of=first.pid)
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert not output.exists(), "a killed run leaves nothing under the output's name"
@@ -158,10 +158,7 @@ def test_killed_run_resumes_without_redoing_finished_segments(ray_cluster, clips
     assert summary["frames_out"] == 90
     assert np.array_equal(gray16_frames(output), gray16_frames(whole_run))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["depth.mkv"]
-    # The killed driver's Ray agents outlive it by a minute: end them rather than leave them to later tests
-    for pid in ray_agents() - agents_before:
-        with __import__("contextlib").suppress(OSError):
-            __import__("os").kill(pid, signal.SIGKILL)
+    end_agents(own_agents)
 
 
 def test_a_damaged_stretch_in_the_middle_is_reported_with_its_segment(ray_cluster, tmp_path, capsys):
