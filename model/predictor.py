@@ -6,10 +6,13 @@ Gives: float32 relative inverse depth B x H x W on the model's device (or B x h 
 
 Precision: "float32" (faithful; TF32 matmuls on a GPU), "bfloat16" (CPUs with AVX512-BF16/AMX and GPUs), "float16"
 (GPU only), or "auto": float16 on a GPU, float32 on a CPU.
-Reduced precision on a GPU casts every weight once (LayerNorm's too: CUDA's kernel wants one dtype, and keeps its
-statistics in float32; the position-table resampling runs in float32); on a CPU it runs under autocast (bfloat16
-autocast is the faster of the two there), so LayerNorm, softmax statistics and the resampling stay in float32 while
-matrix products and convolutions run in bfloat16.
+Reduced precision runs under autocast, on a GPU as on a CPU: matrix products and convolutions in half precision,
+while DINOv2's residual stream (the layer scales are float32), LayerNorm, softmax statistics, the motion modules'
+sums and the position-table resampling stay in float32. That is how the original runs Video Depth Anything in
+float16, and what keeps the residual stream's large activations finite: with every weight cast to float16 a residual
+past 65504 (real checkpoints' outliers grow through the blocks) overflows to inf and the depth turns NaN
+(tests/test_gpu_path.py). `cast_weights=True` casts every weight once instead (less work a call; the device check's
+section c measures what autocast's casts cost), for models known to stay in range.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ class PredictorOptions:
     even_grid: bool = False
     precision: str = "float32"
     compile: bool = False
-    # Reduced precision by casting the weights once (LayerNorm's too) instead of autocast, which re-casts
-    # every weight on every call. None: on a GPU yes, on a CPU no (bf16 autocast is the measured-faster path there)
-    cast_weights: bool | None = None
+    # Reduced precision by casting every weight once (LayerNorm's too) instead of autocast: less work a call, but the
+    # residual stream in half precision too (see the module docstring). Off unless asked for
+    cast_weights: bool = False
 
     def __post_init__(self):
         if self.precision not in (*PRECISIONS, "auto"):
@@ -63,8 +66,7 @@ class DepthPredictor:
             # TF32 tensor cores for float32 matmuls and convolutions (Ampere and later): relative error ~1e-3
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self._cast = options.precision != "float32" and (
-            options.cast_weights if options.cast_weights is not None else self.device.type == "cuda")
+        self._cast = options.precision != "float32" and options.cast_weights
         if self._cast:
             cast_weights_once(net, PRECISIONS[options.precision])
         self._forward = torch.compile(net, dynamic=False) if options.compile else net

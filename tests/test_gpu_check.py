@@ -53,9 +53,11 @@ def test_the_checks_themselves_run_on_a_cpu():
     sys.path.insert(0, str(PROJECT))
     from benchmarks.gpu_check import precision_agreement, worker_agreement
 
-    [row] = precision_agreement(["vits"], device="cpu", precisions=("bfloat16",), frame_hw=(101, 143),
-                                input_size=140)
-    assert row["pass"] and 0 < row["relative_l2"] < 2.5e-2 and row["limit"] == 2.5e-2
+    row, cast = precision_agreement(["vits"], device="cpu", precisions=("bfloat16",), frame_hw=(101, 143),
+                                    input_size=140)
+    assert row["weights"] == "autocast" and row["pass"] and row["finite"] and row["limit"] == 2.5e-2
+    assert 0 < row["relative_l2"] < 2.5e-2
+    assert cast["weights"] == "cast once" and cast["pass"] is None and 0 < cast["relative_l2"] < 5e-2
     rows = worker_agreement(device="cpu", precision="float32", frame_hw=(64, 96), input_size=70)
     assert [r["call"] for r in rows] == [f"{layout} x{b}" for layout in ("rgb24", "yuv420p") for b in (8, 3, 1)] + [
         "multi-part I420 + RGB, two sizes"]
@@ -101,11 +103,13 @@ def test_the_device_check_rehearsed_end_to_end_on_the_cpu(tmp_path):
                                                                         "e": "ok", "c": "skipped", "f": "ok"}
     video = results["sections"]["f"]["rows"]
     assert [row["check"] for row in video] == [
-        "bfloat16 against float32, one window", "window mode", "streaming mode",
+        "bfloat16 (autocast) against float32, one window", "bfloat16 (weights cast once) against float32, one window",
+        "window mode", "streaming mode",
         "4 cameras batched against one at a time, float32 (the worker's streaming path)",
         "4 cameras, bfloat16: frames per second batched, one at a time"]
-    assert 0 < video[0]["relative_l2"] < 5e-2 and video[1]["fps"] > 0 and video[2]["fps"] > 0
-    assert video[3]["relative_l2"] <= 1e-4 and video[3]["pass"] and video[4]["fps"] > 0 < video[4]["fps_alone"]
+    assert 0 < video[0]["relative_l2"] < 5e-2 and video[0]["finite"] and 0 < video[1]["relative_l2"] < 5e-2
+    assert video[2]["fps"] > 0 and video[3]["fps"] > 0
+    assert video[4]["relative_l2"] <= 1e-4 and video[4]["pass"] and video[5]["fps"] > 0 < video[5]["fps_alone"]
     assert [r["frames"] for r in results["sections"]["d"]["rows"]] == [16, 32]
     assert results["sections"]["e"]["rows"][0]["frames_in"] == 16
     assert "d. Ray pipeline" in process.stdout and "OK" in process.stdout

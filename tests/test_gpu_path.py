@@ -319,3 +319,48 @@ def test_the_network_compiles_as_one_graph():
         net(image)  # the eager run fills the cache, as a stream's first batches would
         explanation = torch._dynamo.explain(net)(image)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def with_a_massive_residual(net, channel: int = 7, per_block: float = 8000.0):
+    """Every block's MLP adds `per_block` to one channel of the residual stream (scale 1): after vits's 12 blocks it
+    holds 96000, past float16's 65504, while no single layer's output leaves float16's range (DINOv2's outlier
+    channels grow so through the blocks of a real checkpoint)."""
+    with torch.no_grad():
+        for block in net.image_encoder.blocks:
+            block.mlp_scale[channel] = 1.0
+            block.mlp.fc2.bias[channel] = per_block
+    return net
+
+
+@pytest.mark.parametrize("video", [False, True], ids=["depth-anything", "video-depth-anything"])
+def test_half_precision_keeps_a_residual_past_65504_finite_as_autocast_does(video):
+    """The predictor's reduced precision runs under autocast (a float32 residual stream and norms, as the original
+    runs Video Depth Anything); with every weight cast to float16 the same network overflows to inf. float16 on the
+    CPU here, through the same autocast the GPU path enters (autocast casts at the dispatcher, below the strict
+    dtype rule's wrappers, which therefore do not apply: CUDA's autocast runs LayerNorm in float32 as the CPU's)."""
+    from model.random_weights import random_video_model
+
+    def network():
+        net = random_video_model("vits", seed=2) if video else random_model("vits", seed=2)
+        return with_a_massive_residual(net)
+
+    image = torch.randn(1, 4, 3, 70, 98) if video else torch.randn(2, 3, 70, 98)
+    peak = {}
+    net = network()
+    hook = net.image_encoder.blocks[-1].register_forward_hook(
+        lambda module, inputs, output: peak.update(value=output.abs().max().item()))
+    with torch.inference_mode():
+        reference = net(image)
+    hook.remove()
+    assert 65504 < peak["value"] < float("inf") and torch.isfinite(reference).all()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.float16):
+        autocast_depth = net(image).float()
+    assert torch.isfinite(autocast_depth).all()
+    assert ((autocast_depth - reference).norm() / reference.norm()).item() < 1e-2
+    cast = cast_weights_once(network(), torch.float16)
+    with torch.inference_mode():
+        cast_depth = cast(image.half()).float()
+    assert not torch.isfinite(cast_depth).all()  # (what the GPU path did before: a residual of inf, depth NaN)
+    # The predictor takes the autocast way unless told to cast: its weights stay float32
+    predictor = DepthPredictor(random_model("vits", seed=2), PredictorOptions(precision="bfloat16", input_size=70))
+    assert {p.dtype for p in predictor.net.parameters()} == {torch.float32} and not predictor._cast

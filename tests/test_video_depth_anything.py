@@ -20,7 +20,7 @@ from model import load_model
 from model.checkpoint import CheckpointError, our_name
 from model.predictor import cast_weights_once
 from model.random_weights import random_video_model
-from pipeline.stages.inference.temporal_stream import CACHED_FRAMES, StreamingDepth
+from pipeline.stages.inference.temporal_stream import CACHED_FRAMES, RING_SLOTS, StreamingDepth
 from pipeline.stages.inference.temporal_windows import WindowedDepth
 from tests.clips import clip
 from tests.test_gpu_path import cuda_dtype_rules  # noqa: F401, F811 (the fixture: mixed dtypes refused as on CUDA)
@@ -201,7 +201,10 @@ def test_memory_is_bounded_by_a_window_and_by_the_cache_whatever_the_length():
     stream = StreamingDepth(network.encode, network.decode, (42, 56))
     for index in range(120):
         stream.push(frame)
-        assert len(stream._cache) == min(32 + index, CACHED_FRAMES)
+        assert stream.cached_frames == min(32 + index, CACHED_FRAMES)
+        if index == 0:
+            held = stream.cache_bytes  # (allocated once, at the first frame)
+        assert stream.cache_bytes == held and len(set(stream._order)) <= RING_SLOTS - 1
 
 
 def test_weights_cast_once_run_under_cuda_dtype_rules_in_both_modes(cuda_dtype_rules):  # noqa: F811
@@ -256,6 +259,45 @@ def test_a_worker_runs_each_live_stream_through_its_own_cache(models):
     assert (again.history, fresh_batch.history) == (0, 0)
     assert worker.infer_stream("yard", FrameBatch(14, [14], Fraction(1, 30), cameras["yard"][2:3]),
                                "float32").history == 2
+
+
+def test_streams_are_admitted_against_the_model_actor_s_byte_budget_and_a_camera_that_does_not_fit_fails(models):
+    """Each stream's cache sits in ring buffers allocated once (its bytes known after its first frame); a new stream
+    whose cache would take the worker past its budget is refused with one line (a live camera then fails, said
+    once), and is taken once a stream has let go."""
+    from model import DepthPredictor, PredictorOptions
+    from pipeline.stages.frames import FrameBatch
+    from pipeline.stages.inference.depth_worker import DepthWorker, OneClip, StreamRefused
+    from pipeline.stages.live.camera_runner import LiveCamera, LiveCameraOptions, LiveTargets
+    from pipeline.stages.sources.live_stream import LiveSource
+
+    worker = DepthWorker(DepthPredictor(OneClip(models[0]), PredictorOptions(input_size=28)))
+    frames = video_frames(Case("door", "stream", 3, 28, 42, seed=3))
+
+    def batch(first):
+        return FrameBatch(first, [first], Fraction(1, 30), frames[first:first + 1])
+
+    worker.infer_stream("door", batch(0), "float32")
+    one_stream = worker._streams["door"][0].cache_bytes
+    assert one_stream > 0
+    worker.infer_stream("door", batch(1), "float32")
+    assert worker._streams["door"][0].cache_bytes == one_stream  # (allocated at the first frame, never again)
+    worker.stream_budget_bytes = int(1.5 * one_stream)
+    with pytest.raises(StreamRefused, match=r"stream 'yard': its video model cache \(0\.\d+ GiB at 42x28\) does not "
+                                            r"fit beside the 1 streams this model actor holds"):
+        worker.infer_stream("yard", batch(0), "float32")
+    assert set(worker._streams) == {"door"}
+    worker.end_stream("door")
+    assert worker.infer_stream("yard", batch(0), "float32").depth.shape == (1, 28, 42)
+
+    # A live camera refused so: failed, its reason said once, nothing retried
+    lines = []
+    camera = LiveCamera(LiveCameraOptions(), LiveSource("rtsp://127.0.0.1:9/gate"), LiveTargets("rtsp://h:9/g", None),
+                        name="gate", log=lines.append)
+    camera._model_failed(StreamRefused("stream 'gate': its video model cache ... does not fit"), 1)
+    camera._model_failed(StreamRefused("stream 'gate': its video model cache ... does not fit"), 1)
+    assert camera.stats()["state"] == "failed" and camera.stopping.is_set() and camera.model_errors == 0
+    assert lines == ["[gate] live: not run: stream 'gate': its video model cache ... does not fit"]
 
 
 def test_streams_pushed_together_give_each_stream_s_own_depth(models):

@@ -16,6 +16,7 @@ import ray
 from pipeline.cluster.model_router import ModelRouter
 from pipeline.cluster.ray_calls import cpu_seconds, one_thread_each, peak_rss_mb, unwrap_ray_error
 from pipeline.stages.frames import FrameBatch
+from pipeline.stages.inference.depth_worker import StreamRefused
 
 __all__ = ["CameraActor"]
 
@@ -70,8 +71,10 @@ class CameraActor:
                 try:
                     return ray.get(reference)
                 except ray.exceptions.RayError as error:
-                    router.suspect(actor._actor_id.hex())
-                    raise unwrap_ray_error(error) from None
+                    cause = unwrap_ray_error(error)
+                    if not isinstance(cause, StreamRefused):  # (a full model actor is sound: only full)
+                        router.suspect(actor._actor_id.hex())
+                    raise cause from None
 
             return result
 

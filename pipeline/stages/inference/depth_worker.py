@@ -18,6 +18,7 @@ stream outside the compute lock. On the CPU the same `infer` runs without any of
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -38,7 +39,7 @@ from pipeline.stages.frames import DepthBatch, FrameBatch
 from pipeline.stages.inference.temporal_stream import StreamingDepth, push_together
 from pipeline.stages.pixels import YUV420P, frame_height, i420_to_rgb
 
-__all__ = ["DepthWorker", "ModelSource", "PinnedSlots", "cuda_problem", "pass_sizes"]
+__all__ = ["DepthWorker", "ModelSource", "PinnedSlots", "StreamRefused", "cuda_problem", "free_memory_bytes", "pass_sizes"]
 
 DEPTH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -79,6 +80,13 @@ class ModelSource:
 
 
 MAX_STREAMS = 64  # a video model's live streams whose caches a worker keeps at once (least recently used let go)
+# A video model's stream caches may take this share of the device's memory free when the first stream starts (the
+# rest is the network's activations and the frames in flight); a stream that would not fit is refused, one line
+STREAM_CACHE_SHARE = 0.5
+
+
+class StreamRefused(PipelineError):
+    """A video model's stream that the model actor's memory cannot hold beside the others (its cache would not fit)."""
 
 
 class OneClip(torch.nn.Module):
@@ -186,6 +194,13 @@ class PinnedSlots:
         return pool
 
 
+def free_memory_bytes(device: torch.device) -> int:
+    """The device's free memory now: a GPU's (CUDA's own count), or the host's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def pass_sizes(largest: int) -> tuple[int, ...]:
     """The batch sizes a compiled network is run at: powers of two below `largest`, and `largest` (8: 1, 2, 4, 8)."""
     sizes, size = [], 1
@@ -198,9 +213,13 @@ def pass_sizes(largest: int) -> tuple[int, ...]:
 class DepthWorker:
     """Runs the predictor on FrameBatches; thread-safe for `concurrency` overlapping calls on a GPU."""
 
-    def __init__(self, predictor: DepthPredictor, concurrency: int = 2, batch_size: int = 0, network_batch: int = 0):
-        """`network_batch`: frames per pass through the network (0: the whole batch at once)."""
+    def __init__(self, predictor: DepthPredictor, concurrency: int = 2, batch_size: int = 0, network_batch: int = 0,
+                 stream_budget_bytes: int | None = None):
+        """`network_batch`: frames per pass through the network (0: the whole batch at once).
+        `stream_budget_bytes`: what a video model's stream caches may hold in all (None: `STREAM_CACHE_SHARE` of the
+        device's memory free when the first stream starts)."""
         self.predictor = predictor
+        self.stream_budget_bytes = stream_budget_bytes
         self.network_batch = network_batch
         # torch.compile specialises on the batch size, and cuDNN's autotuning on every input shape: a pass of any
         # other size is padded up (the last image repeated, its depth dropped), so it never compiles again inside the
@@ -330,17 +349,42 @@ class DepthWorker:
         return results
 
     def _stream_state(self, stream: str, frame_hw: tuple[int, int]) -> tuple[StreamingDepth, threading.Lock]:
-        """The stream's cache and its lock (a new one for a new stream, or one whose frame size changed); the least
-        recently used beyond MAX_STREAMS let go."""
+        """The stream's cache and its lock (a new one for a new stream, or one whose frame size changed), admitted
+        against the byte budget (`StreamRefused` when it would not fit); the least recently used beyond MAX_STREAMS
+        let go."""
         network = self.predictor.net.net  # (OneClip's video model)
         with self._streams_lock:
             state = self._streams.pop(stream, None)
             if state is None or state[0].output_hw != frame_hw:
+                self._admit(stream, frame_hw)
                 state = (StreamingDepth(network.encode, network.decode, frame_hw), threading.Lock())
             self._streams[stream] = state  # (last: the most recently used)
             while len(self._streams) > MAX_STREAMS:
                 self._streams.pop(next(iter(self._streams)))
         return state
+
+    def _admit(self, stream: str, frame_hw: tuple[int, int]) -> None:
+        """A new stream's cache against the budget (the streams lock held): its bytes estimated from the streams
+        held, which scale with the network's input area (the first stream is always taken: it is the measure)."""
+        if self.stream_budget_bytes is None:
+            self.stream_budget_bytes = int(STREAM_CACHE_SHARE * free_memory_bytes(self.device))
+        held = [(streaming.cache_bytes, self._input_area(streaming.output_hw))
+                for streaming, _ in self._streams.values() if streaming.cache_bytes]
+        if not held:
+            return
+        per_area = max(cache_bytes / area for cache_bytes, area in held)
+        wanted = int(per_area * self._input_area(frame_hw))
+        total = sum(cache_bytes for cache_bytes, _ in held)
+        if total + wanted > self.stream_budget_bytes:
+            raise StreamRefused(
+                f"stream {stream!r}: its video model cache ({wanted / 2**30:.2f} GiB at "
+                f"{frame_hw[1]}x{frame_hw[0]}) does not fit beside the {len(held)} streams this model actor holds "
+                f"({total / 2**30:.2f} GiB of its {self.stream_budget_bytes / 2**30:.2f} GiB for caches): add a model "
+                f"actor or a GPU, or lower --input-size")
+
+    def _input_area(self, frame_hw: tuple[int, int]) -> int:
+        height, width = self.predictor.input_size_for(frame_hw)
+        return height * width
 
     def end_stream(self, stream: str) -> None:
         """Let a stream's cache go (its camera stopped or was removed)."""

@@ -44,6 +44,7 @@ from pipeline.errors import one_line
 from pipeline.formats import keeps_values
 from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
 from pipeline.stages.live.frame_buffer import FrameBuffer, LatencyStats
+from pipeline.stages.inference.depth_worker import StreamRefused
 from pipeline.stages.render.flicker import FlickerMeter
 from pipeline.stages.render.smoothing import make_smoother, smoother_for
 from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions, output_metadata
@@ -397,6 +398,12 @@ class LiveCamera:
             self._metrics.frames(len(frames), latencies)
 
     def _model_failed(self, error: Exception, frames: int) -> None:
+        if isinstance(error, StreamRefused):  # no room for this camera's cache: it fails, said once, not retried
+            if not self.error:
+                self.error = one_line(error)
+                self.log(f"live: not run: {self.error}")
+            self.stopping.set()
+            return
         self.model_errors += 1
         self.frames_lost_to_model += frames
         if self.model_errors in (1, 10, 100) or self.model_errors % 1000 == 0:
