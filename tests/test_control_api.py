@@ -984,3 +984,16 @@ def test_a_camera_s_log_lines_name_its_url_once_and_never_its_password():
     assert lines, "no log line while the camera refused"
     assert lines[0].startswith("[door] live: rtsp://***@127.0.0.1:9/door: ") and lines[0].count("rtsp://") == 1, lines
     assert "hunter2" not in "".join(lines) and "hunter2" in source.last_error  # (kept inside, shown nowhere)
+
+
+def test_what_a_killed_run_left_half_written_beside_the_cameras_file_is_removed(tmp_path):
+    from pipeline.jobs.cameras_file import CamerasFile
+
+    path = tmp_path / "cameras.yaml"
+    path.write_text(USERS_FILE)
+    for leftover in (".cameras.yaml.partial", ".cameras.yaml.bak.partial"):
+        (tmp_path / leftover).write_text("half")
+    CamerasFile(path, persist=False)
+    assert len(list(tmp_path.iterdir())) == 3  # --no-persist: nothing touched
+    CamerasFile(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cameras.yaml"]

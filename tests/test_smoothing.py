@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -193,3 +195,30 @@ def test_nan_depth_is_a_counted_fault_and_a_flat_map_that_jumps_is_flicker():
     for _ in range(3):
         steady.update(np.full((48, 64), 3.0, np.float32), luma)
     assert steady.value == 0.0
+
+
+def test_depth_read_only_from_ray_s_object_store_is_smoothed_without_a_warning():
+    """Depth arrives in the sink as a read-only view of Ray's shared memory: every smoother takes it as it is, and
+    torch's "not writable" warning (printed through Ray in every run before) is never raised: in a fresh process,
+    since torch says it once a process."""
+    import subprocess
+    import sys
+
+    code = """
+import warnings
+from pathlib import Path
+
+import numpy as np
+from pipeline.stages.render.smoothing import SMOOTHER_NAMES, make_smoother
+warnings.simplefilter("error")
+depth = np.linspace(1, 2, 48 * 64, dtype=np.float16).reshape(48, 64)
+depth.flags.writeable = False
+frame = np.full((48, 64, 3), 100, np.uint8)
+for name in SMOOTHER_NAMES:
+    if name != "default":
+        make_smoother(name).update(depth, frame)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "ok" and "not writable" not in done.stderr, done.stderr
