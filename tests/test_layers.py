@@ -207,9 +207,11 @@ def test_the_installed_package_holds_every_module():
                for path in (PROJECT / package).rglob("*.py")}
     assert folders - found == set()
     assert config["py-modules"] == ["run_pipeline"]
-    # (files that are not modules: the dashboard's page, script and style)
+    # (files that are not modules: the dashboard's page, script and style; the presets --config names)
     static = {path.name for path in (PROJECT / "pipeline" / "jobs" / "static").iterdir()}
-    assert config["package-data"] == {"pipeline.jobs": ["static/*"]} and static >= {"index.html", "dashboard.js"}
+    presets = {path.stem for path in (PROJECT / "pipeline" / "presets").glob("*.yaml")}
+    assert config["package-data"] == {"pipeline.jobs": ["static/*"], "pipeline": ["presets/*.yaml"]}
+    assert static >= {"index.html", "dashboard.js"} and presets == {"cpu", "gpu", "default", "high-quality"}
 
 
 def test_what_a_remote_cluster_is_shipped_is_the_project():
