@@ -200,12 +200,17 @@ def gcs_started(process: subprocess.Popen) -> bool:
     return descendant_running(process, b"gcs_server")
 
 
+def raylet_started(process: subprocess.Popen) -> bool:
+    """Ray's raylet runs: the driver is connecting to it (a SIGTERM here aborted the interpreter's exit, issue 35)."""
+    return descendant_running(process, b"/raylet ")
+
+
 def model_actor_started(process: subprocess.Popen) -> bool:
     """A model actor's process runs: the driver is waiting for the actors to be placed and loaded."""
     return descendant_running(process, b"ray::ModelActor")
 
 
-@pytest.mark.parametrize("moment", [gcs_started, model_actor_started])
+@pytest.mark.parametrize("moment", [gcs_started, raylet_started, model_actor_started])
 def test_sigterm_during_ray_start_up_exits_143_with_one_line(clips, tmp_path, moment):
     process = start_cli(clips["long"], "-o", tmp_path / "depth.mp4", *FAST)
     try:
