@@ -57,6 +57,7 @@ __all__ = ["DepthGraph", "StreamResult"]
 
 LIVE_STREAM = "live"  # the one camera of a one-camera live job, as its model actor knows it
 RETRY_PAUSE_S = 1.0  # before a stream's second attempt; twice that before its third
+STARTING_TIMEOUTS = 5  # placement timeouts an actor that has its resources may take to start (a machine busy elsewhere)
 ANSWER_S = 5.0  # what an actor gets to answer a small call (a failed stream's sink abort, usage) before it is let go
 
 
@@ -195,12 +196,19 @@ class DepthGraph:
         return self._model_info
 
     def _wait_placed(self, actors: list, what: str, options: dict) -> None:
-        """Wait until Ray has placed the actors (their processes answer); a one-line error after the timeout."""
+        """Wait until Ray has placed the actors (their processes answer); a one-line error once `placement_timeout_s`
+        has passed with an actor the cluster has no room for. An actor the cluster has room for is placed and its
+        process is starting: on a machine busy with other work that took over a minute (torch's import at a third of
+        a core), so it is waited for, up to `STARTING_TIMEOUTS` times the timeout, and not called unplaceable."""
         timeout_s = self.settings.ray.placement_timeout_s
-        _, waiting = ray.wait([a.ready.remote() for a in actors], num_returns=len(actors), timeout=timeout_s)
-        if waiting:
+        gpus, cpus = options.get("num_gpus", 0), options.get("num_cpus", 1)
+        waiting = [a.ready.remote() for a in actors]
+        for _ in range(STARTING_TIMEOUTS):
+            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=timeout_s)
             free = ray.available_resources()
-            gpus, cpus = options.get("num_gpus", 0), options.get("num_cpus", 1)
+            if not waiting or free.get("CPU", 0) < cpus or free.get("GPU", 0) < gpus:
+                break  # (all up, or one has no room: the resources a placed actor holds are not free)
+        if waiting:
             asks = f"{gpus:g} GPU and {cpus:g} CPU" if gpus else f"{cpus:g} CPU"
             has = f"{free.get('CPU', 0):g} CPU" + (f" and {free.get('GPU', 0):g} GPU" if gpus else "")
             raise PipelineError(
