@@ -184,7 +184,7 @@ def test_the_old_one_at_a_time_order_does_deadlock():
 
     slots = PinnedSlots(2, batch_size=2, allocate=CountingAllocator())
     big, small = (2, 30, 40), (2, 20, 30)
-    holding = threading.Barrier(4)
+    holding, looked = threading.Barrier(4), threading.Barrier(4)
     finished = []
 
     def call(first, second):
@@ -194,6 +194,7 @@ def test_the_old_one_at_a_time_order_does_deadlock():
         waiter = threading.Thread(target=lambda: (slots.take(second, torch.uint8), got.set()), daemon=True)
         waiter.start()
         finished.append(got.wait(0.5))
+        looked.wait()  # no slot goes back before every call has looked (at any speed: a slow thread saw one freed)
         slots.give_back(slot)
 
     threads = [threading.Thread(target=call, args=order) for order in ((big, small),) * 2 + ((small, big),) * 2]
