@@ -96,13 +96,14 @@ class StreamingDepth:
 def gathered_past(streams: list[StreamingDepth]) -> list[torch.Tensor]:
     """Every stream's past, joined: per cached tensor, (streams x h*w) x 31 x C, each stream's rows gathered from its
     ring buffer straight into their place (one copy)."""
+    device = streams[0]._rings[0].device
+    positions = [torch.tensor(stream._past_positions(), device=device) for stream in streams]  # (once a stream)
     joined = []
     for slot, first in enumerate(streams[0]._rings):
         rows = first.shape[0]
-        out = torch.empty((len(streams) * rows, PAST_FRAMES, first.shape[2]), dtype=first.dtype, device=first.device)
-        for number, stream in enumerate(streams):
-            positions = torch.tensor(stream._past_positions(), device=first.device)
-            torch.index_select(stream._rings[slot], 1, positions, out=out[number * rows:(number + 1) * rows])
+        out = torch.empty((len(streams) * rows, PAST_FRAMES, first.shape[2]), dtype=first.dtype, device=device)
+        for number, (stream, chosen) in enumerate(zip(streams, positions)):
+            torch.index_select(stream._rings[slot], 1, chosen, out=out[number * rows:(number + 1) * rows])
         joined.append(out)
     return joined
 
