@@ -194,17 +194,34 @@ def test_a_destination_that_refuses_the_first_session_is_one_line_and_exit_2(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["camera.mp4"], "no partial recording left"
 
 
+def frames_in_whole_fragments(recording: Path | None, scratch: Path) -> int:
+    """Frames a fragmented MP4 being written holds in its complete fragments (what a kill now would keep)."""
+    from pipeline.stages.sinks.output_files import complete_fragments_length
+
+    if recording is None or not recording.exists():
+        return 0
+    whole = complete_fragments_length(recording)
+    if not whole:
+        return 0
+    copy = scratch / "whole_fragments.mp4"
+    with open(recording, "rb") as source:
+        copy.write_bytes(source.read(whole))
+    return read_video(copy)["count"]
+
+
 def test_a_killed_live_run_keeps_what_it_recorded(tmp_path):
     """A SIGKILL (or the kernel's OOM killer) left an unplayable '.NAME.<id>.partial.mp4' that nothing cleaned, and
     the whole recording was lost: recordings are fragmented MP4 (a fragment a second, each playable once written),
     and the next run keeps a killed run's recording beside its own."""
     from tests.test_cli_faults import end_agents, ray_agents
 
-    source = clip(tmp_path, "camera.mp4", width=96, height=64, frames=300, rate=30)  # 10 s in real time
+    # 60 s in real time: the kill comes long before its end at any speed (a 10 s clip could end first, or drop to
+    # under a size asked for, on a busy machine)
+    source = clip(tmp_path, "camera.mp4", width=96, height=64, frames=1800, rate=30)
     recording = tmp_path / "live_depth.mp4"
     first = start_pipeline(source, "--realtime", "--record", recording)
     partial = lambda: next(tmp_path.glob(".live_depth.*.partial.mp4"), None)  # noqa: E731
-    wait_for(lambda: partial() is not None and partial().stat().st_size > 20_000, 120, "a few seconds recorded")
+    wait_for(lambda: frames_in_whole_fragments(partial(), tmp_path) >= 30, 300, "30 frames in whole fragments")
     own_agents = ray_agents(of=first.pid)
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)
