@@ -7,6 +7,7 @@ Turn a video into a depth video, streaming through Ray actors (decode -> infer -
     python run_pipeline.py --random-weights vits               # a sample clip, random weights: plumbing only
     python run_pipeline.py batch INPUTS... --output-dir DIR     # many videos (see: run_pipeline.py batch --help)
     python run_pipeline.py live CAMERAS.yaml                   # many cameras (see: run_pipeline.py live --help)
+    python run_pipeline.py export --checkpoint X.pth -o X.onnx  # the network as ONNX (see: ... export --help)
 
 Prints a JSON summary on stdout at the end; errors are one line on stderr with a non-zero exit status.
 """
@@ -37,11 +38,13 @@ if __name__ == "__main__":
         signal.signal(_number, _stopped_while_importing)
 
 from model import VARIANTS, CheckpointError, check_checkpoint
+from model.onnx_network import check_onnx_file, is_onnx_file
 from model.hub import DEFAULT_MODEL, MODEL_NAMES, NON_COMMERCIAL, resolve_checkpoint
 from pipeline.errors import PipelineError, one_line
 from pipeline.formats import DEPTH_FORMATS
 from pipeline.jobs.outputs import check_output_folder, check_summary_path
 from pipeline.settings import load_settings
+from pipeline.stages.inference.depth_worker import choose_runtime
 from pipeline.urls import is_live_url, is_publish_url, redact
 
 SAMPLE_INPUT = Path("outputs/sample_input.mp4")
@@ -113,6 +116,31 @@ def parse_live_args(argv) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def parse_export_args(argv) -> argparse.Namespace:
+    parser = OneLineParser(prog="run_pipeline.py export", description=EXPORT_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="the ONNX file to write")
+    parser.add_argument("--model", choices=MODEL_NAMES, metavar="NAME",
+                        help=f"released weights from the Hugging Face Hub: {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--checkpoint", help="official .pth, Hugging Face folder, .safetensors file, or a Hub repo id")
+    parser.add_argument("--random-weights", choices=VARIANTS, help="random weights of a variant (plumbing test only)")
+    parser.add_argument("--version", choices=("v1", "v2"), help="Depth-Anything version (default: from checkpoint)")
+    parser.add_argument("--max-depth", type=float, metavar="METRES", help="a metric .pth checkpoint's range")
+    parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing file")
+    return parser.parse_args(argv)
+
+
+EXPORT_HELP = """The network as an ONNX file (opset 18; batch, height and width dynamic: one file for every input size).
+
+    python run_pipeline.py export --checkpoint depth_anything_vits14.pth -o depth_anything_vits14.onnx
+    python run_pipeline.py INPUT -o OUTPUT --checkpoint depth_anything_vits14.onnx      # run by ONNX Runtime
+
+Input `image`: float32 B x 3 x H x W, ImageNet-normalised RGB, H and W multiples of 14; output `depth`: B x H x W.
+Video Depth Anything: its window mode, B x T x 3 x H x W in, B x T x H x W out. The file's metadata says what it is
+(variant, version, metric range, the source checkpoint's SHA-256). The export is checked by onnx.checker and by
+running it in ONNX Runtime beside PyTorch (`agreement`: relative L2 difference, in the summary)."""
+
+
 LIVE_HELP = """Many cameras in one job, sharing the model actors: their frames go through the network together.
 
     python run_pipeline.py live cameras.yaml [--control 127.0.0.1:8765] [model, output and Ray flags]
@@ -157,6 +185,9 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, help="short side fed to the model, multiple of 14 (default 518)")
     parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
                         help="auto (default): float16 on a GPU, float32 on a CPU")
+    parser.add_argument("--runtime", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                        help="what runs the network: torch, onnxruntime (exported once into a cache, or an .onnx "
+                             "--checkpoint), tensorrt (GPU, float16); auto: onnxruntime for an .onnx file, else torch")
     parser.add_argument("--smoother", help="temporal smoother: default, ema, none")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--address", help="existing Ray cluster: auto (the one on this machine) or HOST:PORT "
@@ -179,6 +210,7 @@ FLAG_KEYS = {
     "fps": "input.fps",
     "input_size": "model.input_size",
     "precision": "model.precision",
+    "runtime": "model.runtime",
     "device": "model.device",
     "batch_size": "batching.batch_size",
     "smoother": "smoothing.name",
@@ -205,10 +237,12 @@ def progress_bar(total: int | None):
     return tqdm(total=total, unit="frame", disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
 
-def resolve_model(settings):
+def resolve_model(settings, live: bool = False):
     """The checkpoint to load (None for random weights), checked; last of the checks before Ray, since resolving a
-    name can mean a download that a bad input or setting should not wait for."""
+    name can mean a download that a bad input or setting should not wait for. `live`: a camera's job (a video
+    model runs in its streaming mode there)."""
     model = settings.model
+    check_runtime(model)
     if model.random_weights:
         if model.vda_mode != "auto":
             raise PipelineError(f"--vda-mode {model.vda_mode} is for Video Depth Anything models; --random-weights "
@@ -219,11 +253,37 @@ def resolve_model(settings):
     if model.name in NON_COMMERCIAL and not model.checkpoint:
         print(f"note: {model.name} ({resolved.repo_id}) is for non-commercial use only (CC-BY-NC-4.0; its model card "
               f"says)", file=sys.stderr)
-    config = check_checkpoint(resolved.path, model.version, model.max_depth)
+    runtime = choose_runtime(model.runtime, resolved.path)
+    if is_onnx_file(resolved.path):
+        if runtime == "torch":
+            raise PipelineError(f"{resolved.path} is an exported (ONNX) network: it runs with --runtime onnxruntime "
+                                f"or tensorrt; for --runtime torch pass the checkpoint it was exported from")
+        _, config = check_onnx_file(resolved.path)
+        if model.version and model.version != config.version:
+            raise PipelineError(f"--version {model.version}: {resolved.path} was exported from a Depth-Anything "
+                                f"{config.version} model")
+    else:
+        config = check_checkpoint(resolved.path, model.version, model.max_depth)
     if model.vda_mode != "auto" and not config.temporal:
         raise PipelineError(f"--vda-mode {model.vda_mode} is for Video Depth Anything models; {resolved.path} is a "
                             f"per-frame Depth-Anything model")
+    if config.temporal and runtime != "torch" and (live or model.vda_mode == "stream"):
+        raise PipelineError(f"runtime {runtime} runs Video Depth Anything's window mode (--vda-mode window, a "
+                            f"file's default); its streaming mode (live cameras, --vda-mode stream) runs on "
+                            f"--runtime torch")
     return resolved
+
+
+def check_runtime(model) -> None:
+    """A runtime asked for that this machine cannot run: one line before Ray starts."""
+    if model.runtime in ("auto", "torch"):
+        return
+    from model.onnx_network import runtime_problem
+
+    problem = runtime_problem(model.runtime, "cuda" if model.device.startswith("cuda") or model.runtime ==
+                              "tensorrt" else "cpu")
+    if problem:
+        raise PipelineError(f"--runtime {model.runtime}: {problem}")
 
 
 @contextlib.contextmanager
@@ -241,6 +301,60 @@ def depth_graph(settings, resolved):
     finally:
         with signals_deferred():
             graph.shutdown()
+
+
+def run_export(args: argparse.Namespace) -> dict:
+    """The export command: the network written to an ONNX file, checked by running it; the summary."""
+    import torch
+
+    from model import load_model
+    from model.onnx_export import export_onnx, file_digest
+    from model.onnx_network import OnnxNetwork, runtime_problem
+    from model.random_weights import random_model
+
+    given = [flag for flag, value in (("--model", args.model), ("--checkpoint", args.checkpoint),
+                                      ("--random-weights", args.random_weights)) if value]
+    if len(given) != 1:
+        raise PipelineError(f"export needs one of --model, --checkpoint, --random-weights; got "
+                            f"{' and '.join(given) or 'none'}")
+    output = Path(args.output)
+    if output.suffix.lower() != ".onnx":
+        raise PipelineError(f"-o {output}: an exported network is written to a .onnx file")
+    if output.is_dir() or not output.absolute().parent.is_dir() or not os.access(output.absolute().parent, os.W_OK):
+        raise PipelineError(f"-o {output}: cannot write there (a folder, or its folder is missing or read-only)")
+    if args.no_overwrite and output.exists():
+        raise PipelineError(f"-o {output}: exists and --no-overwrite was given")
+    problem = runtime_problem("onnxruntime")
+    if problem:
+        raise PipelineError(f"export: {problem}")
+    started = time.monotonic()
+    if args.random_weights:
+        print("note: random weights - the file runs, but gives no real depth", file=sys.stderr)
+        net, digest = random_model(args.random_weights, version=args.version or "v1", max_depth=args.max_depth), ""
+        source = f"random weights ({args.random_weights})"
+    else:
+        resolved = resolve_checkpoint(args.checkpoint or args.model)
+        if is_onnx_file(resolved.path):
+            raise PipelineError(f"{resolved.path} is an exported network already")
+        check_checkpoint(resolved.path, args.version, args.max_depth)
+        net = load_model(resolved.path, version=args.version, max_depth=args.max_depth)
+        digest, source = file_digest(resolved.path), resolved.path
+    print(f"exporting {source} to {output} (a minute or two on a CPU)", file=sys.stderr, flush=True)
+    export_onnx(net, output, source_digest=digest)
+    exported_s = time.monotonic() - started
+    # Checked by running it: the file against PyTorch on one input of a size the trace did not use
+    config = net.config
+    generator = torch.Generator().manual_seed(0)
+    shape = (1, 2, 3, 42, 56) if config.temporal else (1, 3, 42, 56)
+    image = torch.randn(shape, generator=generator)
+    with torch.inference_mode():
+        expected = net(image)
+        got = OnnxNetwork(output)(image)
+    agreement = float((got - expected).norm() / expected.norm().clamp_min(1e-12))
+    return {"output": str(output), "bytes": output.stat().st_size, "source": source, "sha256": digest or None,
+            "variant": config.variant, "version": config.version, "temporal": config.temporal,
+            "depth": "metric" if config.max_depth else "relative", "export_seconds": round(exported_s, 1),
+            "agreement": {"relative_l2": agreement, "input": list(shape)}}
 
 
 def run_batch(args: argparse.Namespace) -> tuple[dict, int]:
@@ -282,7 +396,7 @@ def run_cameras(args: argparse.Namespace) -> dict:
     job = CamerasJob.from_request(settings, request,
                                   warn=lambda line: print(f"warning: {redact(line)}", file=sys.stderr, flush=True))
     try:  # (the control port is bound from here on)
-        resolved = resolve_model(settings)
+        resolved = resolve_model(settings, live=True)
         with depth_graph(settings, resolved) as graph:
             # Ctrl-C and SIGTERM end the job normally: every camera's outputs closed, the summary printed
             with stop_signals_call(lambda number, frame: job.stop()):
@@ -308,7 +422,7 @@ def run_live(args: argparse.Namespace) -> dict:
     check_summary_path(args.summary)
     job = LiveJob.from_request(settings, LiveRequest(args.input, args.output, args.record, args.realtime,
                                                      args.no_overwrite, file_flags))
-    resolved = resolve_model(settings)
+    resolved = resolve_model(settings, live=True)
     with depth_graph(settings, resolved) as graph:
         # Ctrl-C and SIGTERM end a live run normally: stop reading, finish what is in flight, close the session
         with stop_signals_call(lambda number, frame: job.stop()):
@@ -431,8 +545,8 @@ def what_was_kept(args: argparse.Namespace) -> str:
 def main(argv=None, summary_out=None) -> int:
     """Run one command: its exit status; the JSON summary goes to `summary_out` (default: stdout)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = argv[0] if argv and argv[0] in ("batch", "live") else None
-    parse = {"batch": parse_batch_args, "live": parse_live_args}.get(command)
+    command = argv[0] if argv and argv[0] in ("batch", "live", "export") else None
+    parse = {"batch": parse_batch_args, "live": parse_live_args, "export": parse_export_args}.get(command)
     previous_stdout = sys.stdout
     sys.stdout = summary_out or sys.stdout  # (--help is printed on stdout, as every command's is)
     try:
@@ -454,6 +568,8 @@ def main(argv=None, summary_out=None) -> int:
             summary, status = run_batch(args)
         elif command == "live":
             summary = run_cameras(args)
+        elif command == "export":
+            summary = run_export(args)
         else:
             summary = run(args)
         text = redact(json.dumps(summary, indent=2, default=str))  # (a camera URL's password never printed)

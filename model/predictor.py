@@ -18,6 +18,7 @@ section c measures what autocast's casts cost), for models known to stay in rang
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass, replace
 
 import torch
@@ -53,7 +54,8 @@ class DepthPredictor:
 
     def __init__(self, net: DepthAnything, options: PredictorOptions = PredictorOptions()):
         self.net = net.eval()
-        self.device = next(net.parameters()).device
+        # (a module's weights say where it runs; an ONNX Runtime network has none, a buffer of its own says it)
+        self.device = next(itertools.chain(net.parameters(), net.buffers())).device
         if options.precision == "auto":  # float16 on a GPU; float32 (faithful) on a CPU
             options = replace(options, precision="float16" if self.device.type == "cuda" else "float32")
         self.options = options

@@ -86,8 +86,10 @@ class VideoDepthAnything(nn.Module):
         path = temporal(3, blocks[2](path, maps[2], tuple(maps[1].shape[-2:])))
         finest_hw = tuple(maps[0].shape[-2:])
         depth = []
-        for start in range(0, path.shape[0], FINE_BLOCK_FRAMES):  # (no frame sees another from here on)
-            part = slice(start, start + FINE_BLOCK_FRAMES)
+        # (an exported graph takes every frame at once: a loop over a symbolic count would be fixed to the traced one)
+        step = path.shape[0] if torch.compiler.is_exporting() else FINE_BLOCK_FRAMES
+        for start in range(0, path.shape[0], step):  # (no frame sees another from here on)
+            part = slice(start, start + step)
             fine = blocks[1](path[part], maps[1][part], finest_hw)
             fine = blocks[0](fine, maps[0][part], (2 * finest_hw[0], 2 * finest_hw[1]))
             depth.append(self.head(fine, grid_hw))

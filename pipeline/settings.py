@@ -53,6 +53,11 @@ class ModelSettings:
     # A video model (Video Depth Anything): window (the files' default: 32-frame windows, each aligned to the last)
     # or stream (one frame at a time through a cache of earlier ones: always, for live cameras); auto: as said
     vda_mode: str = "auto"
+    # What runs the network: torch (eager PyTorch), onnxruntime (the network exported to ONNX once, into
+    # onnx_cache, and run by ONNX Runtime: its CPU provider, or CUDA's on a GPU), tensorrt (ONNX Runtime's TensorRT
+    # provider, float16 engines); auto: onnxruntime for an .onnx checkpoint, torch otherwise
+    runtime: str = "auto"
+    onnx_cache: str | None = None  # where exported files are kept; None: $XDG_CACHE_HOME/video-depth/onnx
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,8 @@ RULES: dict[str, dict[str, Check]] = {
         "threads": integer(0),
         "max_depth": optional(number(MAX_DEPTH_RANGE_M[0], maximum=MAX_DEPTH_RANGE_M[1])),
         "vda_mode": one_of("auto", "window", "stream"),
+        "runtime": one_of("auto", "torch", "onnxruntime", "tensorrt"),
+        "onnx_cache": optional(of_type(str, "a folder")),
     },
     "input": {"fps": rate_problem},
     "batching": {"batch_size": integer(0), "network_batch": integer(0), "max_in_flight": integer(1),
@@ -316,6 +323,15 @@ def check_combination(settings: PipelineSettings, where: str = "settings") -> Pi
         raise PipelineError(f"{where}: {' and '.join(given)} were both given; choose one")
     if model.precision == "float16" and model.device == "cpu":
         raise PipelineError(f"{where}: float16 needs a CUDA device; use bfloat16 or float32 on the CPU")
+    if model.runtime in ("onnxruntime", "tensorrt") and model.compile:
+        raise PipelineError(f"{where}: model.compile is torch.compile's: runtime {model.runtime} compiles the graph "
+                            f"itself; leave compile off or use --runtime torch")
+    if model.runtime == "onnxruntime" and model.precision not in ("auto", "float32"):
+        raise PipelineError(f"{where}: runtime onnxruntime runs the float32 file; precision {model.precision} is "
+                            f"torch's (--runtime torch) or TensorRT's float16 (--runtime tensorrt)")
+    if model.runtime == "tensorrt" and (model.precision not in ("auto", "float16") or model.device == "cpu"):
+        raise PipelineError(f"{where}: runtime tensorrt builds float16 engines on an NVIDIA GPU; precision "
+                            f"{model.precision} on device {model.device} is not one of its ways")
     smoothing = settings.smoothing
     try:
         make_smoother(smoothing.name, device="cpu", **smoothing.params)

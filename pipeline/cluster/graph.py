@@ -47,7 +47,7 @@ from pipeline.errors import PipelineError, one_line
 from pipeline.formats import keeps_values
 from pipeline.settings import PipelineSettings
 from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
-from pipeline.stages.inference.depth_worker import ModelSource, cuda_problem
+from pipeline.stages.inference.depth_worker import ModelSource, choose_runtime, cuda_problem
 from pipeline.stages.inference.temporal_windows import WindowSpan
 from pipeline.stages.render.smoothing import smoother_for
 from pipeline.stages.sinks.depth_sink import RenderOptions
@@ -108,9 +108,11 @@ class DepthGraph:
         if resolved is None and builder is None and not model.random_weights:
             resolved = resolve_checkpoint(model.checkpoint or model.name or DEFAULT_MODEL)
         self.checkpoint = resolved
-        source = ModelSource(resolved.path if resolved else None, model.random_weights, model.version,
+        checkpoint = resolved.path if resolved else None
+        source = ModelSource(checkpoint, model.random_weights, model.version,
                              max_depth=model.max_depth, builder=builder,
-                             hub_reference=resolved.spec if resolved and resolved.repo_id else None)
+                             hub_reference=resolved.spec if resolved and resolved.repo_id else None,
+                             runtime=choose_runtime(model.runtime, checkpoint), onnx_cache=model.onnx_cache)
         # Inside an actor Ray makes only its assigned GPU visible, as cuda:0: "cuda:1" would not exist there
         device = "cuda" if self.plan.use_gpu else "cpu"
         actors = [

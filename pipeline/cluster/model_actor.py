@@ -57,7 +57,8 @@ class ModelActor:
         return {"variant": config.variant, "version": config.version, "temporal": getattr(config, "temporal", False),
                 "depth": "metric" if getattr(config, "max_depth", None) else "relative",
                 **({"max_depth_m": config.max_depth} if getattr(config, "max_depth", None) else {}),
-                "device": str(worker.device), "torch_threads": torch.get_num_threads()}
+                "device": str(worker.device), "torch_threads": torch.get_num_threads(),
+                "runtime": self._args[0].runtime}
 
     def _loaded(self) -> DepthWorker:
         with self._loading:

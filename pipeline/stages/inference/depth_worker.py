@@ -33,13 +33,16 @@ import torch
 
 from model import CheckpointError, DepthPredictor, PredictorOptions, load_model
 from model.hub import resolve_checkpoint
+from model.onnx_export import file_digest
+from model.onnx_network import OnnxNetwork, is_onnx_file
 from model.random_weights import random_model
 from pipeline.errors import PipelineError
 from pipeline.stages.frames import DepthBatch, FrameBatch
+from pipeline.stages.inference.onnx_cache import exported_file
 from pipeline.stages.inference.temporal_stream import StreamingDepth, push_together
 from pipeline.stages.pixels import YUV420P, frame_height, i420_to_rgb
 
-__all__ = ["DepthWorker", "ModelSource", "PinnedSlots", "StreamRefused", "cuda_problem", "free_memory_bytes", "pass_sizes"]
+__all__ = ["DepthWorker", "ModelSource", "choose_runtime", "PinnedSlots", "StreamRefused", "cuda_problem", "free_memory_bytes", "pass_sizes"]
 
 DEPTH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -61,22 +64,59 @@ class ModelSource:
     hub_reference: str | None = None
     # Benchmarks only: a picklable callable that builds a stand-in network (with a `.config`), e.g. an instant one
     builder: Callable[[], torch.nn.Module] | None = None
+    # What runs the network (resolved: torch, onnxruntime or tensorrt), and where exported files are cached
+    runtime: str = "torch"
+    onnx_cache: str | None = None
 
     def load(self, device: torch.device):
+        """The network on `device`: a torch module, or an ONNX Runtime session behind one (`OnnxNetwork`), from an
+        .onnx checkpoint or from this machine's export cache (exported there first if it has no copy)."""
+        if self.runtime == "torch":
+            return self.load_torch(device)
+        if self.builder is not None:
+            raise PipelineError("a stand-in network (a benchmark's builder) runs on torch only")
+        if self.checkpoint and is_onnx_file(self.checkpoint):
+            path = Path(self.checkpoint)
+            if not path.exists():
+                raise CheckpointError(f"model actor on {socket.gethostname()}: {path}: ONNX file not found (an "
+                                      f"exported file is read from each node's disk: copy it there, or pass the "
+                                      f"checkpoint and let each node export it)")
+        elif self.checkpoint:
+            local = self._local_checkpoint()
+            digest = file_digest(local)
+            path = exported_file(f"sha256 {digest}|{self.version}|{self.max_depth}", lambda: self.load_torch("cpu"),
+                                 self.onnx_cache, source_digest=digest)
+        else:
+            recipe = f"random {self.random_weights}|{self.version}|{self.max_depth}|seed {self.seed}"
+            path = exported_file(recipe, lambda: self.load_torch("cpu"), self.onnx_cache)
+        return OnnxNetwork(path, device, self.runtime, threads=torch.get_num_threads())
+
+    def load_torch(self, device: torch.device):
         if self.builder is not None:
             return self.builder().to(device)
         if self.checkpoint:
-            path = self.checkpoint
-            if not Path(path).exists() and self.hub_reference:
-                try:
-                    path = resolve_checkpoint(self.hub_reference).path
-                except CheckpointError as error:
-                    raise CheckpointError(f"model actor on {socket.gethostname()}: {error}") from None
-            return load_model(path, device=device, version=self.version, max_depth=self.max_depth)
+            return load_model(self._local_checkpoint(), device=device, version=self.version,
+                              max_depth=self.max_depth)
         if self.random_weights:
             return random_model(self.random_weights, seed=self.seed, version=self.version or "v1",
                                 max_depth=self.max_depth).to(device)
         raise PipelineError("no model: pass --checkpoint PATH (or --random-weights VARIANT for a plumbing test)")
+
+    def _local_checkpoint(self) -> str:
+        """The checkpoint on this node: its path, or this node's Hub cache's copy when the path is the driver's."""
+        if Path(self.checkpoint).exists() or not self.hub_reference:
+            return self.checkpoint
+        try:
+            return resolve_checkpoint(self.hub_reference).path
+        except CheckpointError as error:
+            raise CheckpointError(f"model actor on {socket.gethostname()}: {error}") from None
+
+
+def choose_runtime(requested: str, checkpoint: str | None) -> str:
+    """`model.runtime` made definite: auto is onnxruntime for an exported (.onnx) checkpoint, torch otherwise."""
+    if requested != "auto":
+        return requested
+    return "onnxruntime" if checkpoint and is_onnx_file(checkpoint) else "torch"
 
 
 MAX_STREAMS = 64  # a video model's live streams whose caches a worker keeps at once (least recently used let go)

@@ -1,0 +1,227 @@
+"""The network exported to ONNX and run by ONNX Runtime: the file read back by a plain onnxruntime session (not our
+wrapper) against the float64 reference at several sizes from one file; the pipeline's jobs with --runtime onnxruntime
+giving torch's depth (an exported --checkpoint, and the export cache a model actor fills, with its lock); Video
+Depth Anything's window mode against the original's fixture; batch sizes; cameras' shared passes; and the bad files
+and runtimes refused with one line before Ray starts."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import run_pipeline
+from model.config import DepthAnythingConfig
+from model.onnx_network import OnnxNetwork
+from tests.clips import clip
+from tests.test_cli_faults import assert_one_line_error
+from tests.test_cli_faults import run_cli as run_failing_cli
+
+onnxruntime = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+FAST = ["--input-size", "70", "--batch-size", "2", "--smoother", "none", "--depth-format", "exr"]
+TINY = DepthAnythingConfig(embed_dim=64, num_blocks=4, num_heads=2, fusion_width=16, reassembly_widths=(8, 16, 32, 64),
+                           tap_blocks=(0, 1, 2, 3), variant="tiny")
+
+
+def cli(capsys, *argv) -> dict:
+    code = run_pipeline.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def relative_l2(ours: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Per frame (first axis)."""
+    difference = (ours - expected).reshape(len(ours), -1)
+    return np.linalg.norm(difference, axis=1) / np.linalg.norm(expected.reshape(len(expected), -1), axis=1)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, vits_checkpoint) -> Path:
+    """The vits checkpoint exported by the CLI (`run_pipeline.py export --checkpoint X.pth -o X.onnx`)."""
+    output = tmp_path_factory.mktemp("onnx") / "depth_anything_vits14.onnx"
+    assert run_pipeline.main(["export", "--checkpoint", str(vits_checkpoint.official_path), "-o", str(output)]) == 0
+    return output
+
+
+def test_the_exported_file_read_by_a_plain_session_gives_the_reference_s_depth(exported, vits_checkpoint):
+    from tests.reference import reference_depth
+
+    session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    [image_input], [depth_output] = session.get_inputs(), session.get_outputs()
+    assert (image_input.name, depth_output.name) == ("image", "depth")
+    assert image_input.shape[1] == 3 and all(isinstance(d, str) for d in (image_input.shape[0], *image_input.shape[2:]))
+    reference = vits_checkpoint.reference.double().eval()
+    generator = torch.Generator().manual_seed(5)
+    # Odd and even grids, both orientations, the square base grid (where the table is used as stored), batch 2
+    for shape in [(2, 3, 14 * 5, 14 * 8), (1, 3, 14 * 9, 14 * 4), (1, 3, 518, 518)]:
+        image = torch.randn(shape, generator=generator)
+        expected = reference_depth(reference, image.double()).numpy()
+        [depth] = session.run(["depth"], {"image": image.numpy()})
+        assert depth.shape == expected.shape == (shape[0], *shape[2:])
+        assert relative_l2(depth, expected).max() <= 1e-5, shape
+    metadata = {entry.key: entry.value for entry in onnx.load(str(exported), load_external_data=False).metadata_props}
+    assert json.loads(metadata["depth_anything.config"])["variant"] == "vits"
+    assert metadata["depth_anything.kind"] == "image" and len(metadata["depth_anything.source_sha256"]) == 64
+
+
+def test_batch_size_does_not_change_the_depth(exported):
+    network = OnnxNetwork(exported)
+    images = torch.randn(3, 3, 56, 84, generator=torch.Generator().manual_seed(1))
+    together = network(images).numpy()
+    alone = np.concatenate([network(image[None]).numpy() for image in images])
+    assert relative_l2(together, alone).max() <= 1e-6
+
+
+def test_cameras_shared_passes_give_what_torch_gives(exported, vits_checkpoint):
+    """The many-camera service's pass: several cameras' frames (two sizes, one aspect ratio) through the network
+    together (DepthWorker.infer_together), ONNX Runtime against torch."""
+    from model import DepthPredictor, PredictorOptions, load_model
+    from pipeline.stages.frames import FrameBatch
+    from pipeline.stages.inference.depth_worker import DepthWorker
+
+    generator = np.random.default_rng(3)
+    batches = [FrameBatch(0, [0, 1], Fraction(1, 30), generator.integers(0, 255, (2, 64, 96, 3), dtype=np.uint8)),
+               FrameBatch(5, [7], Fraction(1, 30), generator.integers(0, 255, (1, 128, 192, 3), dtype=np.uint8))]
+    options = PredictorOptions(input_size=70)
+    on_onnx = DepthWorker(DepthPredictor(OnnxNetwork(exported), options)).infer_together(batches, "float32")
+    on_torch = DepthWorker(DepthPredictor(load_model(vits_checkpoint.official_path), options)).infer_together(
+        batches, "float32")
+    for ours, theirs in zip(on_onnx, on_torch):
+        assert ours.first_index == theirs.first_index and list(ours.pts) == list(theirs.pts)
+        assert relative_l2(ours.depth, theirs.depth).max() <= 1e-4
+
+
+def test_a_file_job_runs_the_exported_checkpoint_with_torch_s_depth(ray_cluster, exported, vits_checkpoint, capsys,
+                                                                   tmp_path):
+    source = clip(tmp_path, "input.mp4", width=96, height=64, frames=6)
+    by_torch = cli(capsys, source, "-o", tmp_path / "torch/", "--checkpoint", vits_checkpoint.official_path, *FAST)
+    by_onnx = cli(capsys, source, "-o", tmp_path / "onnx/", "--checkpoint", exported, *FAST)
+    assert by_torch["model"]["runtime"] == "torch" and by_onnx["model"]["runtime"] == "onnxruntime"
+    assert by_onnx["frames_out"] == by_torch["frames_out"] == 6
+    from tests.test_depth_outputs import exr_frames
+
+    assert relative_l2(exr_frames(tmp_path / "onnx"), exr_frames(tmp_path / "torch")).max() <= 1e-4
+
+
+def test_a_metric_model_is_exported_once_into_the_cache_and_reused(ray_cluster, metric_checkpoint, capsys, tmp_path):
+    """--runtime onnxruntime with a .pth: the model actor exports it into the cache (metres kept: a metric v2 head),
+    and the next run finds it there."""
+    source = clip(tmp_path, "input.mp4", width=96, height=64, frames=4)
+    cache = tmp_path / "cache"
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"model:\n  onnx_cache: {cache}\n")
+    common = ["--checkpoint", metric_checkpoint.official_path, "--config", settings, *FAST]
+    by_torch = cli(capsys, source, "-o", tmp_path / "torch/", *common)
+    by_onnx = cli(capsys, source, "-o", tmp_path / "onnx/", "--runtime", "onnxruntime", *common)
+    [cached] = cache.glob("*.onnx")
+    assert cached.name.startswith("vits-v2-")
+    written = cached.stat().st_mtime_ns
+    again = cli(capsys, source, "-o", tmp_path / "again/", "--runtime", "onnxruntime", *common)
+    assert list(cache.glob("*.onnx")) == [cached] and cached.stat().st_mtime_ns == written
+    assert by_onnx["model"]["depth"] == "metric" and by_onnx["model"]["max_depth_m"] == 20
+    from tests.test_depth_outputs import exr_frames
+
+    metres = exr_frames(tmp_path / "torch")
+    assert metres.max() > 0
+    assert relative_l2(exr_frames(tmp_path / "onnx"), metres).max() <= 1e-4
+    assert np.array_equal(exr_frames(tmp_path / "again"), exr_frames(tmp_path / "onnx"))
+    assert again["model"]["runtime"] == "onnxruntime"
+
+
+def _export_tiny(folder: str, log: str) -> str:
+    from model.depth_anything import DepthAnything
+    from model.random_weights import randomize_
+    from pipeline.stages.inference.onnx_cache import exported_file
+
+    def build():
+        with open(log, "a") as file:
+            file.write("exported\n")
+        return randomize_(DepthAnything(TINY), seed=0).eval()
+
+    return str(exported_file("tiny recipe", build, folder))
+
+
+def test_actors_starting_at_once_export_once(tmp_path):
+    log = tmp_path / "exports.log"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(3) as pool:
+        paths = pool.starmap(_export_tiny, [(str(tmp_path / "cache"), str(log))] * 3)
+    assert len(set(paths)) == 1 and log.read_text() == "exported\n"
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"] == [Path(paths[0]).name]
+    OnnxNetwork(paths[0])  # whole, and ours
+
+
+@pytest.mark.slow
+def test_video_depth_anything_s_window_mode_gives_the_original_s_depth(tmp_path):
+    from model.onnx_export import export_onnx
+    from model.random_weights import random_video_model
+    from tests.test_video_depth_anything import FIXTURES, prepared, relative_errors, run_windows
+    from tests.video_frames import CASES, video_frames
+
+    case = next(case for case in CASES if case.name == "window_70x28x42")
+    path = export_onnx(random_video_model("vits", seed=case.seed), tmp_path / "vda.onnx")
+    network = OnnxNetwork(path)
+    assert network.config.temporal and network.is_video_window
+    expected = np.load(FIXTURES / f"{case.name}.npz")["depth"]
+    ours = run_windows(network, prepared(video_frames(case)), (case.height, case.width))
+    errors = relative_errors(ours, expected)
+    assert errors.max() <= 1e-4, f"worst frame {errors.argmax()}: {errors.max():.2e}"
+
+
+# Bad files and runtimes: one line naming the file or runtime, exit 2, before Ray starts ...........................
+
+def tiny_foreign_model(path: Path, opset: int = 18, inputs=("image",)) -> Path:
+    """A valid ONNX file that is not ours: an Identity graph without our metadata."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", [inputs[0]], ["depth"])], "foreign",
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in inputs],
+                              [helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    return path
+
+
+def test_bad_onnx_files_and_runtimes_are_refused_with_one_line(exported, tmp_path, capsys, monkeypatch):
+    import pipeline.cluster.runtime
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a run that could be refused without it")
+
+    monkeypatch.setattr(pipeline.cluster.runtime, "start_ray", no_ray)
+    source = clip(tmp_path, "input.mp4", width=96, height=64, frames=2)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(exported.read_bytes()[:5000])
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\xff" * 64)
+    foreign = tiny_foreign_model(tmp_path / "foreign.onnx")
+    # Ours, but with an opset no runtime here runs
+    future = tmp_path / "future.onnx"
+    proto = onnx.load(str(exported))
+    proto.opset_import[0].version = 99
+    onnx.save(proto, str(future))
+    out = ["-o", tmp_path / "never.mp4", "--input-size", "70"]
+    cases = [
+        ([source, "--checkpoint", truncated, *out], "truncated.onnx: not a readable ONNX file"),
+        ([source, "--checkpoint", garbage, *out], "garbage.onnx: not a readable ONNX file"),
+        ([source, "--checkpoint", foreign, *out], "foreign.onnx: an ONNX file without this project's metadata"),
+        ([source, "--checkpoint", future, *out], "future.onnx: opset 99, which onnxruntime"),
+        ([source, "--checkpoint", tmp_path / "missing.onnx", *out], "missing.onnx: checkpoint not found"),
+        ([source, "--checkpoint", exported, "--runtime", "torch", *out], "is an exported (ONNX) network"),
+        ([source, "--random-weights", "vits", "--runtime", "tensorrt", *out], "--runtime tensorrt: "),
+        ([source, "--random-weights", "vits", "--runtime", "onnxruntime", "--precision", "bfloat16", *out],
+         "runtime onnxruntime runs the float32 file"),
+        (["export", "--random-weights", "vits", "-o", tmp_path / "model.pt"], "an exported network is written to"),
+        (["export", "-o", tmp_path / "model.onnx"], "export needs one of --model, --checkpoint, --random-weights"),
+        (["export", "--checkpoint", exported, "-o", tmp_path / "again.onnx"], "is an exported network already"),
+    ]
+    for argv, message in cases:
+        assert_one_line_error(*run_failing_cli(capsys, *argv), message, case=message)
+    assert not (tmp_path / "never.mp4").exists() and not (tmp_path / "model.onnx").exists()
