@@ -30,7 +30,10 @@ short keeps what it measured) and as a table on stdout, with a pass/fail where a
      threshold); frames per second of its window mode (a window's time over its 22 new frames) and of its streaming
      mode (once the cache is full), float16; the model actor's streaming path for 4 live cameras
      (pinned upload, one encoder pass, each camera's cache): batched against one camera at a time in float32,
-     relative L2 <= 1e-4, and both's frames per second in float16.
+     relative L2 <= 1e-4, and both's frames per second in float16;
+  g. the runtimes at 518 x 924, vits, batch 1: torch float16 (autocast) against ONNX Runtime's CUDA provider (the
+     float32 file, exported here) and its TensorRT provider (float16 engines): GPU ms a frame and relative L2
+     against torch float32; skipped, said in one line, without onnxruntime-gpu (TensorRT's row without TensorRT).
 Each variant's random weights are built once. Random weights, seeded: the figures measure arithmetic and plumbing,
 not depth quality. Sections d and e need av and Ray (on the GPU machine: `source .devicepack/unpack.sh` first).
 `--help` needs neither, nor a GPU; without a CUDA GPU the check says so in one line and exits 1 (`--rehearse` runs
@@ -380,6 +383,65 @@ def model_speed(variants: list[str], batches: list[int], compile_variants: list[
     return speed_thresholds(rows)
 
 
+def runtime_check(variant: str = "vits", size_hw=SIZE_HW, batch: int = 1, seconds: float = 1.5) -> list[dict] | str:
+    """Section g: torch float16 (autocast) against ONNX Runtime's CUDA provider (the float32 file) and its TensorRT
+    provider (float16 engines) at 518 x 924: GPU ms a frame (CUDA events around the predictor's call, input
+    preparation included) and relative L2 against torch float32 (TF32 off). A string (the section skipped, said in
+    one line) when this machine's onnxruntime has no CUDA provider."""
+    import torch
+
+    from model import DepthPredictor, PredictorOptions
+    from model.onnx_network import OnnxNetwork, runtime_problem
+
+    problem = runtime_problem("onnxruntime", "cuda")
+    if problem:
+        return problem
+    try:
+        import onnx  # noqa: F401 - the export's
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        return f"the export needs {error.name} (pip install onnx onnxscript)"
+    from model.onnx_export import export_onnx
+
+    path = Path(tempfile.mkdtemp(prefix="gpu_check_onnx_")) / f"{variant}.onnx"
+    export_onnx(cpu_model(variant), path)
+    frames = torch.from_numpy(natural_frames(batch, FRAME_HW)).cuda()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    reference = DepthPredictor(model_on(variant, "cuda"), PredictorOptions(input_size=min(size_hw)))
+    expected = reference(frames, at_frame_size=False)
+    contenders = {"torch float16 (autocast)": lambda: DepthPredictor(model_on(variant, "cuda"), PredictorOptions(
+        input_size=min(size_hw), precision="float16"))}
+    contenders["onnxruntime CUDA, float32"] = lambda: DepthPredictor(OnnxNetwork(path, "cuda", "onnxruntime"),
+                                                                      PredictorOptions(input_size=min(size_hw)))
+    trt_problem = runtime_problem("tensorrt", "cuda")
+    if not trt_problem:
+        contenders["onnxruntime TensorRT, float16"] = lambda: DepthPredictor(
+            OnnxNetwork(path, "cuda", "tensorrt"), PredictorOptions(input_size=min(size_hw)))
+    rows = []
+    for name, build in contenders.items():
+        try:
+            predictor = build()
+            for _ in range(3):  # warm-up: cuDNN's tuning, ONNX Runtime's arena, TensorRT's engine build
+                got = predictor(frames, at_frame_size=False)
+            torch.cuda.synchronize()
+            started, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            runs, wall = 0, time.perf_counter()
+            started.record()
+            while time.perf_counter() - wall < seconds:
+                predictor(frames, at_frame_size=False)
+                runs += 1
+            ended.record()
+            ended.synchronize()
+            ms = started.elapsed_time(ended) / (runs * batch)
+            rows.append({"runtime": name, "gpu_ms_per_frame": round(ms, 3), "fps": round(1e3 / ms, 1),
+                         "relative_l2": relative_l2(got, expected), "finite": bool(torch.isfinite(got).all())})
+        except Exception as error:  # noqa: BLE001 - one runtime failing is a row, not the section
+            rows.append({"runtime": name, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"})
+    if trt_problem:
+        rows.append({"runtime": "onnxruntime TensorRT, float16", "skipped": trt_problem})
+    return rows
+
+
 def speed_thresholds(rows: list[dict]) -> list[dict]:
     """`pass` on the rows a threshold compares, against the variant's batch-8 row it is compared with: float16
     against float32, compiled against eager float16."""
@@ -539,8 +601,11 @@ def run_sections(sections: dict[str, tuple[str, Callable[[], list[dict]] | str]]
         else:
             try:
                 rows = run()
-                failed = [row for row in rows if row.get("pass") is False or "error" in row]
-                entry = {"title": title, "status": "fail" if failed else "ok", "rows": rows}
+                if isinstance(rows, str):  # the section found this machine without what it measures: said why
+                    entry = {"title": title, "status": "skipped", "reason": rows}
+                else:
+                    failed = [row for row in rows if row.get("pass") is False or "error" in row]
+                    entry = {"title": title, "status": "fail" if failed else "ok", "rows": rows}
             except Exception as error:  # noqa: BLE001 - a failing section is reported, the others still run
                 text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
                 entry = {"title": title, "status": "error", "error": f"{type(error).__name__}: {text}",
@@ -574,7 +639,7 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
-ORDER = "badecf"  # what decides most first: the CUDA path's correctness, precision, the pipeline, live, speed;
+ORDER = "badecfg"  # what decides most first: the CUDA path's correctness, precision, the pipeline, live, speed;
 # then the video model
 
 
@@ -615,6 +680,7 @@ def main(argv=None) -> int:
             "c": ("GPU ms per frame", gpu_only),
             "f": ("Video Depth Anything, 70 x 126 on the CPU, bfloat16 (rehearsal)",
                   lambda: video_model_check("cpu", (70, 126), "bfloat16", limit=None, stream_frames=12)),
+            "g": ("runtimes: torch against ONNX Runtime CUDA and TensorRT", gpu_only),
         }
     else:
         every = {
@@ -627,6 +693,7 @@ def main(argv=None) -> int:
                                       deadline=deadline)),
             "f": ("Video Depth Anything Small, 518 x 924: float16 against float32, frames per second",
                   video_model_check),
+            "g": ("runtimes at 518 x 924, vits: torch float16 against ONNX Runtime CUDA and TensorRT", runtime_check),
         }
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (rehearsal)"
     print(f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} cores, "

@@ -98,9 +98,10 @@ def test_the_device_check_rehearsed_end_to_end_on_the_cpu(tmp_path):
                              env={**os.environ, "OUT": str(tmp_path), "PYTHONUNBUFFERED": "1"})
     assert process.returncode == 0, process.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert list(results["sections"]) == ["b", "a", "d", "e", "c", "f"]
+    assert list(results["sections"]) == ["b", "a", "d", "e", "c", "f", "g"]
     assert {k: s["status"] for k, s in results["sections"].items()} == {"b": "skipped", "a": "skipped", "d": "ok",
-                                                                        "e": "ok", "c": "skipped", "f": "ok"}
+                                                                        "e": "ok", "c": "skipped", "f": "ok",
+                                                                        "g": "skipped"}
     video = results["sections"]["f"]["rows"]
     assert [row["check"] for row in video] == [
         "bfloat16 (autocast) against float32, one window", "bfloat16 (weights cast once) against float32, one window",
@@ -113,3 +114,12 @@ def test_the_device_check_rehearsed_end_to_end_on_the_cpu(tmp_path):
     assert [r["frames"] for r in results["sections"]["d"]["rows"]] == [16, 32]
     assert results["sections"]["e"]["rows"][0]["frames_in"] == 16
     assert "d. Ray pipeline" in process.stdout and "OK" in process.stdout
+
+
+def test_the_runtime_section_says_in_one_line_why_it_skips_without_onnxruntime_gpu(tmp_path, capsys):
+    from benchmarks.gpu_check import run_sections, runtime_check
+
+    reason = runtime_check()
+    assert isinstance(reason, str) and "has no CUDA provider: install onnxruntime-gpu" in reason
+    results = run_sections({"g": ("runtimes", runtime_check)}, tmp_path)
+    assert results["sections"]["g"]["status"] == "skipped" and results["sections"]["g"]["reason"] == reason

@@ -225,3 +225,59 @@ def test_bad_onnx_files_and_runtimes_are_refused_with_one_line(exported, tmp_pat
     for argv, message in cases:
         assert_one_line_error(*run_failing_cli(capsys, *argv), message, case=message)
     assert not (tmp_path / "never.mp4").exists() and not (tmp_path / "model.onnx").exists()
+
+
+def test_the_cuda_path_binds_torch_s_buffers_on_the_compute_stream(exported, monkeypatch):
+    """What a CPU can check of the GPU path, with a stand-in session and stream: the session is made on the first
+    call, with the CUDA stream current then (the model actor's compute stream) as ONNX Runtime's compute stream;
+    input and output are bound as the tensors' own device buffers (pointer, shape, float32); a call from another
+    stream waits for that stream's work first."""
+    calls = []
+
+    class Stream:
+        def __init__(self, handle):
+            self.cuda_stream = handle
+
+        def synchronize(self):
+            calls.append(("synchronize", self.cuda_stream))
+
+    class Binding:
+        def bind_input(self, name, device, index, dtype, shape, pointer):
+            calls.append(("input", name, device, index, dtype, shape, pointer))
+
+        def bind_output(self, name, device, index, dtype, shape, pointer):
+            calls.append(("output", name, device, index, dtype, shape, pointer))
+
+    class Session:
+        def io_binding(self):
+            return Binding()
+
+        def run_with_iobinding(self, binding):
+            calls.append(("run",))
+
+    network = OnnxNetwork(exported)  # made on the CPU, then moved "to a GPU" by hand
+    network.device, network._session = torch.device("cuda", 0), None
+    made_with = []
+
+    def new_session():
+        made_with.append(network._stream_handle)
+        return Session()
+
+    current = [Stream(1234)]
+    monkeypatch.setattr(network, "_new_session", new_session)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current[0])
+    monkeypatch.setattr(torch, "empty", lambda shape, dtype, device: torch.zeros(shape, dtype=dtype))
+    image = torch.randn(2, 3, 28, 42)
+    depth = network(image)
+    assert made_with == [1234] and depth.shape == (2, 28, 42)
+    _, name, device, index, dtype, shape, pointer = calls[0]
+    assert (name, device, index, dtype, shape) == ("image", "cuda", 0, np.float32, (2, 3, 28, 42))
+    assert pointer == image.data_ptr()  # (a float32 contiguous input is bound as it is: no copy)
+    assert calls[1][1:6] == ("depth", "cuda", 0, np.float32, (2, 28, 42)) and calls[1][6] == depth.data_ptr()
+    assert calls[2] == ("run",)
+    assert not any(call[0] == "synchronize" for call in calls)
+    calls.clear()
+    current[0] = Stream(99)  # another stream: its work is waited for; the session is not made again
+    network(torch.randn(1, 4, 3, 28, 42))
+    assert calls[0] == ("synchronize", 99) and made_with == [1234]
+    assert calls[2][1:6] == ("depth", "cuda", 0, np.float32, (1, 4, 28, 42))
