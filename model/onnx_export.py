@@ -126,9 +126,15 @@ def read_metadata(model_proto) -> tuple[str, DepthAnythingConfig] | None:
 
 
 def file_digest(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
-    """SHA-256 of a file's bytes (a checkpoint's, for the metadata and the export cache's key)."""
+    """SHA-256 of a checkpoint's bytes, for the metadata and the export cache's key: a file's, or a folder's (a
+    Hugging Face layout: each file's name and bytes, in name order)."""
+    path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(chunk_bytes):
-            digest.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file_path in files:
+        if path.is_dir():
+            digest.update(str(file_path.relative_to(path)).encode() + b"\0")
+        with open(file_path, "rb") as file:
+            while chunk := file.read(chunk_bytes):
+                digest.update(chunk)
     return digest.hexdigest()

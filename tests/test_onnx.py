@@ -281,3 +281,19 @@ def test_the_cuda_path_binds_torch_s_buffers_on_the_compute_stream(exported, mon
     network(torch.randn(1, 4, 3, 28, 42))
     assert calls[0] == ("synchronize", 99) and made_with == [1234]
     assert calls[2][1:6] == ("depth", "cuda", 0, np.float32, (1, 4, 28, 42))
+
+
+def test_a_checkpoint_s_digest_covers_a_folder_s_files(tmp_path, vits_checkpoint):
+    """The export cache's key: a Hugging Face folder is digested file by file (a folder could not be opened as one),
+    and any change to a file gives another key."""
+    import shutil
+
+    from model.onnx_export import file_digest
+
+    copy = tmp_path / "copy"
+    shutil.copytree(vits_checkpoint.hf_folder, copy)
+    assert file_digest(copy) == file_digest(vits_checkpoint.hf_folder) and len(file_digest(copy)) == 64
+    config = copy / "config.json"
+    config.write_text(config.read_text() + " ")
+    assert file_digest(copy) != file_digest(vits_checkpoint.hf_folder)
+    assert file_digest(vits_checkpoint.official_path) != file_digest(vits_checkpoint.hf_folder)
