@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from tests.clips import clip
 from tests.test_cli_faults import assert_one_line_error
 from tests.test_cli_faults import run_cli as run_failing_cli
 
+PROJECT = Path(__file__).resolve().parents[1]
 onnxruntime = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
@@ -297,3 +300,33 @@ def test_a_checkpoint_s_digest_covers_a_folder_s_files(tmp_path, vits_checkpoint
     config.write_text(config.read_text() + " ")
     assert file_digest(copy) != file_digest(vits_checkpoint.hf_folder)
     assert file_digest(vits_checkpoint.official_path) != file_digest(vits_checkpoint.hf_folder)
+
+
+def test_batch_segments_and_live_jobs_run_the_exported_file(ray_cluster, exported, vits_checkpoint, capsys, tmp_path):
+    """Every job takes --runtime onnxruntime: a batch and a video in segments give the torch run's depth; a live run
+    (a file in real time) gives every frame or counts it as dropped."""
+    import shutil
+
+    from tests.test_depth_outputs import exr_frames
+
+    source = clip(tmp_path, "input.mp4", width=96, height=64, frames=30, keyframe_interval=10)
+    by_torch = cli(capsys, source, "-o", tmp_path / "torch/", "--checkpoint", vits_checkpoint.official_path, *FAST)
+    expected = exr_frames(tmp_path / "torch")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("one.mp4", "two.mp4"):
+        shutil.copy(source, videos / name)
+    report = cli(capsys, "batch", videos, "--output-dir", tmp_path / "batch", "--checkpoint", exported, *FAST)
+    assert report["totals"]["done"] == 2
+    for name in ("one", "two"):
+        assert relative_l2(exr_frames(tmp_path / "batch" / f"{name}_depth"), expected).max() <= 1e-4
+    split = cli(capsys, source, "-o", tmp_path / "segments/", "--checkpoint", exported, "--segments", 3, *FAST)
+    assert len(split["segments"]) == 3 and split["model"]["runtime"] == "onnxruntime"
+    assert relative_l2(exr_frames(tmp_path / "segments"), expected).max() <= 1e-4
+    process = subprocess.run([sys.executable, str(PROJECT / "run_pipeline.py"), str(source), "--realtime", "--record",
+                              str(tmp_path / "live.mp4"), "--checkpoint", str(exported), "--input-size", "70"],
+                             capture_output=True, text=True, cwd=PROJECT, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    live = json.loads(process.stdout)
+    assert live["model"]["runtime"] == "onnxruntime"
+    assert live["frames_in"] == 30 and live["frames_out"] + live["dropped"] == 30 and live["frames_out"] > 0
