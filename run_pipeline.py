@@ -126,6 +126,9 @@ def parse_export_args(argv) -> argparse.Namespace:
     parser.add_argument("--random-weights", choices=VARIANTS, help="random weights of a variant (plumbing test only)")
     parser.add_argument("--version", choices=("v1", "v2"), help="Depth-Anything version (default: from checkpoint)")
     parser.add_argument("--max-depth", type=float, metavar="METRES", help="a metric .pth checkpoint's range")
+    parser.add_argument("--vda-mode", choices=("window", "stream"), default="window",
+                        help="a Video Depth Anything checkpoint's mode to export: window (32-frame windows, files' "
+                             "default) or stream (one frame a step with its past: live cameras, --vda-mode stream)")
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing file")
     return parser.parse_args(argv)
 
@@ -258,19 +261,21 @@ def resolve_model(settings, live: bool = False):
         if runtime == "torch":
             raise PipelineError(f"{resolved.path} is an exported (ONNX) network: it runs with --runtime onnxruntime "
                                 f"or tensorrt; for --runtime torch pass the checkpoint it was exported from")
-        _, config = check_onnx_file(resolved.path)
+        kind, config = check_onnx_file(resolved.path)
         if model.version and model.version != config.version:
             raise PipelineError(f"--version {model.version}: {resolved.path} was exported from a Depth-Anything "
                                 f"{config.version} model")
+        streaming = live or model.vda_mode == "stream"
+        if config.temporal and (kind == "video_stream") != streaming:
+            made, wanted = ("streaming", "window") if kind == "video_stream" else ("window", "streaming")
+            raise PipelineError(f"{resolved.path} is Video Depth Anything's {made} mode; this run needs its {wanted} "
+                                f"mode (export it with --vda-mode {'stream' if streaming else 'window'}"
+                                f"{'' if streaming else ', or run this file with --vda-mode stream'})")
     else:
         config = check_checkpoint(resolved.path, model.version, model.max_depth)
     if model.vda_mode != "auto" and not config.temporal:
         raise PipelineError(f"--vda-mode {model.vda_mode} is for Video Depth Anything models; {resolved.path} is a "
                             f"per-frame Depth-Anything model")
-    if config.temporal and runtime != "torch" and (live or model.vda_mode == "stream"):
-        raise PipelineError(f"runtime {runtime} runs Video Depth Anything's window mode (--vda-mode window, a "
-                            f"file's default); its streaming mode (live cameras, --vda-mode stream) runs on "
-                            f"--runtime torch")
     return resolved
 
 
@@ -287,15 +292,15 @@ def check_runtime(model) -> None:
 
 
 @contextlib.contextmanager
-def depth_graph(settings, resolved):
-    """Ray started (or joined) and the model actors made, for the block; the actors are shut down after it, with
-    Ctrl-C / SIGTERM held until that is done."""
+def depth_graph(settings, resolved, live: bool = False):
+    """Ray started (or joined) and the model actors made, for the block (`live`: cameras' jobs); the actors are shut
+    down after it, with Ctrl-C / SIGTERM held until that is done."""
     from pipeline.cluster.graph import DepthGraph
     from pipeline.cluster.runtime import start_ray
 
     with signals_deferred():  # an interrupt during start-up would orphan Ray's processes: it waits until Ray is up
         start_ray(settings.ray.address, settings.ray.num_cpus)
-    graph = DepthGraph(settings, resolved=resolved)
+    graph = DepthGraph(settings, resolved=resolved, live=live)
     try:
         yield graph
     finally:
@@ -339,21 +344,29 @@ def run_export(args: argparse.Namespace) -> dict:
         check_checkpoint(resolved.path, args.version, args.max_depth)
         net = load_model(resolved.path, version=args.version, max_depth=args.max_depth)
         digest, source = file_digest(resolved.path), resolved.path
-    print(f"exporting {source} to {output} (a minute or two on a CPU)", file=sys.stderr, flush=True)
-    export_onnx(net, output, source_digest=digest)
-    exported_s = time.monotonic() - started
-    # Checked by running it: the file against PyTorch on one input of a size the trace did not use
     config = net.config
+    streaming = args.vda_mode == "stream"
+    if streaming and not config.temporal:
+        raise PipelineError(f"--vda-mode stream is for Video Depth Anything models; {source} is a per-frame model")
+    print(f"exporting {source} to {output} (a minute or two on a CPU)", file=sys.stderr, flush=True)
+    export_onnx(net, output, source_digest=digest, mode=args.vda_mode)
+    exported_s = time.monotonic() - started
+    # Checked by running it: the file against PyTorch on one input of a size the trace did not use (a streaming
+    # step: a first frame's)
     generator = torch.Generator().manual_seed(0)
-    shape = (1, 2, 3, 42, 56) if config.temporal else (1, 3, 42, 56)
+    shape = (1, 3, 42, 56) if streaming or not config.temporal else (1, 2, 3, 42, 56)
     image = torch.randn(shape, generator=generator)
     with torch.inference_mode():
-        expected = net(image)
-        got = OnnxNetwork(output)(image)
+        if streaming:
+            expected = net.decode(*net.encode(image), 1, None)[0]
+            got = OnnxNetwork(output).step(image, None)[0]
+        else:
+            expected = net(image)
+            got = OnnxNetwork(output)(image)
     agreement = float((got - expected).norm() / expected.norm().clamp_min(1e-12))
     return {"output": str(output), "bytes": output.stat().st_size, "source": source, "sha256": digest or None,
             "variant": config.variant, "version": config.version, "temporal": config.temporal,
-            "depth": "metric" if config.max_depth else "relative", "export_seconds": round(exported_s, 1),
+            **({"vda_mode": args.vda_mode} if config.temporal else {}), "depth": "metric" if config.max_depth else "relative", "export_seconds": round(exported_s, 1),
             "agreement": {"relative_l2": agreement, "input": list(shape)}}
 
 
@@ -397,7 +410,7 @@ def run_cameras(args: argparse.Namespace) -> dict:
                                   warn=lambda line: print(f"warning: {redact(line)}", file=sys.stderr, flush=True))
     try:  # (the control port is bound from here on)
         resolved = resolve_model(settings, live=True)
-        with depth_graph(settings, resolved) as graph:
+        with depth_graph(settings, resolved, live=True) as graph:
             # Ctrl-C and SIGTERM end the job normally: every camera's outputs closed, the summary printed
             with stop_signals_call(lambda number, frame: job.stop()):
                 return job.run(graph, log=lambda line: print(redact(line), file=sys.stderr, flush=True),
@@ -423,7 +436,7 @@ def run_live(args: argparse.Namespace) -> dict:
     job = LiveJob.from_request(settings, LiveRequest(args.input, args.output, args.record, args.realtime,
                                                      args.no_overwrite, file_flags))
     resolved = resolve_model(settings, live=True)
-    with depth_graph(settings, resolved) as graph:
+    with depth_graph(settings, resolved, live=True) as graph:
         # Ctrl-C and SIGTERM end a live run normally: stop reading, finish what is in flight, close the session
         with stop_signals_call(lambda number, frame: job.stop()):
             return job.run(graph)

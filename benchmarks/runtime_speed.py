@@ -3,8 +3,8 @@ torch against ONNX Runtime, in one run, the contenders in turn (this machine's s
 
   1. the model alone (frames in memory, one a pass, as the pipeline's CPU network runs): ms a frame for vits and vitb
      at input sizes 266 / 364 / 518 (16:9 frames), and the two runtimes' relative L2 difference;
-  2. Video Depth Anything small: the window mode (32-frame windows) in both runtimes, ms a frame; its streaming mode
-     runs on torch only (the ONNX file is the window mode), so it is timed there alone;
+  2. Video Depth Anything small: the window mode (32-frame windows) and the streaming mode (a frame a step, the
+     cache full) in both runtimes, ms a frame;
   3. the pipeline end to end (720p file to depth video, default settings, vits): fps_steady with --runtime torch and
      --runtime onnxruntime, at each input size.
 
@@ -78,26 +78,35 @@ def video_model(size: int, rounds: int) -> None:
 
     print(f"2. Video Depth Anything small at input {size} (ms a frame)")
     net = random_video_model("vits", seed=SEED)
-    path = default_cache_folder() / f"benchmark-vda-vits-seed{SEED}.onnx"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(net, path)
-    onnx_net = OnnxNetwork(path)
+    paths = {mode: default_cache_folder() / f"benchmark-vda-vits-seed{SEED}-{mode}.onnx" for mode in ("window",
+                                                                                                       "stream")}
+    for mode, path in paths.items():
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export_onnx(net, path, mode=mode)
+    onnx_net = OnnxNetwork(paths["window"])
     input_hw = model_input_size(FRAME_HW, size, 14)
     window = torch.randn(1, 32, 3, *input_hw, generator=torch.Generator().manual_seed(2))
     torch_s, ort_s, difference = torch_against_onnx(net, onnx_net, window, rounds)
     print(f"  window mode (32 frames a pass): torch {torch_s / 32 * 1e3:.0f} ms, onnxruntime {ort_s / 32 * 1e3:.0f} ms"
           f" a frame; ort / torch {ort_s / torch_s:.2f}; rel. L2 {difference:.1e}")
-    stream = StreamingDepth(net.encode, net.decode, input_hw)
-    frames = window[0]
+    frames, step = window[0], OnnxNetwork(paths["stream"]).step
+    streams = {"torch": StreamingDepth(net.encode, net.decode, input_hw),
+               "onnxruntime": StreamingDepth(None, None, input_hw, step=step)}
+    times: dict[str, list[float]] = {name: [] for name in streams}
+    depth: dict[str, list] = {name: [] for name in streams}
     with torch.inference_mode():
-        for frame in frames[:4]:  # warm-up, and the cache filled
-            stream.push(frame)
-        started = time.perf_counter()
-        for frame in frames[4:12]:
-            stream.push(frame)
-    print(f"  streaming mode: torch {(time.perf_counter() - started) / 8 * 1e3:.0f} ms a frame (onnxruntime: not "
-          f"exported; the streaming mode runs on torch)", flush=True)
+        for index, frame in enumerate(frames[:16]):  # the two in turn, frame by frame; the first 4 a warm-up
+            for name, stream in streams.items():
+                started = time.perf_counter()
+                depth[name].append(stream.push(frame))
+                if index >= 4:
+                    times[name].append(time.perf_counter() - started)
+    torch_s, ort_s = (statistics.median(times[name]) for name in streams)
+    difference = relative_l2(torch.from_numpy(np.stack(depth["onnxruntime"])), torch.from_numpy(np.stack(
+        depth["torch"])))
+    print(f"  streaming mode (a frame a step, the cache filling): torch {torch_s * 1e3:.0f} ms, onnxruntime "
+          f"{ort_s * 1e3:.0f} ms a frame; ort / torch {ort_s / torch_s:.2f}; rel. L2 {difference:.1e}", flush=True)
 
 
 def pipeline_fps(clip: Path, output: Path, size: int, runtime: str) -> dict:

@@ -27,7 +27,10 @@ from torch import nn
 
 from .checkpoint import CheckpointError
 from .config import DepthAnythingConfig
-from .onnx_export import INPUT_NAME, OUTPUT_NAME, VIDEO_WINDOW, read_metadata
+from .onnx_export import CACHED_TENSORS, INPUT_NAME, OUTPUT_NAME, VIDEO_STREAM, VIDEO_WINDOW, read_metadata
+
+PAST_NAMES = tuple(f"past_{i}" for i in range(CACHED_TENSORS))
+ENTRY_NAMES = tuple(f"entry_{i}" for i in range(CACHED_TENSORS))
 
 __all__ = ["RUNTIMES", "OnnxNetwork", "check_onnx_file", "is_onnx_file", "runtime_problem"]
 
@@ -76,9 +79,12 @@ def check_onnx_file(path: str | Path) -> tuple[str, DepthAnythingConfig]:
                               f"`run_pipeline.py export`): its network and its output's meaning are unknown")
     inputs = [value.name for value in proto.graph.input]
     outputs = [value.name for value in proto.graph.output]
-    if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME] or not proto.graph.node:
+    streaming = found[0] == VIDEO_STREAM
+    wanted_inputs = [INPUT_NAME, *(PAST_NAMES if streaming else ())]
+    wanted_outputs = [OUTPUT_NAME, *(ENTRY_NAMES if streaming else ())]
+    if inputs != wanted_inputs or outputs != wanted_outputs or not proto.graph.node:
         raise CheckpointError(f"{path}: its graph takes {inputs} and gives {outputs}; a depth network's takes "
-                              f"['{INPUT_NAME}'] and gives ['{OUTPUT_NAME}'] (export it again)")
+                              f"{wanted_inputs} and gives {wanted_outputs} (export it again)")
     opset = max((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), default=0)
     supported = onnx.defs.onnx_opset_version()
     runtime_opset = _runtime_max_opset(onnxruntime.__version__)
@@ -150,12 +156,44 @@ class OnnxNetwork(nn.Module):
 
     @torch.inference_mode()
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        image = image.float().contiguous()
-        if self.device.type == "cpu":
-            return torch.from_numpy(self._session.run([OUTPUT_NAME], {INPUT_NAME: image.numpy()})[0])
-        return self._forward_cuda(image)
+        if self.kind == VIDEO_STREAM:
+            raise RuntimeError(f"{self.path}: the streaming mode's file runs a step at a time (`step`), not windows")
+        # depth has the input's shape without its channels: B x H x W (B x T x H x W)
+        [depth] = self._run({INPUT_NAME: image}, {OUTPUT_NAME: (*image.shape[:-3], *image.shape[-2:])})
+        return depth
 
-    def _forward_cuda(self, image: torch.Tensor) -> torch.Tensor:
+    @torch.inference_mode()
+    def step(self, images_n3hw: torch.Tensor, past: list[torch.Tensor] | None) -> tuple[torch.Tensor,
+                                                                                          list[torch.Tensor]]:
+        """The streaming mode's step, as VideoDepthAnything.decode(*encode(images), 1, past) gives it: each of N
+        streams' next frame and the eight past tensors ((N*h*w) x P x C; None: the streams' first frames) -> (depth
+        N x H x W, the frames' eight entries (N*h*w) x 1 x C)."""
+        count, _, height, width = images_n3hw.shape
+        shapes = self._cached_shapes(count, (height // self.config.patch_size, width // self.config.patch_size))
+        if past is None:  # a first frame looks back at nothing: pasts of no frames
+            past = [torch.empty((rows, 0, channels), device=self.device) for rows, channels in shapes]
+        outputs = self._run({INPUT_NAME: images_n3hw, **dict(zip(PAST_NAMES, past))},
+                            {OUTPUT_NAME: (count, height, width),
+                             **{name: (rows, 1, channels) for name, (rows, channels) in zip(ENTRY_NAMES, shapes)}})
+        return outputs[0], outputs[1:]
+
+    def _cached_shapes(self, count: int, grid_hw: tuple[int, int]) -> list[tuple[int, int]]:
+        """(rows, channels) of the eight cached tensors: the four motion modules' maps are at x1, x0.5 (a stride-2
+        convolution: ceil), x1 and x2 of the patch grid, two tensors each."""
+        grid_h, grid_w = grid_hw
+        areas = (grid_h * grid_w, -(-grid_h // 2) * -(-grid_w // 2), grid_h * grid_w, 4 * grid_h * grid_w)
+        widths = (*self.config.reassembly_widths[2:], self.config.fusion_width, self.config.fusion_width)
+        return [(count * area, channels) for area, channels in zip(areas, widths) for _ in range(2)]
+
+    def _run(self, inputs: dict[str, torch.Tensor], output_shapes: dict[str, tuple]) -> list[torch.Tensor]:
+        """The session on float32 tensors (on the network's device) -> its outputs, in `output_shapes`' order."""
+        inputs = {name: tensor.float().contiguous() for name, tensor in inputs.items()}
+        if self.device.type == "cpu":
+            feed = {name: tensor.numpy() for name, tensor in inputs.items()}
+            return [torch.from_numpy(array) for array in self._session.run(list(output_shapes), feed)]
+        return self._run_cuda(inputs, output_shapes)
+
+    def _run_cuda(self, inputs: dict[str, torch.Tensor], output_shapes: dict[str, tuple]) -> list[torch.Tensor]:
         stream = torch.cuda.current_stream(self.device)
         with self._session_lock:
             if self._session is None:  # made on the first call's stream: ONNX Runtime's kernels queue there
@@ -163,14 +201,15 @@ class OnnxNetwork(nn.Module):
                 self._session = self._new_session()
         if stream.cuda_stream != self._stream_handle:
             stream.synchronize()  # (another stream wrote the input: it must be there before ONNX Runtime reads it)
-        # depth has the input's shape without its channels: B x H x W (B x T x H x W)
-        depth = torch.empty((*image.shape[:-3], *image.shape[-2:]), dtype=torch.float32, device=self.device)
         binding = self._session.io_binding()
         index = self.device.index or 0
-        binding.bind_input(INPUT_NAME, "cuda", index, np.float32, tuple(image.shape), image.data_ptr())
-        binding.bind_output(OUTPUT_NAME, "cuda", index, np.float32, tuple(depth.shape), depth.data_ptr())
+        for name, tensor in inputs.items():
+            binding.bind_input(name, "cuda", index, np.float32, tuple(tensor.shape), tensor.data_ptr())
+        outputs = [torch.empty(shape, dtype=torch.float32, device=self.device) for shape in output_shapes.values()]
+        for name, tensor in zip(output_shapes, outputs):
+            binding.bind_output(name, "cuda", index, np.float32, tuple(tensor.shape), tensor.data_ptr())
         self._session.run_with_iobinding(binding)
-        return depth
+        return outputs
 
     def extra_repr(self) -> str:
         return f"{self.path.name}, {self.kind}, {self.runtime} on {self.device}"
@@ -178,3 +217,7 @@ class OnnxNetwork(nn.Module):
     @property
     def is_video_window(self) -> bool:
         return self.kind == VIDEO_WINDOW
+
+    @property
+    def is_video_stream(self) -> bool:
+        return self.kind == VIDEO_STREAM

@@ -179,6 +179,93 @@ def test_video_depth_anything_s_window_mode_gives_the_original_s_depth(tmp_path)
     assert errors.max() <= 1e-4, f"worst frame {errors.argmax()}: {errors.max():.2e}"
 
 
+@pytest.fixture(scope="module")
+def streaming_file(tmp_path_factory) -> Path:
+    """Video Depth Anything (the streaming case's seeded random weights) exported in its streaming mode."""
+    from model.onnx_export import export_onnx
+    from model.random_weights import random_video_model
+    from tests.video_frames import CASES
+
+    case = next(case for case in CASES if case.name == "stream_50x28x42")
+    return export_onnx(random_video_model("vits", seed=case.seed), tmp_path_factory.mktemp("vda") / "stream.onnx",
+                       mode="stream")
+
+
+@pytest.mark.slow
+def test_video_depth_anything_s_streaming_mode_gives_the_original_s_depth(streaming_file):
+    """One step a frame through the exported file (the past in the pipeline's ring buffers), against the original's
+    streaming run on 50 frames: the first frame (no past), the cache filling, and frames past the point where entries
+    are let go."""
+    from pipeline.stages.inference.temporal_stream import StreamingDepth
+    from tests.test_video_depth_anything import FIXTURES, prepared, relative_errors
+    from tests.video_frames import CASES, video_frames
+
+    case = next(case for case in CASES if case.name == "stream_50x28x42")
+    network = OnnxNetwork(streaming_file)
+    assert network.is_video_stream and network.config.temporal
+    stream = StreamingDepth(None, None, (case.height, case.width), step=network.step)
+    ours = np.stack([stream.push(frame) for frame in prepared(video_frames(case))])
+    expected = np.load(FIXTURES / f"{case.name}.npz")["depth"]
+    errors = relative_errors(ours, expected)
+    assert errors.max() <= 1e-4, f"worst frame {errors.argmax()}: {errors.max():.2e}"
+    with pytest.raises(RuntimeError, match="a step at a time"):
+        network(torch.zeros(1, 2, 3, 28, 42))
+
+
+@pytest.mark.slow
+def test_streams_pushed_together_through_the_exported_step_give_each_stream_s_own_depth(streaming_file):
+    """Several cameras' streams in one step a round (live cameras' shared passes): each stream's depth as torch
+    gives it for that stream alone."""
+    from model.random_weights import random_video_model
+    from pipeline.stages.inference.temporal_stream import StreamingDepth, push_together
+
+    network, torch_net = OnnxNetwork(streaming_file), random_video_model("vits", seed=0)
+    generator = torch.Generator().manual_seed(7)
+    frames = torch.randn(3, 6, 3, 28, 42, generator=generator)  # 3 streams x 6 frames
+    together = [StreamingDepth(None, None, (28, 42), step=network.step) for _ in range(3)]
+    alone = [StreamingDepth(torch_net.encode, torch_net.decode, (28, 42)) for _ in range(3)]
+    with torch.inference_mode():
+        for index in range(6):
+            # stream 2 starts a frame late: a first frame (no past) beside the others' in the same round
+            streams = [0, 1, 2] if index else [0, 1]
+            got = push_together([together[s] for s in streams], frames[streams, index])
+            for stream, depth in zip(streams, got):
+                expected = alone[stream].push(frames[stream, index])
+                assert relative_l2(depth.numpy()[None], expected[None]).max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_a_video_model_s_streaming_mode_runs_on_onnx_runtime_through_ray(ray_cluster, capsys, tmp_path):
+    """--vda-mode stream --runtime onnxruntime with a Video Depth Anything .pth: the model actor exports the
+    streaming step into the cache and each frame goes through it with its stream's cache: torch's depth, frame by
+    frame; the window mode's file is refused for a streaming run, with one line."""
+    from model.random_weights import random_video_model
+    from tests.test_depth_outputs import exr_frames
+    from tests.test_video_depth_anything import frames_and_checkpoint
+    from tests.video_frames import CASES
+
+    case = next(case for case in CASES if case.name == "stream_50x28x42")
+    _, folder, checkpoint = frames_and_checkpoint(tmp_path, case, random_video_model("vits", seed=case.seed),
+                                                  "video_depth_anything_vits.pth")
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"model:\n  onnx_cache: {tmp_path / 'cache'}\n")
+    common = [folder, "--checkpoint", checkpoint, "--vda-mode", "stream", "--config", settings,
+              "--input-size", "28", "--depth-format", "exr", "--fps", "30"]
+    by_torch = cli(capsys, *common, "-o", tmp_path / "torch/")
+    by_onnx = cli(capsys, *common, "-o", tmp_path / "onnx/", "--runtime", "onnxruntime")
+    assert by_onnx["model"]["runtime"] == "onnxruntime" and by_onnx["frames_out"] == by_torch["frames_out"] == 50
+    [cached] = (tmp_path / "cache").glob("*.onnx")
+    assert "-video-stream-" in cached.name
+    assert relative_l2(exr_frames(tmp_path / "onnx"), exr_frames(tmp_path / "torch")).max() <= 1e-4
+    window_file = tmp_path / "window.onnx"
+    from model.onnx_export import export_onnx
+
+    export_onnx(random_video_model("vits", seed=case.seed), window_file)
+    code, err = run_failing_cli(capsys, folder, "--checkpoint", window_file, "--vda-mode", "stream", "-o",
+                                tmp_path / "never/", "--depth-format", "exr", "--fps", "30")
+    assert_one_line_error(code, err, "is Video Depth Anything's window mode; this run needs its streaming mode")
+
+
 # Bad files and runtimes: one line naming the file or runtime, exit 2, before Ray starts ...........................
 
 def tiny_foreign_model(path: Path, opset: int = 18, inputs=("image",)) -> Path:
@@ -224,6 +311,8 @@ def test_bad_onnx_files_and_runtimes_are_refused_with_one_line(exported, tmp_pat
         (["export", "--random-weights", "vits", "-o", tmp_path / "model.pt"], "an exported network is written to"),
         (["export", "-o", tmp_path / "model.onnx"], "export needs one of --model, --checkpoint, --random-weights"),
         (["export", "--checkpoint", exported, "-o", tmp_path / "again.onnx"], "is an exported network already"),
+        (["export", "--random-weights", "vits", "--vda-mode", "stream", "-o", tmp_path / "model.onnx"],
+         "--vda-mode stream is for Video Depth Anything models"),
     ]
     for argv, message in cases:
         assert_one_line_error(*run_failing_cli(capsys, *argv), message, case=message)

@@ -94,9 +94,11 @@ class DepthGraph:
     the models only when its first batch is ready for them (start-up overlaps start-up).
     """
 
-    def __init__(self, settings: PipelineSettings, builder=None, resolved: ResolvedCheckpoint | None = None):
+    def __init__(self, settings: PipelineSettings, builder=None, resolved: ResolvedCheckpoint | None = None,
+                 live: bool = False):
         """`resolved`: the checkpoint when the caller has resolved it already (a name or repo id may mean a
-        download); `builder`: benchmarks only, a picklable callable that builds a stand-in network (see ModelSource).
+        download); `builder`: benchmarks only, a picklable callable that builds a stand-in network (see ModelSource);
+        `live`: cameras' job (a video model runs in its streaming mode: what an exported network is made for).
         """
         self.settings = settings
         model = settings.model
@@ -112,7 +114,8 @@ class DepthGraph:
         source = ModelSource(checkpoint, model.random_weights, model.version,
                              max_depth=model.max_depth, builder=builder,
                              hub_reference=resolved.spec if resolved and resolved.repo_id else None,
-                             runtime=choose_runtime(model.runtime, checkpoint), onnx_cache=model.onnx_cache)
+                             runtime=choose_runtime(model.runtime, checkpoint), onnx_cache=model.onnx_cache,
+                             vda_mode="stream" if live or model.vda_mode == "stream" else "window")
         # Inside an actor Ray makes only its assigned GPU visible, as cuda:0: "cuda:1" would not exist there
         device = "cuda" if self.plan.use_gpu else "cpu"
         actors = [

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from model import CheckpointError, DepthPredictor, PredictorOptions, load_model
+from model import CheckpointError, DepthPredictor, PredictorOptions, check_checkpoint, load_model
 from model.hub import resolve_checkpoint
 from model.onnx_export import file_digest
 from model.onnx_network import OnnxNetwork, is_onnx_file
@@ -67,6 +67,8 @@ class ModelSource:
     # What runs the network (resolved: torch, onnxruntime or tensorrt), and where exported files are cached
     runtime: str = "torch"
     onnx_cache: str | None = None
+    # A video model's mode, which an exported file is made for: window (files) or stream (cameras, --vda-mode stream)
+    vda_mode: str = "window"
 
     def load(self, device: torch.device):
         """The network on `device`: a torch module, or an ONNX Runtime session behind one (`OnnxNetwork`), from an
@@ -84,8 +86,10 @@ class ModelSource:
         elif self.checkpoint:
             local = self._local_checkpoint()
             digest = file_digest(local)
-            path = exported_file(f"sha256 {digest}|{self.version}|{self.max_depth}", lambda: self.load_torch("cpu"),
-                                 self.onnx_cache, source_digest=digest)
+            # (a per-frame model's file serves both modes: only a video model's key says which it was made for)
+            mode = self.vda_mode if check_checkpoint(local, self.version, self.max_depth).temporal else "image"
+            path = exported_file(f"sha256 {digest}|{self.version}|{self.max_depth}|{mode}",
+                                 lambda: self.load_torch("cpu"), self.onnx_cache, source_digest=digest, mode=mode)
         else:
             recipe = f"random {self.random_weights}|{self.version}|{self.max_depth}|seed {self.seed}"
             path = exported_file(recipe, lambda: self.load_torch("cpu"), self.onnx_cache)
@@ -397,7 +401,14 @@ class DepthWorker:
             state = self._streams.pop(stream, None)
             if state is None or state[0].output_hw != frame_hw:
                 self._admit(stream, frame_hw)
-                state = (StreamingDepth(network.encode, network.decode, frame_hw), threading.Lock())
+                if isinstance(network, OnnxNetwork):  # an exported streaming step: encoder and decoder in one call
+                    if not network.is_video_stream:
+                        raise PipelineError(f"{network.path} is Video Depth Anything's window mode; a stream needs "
+                                            f"its streaming mode's file (export --vda-mode stream)")
+                    streaming = StreamingDepth(None, None, frame_hw, step=network.step)
+                else:
+                    streaming = StreamingDepth(network.encode, network.decode, frame_hw)
+                state = (streaming, threading.Lock())
             self._streams[stream] = state  # (last: the most recently used)
             while len(self._streams) > MAX_STREAMS:
                 self._streams.pop(next(iter(self._streams)))

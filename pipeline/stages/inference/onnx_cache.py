@@ -33,9 +33,10 @@ def default_cache_folder() -> Path:
 
 
 def exported_file(weights_key: str, build: Callable[[], torch.nn.Module], folder: str | Path | None = None,
-                  source_digest: str = "") -> Path:
+                  source_digest: str = "", mode: str = "window") -> Path:
     """The exported file for these weights, exported now (`build()` gives the float32 network) unless the cache has
-    it. `weights_key`: what identifies the weights (a checkpoint's digest, a random-weights recipe)."""
+    it. `weights_key`: what identifies the weights (a checkpoint's digest, a random-weights recipe) and, for a video
+    model, its mode (`mode`: window or stream, what the export makes)."""
     folder = Path(folder) if folder else default_cache_folder()
     folder.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(f"{weights_key}|torch {torch.__version__}|format {FORMAT_VERSION}".encode()).hexdigest()[:20]
@@ -51,8 +52,9 @@ def exported_file(weights_key: str, build: Callable[[], torch.nn.Module], folder
             return found
         net = build()
         config = net.config
-        path = folder / f"{config.variant}-{config.version}{'-video' if config.temporal else ''}-{key}.onnx"
-        return export_onnx(net, path, source_digest=source_digest)
+        kind = f"-video-{mode}" if config.temporal else ""
+        path = folder / f"{config.variant}-{config.version}{kind}-{key}.onnx"
+        return export_onnx(net, path, source_digest=source_digest, mode=mode)
     finally:
         os.close(descriptor)  # (the lock goes with it)
 

@@ -39,8 +39,11 @@ PAST_FRAMES = INFER_LEN - 1  # what a frame attends to besides itself
 
 
 class StreamingDepth:
-    def __init__(self, encode: Callable, decode: Callable, output_hw: tuple[int, int]):
-        self.encode, self.decode, self.output_hw = encode, decode, output_hw
+    def __init__(self, encode: Callable | None, decode: Callable | None, output_hw: tuple[int, int],
+                 step: Callable | None = None):
+        """`step`: instead of `encode` and `decode`, a network that runs both in one call ((frames N x 3 x h x w,
+        past or None) -> (depth, entries): an exported streaming step run by ONNX Runtime, `OnnxNetwork.step`)."""
+        self.encode, self.decode, self.output_hw, self.step = encode, decode, output_hw, step
         self.frames_in = 0
         self._rings: list[torch.Tensor] = []  # per cached tensor: h*w x RING_SLOTS x C (allocated at frame 0)
         self._order: list[int] = []  # the cache, in the original's order, as ring positions
@@ -115,8 +118,14 @@ def push_together(streams: list[StreamingDepth], frames_n3hw: torch.Tensor) -> l
     looks back through each stream's own cache, one pass per round: each stream's next frame (a stream may appear
     several times, its frames in order), the streams' first frames (no cache yet) apart from the others. The same
     depth as each stream alone, to float32 rounding."""
-    encode, decode = streams[0].encode, streams[0].decode
-    tapped, grid_hw = encode(frames_n3hw)
+    if streams[0].step is not None:  # encoder and decoder in one call: the encoder runs on each round's frames
+        def run(members, cached):
+            return streams[0].step(frames_n3hw[members], cached)
+    else:
+        tapped, grid_hw = streams[0].encode(frames_n3hw)
+
+        def run(members, cached):
+            return streams[0].decode([tokens[members] for tokens in tapped], grid_hw, 1, cached)
     depth: list[torch.Tensor | None] = [None] * len(streams)
     pending = list(range(len(streams)))
     while pending:
@@ -132,7 +141,7 @@ def push_together(streams: list[StreamingDepth], frames_n3hw: torch.Tensor) -> l
             if not members:
                 continue
             cached = None if first_frames else gathered_past([streams[index] for index in members])
-            part_depth, entries = decode([tokens[members] for tokens in tapped], grid_hw, 1, cached)
+            part_depth, entries = run(members, cached)
             # (each slot: every clip's h*w positions, clip after clip, at that slot's resolution)
             per_clip = [slot.chunk(len(members)) for slot in entries]
             for position, index in enumerate(members):
