@@ -109,6 +109,9 @@ def test_previews_flicker_and_the_dashboard_in_a_real_browser(tmp_path):
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.sendall(f"GET /cameras/door/preview.mjpg HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer "
                         f"{TOKEN}\r\n\r\n".encode())
+        # depth flows on: 10 more frames published (however slowly this machine runs the model), then 40 read
+        wait_for(lambda: camera_figures(base, "door")["frames_out"] - before["frames_out"] >= 10, 300,
+                 "the camera's depth published on")
         wait_for(lambda: camera_figures(base, "door")["frames_in"] - before["frames_in"] >= 40, 120,
                  "the camera read on")
         assert len(mjpeg_parts(base, "door", 3)) == 3

@@ -235,10 +235,11 @@ def test_streams_pushed_together_through_the_exported_step_give_each_stream_s_ow
 
 
 @pytest.mark.slow
-def test_a_video_model_s_streaming_mode_runs_on_onnx_runtime_through_ray(ray_cluster, capsys, tmp_path):
+def test_a_video_model_s_streaming_mode_runs_on_onnx_runtime_through_ray(ray_cluster, streaming_file, capsys,
+                                                                         tmp_path):
     """--vda-mode stream --runtime onnxruntime with a Video Depth Anything .pth: the model actor exports the
     streaming step into the cache and each frame goes through it with its stream's cache: torch's depth, frame by
-    frame; the window mode's file is refused for a streaming run, with one line."""
+    frame; the streaming mode's file is refused for a window-mode run, with one line."""
     from model.random_weights import random_video_model
     from tests.test_depth_outputs import exr_frames
     from tests.test_video_depth_anything import frames_and_checkpoint
@@ -257,13 +258,9 @@ def test_a_video_model_s_streaming_mode_runs_on_onnx_runtime_through_ray(ray_clu
     [cached] = (tmp_path / "cache").glob("*.onnx")
     assert "-video-stream-" in cached.name
     assert relative_l2(exr_frames(tmp_path / "onnx"), exr_frames(tmp_path / "torch")).max() <= 1e-4
-    window_file = tmp_path / "window.onnx"
-    from model.onnx_export import export_onnx
-
-    export_onnx(random_video_model("vits", seed=case.seed), window_file)
-    code, err = run_failing_cli(capsys, folder, "--checkpoint", window_file, "--vda-mode", "stream", "-o",
-                                tmp_path / "never/", "--depth-format", "exr", "--fps", "30")
-    assert_one_line_error(code, err, "is Video Depth Anything's window mode; this run needs its streaming mode")
+    code, err = run_failing_cli(capsys, folder, "--checkpoint", streaming_file, "-o", tmp_path / "never/",
+                                "--depth-format", "exr", "--fps", "30")
+    assert_one_line_error(code, err, "is Video Depth Anything's streaming mode; this run needs its window mode")
 
 
 # Bad files and runtimes: one line naming the file or runtime, exit 2, before Ray starts ...........................
