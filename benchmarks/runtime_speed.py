@@ -33,7 +33,7 @@ from benchmarks.model_speed import time_interleaved  # noqa: E402
 from model.onnx_network import OnnxNetwork  # noqa: E402
 from model.random_weights import random_model, random_video_model  # noqa: E402
 from model.transforms import model_input_size  # noqa: E402
-from pipeline.stages.inference.onnx_cache import exported_file  # noqa: E402
+from pipeline.stages.inference.depth_worker import ModelSource  # noqa: E402
 
 SEED = 0
 FRAME_HW = (720, 1280)
@@ -61,8 +61,8 @@ def model_alone(variants: list[str], sizes: list[int], rounds: int) -> None:
     print(f"  {'variant':7s} {'input':>9s} | {'torch':>8s} | {'onnxruntime':>11s} | {'ort / torch':>11s} | rel. L2")
     for variant in variants:
         net = random_model(variant, seed=SEED)
-        # (the recipe the pipeline's model actors use for --random-weights: their cache entry is this one)
-        onnx_net = OnnxNetwork(exported_file(f"random {variant}|None|None|seed {SEED}", lambda: net, None))
+        # Loaded as the pipeline's model actors load --random-weights: their export cache entry is this one
+        onnx_net = ModelSource(random_weights=variant, seed=SEED, runtime="onnxruntime").load(torch.device("cpu"))
         for size in sizes:
             input_hw = model_input_size(FRAME_HW, size, 14)
             image = torch.randn(1, 3, *input_hw, generator=torch.Generator().manual_seed(1))
