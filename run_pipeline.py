@@ -200,6 +200,10 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
                         help="split a long video at keyframes into N streams run at once, joined by stream copy "
                              "(auto, the default: one per minute of video, at most one per CPU the model actors "
                              "leave; so short videos and small machines stay whole)")
+    parser.add_argument("--storage-option", type=storage_option, action=StorageOptions, metavar="KEY=VALUE",
+                        help="for s3:// and gs:// paths, what the store's filesystem takes (repeatable): "
+                             "endpoint_url=http://HOST:PORT, anon=true, client_kwargs.region_name=eu-west-1; "
+                             "credentials come from the standard chain (AWS_*, profiles, roles), never from here")
 
 
 # Each setting a flag overrides, by its key; errors name the flag the user typed
@@ -222,11 +226,43 @@ FLAG_KEYS = {
     "address": "ray.address",
     "model_actors": "ray.model_actors",
     "segments": "segments.count",
+    "storage_option": "storage.options",
 }
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
     return {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
+
+
+def storage_option(text: str) -> dict:
+    """`--storage-option KEY=VALUE`: VALUE read as YAML (true, 10, text); a dotted KEY nests (client_kwargs.region_name)."""
+    import yaml
+
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    option: dict = {}
+    target = option
+    *outer, last = key.strip().split(".")
+    for part in outer:
+        target = target.setdefault(part, {})
+    target[last] = parsed
+    return option
+
+
+class StorageOptions(argparse.Action):
+    """Each --storage-option adds its key to one mapping (nested keys merged)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        merged = dict(getattr(namespace, self.dest) or {})
+        for key, value in values.items():
+            merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+                else value
+        setattr(namespace, self.dest, merged)
 
 
 def flag_labels() -> dict[str, str]:

@@ -1,7 +1,8 @@
 """
 Typed settings: dataclasses, filled from a YAML preset and then from command-line overrides.
 
-Takes: a YAML file (sections model / input / batching / smoothing / output / segments / ray / live) and a dict of overrides
+Takes: a YAML file (sections model / input / batching / smoothing / output / segments / ray / live / storage) and a dict
+of overrides
 (`{"model.batch_size": 8}` style dotted keys, or section dicts).
 Gives: a frozen `PipelineSettings`. An unknown section or key, a value of the wrong type or out of range, is a
 one-line `PipelineError` that names the file (or command-line flag), the key and the values allowed, raised while
@@ -31,6 +32,8 @@ from pipeline.stages.render.smoothing import SMOOTHER_NAMES, make_smoother
 from pipeline.stages.sinks.depth_sink import RenderOptions
 from pipeline.stages.sinks.video_writer import X264_PRESETS
 from pipeline.stages.sources.image_sequence import frame_rate
+from pipeline.storage import configure as configure_storage
+from pipeline.storage import option_problem
 
 __all__ = ["PipelineSettings", "check_combination", "live_camera_options", "load_settings", "merge"]
 
@@ -140,6 +143,14 @@ class LiveSettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    # What the object store's filesystem takes besides credentials (s3fs, gcsfs: fsspec's options), for every URL of
+    # the job: {endpoint_url: http://127.0.0.1:9000}, {anon: true}, {client_kwargs: {region_name: eu-west-1}}. Never
+    # a secret: credentials come from the environment's standard chain on each node (storage.py)
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PipelineSettings:
     model: ModelSettings = ModelSettings()
     input: InputSettings = InputSettings()
@@ -149,6 +160,7 @@ class PipelineSettings:
     segments: SegmentSettings = SegmentSettings()
     ray: RaySettings = RaySettings()
     live: LiveSettings = LiveSettings()
+    storage: StorageSettings = StorageSettings()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -286,6 +298,7 @@ RULES: dict[str, dict[str, Check]] = {
         "retries": integer(0),
         "warmup_seconds": number(0),
     },
+    "storage": {"options": option_problem},
     "ray": {
         "address": optional(of_type(str, "an address (auto or host:port)")),
         "model_actors": integer(0),
@@ -400,7 +413,11 @@ def load_settings(preset: str | Path | None = None, overrides: dict[str, Any] | 
             raise PipelineError(f"{path}: expected a mapping of sections at the top level")
         settings = merge(settings, data, str(path))
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return check_combination(merge(settings, overrides, "command line", labels))
+    if "storage.options" in overrides and isinstance(overrides["storage.options"], dict):  # flags add to the file's
+        overrides["storage.options"] = {**settings.storage.options, **overrides["storage.options"]}
+    settings = check_combination(merge(settings, overrides, "command line", labels))
+    configure_storage(settings.storage.options)  # this process's: the checks before any actor open URLs
+    return settings
 
 
 def live_camera_options(settings: PipelineSettings) -> LiveCameraOptions:

@@ -20,6 +20,12 @@ torch.set_num_threads(2)
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf_home_")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# The S3 server's endpoint and credentials, the standard AWS variables, set before any Ray instance or job starts, so
+# that every actor finds them as a cluster node would (tests/object_store.py); the server starts when a test needs it
+from tests.object_store import ObjectStore, set_session_environment  # noqa: E402
+
+set_session_environment()
+
 
 @dataclass
 class RandomCheckpoint:
@@ -75,3 +81,11 @@ def ray_cluster():
     start_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def object_store():
+    """moto's S3 server on 127.0.0.1, for the session (started on first use)."""
+    store = ObjectStore().start()
+    yield store
+    store.stop()

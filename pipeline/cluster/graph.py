@@ -19,6 +19,7 @@ model_actor.py, sink_actor.py, camera_actor.py), the resource plan in plan.py.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import sys
@@ -52,6 +53,7 @@ from pipeline.stages.inference.temporal_windows import WindowSpan
 from pipeline.stages.render.smoothing import smoother_for
 from pipeline.stages.sinks.depth_sink import RenderOptions
 from pipeline.stages.sinks.output_files import remove_partial, temporary_path
+from pipeline.storage import abort_uploads, is_remote
 
 __all__ = ["DepthGraph", "StreamResult"]
 
@@ -303,10 +305,12 @@ class DepthGraph:
                             settings.batching.max_in_flight, settings.ray.restart_timeout_s,
                             sink_args=(output, info, render, smoother_for(settings.smoothing.name, model),
                                        dict(settings.smoothing.params),
-                                       self.plan.smoother_device, write_from_pts, tag, model),
+                                       self.plan.smoother_device, write_from_pts, tag, model,
+                                       dict(settings.storage.options)),
                             fps=settings.input.fps, windows=bool(model.get("temporal")) and not streaming,
                             metric=model.get("depth") == "metric", stream_key=uuid.uuid4().hex if streaming else None,
-                            prefix_range=prefix_range, window_span=window_span)
+                            prefix_range=prefix_range, window_span=window_span,
+                            storage_options=dict(settings.storage.options))
             # The stream runs on its own actor, beside its sink: this thread only hears how far it is, and the end
             result = None
             # The model actors on the stream's node, when it has any: its frames and depth then stay on that node
@@ -340,7 +344,11 @@ class DepthGraph:
             # The sink died, or is killed, with its output open: removed once it is gone (a sink killed while busy
             # wrote on into a folder removed before, leaving it behind)
             wait_until_dead(sink, ANSWER_S)
-            remove_partial(temporary_path(Path(output), tag))
+            if is_remote(output):  # (its spool went with its process; an upload it had begun is aborted)
+                with contextlib.suppress(PipelineError):
+                    abort_uploads(output)
+            else:
+                remove_partial(temporary_path(Path(output), tag))
             if isinstance(error, ray.exceptions.RayError) and not isinstance(error, RETRIABLE):
                 raise unwrap_ray_error(error) from None
             raise

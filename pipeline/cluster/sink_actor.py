@@ -13,6 +13,7 @@ from pipeline.cluster.ray_calls import cpu_seconds, naming_the_node, one_thread_
 from pipeline.stages.frames import VideoInfo
 from pipeline.stages.render.smoothing import make_smoother
 from pipeline.stages.sinks.depth_sink import DepthSink, RenderOptions
+from pipeline.storage import configure as configure_storage
 
 __all__ = ["SinkActor"]
 
@@ -29,8 +30,10 @@ class SinkActor:
 
     def open(self, output: str, info: VideoInfo, render: RenderOptions, smoother_name: str, params: dict,
              smoother_device: str, write_from_pts: int | None = None, temporary_tag: str | None = None,
-             model: dict | None = None) -> None:
-        """`model`: what the model actors loaded (graph.model_info), for the outputs that describe it."""
+             model: dict | None = None, storage_options: dict | None = None) -> None:
+        """`model`: what the model actors loaded (graph.model_info), for the outputs that describe it.
+        `storage_options`: the job's, for an s3:// or gs:// output (uploaded from this node, with its credentials)."""
+        configure_storage(storage_options)
         self._cpu_at_start = cpu_seconds()
         self._depth_bytes_across = 0
         self._args = (output, info, render, smoother_name, params, smoother_device, write_from_pts, temporary_tag,

@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
@@ -38,6 +38,7 @@ from pipeline.stages.inference.temporal_windows import (
     window_batch,
 )
 from pipeline.stages.sources.video_decoder import open_source
+from pipeline.storage import configure as configure_storage
 
 __all__ = ["StreamActor", "StreamJob"]
 
@@ -63,6 +64,7 @@ class StreamJob:
     # frame 0), and in window mode the windows it runs (the frames of pts_range are then those of its windows)
     prefix_range: tuple[int | None, int] | None = None
     window_span: WindowSpan | None = None
+    storage_options: dict = field(default_factory=dict)  # the job's storage.options, for s3:// and gs:// sources
 
 
 PROGRESS, RESULT = "progress", "result"
@@ -91,6 +93,7 @@ class StreamActor:
         here = ray.get_runtime_context().get_node_id()
 
         cpu_at_start = cpu_seconds()
+        configure_storage(job.storage_options)  # (this node reads an object source itself, with its own credentials)
         router = ModelRouter(model_actors, job.restart_timeout_s, log=False)
         sink.open.remote(*job.sink_args)  # (Ray keeps one caller's calls to an actor in order)
         decoders = []

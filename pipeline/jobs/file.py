@@ -46,6 +46,7 @@ from pipeline.stages.sinks.depth_sink import RenderOptions, output_metadata
 from pipeline.stages.sinks.image_sequence_writer import join_sequence_folders
 from pipeline.stages.sources.image_sequence import is_image_sequence
 from pipeline.stages.sources.video_decoder import open_source
+from pipeline.storage import is_remote
 from pipeline.urls import is_url
 
 __all__ = ["FileRequest", "FileRun", "check_file_run", "file_warnings", "process_video"]
@@ -67,7 +68,7 @@ class FileRun:
     """A checked run: the source as given, the output it may write, the source's timing."""
 
     source: str
-    output: Path
+    output: Path | str  # (an object's URL as text)
     info: VideoInfo
 
 
@@ -83,7 +84,7 @@ def check_file_run(settings, request: FileRequest) -> FileRun:
                             f"--live); a file run writes its output with -o")
     depth_format = settings.output.depth_format
     if request.output:
-        output = Path(request.output)
+        output = request.output if is_remote(request.output) else Path(request.output)
     elif is_url(source):
         raise PipelineError(f"{source}: an input URL needs an output name: pass -o OUTPUT")
     else:

@@ -44,6 +44,7 @@ from pipeline.stages.sinks.image_sequence_writer import path_digest
 from pipeline.stages.sinks.output_files import remove_partial, write_whole
 from pipeline.stages.sinks.video_writer import DepthVideoWriter
 from pipeline.stages.sources.image_sequence import is_image_sequence, list_images
+from pipeline.storage import readable
 
 __all__ = [
     "SEGMENT_SUFFIX", "Segment", "SegmentStore", "auto_segment_count", "check_segmentable", "fingerprint",
@@ -85,7 +86,7 @@ def packet_index(source: str) -> list[tuple[int, bool]]:
     frames are each a keyframe, at pts = their number."""
     if is_image_sequence(source):
         return [(number, True) for number in range(len(list_images(source)))]
-    with av.open(source) as container:
+    with av.open(readable(source)) as container:
         stream = container.streams.video[0]
         packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size and p.pts is not None]
     return sorted(packets)

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from pipeline.formats import is_sequence_format, keeps_values, sixteen_bit
+from pipeline.storage import is_remote
 from pipeline.stages.frames import DepthBatch, FrameBatch, VideoInfo
 from pipeline.stages.pixels import YUV420P, frame_height, i420_planes, luma_at, to_rgb
 from pipeline.stages.render.colorize import GRAY, DepthColorizer, DepthQuantizer
@@ -33,6 +34,7 @@ from pipeline.stages.render.flicker import FlickerMeter
 from pipeline.stages.render.smoothing import Guide, Smoother
 from pipeline.stages.sinks.background_writer import BackgroundWriter
 from pipeline.stages.sinks.image_sequence_writer import DepthSequenceWriter
+from pipeline.stages.sinks.remote_output import RemoteOutput
 from pipeline.stages.sinks.video_writer import DepthVideoWriter, blank_i420
 
 __all__ = ["DepthSink", "RenderOptions", "output_metadata"]
@@ -199,23 +201,27 @@ class DepthSink:
                            "max_depth": self.units.max_depth, "model": self.model}
             if scale is not None:
                 description.update(scale=scale, encoding="depth = png value / scale")
-            writer = DepthSequenceWriter(self.output, self.options.depth_format, self.info, description,
-                                         self.temporary_tag)
-            return BackgroundWriter(writer) if self.options.encoder_thread else writer
-        metadata = output_metadata(scale, self.units)
-        writer = DepthVideoWriter(
-            self.output,
-            self.options.depth_format,
-            self.info,
-            frame_hw,
-            copy_audio_from=self.info.source if self.options.copy_audio else None,
-            preset=self.options.preset,
-            qp=self.options.qp,
-            crf=self.options.crf,
-            metadata=metadata,
-            b_frames=self.write_from_pts is None,  # segments are joined by stream copy: see DepthVideoWriter
-            temporary_tag=self.temporary_tag,
-        )
+
+            def local_writer(path):
+                return DepthSequenceWriter(path, self.options.depth_format, self.info, description,
+                                           self.temporary_tag)
+        else:
+            def local_writer(path):
+                return DepthVideoWriter(
+                    path,
+                    self.options.depth_format,
+                    self.info,
+                    frame_hw,
+                    copy_audio_from=self.info.source if self.options.copy_audio else None,
+                    preset=self.options.preset,
+                    qp=self.options.qp,
+                    crf=self.options.crf,
+                    metadata=output_metadata(scale, self.units),
+                    b_frames=self.write_from_pts is None,  # segments are joined by stream copy: see DepthVideoWriter
+                    temporary_tag=self.temporary_tag,
+                )
+        # An object-store output is written to a local spool and uploaded whole when complete
+        writer = RemoteOutput(self.output, local_writer) if is_remote(self.output) else local_writer(self.output)
         return BackgroundWriter(writer) if self.options.encoder_thread else writer
 
     # .................................................................................................................

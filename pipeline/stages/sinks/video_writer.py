@@ -27,9 +27,10 @@ from pipeline.stages.frames import VideoInfo
 from pipeline.stages.sinks.file_lock import FileLock
 from pipeline.stages.sinks.image_sequence_writer import check_replaceable
 from pipeline.stages.sinks.output_files import check_confined, temporary_path
+from pipeline.storage import readable
 
 __all__ = [
-    "DepthVideoWriter", "X264_PRESETS", "blank_i420", "check_output_path", "read_depth_scale", "video_frame_of",
+    "DepthVideoWriter", "X264_PRESETS", "blank_i420", "check_output_name", "check_output_path", "read_depth_scale", "video_frame_of",
     "x264_options",
 ]
 
@@ -47,29 +48,41 @@ def check_output_path(output: str | Path, depth_format: str, folder_made_later: 
     """Validate an output path before any work starts; one-line PipelineError naming it otherwise.
     `folder_made_later`: its folder is made when the work starts (a batch job's), so only the name is checked."""
     output = Path(output)
-    row = format_row(depth_format)  # an unknown format: the user's error, naming the choices
+    format_row(depth_format)  # an unknown format: the user's error, naming the choices
     directory = output.parent if str(output.parent) else Path(".")
     if directory.is_dir():
         if not os.access(directory, os.W_OK):
             raise PipelineError(f"{output}: output directory {directory} is not writable")
     elif not folder_made_later:
         raise PipelineError(f"{output}: output directory {directory} does not exist")
-    if row.folder:
-        if output.suffix.lower() in (".mp4", ".mkv", ".mov", ".nut", ".png", ".exr", ".jpg", ".jpeg", ".tif", ".tiff"):
-            raise PipelineError(f"{output}: {depth_format} writes a folder of frames (not one file); give a folder "
-                                f"name (out_depth/)")
+    if format_row(depth_format).folder:
+        check_output_name(output, depth_format)
         if output.exists() and not output.is_dir():
             raise PipelineError(f"{output}: exists and is not a folder ({depth_format} writes a folder of frames)")
         check_replaceable(output)
         return output
     if output.is_dir():
         raise PipelineError(f"{output}: output path is a directory")
-    # .nut: FFmpeg's own container, exact timestamps in any time base: the segments of a long video before the join
-    if row.sixteen_bit and output.suffix.lower() not in (row.suffix, ".nut"):
-        raise PipelineError(f"{output}: 16-bit depth (FFV1) is written to Matroska: use a .mkv output name")
-    if output.suffix.lower() not in (".mp4", ".mkv", ".mov", ".nut"):
-        raise PipelineError(f"{output}: unsupported output extension; use .mp4, .mkv or .mov")
+    check_output_name(output, depth_format)
     return output
+
+
+def check_output_name(output: str | Path, depth_format: str) -> None:
+    """What the name alone says (any place: a path, or an object URL): a frame folder's name has no file suffix, a
+    video's has a container's, and 16-bit depth goes to Matroska."""
+    name = str(output).rstrip("/")
+    suffix = Path(name.rsplit("/", 1)[-1]).suffix.lower()
+    row = format_row(depth_format)
+    if row.folder:
+        if suffix in (".mp4", ".mkv", ".mov", ".nut", ".png", ".exr", ".jpg", ".jpeg", ".tif", ".tiff"):
+            raise PipelineError(f"{output}: {depth_format} writes a folder of frames (not one file); give a folder "
+                                f"name (out_depth/)")
+        return
+    # .nut: FFmpeg's own container, exact timestamps in any time base: the segments of a long video before the join
+    if row.sixteen_bit and suffix not in (row.suffix, ".nut"):
+        raise PipelineError(f"{output}: 16-bit depth (FFV1) is written to Matroska: use a .mkv output name")
+    if suffix not in (".mp4", ".mkv", ".mov", ".nut"):
+        raise PipelineError(f"{output}: unsupported output extension; use .mp4, .mkv or .mov")
 
 
 def pixel_format_of(image: np.ndarray, height: int) -> str:
@@ -199,7 +212,7 @@ class DepthVideoWriter:
     # .................................................................................................................
 
     def _open_audio(self, source: str) -> None:
-        self._audio_in = av.open(source, mode="r")
+        self._audio_in = av.open(readable(source), mode="r")
         audio = self._audio_in.streams.audio[0]
         try:
             self._audio_out = self._container.add_stream_from_template(audio)
@@ -312,7 +325,7 @@ class DepthVideoWriter:
 
 def read_depth_scale(path: str | Path) -> float:
     """The scale recorded in a 16-bit depth file: depth = uint16 value / scale."""
-    with av.open(str(path)) as container:
+    with av.open(readable(path)) as container:
         value = container.metadata.get("DEPTH_SCALE") or container.metadata.get("depth_scale")
     if value is None:
         raise PipelineError(f"{path}: no DEPTH_SCALE metadata; not a 16-bit depth file from this pipeline")

@@ -24,6 +24,8 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.stages.frames import FrameBatch, VideoInfo, batched
 from pipeline.stages.pixels import RGB24, YUV420P, frame_height, i420_planes
+from pipeline.storage import describe as storage_error_line
+from pipeline.storage import is_remote, readable
 from pipeline.urls import is_url
 
 __all__ = ["VideoDecoder", "open_source", "open_video", "rotate_upright"]
@@ -31,7 +33,9 @@ __all__ = ["VideoDecoder", "open_source", "open_video", "rotate_upright"]
 
 def open_video(source: str, options: dict | None = None):
     """Open a container and return (container, its first video stream); one-line PipelineError otherwise."""
-    if not is_url(source):
+    if is_remote(source):
+        source_file = readable(source)  # (its own checks: the object is there, not a prefix, not empty)
+    elif not is_url(source):
         path = Path(source)
         if not path.exists():
             raise PipelineError(f"{source}: input file not found")
@@ -40,9 +44,11 @@ def open_video(source: str, options: dict | None = None):
         if path.stat().st_size == 0:
             raise PipelineError(f"{source}: input file is empty")
     try:
-        container = av.open(source, mode="r", options=options or {})
+        container = av.open(source_file if is_remote(source) else source, mode="r", options=options or {})
     except av.FFmpegError as error:
         raise PipelineError(f"{source}: not a readable video ({error.strerror or error})") from None
+    except OSError as error:  # (a remote object's read failed)
+        raise PipelineError(f"{source}: {storage_error_line(error)}") from None
     if not container.streams.video:
         container.close()
         raise PipelineError(f"{source}: has no video stream")
