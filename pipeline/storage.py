@@ -32,7 +32,8 @@ from pipeline.urls import is_url, redact
 
 __all__ = [
     "abort_uploads", "check_readable", "check_writable", "configure", "exists", "filesystem", "find", "info",
-    "input_stamp", "is_remote", "join", "name_of", "open_input", "option_problem", "parent", "read_bytes", "readable",
+    "input_stamp", "is_remote", "join", "name_of", "open_input", "option_problem", "parent", "read_all", "read_bytes",
+    "readable",
     "remove", "storage_errors", "upload", "write_bytes",
 ]
 
@@ -218,6 +219,16 @@ def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
     with storage_errors(url, "reading it"):
         return fs.cat_file(path)
+
+
+def read_all(urls: list[str]) -> dict[str, bytes]:
+    """Many small objects at once (fetched concurrently): URL -> its bytes."""
+    if not urls:
+        return {}
+    fs, _ = filesystem(urls[0])
+    with storage_errors(parent(urls[0]), "reading it"):
+        found = fs.cat([fs._strip_protocol(url) for url in urls])
+    return {fs.unstrip_protocol(path): data for path, data in found.items()}
 
 
 def write_bytes(url: str, data: bytes | str, if_absent: bool = False) -> None:

@@ -48,3 +48,60 @@ def test_a_video_from_and_to_s3_matches_the_same_run_on_local_files(ray_cluster,
     assert remote["pts"] == local["pts"] and remote["metadata"] == local["metadata"]
     for ours, theirs in zip(remote["frames"], local["frames"]):
         assert np.array_equal(ours.to_ndarray(), theirs.to_ndarray()), "the same pictures as the local run"
+
+
+def test_segments_of_an_object_are_read_with_ranged_reads_and_joined_into_the_bucket(ray_cluster, object_store,
+                                                                                    tmp_path, capsys):
+    long = clip(tmp_path, "long.mkv", width=128, height=72, frames=45, audio=True, keyframe_interval=10)
+    bucket = object_store.bucket("segments")
+    source = object_store.put(long, f"{bucket}/in/long.mkv")
+    code, local_summary, err = run_cli(capsys, long, "-o", tmp_path / "local.mp4", "--segments", "3", *FAST)
+    assert code == 0, err
+    code, summary, err = run_cli(capsys, source, "--segments", "3", *FAST)  # the default output: beside the input
+    assert code == 0, err
+    assert summary["output"] == f"{bucket}/in/long_depth.mp4" and len(summary["segments"]) == 3
+    assert object_store.keys(f"{bucket}/in") == ["long.mkv", "long_depth.mp4"], "the segments' work is removed"
+    remote = read_video(object_store.get(summary["output"], tmp_path / "fetched.mp4"))
+    local = read_video(tmp_path / "local.mp4")
+    assert remote["pts"] == local["pts"] and remote["count"] == 45
+    for ours, theirs in zip(remote["frames"], local["frames"]):
+        assert np.array_equal(ours.to_ndarray(), theirs.to_ndarray())
+    assert remote["audio_seconds"] == pytest.approx(local["audio_seconds"], abs=1e-3)
+
+
+def test_a_batch_from_a_prefix_to_a_prefix_keeps_keys_records_each_video_and_a_rerun_touches_nothing(
+        ray_cluster, object_store, tmp_path, capsys):
+    bucket = object_store.bucket("batch")
+    one = clip(tmp_path, "one.mp4", width=96, height=64, frames=8)
+    two = clip(tmp_path, "two.mkv", width=96, height=64, frames=5, variable_rate=True, audio=True)
+    object_store.put(one, f"{bucket}/videos/a/b/one.mp4")
+    object_store.put(two, f"{bucket}/videos/a/two.mkv")
+    object_store.put(one, f"{bucket}/videos/.hidden/skipped.mp4")
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(2000))
+    object_store.put(tmp_path / "broken.mp4", f"{bucket}/videos/c/broken.mp4")
+    code, err = run_batch(capsys, f"{bucket}/videos/", "--output-dir", f"{bucket}/depth", *FAST)
+    assert code == 3, err  # the broken one failed alone
+    assert "s3://batch/videos/c/broken.mp4" in err
+    keys = object_store.keys(f"{bucket}/depth")
+    assert [k for k in keys if not k.startswith("batch_status/")] == \
+        ["a/b/one_depth.mp4", "a/two_depth.mp4", "batch_report.json"], "whole outputs only, keys kept"
+    assert len([k for k in keys if k.startswith("batch_status/")]) == 3, "one ledger object per video"
+    report = json.loads(object_store.fs.cat_file(f"{bucket}/depth/batch_report.json"))
+    rows = {row["video"]: row for row in report["videos"]}
+    assert rows["a/b/one.mp4"]["frames"] == 8 and rows["a/two.mkv"]["frames"] == 5
+    assert rows["c/broken.mp4"]["status"] == "failed"
+    fetched = object_store.get(f"{bucket}/depth/a/two_depth.mp4", tmp_path / "two_depth.mp4")
+    assert_same_timing(two, fetched, variable_rate=True)
+    assert read_video(fetched)["has_audio"]
+
+    before = {k: object_store.fs.info(f"{bucket}/depth/{k}")["ETag"] for k in ("a/b/one_depth.mp4", "a/two_depth.mp4")}
+    stamps = {k: object_store.fs.info(f"{bucket}/depth/{k}")["LastModified"] for k in before}
+    code, err = run_batch(capsys, f"{bucket}/videos/", "--output-dir", f"{bucket}/depth", *FAST)
+    assert code == 3 and "2 already done, 1 to do" in err, err
+    assert {k: object_store.fs.info(f"{bucket}/depth/{k}")["LastModified"] for k in before} == stamps
+    assert not object_store.open_uploads(bucket)
+
+
+def run_batch(capsys, *argv) -> tuple[int, str]:
+    code = run_pipeline.main(["batch", *[str(a) for a in argv]])
+    return code, capsys.readouterr().err

@@ -18,6 +18,7 @@ into segments by the graph, so one film does not hold the job back.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import sys
 import threading
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.errors import PipelineError, one_line
 from pipeline.jobs.file import process_video
 from pipeline.jobs.inputs import BatchItem
@@ -53,7 +55,7 @@ class BatchOptions:
 class VideoPlan:
     item: BatchItem
     settings: PipelineSettings
-    output: Path
+    output: Path | str  # (an object's URL as text)
     digest: str
 
 
@@ -61,7 +63,7 @@ class BatchJob:
     """Plans the job at construction (every video's settings and output, checked before Ray starts); `run(graph)`
     does it."""
 
-    def __init__(self, settings: PipelineSettings, items: list[BatchItem], folder: Path,
+    def __init__(self, settings: PipelineSettings, items: list[BatchItem], folder: Path | str,
                  options: BatchOptions = BatchOptions(), log: Callable[[str], None] | None = None):
         self.settings = settings
         self.graph = None
@@ -83,9 +85,10 @@ class BatchJob:
                 self.pending.append(plan)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._open_outputs: set[Path] = set()
+        self._open_outputs: set[Path | str] = set()
         self._frames_done = 0
         self._started_at = time.time()
+        self.remote = storage.is_remote(folder)
 
     def _plan(self, item: BatchItem, inputs: InputFiles) -> VideoPlan:
         settings = self.settings
@@ -111,7 +114,8 @@ class BatchJob:
         the report (also written to DIR/batch_report.json, marked `interrupted` when Ctrl-C or SIGTERM stops it)."""
         self.graph = graph
         started = time.monotonic()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.remote:
+            self.folder.mkdir(parents=True, exist_ok=True)
         total, pending, rows = len(self.plans), self.pending, self.rows
         self.log(f"batch: {total} videos, {total - len(pending)} already done, {len(pending)} to do; "
                  f"outputs in {self.folder}")
@@ -179,19 +183,19 @@ class BatchJob:
             self._open_outputs.add(plan.output)
         try:
             stamp = input_stamp(source)  # before the work: a file changed meanwhile is redone next time
-            plan.output.parent.mkdir(parents=True, exist_ok=True)
+            if not self.remote:
+                plan.output.parent.mkdir(parents=True, exist_ok=True)
             _remove_partial_files(plan.output, older_than=self._started_at)  # left by a killed earlier run
             summary = process_video(self.graph.with_settings(plan.settings), str(source), str(plan.output),
                                     segments=plan.settings.segments.count, resume=True)
-            size = path_size(plan.output)
+            written = _written(plan.output)
             seconds = time.monotonic() - started
-            row = {"video": key, "status": "done", "output": str(plan.output.relative_to(self.folder)),
+            row = {"video": key, "status": "done", "output": _relative(plan.output, self.folder),
                    "frames": summary["frames_out"], "unreadable_frames": summary.get("unreadable_frames", 0),
                    "retried_streams": summary.get("retried_streams", 0),
                    "nodes": summary.get("nodes", []), "bytes_across_nodes": summary.get("bytes_across_nodes", 0),
                    "seconds": round(seconds, 3), "fps": round(summary["frames_out"] / seconds, 3)}
-            self.status.record(key, **row, bytes=size, sha256=path_digest(plan.output), settings=plan.digest,
-                               input_stamp=stamp)
+            self.status.record(key, **row, **written, settings=plan.digest, input_stamp=stamp)
             return row
         except Exception as error:  # noqa: BLE001 - a video's own failure is recorded; the job goes on
             if self._stopping.is_set():
@@ -222,12 +226,36 @@ class BatchJob:
         }
 
     def _write_report(self, report: dict) -> None:
-        write_whole(self.folder / REPORT_NAME, json.dumps(report, indent=2) + "\n")
+        text = json.dumps(report, indent=2) + "\n"
+        if self.remote:
+            storage.write_bytes(storage.join(self.folder, REPORT_NAME), text)
+        else:
+            write_whole(self.folder / REPORT_NAME, text)
 
 
-def _remove_partial_files(output: Path, older_than: float | None = None) -> None:
+def _written(output: Path | str) -> dict:
+    """What the status file records of a finished output: its size and SHA-256 (an object: its size and ETag,
+    which a rerun compares without reading it)."""
+    if storage.is_remote(output):
+        stamp = storage.input_stamp(output)
+        return {"bytes": stamp["size"], "output_stamp": stamp}
+    return {"bytes": path_size(output), "sha256": path_digest(output)}
+
+
+def _relative(output: Path | str, folder: Path | str) -> str:
+    if storage.is_remote(output):
+        return output[len(str(folder).rstrip("/")) + 1:]
+    return str(output.relative_to(folder))
+
+
+def _remove_partial_files(output: Path | str, older_than: float | None = None) -> None:
     """The sink's temporary files for `output` (see DepthVideoWriter), or those of them older than a time; never
-    one that a live writer holds (another job's, on the same folder)."""
+    one that a live writer holds (another job's, on the same folder). An object: the multipart uploads to it that a
+    killed run left open (begun before this run)."""
+    if storage.is_remote(output):
+        started = datetime.datetime.fromtimestamp(older_than, datetime.timezone.utc) if older_than else None
+        storage.abort_uploads(output, started_before=started)
+        return
     for leftover in abandoned_partials(output, older_than):
         remove_partial(leftover)
 

@@ -27,7 +27,7 @@ from pipeline.jobs.outputs import InputFiles, check_output, depth_output_name
 from pipeline.jobs.segments import (
     SEGMENT_SUFFIX,
     Segment,
-    SegmentStore,
+    segment_store,
     auto_segment_count,
     check_segmentable,
     fingerprint,
@@ -135,7 +135,7 @@ def process_video(
         probe.close()
     started = time.monotonic()
     render = _render_options(graph, source)
-    plan = _segment_plan(graph, source, info, segments)
+    plan = _segment_plan(graph, source, output, info, segments)
     # Fewer segments than asked (a clip too short, or too few keyframes, to split so): said, never silent
     fewer = ({"segments_asked": int(segments), "segments_run": max(len(plan), 1)}
              if str(segments).isdigit() and max(len(plan), 1) < int(segments) else {})
@@ -144,8 +144,8 @@ def process_video(
                                                                      on_progress=on_progress))
         summary = summarize(graph, source, [result], time.monotonic() - started)
         return {**summary, "output": result.sink["output"], **fewer}
-    return {**_process_segments(graph, source, Path(output), info, render, plan, resume, on_progress, started),
-            **fewer}
+    output = output if is_remote(output) else Path(output)
+    return {**_process_segments(graph, source, output, info, render, plan, resume, on_progress, started), **fewer}
 
 # .................................................................................................................
 
@@ -168,9 +168,10 @@ def _depth_scale(graph: DepthGraph, source: str) -> float:
     decoder.close()
     return DepthQuantizer.scale_for(graph.infer(first, "float32").depth[0])
 
-def _segment_plan(graph: DepthGraph, source: str, info: VideoInfo, segments: int | str) -> list[Segment]:
-    if segments == 1:
-        return []
+def _segment_plan(graph: DepthGraph, source: str, output: str, info: VideoInfo,
+                  segments: int | str) -> list[Segment]:
+    if segments == 1 or (is_remote(output) and is_sequence_format(graph.settings.output.depth_format)):
+        return []  # (a frame folder in object storage is written by one stream: objects cannot be renamed)
     if segments == "auto":
         duration = (info.expected_frames / float(info.rate)) if info.expected_frames and info.rate else None
         spare = graph.cluster_cpus - graph.plan.model_actors
@@ -190,14 +191,14 @@ def _segment_plan(graph: DepthGraph, source: str, info: VideoInfo, segments: int
         return plan_stream_segments(index, count, warmup_frames)
     return plan_window_segments(index, count, max(1, math.ceil(warmup_frames / STEP)))
 
-def _process_segments(graph: DepthGraph, source: str, output: Path, info: VideoInfo, render: RenderOptions,
+def _process_segments(graph: DepthGraph, source: str, output: Path | str, info: VideoInfo, render: RenderOptions,
                       plan: list[Segment], resume: bool, on_progress, started: float) -> dict:
     fingerprint_settings = {"output": dataclasses.asdict(render), "model": dataclasses.asdict(graph.settings.model),
                             "smoothing": dataclasses.asdict(graph.settings.smoothing),
                             "input": dataclasses.asdict(graph.settings.input)}  # (an image sequence's rate)
     frame_folders = is_sequence_format(render.depth_format)
-    store = SegmentStore(output, fingerprint(source, plan, fingerprint_settings),
-                         suffix="" if frame_folders else SEGMENT_SUFFIX)
+    store = segment_store(output, fingerprint(source, plan, fingerprint_settings),
+                          suffix="" if frame_folders else SEGMENT_SUFFIX)
     store.open(resume)
     segment_render = dataclasses.replace(render, copy_audio=False)
     todo = [segment for segment in plan if segment.index not in store.done]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import av
 
+from pipeline import storage
 from pipeline.errors import PipelineError
 from pipeline.formats import output_suffix
 from pipeline.jobs.status import BatchStatus
@@ -39,17 +40,17 @@ MANIFEST_SUFFIXES = frozenset({".txt", ".lst", ".jsonl"})
 
 @dataclass(frozen=True)
 class BatchItem:
-    source: Path  # as found (absolute)
+    source: Path | str  # as found (absolute; an object's URL as text)
     relative: Path  # where it sits below the folder, glob root or manifest it came from
     options: dict = field(default_factory=dict)  # per-video setting overrides (from a JSONL manifest)
     where: str = ""  # the manifest line it came from ("jobs.jsonl:3"), for errors about its options
     searched: bool = False  # found by searching a folder or a glob (not named by the user)
     sequence: bool = False  # an image sequence: `source` is its folder or printf pattern, `relative` its folder's
 
-    def output_in(self, folder: Path, depth_format: str) -> Path:
+    def output_in(self, folder: Path | str, depth_format: str) -> Path | str:
         # An image sequence's relative path is its folder's: `shots/a/` -> `DIR/shots/a_depth.mp4` (or a_depth/)
         name = self.relative.name if self.sequence else self.relative.stem
-        return folder / self.relative.parent / f"{name}_depth{output_suffix(depth_format)}"
+        return storage.join(folder, self.relative.parent.as_posix(), f"{name}_depth{output_suffix(depth_format)}")
 
     @property
     def key(self) -> str:
@@ -57,16 +58,16 @@ class BatchItem:
         return self.relative.as_posix()
 
 
-def find_inputs(specs: list[str], output_folder: Path | None = None) -> list[BatchItem]:
+def find_inputs(specs: list[str], output_folder: Path | str | None = None) -> list[BatchItem]:
     """Every video the specs name, once each; a spec that names nothing is an error that says which."""
-    items: dict[Path, BatchItem] = {}
+    items: dict[Path | str, BatchItem] = {}
     for spec in specs:
-        found = _expand(spec, output_folder)
+        found = _expand_objects(spec, output_folder) if storage.is_remote(spec) else _expand(spec, output_folder)
         if not found:
             raise PipelineError(f"{spec}: no video files found there")
         for item in found:
             items.setdefault(item.source, item)
-    if output_folder is not None:
+    if output_folder is not None and not storage.is_remote(output_folder):
         items = _without_our_outputs(items, output_folder)
     ordered = sorted(items.values(), key=lambda item: item.key)
     seen: dict[str, BatchItem] = {}
@@ -84,7 +85,8 @@ def _without_our_outputs(items: dict[Path, BatchItem], folder: Path) -> dict[Pat
     the input folder). Only files the folder's status file records as written, or that carry this pipeline's depth
     tag (Matroska keeps it): a user's own file that happens to have an output's name stays an input, and the job
     then refuses to overwrite it."""
-    outputs = {item.output_in(folder, fmt).resolve(): item for item in items.values() for fmt in ("color", "gray16")}
+    outputs = {item.output_in(folder, fmt).resolve(): item for item in items.values() for fmt in ("color", "gray16")
+               if not storage.is_remote(item.source)}
     written = {(folder / record["output"]).resolve() for record in BatchStatus(folder).last.values()
                if record.get("status") == "done" and isinstance(record.get("output"), str)}
     kept = {}
@@ -200,13 +202,53 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
+def _expand_objects(spec: str, output_folder: Path | str | None) -> list[BatchItem]:
+    """A spec in object storage: a prefix (searched as a folder is, hidden keys and the output prefix left out), a
+    glob over keys, one object, or a manifest object."""
+    if glob.has_magic(spec):
+        root = spec[: spec.rfind("/", 0, min(spec.find(c) for c in "*?[" if c in spec))]
+        pattern = _glob_regex(spec[len(root) + 1:])
+        return [BatchItem(url, Path(url[len(root) + 1:]), searched=True)
+                for url in _search_objects(root, output_folder) if pattern.fullmatch(url[len(root) + 1:])]
+    if is_image_sequence(spec.rstrip("/")) and not spec.endswith("/"):
+        raise PipelineError(f"{spec}: image sequences are read from local folders; in object storage, give videos")
+    if not spec.endswith("/") and Path(storage.name_of(spec)).suffix.lower() in MANIFEST_SUFFIXES \
+            and storage.exists(spec) and not storage.is_prefix(spec):
+        return _read_manifest(spec)
+    if not spec.endswith("/") and storage.exists(spec) and not storage.is_prefix(spec):
+        return [BatchItem(spec, Path(storage.name_of(spec)))]
+    root = spec.rstrip("/")
+    if not storage.is_prefix(root):
+        raise PipelineError(f"{spec}: no such object or prefix")
+    return [BatchItem(url, Path(url[len(root) + 1:]), searched=True) for url in _search_objects(root, output_folder)]
+
+
+def _search_objects(root: str, output_folder: Path | str | None) -> list[str]:
+    """Video objects below a prefix, as `_search` finds files: hidden keys (a run's `.X.segments/` work) and the
+    output prefix when it lies inside (not when it is the root itself) left out."""
+    skip = str(output_folder).rstrip("/") + "/" if output_folder is not None else None
+    found = []
+    for url in storage.find(root):
+        relative = url[len(root) + 1:]
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue
+        if skip is not None and skip != root + "/" and url.startswith(skip):
+            continue
+        if Path(relative).suffix.lower() in VIDEO_SUFFIXES:
+            found.append(url)
+    return found
+
+
 MANIFEST_KEYS = ("input", "options")
 
 
-def _read_manifest(manifest: Path) -> list[BatchItem]:
-    folder = manifest.parent
+def _read_manifest(manifest: Path | str) -> list[BatchItem]:
+    """A manifest file or object: each line a path or URL, relative ones from the manifest's folder (prefix)."""
+    remote = storage.is_remote(manifest)
+    folder = storage.parent(manifest) if remote else manifest.parent
+    suffix = Path(storage.name_of(manifest) if remote else manifest.name).suffix.lower()
     try:
-        text = manifest.read_text()
+        text = storage.read_bytes(manifest).decode() if remote else manifest.read_text()
     except UnicodeDecodeError:
         raise PipelineError(f"{manifest}: not a UTF-8 text manifest") from None
     items = []
@@ -216,7 +258,7 @@ def _read_manifest(manifest: Path) -> list[BatchItem]:
         if not text or text.startswith("#"):
             continue
         options: dict = {}
-        if manifest.suffix.lower() == ".jsonl":
+        if suffix == ".jsonl":
             try:
                 entry = json.loads(text)
             except ValueError:
@@ -234,6 +276,9 @@ def _read_manifest(manifest: Path) -> list[BatchItem]:
             name = text
         if not isinstance(name, str) or not name.strip():
             raise PipelineError(f"{where}: input must be a path to a video file, got {name!r}")
+        if storage.is_remote(name) or remote:
+            items.append(_manifest_object(name, folder if remote else None, where, options))
+            continue
         path = Path(name) if Path(name).is_absolute() else folder / name
         if is_image_sequence(str(path)):
             items.append(_sequence_item(str(path), options=options, where=where))
@@ -247,3 +292,15 @@ def _read_manifest(manifest: Path) -> list[BatchItem]:
             else Path(*resolved.parts[1:])
         items.append(BatchItem(resolved, relative, options, where))
     return items
+
+
+def _manifest_object(name: str, folder: str | None, where: str, options: dict) -> BatchItem:
+    """A manifest line naming an object (a URL, or a key relative to a manifest object's prefix)."""
+    url = name if storage.is_remote(name) else storage.join(folder, name)
+    try:
+        storage.check_readable(url)
+    except PipelineError as error:
+        raise PipelineError(f"{where}: {error}") from None
+    # Below the manifest's prefix: the key from there; elsewhere: bucket and key
+    relative = url[len(folder) + 1:] if folder and url.startswith(folder + "/") else url.split("://", 1)[1]
+    return BatchItem(url, Path(relative), options, where)

@@ -18,6 +18,7 @@ folder of its own, and the join renames their frames into the output's numbering
 from __future__ import annotations
 
 import bisect
+import contextlib
 import glob
 import json
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import av
 
+from pipeline import storage
 from pipeline.errors import PipelineError
 from pipeline.jobs.status import input_stamp
 from pipeline.stages.frames import VideoInfo
@@ -42,13 +44,14 @@ from pipeline.stages.inference.temporal_windows import (
 from pipeline.stages.sinks.file_lock import FileLock
 from pipeline.stages.sinks.image_sequence_writer import path_digest
 from pipeline.stages.sinks.output_files import remove_partial, write_whole
+from pipeline.stages.sinks.remote_output import RemoteOutput
 from pipeline.stages.sinks.video_writer import DepthVideoWriter
 from pipeline.stages.sources.image_sequence import is_image_sequence, list_images
 from pipeline.storage import readable
 
 __all__ = [
-    "SEGMENT_SUFFIX", "Segment", "SegmentStore", "auto_segment_count", "check_segmentable", "fingerprint",
-    "join_segments", "packet_index", "plan_segments", "plan_stream_segments", "plan_window_segments", "work_folders",
+    "SEGMENT_SUFFIX", "ObjectSegmentStore", "Segment", "SegmentStore", "auto_segment_count", "check_segmentable", "fingerprint",
+    "join_segments", "packet_index", "plan_segments", "plan_stream_segments", "plan_window_segments", "segment_store", "work_folders",
 ]
 
 SEGMENT_SUFFIX = ".nut"
@@ -177,9 +180,13 @@ WORK_SUFFIX = ".segments"
 LOCK_NAME = "lock"  # held by the run working in the folder (file_lock.py)
 
 
-def work_folders(output: Path) -> list[Path]:
+def work_folders(output: Path | str) -> list[Path | str]:
     """The segment folders of every run on `output`, live or over: `.NAME.<run>.segments` (and `.NAME.segments`,
-    the single folder of earlier versions)."""
+    the single folder of earlier versions); an object's one prefix, if anything is under it."""
+    if storage.is_remote(output):
+        prefix = storage.join(storage.parent(str(output)), f".{storage.name_of(str(output))}{WORK_SUFFIX}")
+        return [prefix] if storage.find(prefix) else []
+    output = Path(output)
     return sorted(p for p in output.parent.glob(f".{glob.escape(output.name)}*{WORK_SUFFIX}") if p.is_dir())
 
 
@@ -285,23 +292,93 @@ class SegmentStore:
             self._lock.release()
 
 
+class ObjectSegmentStore:
+    """SegmentStore's work for an output in object storage: the hidden prefix `.NAME.segments/` beside the output
+    holds each finished segment (uploaded whole by its sink, from whichever node ran it) and `manifest.json`.
+
+    An object store has no locks: one prefix per output, and a rerun with `--resume` (a batch job's always) takes
+    the segments whose manifest entry matches the fingerprint and whose object still has the recorded size and ETag.
+    Two runs on one object output at once are not kept apart (each would redo the other's segments); the last join
+    still writes a whole output.
+    """
+
+    def __init__(self, output: str, fingerprint: dict, suffix: str = SEGMENT_SUFFIX):
+        self.output = output
+        self.suffix = suffix
+        self.fingerprint = fingerprint
+        self.folder = storage.join(storage.parent(output), f".{storage.name_of(output)}{WORK_SUFFIX}")
+        self.done: dict[int, dict] = {}
+
+    @property
+    def manifest_path(self) -> str:
+        return storage.join(self.folder, "manifest.json")
+
+    def open(self, resume: bool) -> None:
+        manifest = {}
+        if resume and storage.exists(self.manifest_path):
+            with contextlib.suppress(ValueError):
+                manifest = json.loads(storage.read_bytes(self.manifest_path))
+        if isinstance(manifest, dict) and manifest.get("fingerprint") == self.fingerprint:
+            stamps = {storage.name_of(url): url for url in storage.find(self.folder)}
+            for key, entry in manifest.get("segments", {}).items():
+                url = stamps.get(entry.get("file"))
+                if url is not None and storage.input_stamp(url) == entry.get("stamp"):
+                    self.done[int(key)] = entry
+        keep = {entry["file"] for entry in self.done.values()}
+        for url in storage.find(self.folder):  # another plan's segments, or ones no manifest vouches for
+            if storage.name_of(url) not in keep and storage.name_of(url) != "manifest.json":
+                storage.remove(url)
+        self._write_manifest()
+
+    def path_of(self, segment: Segment) -> str:
+        return storage.join(self.folder, f"segment_{segment.index:05d}{self.suffix}")
+
+    def finish(self, segment: Segment, frames: int, missing: int = 0) -> None:
+        url = self.path_of(segment)
+        self.done[segment.index] = {"file": storage.name_of(url), "frames": frames, "missing": missing,
+                                    "stamp": storage.input_stamp(url), "start": segment.start, "end": segment.end}
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        storage.write_bytes(self.manifest_path, json.dumps(
+            {"fingerprint": self.fingerprint, "segments": {str(k): v for k, v in sorted(self.done.items())}}, indent=1))
+
+    def remove(self) -> None:
+        storage.remove(self.folder, recursive=True)
+
+    def release(self) -> None:
+        """Nothing is held: what is finished stays for --resume."""
+
+
+def segment_store(output: Path | str, fingerprint: dict, suffix: str = SEGMENT_SUFFIX):
+    """The store for an output: a locked local folder, or a prefix in object storage."""
+    if storage.is_remote(output):
+        return ObjectSegmentStore(str(output), fingerprint, suffix)
+    return SegmentStore(Path(output), fingerprint, suffix)
+
+
 def fingerprint(source: str, segments: list[Segment], settings: dict) -> dict:
     """What a finished segment depends on: the source as it is now, the plan, the output settings."""
-    return {"source": str(Path(source).resolve()), **input_stamp(source),
+    return {"source": source if storage.is_remote(source) else str(Path(source).resolve()), **input_stamp(source),
             "segments": [asdict(s) for s in segments], "settings": settings}
 
 
-def join_segments(files: list[Path], output: Path, depth_format: str, info: VideoInfo, copy_audio: bool,
-                  metadata: dict[str, str]) -> Path:
-    """The segment files' video packets, in order, into `output` (atomically), with the source's audio copied."""
-    with av.open(str(files[0])) as first:
+def join_segments(files: list[Path | str], output: Path | str, depth_format: str, info: VideoInfo,
+                  copy_audio: bool, metadata: dict[str, str]) -> Path | str:
+    """The segment files' video packets, in order, into `output` (atomically; an object: uploaded whole), with the
+    source's audio copied. Segments in object storage are read in place."""
+    with av.open(readable(files[0])) as first:
         template = first.streams.video[0]
-        writer = DepthVideoWriter(output, depth_format, info, (template.height, template.width),
-                                  copy_audio_from=info.source if copy_audio else None, metadata=metadata,
-                                  video_template=template)
+
+        def open_writer(path):
+            return DepthVideoWriter(path, depth_format, info, (template.height, template.width),
+                                    copy_audio_from=info.source if copy_audio else None, metadata=metadata,
+                                    video_template=template)
+
+        writer = RemoteOutput(output, open_writer) if storage.is_remote(output) else open_writer(output)
     try:
         for path in files:
-            with av.open(str(path)) as segment:
+            with av.open(readable(path)) as segment:
                 for packet in segment.demux(segment.streams.video[0]):
                     if packet.size:
                         writer.write_packet(packet)
