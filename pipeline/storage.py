@@ -45,7 +45,8 @@ PART_SIZE = 8 * 2**20  # multipart upload parts (an upload holds one part at a t
 # standard mode: exponential, jittered) before an item fails
 # (no listing cache: other processes, other nodes, write the same prefixes)
 S3_DEFAULTS = {"use_listings_cache": False, "config_kwargs": {"connect_timeout": 10, "read_timeout": 60,
-                                 "retries": {"max_attempts": 4, "mode": "standard"}}}
+                                 "retries": {"max_attempts": 3, "mode": "standard"}}}
+S3FS_RETRIES = 3  # s3fs's own retries around botocore's (5 by default: a dead server took 40 s to give up on)
 SECRET_WORDS = ("secret", "password", "token", "credential", "session")
 SECRET_KEYS = {"key", "access_key", "access_key_id", "aws_access_key_id"}
 
@@ -108,6 +109,8 @@ def filesystem(url: str):
             raise PipelineError(f"{redact(url)}: storage options: {error}") from None
         except TypeError as error:
             raise PipelineError(f"{redact(url)}: storage options: {error}") from None
+        if protocol in ("s3", "s3a"):
+            _filesystem_cache[protocol].retries = S3FS_RETRIES
     fs = _filesystem_cache[protocol]
     return fs, fs._strip_protocol(url)
 

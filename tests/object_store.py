@@ -91,3 +91,62 @@ class ObjectStore:
 
     def open_uploads(self, bucket: str) -> list[dict]:
         return self.fs.call_s3("list_multipart_uploads", Bucket=bucket.removeprefix("s3://")).get("Uploads", []) or []
+
+
+class CuttingProxy:
+    """A TCP proxy in front of the server that drops the connection of any request whose first bytes match `cut`
+    (a bytes regex over the request line, e.g. rb"^PUT /bucket/out/clip"), as a server that goes away mid-upload
+    does; every other request passes. `cut = None` lets everything through again."""
+
+    def __init__(self, target_port: int, cut: bytes | None = None):
+        import re
+        import threading
+
+        self.target_port = target_port
+        self.cut = re.compile(cut) if cut else None
+        self.cuts = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            client.close()
+            return
+
+        def back():
+            try:
+                while data := server.recv(65536):
+                    client.sendall(data)
+            except OSError:
+                pass
+            finally:
+                client.close()
+
+        self._threading.Thread(target=back, daemon=True).start()
+        try:
+            while data := client.recv(65536):
+                if self.cut is not None and any(self.cut.match(line) for line in data.split(b"\r\n")[:1]):
+                    self.cuts += 1
+                    break
+                server.sendall(data)
+        except OSError:
+            pass
+        finally:
+            client.close()
+            server.close()
+
+    def close(self) -> None:
+        self._listener.close()

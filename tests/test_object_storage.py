@@ -4,6 +4,10 @@ written whole, resumable, and one line for every fault."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +15,9 @@ import pytest
 import run_pipeline
 from pipeline import storage
 from tests.clips import assert_same_timing, clip, read_video
+from tests.object_store import CuttingProxy
 
+PROJECT = Path(__file__).resolve().parents[1]
 FAST = ["--random-weights", "vits", "--input-size", "70", "--batch-size", "3"]
 
 
@@ -105,3 +111,64 @@ def test_a_batch_from_a_prefix_to_a_prefix_keeps_keys_records_each_video_and_a_r
 def run_batch(capsys, *argv) -> tuple[int, str]:
     code = run_pipeline.main(["batch", *[str(a) for a in argv]])
     return code, capsys.readouterr().err
+
+
+def test_a_server_gone_mid_upload_leaves_no_object_and_the_same_command_then_succeeds(ray_cluster, object_store,
+                                                                                       clips, capsys):
+    bucket = object_store.bucket("cut")
+    source = object_store.put(clips["audio"], f"{bucket}/in/audio.mp4")
+    proxy = CuttingProxy(object_store.port, cut=rb"^PUT /cut/out/depth\.mp4")
+    try:
+        via_proxy = ["--storage-option", f"endpoint_url={proxy.endpoint}"]
+        code, summary, err = run_cli(capsys, source, "-o", f"{bucket}/out/depth.mp4", *via_proxy, *FAST)
+        assert code != 0 and proxy.cuts >= 2, "retried before giving up"
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: s3://cut/out/depth.mp4: ") and "uploading" in last, err
+        assert object_store.keys(f"{bucket}/out") == [] and not object_store.open_uploads(bucket)
+        proxy.cut = None  # the server is back
+        code, summary, err = run_cli(capsys, source, "-o", f"{bucket}/out/depth.mp4", *via_proxy, *FAST)
+        assert code == 0, err
+        assert object_store.keys(f"{bucket}/out") == ["depth.mp4"]
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_a_multi_node_batch_with_everything_in_the_bucket_survives_a_killed_driver(object_store, tmp_path):
+    """A head without CPUs and two 1-CPU workers; inputs (and the manifest) only in the bucket, outputs only there;
+    the driver is SIGKILLed once two videos are recorded, and the same command run again finishes the rest."""
+    bucket = object_store.bucket("cluster")
+    lines = []
+    for index in range(4):
+        path = clip(tmp_path, f"clip{index}.mp4", width=64, height=48, frames=24)
+        object_store.put(path, f"{bucket}/videos/set{index % 2}/clip{index}.mp4")
+        lines.append(json.dumps({"input": f"set{index % 2}/clip{index}.mp4"}))
+    film = clip(tmp_path, "film.mp4", width=64, height=48, frames=120, keyframe_interval=12)
+    object_store.put(film, f"{bucket}/videos/long/film.mp4")
+    lines.append(json.dumps({"input": "long/film.mp4", "options": {"segments.count": 3}}))
+    object_store.fs.pipe_file(f"{bucket}/videos/job.jsonl", ("\n".join(lines) + "\n").encode())
+    result_path = tmp_path / "result.json"
+    helper = [sys.executable, str(PROJECT / "tests" / "multinode_batch.py"), f"{bucket}/videos/job.jsonl",
+              f"{bucket}/depth", str(result_path), "--sigkill-driver-after-videos", "2"]
+    subprocess.run([*helper, *FAST], cwd=PROJECT, check=True, timeout=900)
+    result = json.loads(result_path.read_text())
+    assert result["killed_driver"], "the job ended before it could be killed"
+    assert result["exit_status"] == 0, result["stderr"][-3000:]
+    done_before = result["done_when_killed"]
+    assert f"{done_before} already done, {5 - done_before} to do" in result["stderr"], result["stderr"][-2000:]
+    report = json.loads(object_store.fs.cat_file(f"{bucket}/depth/batch_report.json"))
+    assert report["totals"]["done"] + report["totals"]["skipped"] == 5 and report["totals"]["failed"] == 0
+    keys = object_store.keys(f"{bucket}/depth")
+    assert [k for k in keys if not k.startswith("batch_status/")] == [
+        "batch_report.json", "long/film_depth.mp4", *(f"set{i % 2}/clip{i}_depth.mp4" for i in (0, 2, 1, 3))], keys
+    assert len([k for k in keys if k.startswith("batch_status/")]) == 5
+    for index in range(4):
+        fetched = object_store.get(f"{bucket}/depth/set{index % 2}/clip{index}_depth.mp4", tmp_path / "x.mp4")
+        assert_same_timing(tmp_path / f"clip{index}.mp4", fetched)
+    fetched = object_store.get(f"{bucket}/depth/long/film_depth.mp4", tmp_path / "film_depth.mp4")
+    assert_same_timing(film, fetched)
+    assert not object_store.open_uploads(bucket)
+    assert not any(key.startswith(".") for key in object_store.keys(f"{bucket}/depth/long")), "segment work removed"
+    dead_spools = [p for p in Path(tempfile.gettempdir()).glob("video-depth-spool-*")
+                   if not Path(f"/proc/{p.name.split('-')[3]}").exists()]
+    assert not dead_spools, "a killed sink's spool is removed by the next one on its machine"
