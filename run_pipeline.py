@@ -227,11 +227,13 @@ FLAG_KEYS = {
     "model_actors": "ray.model_actors",
     "segments": "segments.count",
     "storage_option": "storage.options",
+    "no_overwrite": "output.no_overwrite",
 }
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
-    return {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
+    return {key: getattr(args, name, None) or None if name == "no_overwrite" else getattr(args, name)
+            for name, key in FLAG_KEYS.items()}
 
 
 def storage_option(text: str) -> dict:

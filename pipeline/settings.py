@@ -275,6 +275,7 @@ RULES: dict[str, dict[str, Check]] = {
         "depth_scale": optional(number(above=0)),
         "copy_audio": of_type(bool, "true or false"),
         "encoder_thread": of_type(bool, "true or false"),
+        "no_overwrite": of_type(bool, "true or false"),
     },
     "live": {
         "transport": one_of("tcp", "udp"),

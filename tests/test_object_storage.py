@@ -4,6 +4,7 @@ written whole, resumable, and one line for every fault."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ import pytest
 import run_pipeline
 from pipeline import storage
 from tests.clips import assert_same_timing, clip, read_video
-from tests.object_store import CuttingProxy
+from tests.object_store import CuttingProxy, ObjectStore, free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
 FAST = ["--random-weights", "vits", "--input-size", "70", "--batch-size", "3"]
@@ -172,3 +173,66 @@ def test_a_multi_node_batch_with_everything_in_the_bucket_survives_a_killed_driv
     dead_spools = [p for p in Path(tempfile.gettempdir()).glob("video-depth-spool-*")
                    if not Path(f"/proc/{p.name.split('-')[3]}").exists()]
     assert not dead_spools, "a killed sink's spool is removed by the next one on its machine"
+
+
+def test_bad_places_and_refusing_servers_are_one_line_naming_the_url_before_any_work(object_store, clips, capsys,
+                                                                                      monkeypatch):
+    bucket = object_store.bucket("faults")
+    source = object_store.put(clips["audio"], f"{bucket}/in/audio.mp4")
+    strict = ObjectStore(f"http://127.0.0.1:{free_port()}")  # a server that knows no key of ours
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")
+    strict.start()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    try:
+        for argv, expected in [
+            ([f"{bucket}/in/missing.mp4", "-o", f"{bucket}/out/x.mp4"], f"{bucket}/in/missing.mp4: no such object"),
+            (["s3://no-such-bucket/in/a.mp4", "-o", f"{bucket}/out/x.mp4"],
+             "s3://no-such-bucket/in/a.mp4: the bucket does not exist"),
+            ([f"{bucket}/in", "-o", f"{bucket}/out/x.mp4"], f"{bucket}/in: a prefix (a folder of objects), not an object"),
+            ([source, "-o", "s3://no-such-bucket/out/x.mp4"], "s3://no-such-bucket/out: the bucket does not exist"),
+            ([source, "-o", f"{bucket}/out/x.avi"], "unsupported output extension"),
+            ([source, "-o", f"{bucket}/out/x.mp4", "--storage-option", f"endpoint_url={strict.endpoint}"],
+             f"{bucket}/out: the credentials were refused"),
+            ([source, "-o", f"{bucket}/out/x.mp4", "--storage-option", f"endpoint_url={dead}"],
+             f"{bucket}/out: the storage server could not be reached"),
+            ([source, "--storage-option", "secret=abc"], "'secret' is a secret"),
+            (["gs://bucket/in/a.mp4", "-o", "x.mp4"], "gs://bucket/in/a.mp4: reading gs:// needs gcsfs: pip install "
+                                                    "'video-depth[gcs]'"),
+        ]:
+            code = run_pipeline.main([str(a) for a in argv] + FAST)
+            err = capsys.readouterr().err.strip()
+            assert code == 2, (argv, err)
+            assert len(err.splitlines()) <= 2 and expected in err.splitlines()[-1], (argv, err)
+            assert "testing-secret" not in err
+    finally:
+        strict.stop()
+    assert object_store.keys(f"{bucket}/out") == []
+
+
+def test_no_overwrite_uploads_with_the_stores_conditional_write(object_store, tmp_path, capsys):
+    """An object that appears while a --no-overwrite run works (another run finishing first) is never replaced: the
+    upload is conditional (If-None-Match: *), and the run fails with one line naming it."""
+    from fractions import Fraction
+
+    from pipeline.errors import PipelineError
+    from pipeline.stages.frames import VideoInfo
+    from pipeline.stages.sinks.remote_output import RemoteOutput
+    from pipeline.stages.sinks.video_writer import DepthVideoWriter
+
+    bucket = object_store.bucket("conditional")
+    info = VideoInfo("x.mp4", 32, 32, Fraction(25), Fraction(1, 25), 0, 3, False, "h264")
+    url = f"{bucket}/out/depth.mp4"
+
+    def writer(path):
+        return DepthVideoWriter(path, "gray", info, (32, 32))
+
+    first, second = RemoteOutput(url, writer, if_absent=True), RemoteOutput(url, writer, if_absent=True)
+    for output in (first, second):
+        for index in range(3):
+            output.write(np.full((32, 32), 40 * index, np.uint8), index)
+    assert first.close() == url
+    theirs = object_store.fs.info(url)["ETag"]
+    with pytest.raises(PipelineError, match=r"^s3://conditional/out/depth\.mp4: exists already"):
+        second.close()
+    assert object_store.fs.info(url)["ETag"] == theirs
+    assert not list(Path(tempfile.gettempdir()).glob(f"video-depth-spool-{os.getpid()}-*")), "spools removed"

@@ -193,14 +193,14 @@ def _segment_plan(graph: DepthGraph, source: str, output: str, info: VideoInfo,
 
 def _process_segments(graph: DepthGraph, source: str, output: Path | str, info: VideoInfo, render: RenderOptions,
                       plan: list[Segment], resume: bool, on_progress, started: float) -> dict:
-    fingerprint_settings = {"output": dataclasses.asdict(render), "model": dataclasses.asdict(graph.settings.model),
+    fingerprint_settings = {"output": dataclasses.asdict(dataclasses.replace(render, no_overwrite=False)), "model": dataclasses.asdict(graph.settings.model),
                             "smoothing": dataclasses.asdict(graph.settings.smoothing),
                             "input": dataclasses.asdict(graph.settings.input)}  # (an image sequence's rate)
     frame_folders = is_sequence_format(render.depth_format)
     store = segment_store(output, fingerprint(source, plan, fingerprint_settings),
                           suffix="" if frame_folders else SEGMENT_SUFFIX)
     store.open(resume)
-    segment_render = dataclasses.replace(render, copy_audio=False)
+    segment_render = dataclasses.replace(render, copy_audio=False, no_overwrite=False)  # (work a retry may redo)
     todo = [segment for segment in plan if segment.index not in store.done]
     reused = [segment for segment in plan if segment.index in store.done]
     if on_progress:
@@ -234,7 +234,7 @@ def _process_segments(graph: DepthGraph, source: str, output: Path | str, info: 
             units = DepthUnits(graph.model_info.get("max_depth_m"))
             path = join_segments(files, output, render.depth_format, info, render.copy_audio,
                                  output_metadata(render.depth_scale if render.depth_format == "gray16" else None,
-                                                 units))
+                                                 units), render.no_overwrite)
     except Exception:  # an error: nothing is left behind
         store.remove()
         raise

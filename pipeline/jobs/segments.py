@@ -364,9 +364,10 @@ def fingerprint(source: str, segments: list[Segment], settings: dict) -> dict:
 
 
 def join_segments(files: list[Path | str], output: Path | str, depth_format: str, info: VideoInfo,
-                  copy_audio: bool, metadata: dict[str, str]) -> Path | str:
-    """The segment files' video packets, in order, into `output` (atomically; an object: uploaded whole), with the
-    source's audio copied. Segments in object storage are read in place."""
+                  copy_audio: bool, metadata: dict[str, str], if_absent: bool = False) -> Path | str:
+    """The segment files' video packets, in order, into `output` (atomically; an object: uploaded whole, `if_absent`
+    with the store's conditional write), with the source's audio copied. Segments in object storage are read in
+    place."""
     with av.open(readable(files[0])) as first:
         template = first.streams.video[0]
 
@@ -375,7 +376,7 @@ def join_segments(files: list[Path | str], output: Path | str, depth_format: str
                                     copy_audio_from=info.source if copy_audio else None, metadata=metadata,
                                     video_template=template)
 
-        writer = RemoteOutput(output, open_writer) if storage.is_remote(output) else open_writer(output)
+        writer = RemoteOutput(output, open_writer, if_absent) if storage.is_remote(output) else open_writer(output)
     try:
         for path in files:
             with av.open(readable(path)) as segment:

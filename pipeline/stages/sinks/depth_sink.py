@@ -52,6 +52,9 @@ class RenderOptions:
     copy_audio: bool = True
     # Encode on a thread of its own, beside smoothing and rendering (see background_writer.py); files only
     encoder_thread: bool = True
+    # --no-overwrite: an object output is uploaded with the store's conditional write (If-None-Match: *), so that one
+    # that appeared while this run worked is never replaced (a local output is checked before the run)
+    no_overwrite: bool = False
 
 
 def output_metadata(depth_scale: float | None, units: DepthUnits = DepthUnits()) -> dict[str, str]:
@@ -221,7 +224,8 @@ class DepthSink:
                     temporary_tag=self.temporary_tag,
                 )
         # An object-store output is written to a local spool and uploaded whole when complete
-        writer = RemoteOutput(self.output, local_writer) if is_remote(self.output) else local_writer(self.output)
+        writer = RemoteOutput(self.output, local_writer, if_absent=self.options.no_overwrite) \
+            if is_remote(self.output) else local_writer(self.output)
         return BackgroundWriter(writer) if self.options.encoder_thread else writer
 
     # .................................................................................................................
