@@ -202,11 +202,48 @@ def check_writable(prefix: str, flag: str = "output") -> None:
         fs.rm_file(probe)
 
 
-def open_input(url: str):
+def open_input(url: str) -> "ObjectReader":
     """A read-only, seekable file over the object for PyAV: ranged GETs of READ_BLOCK, one block read ahead."""
     fs, path = filesystem(url)
     with storage_errors(url, "opening it"):
-        return fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead")
+        return ObjectReader(url, fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead"))
+
+
+class ObjectReadError(OSError):
+    """A read of an object that failed after the library's retries: its message is one line naming the URL."""
+
+
+class ObjectReader:
+    """An object's file as PyAV reads it (read, seek, tell), whose failures are OSErrors naming the URL: what the
+    store's libraries raise mid-stream (a dropped connection, after their retries) passes through FFmpeg's read
+    callback as the stream's own error, not as an internal one."""
+
+    def __init__(self, url: str, file):
+        self.url, self._file = url, file
+
+    def _failed(self, error: Exception) -> ObjectReadError:
+        return ObjectReadError(f"{redact(self.url)}: {describe(error)} (reading it)")
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._file.read(size)
+        except Exception as error:  # noqa: BLE001 - every library error becomes one line naming the URL
+            raise self._failed(error) from None
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        try:
+            return self._file.seek(offset, whence)
+        except Exception as error:  # noqa: BLE001
+            raise self._failed(error) from None
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def readable(source):
@@ -264,13 +301,16 @@ def upload(local: Path, url: str, if_absent: bool = False, last: str | None = No
             fs.put_file(str(local), path, chunksize=PART_SIZE, mode="create" if if_absent else "overwrite")
 
 
-def find(prefix: str) -> list[str]:
-    """Every object below a prefix, as URLs, sorted."""
+def find(prefix: str, detail: bool = False, depth: int | None = None) -> list[str] | dict[str, dict]:
+    """Every object below a prefix (`depth` 1: directly below it), as sorted URLs; `detail`: URL -> its info."""
     fs, path = filesystem(prefix)
     with storage_errors(prefix, "listing it"):
         if not fs.exists(path):
-            return []
-        return sorted(fs.unstrip_protocol(found) for found in fs.find(path.rstrip("/"), withdirs=False))
+            return {} if detail else []
+        found = fs.find(path.rstrip("/"), maxdepth=depth, withdirs=False, detail=True)
+    found = {fs.unstrip_protocol(key): value for key, value in sorted(found.items())
+             if value.get("type") != "directory"}
+    return found if detail else list(found)
 
 
 def is_prefix(url: str) -> bool:

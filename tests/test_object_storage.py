@@ -86,9 +86,13 @@ def test_a_batch_from_a_prefix_to_a_prefix_keeps_keys_records_each_video_and_a_r
     object_store.put(one, f"{bucket}/videos/.hidden/skipped.mp4")
     (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(2000))
     object_store.put(tmp_path / "broken.mp4", f"{bucket}/videos/c/broken.mp4")
+    # What a run killed mid-upload leaves: a multipart upload to an output, open (invisible, its parts billed)
+    object_store.fs.call_s3("create_multipart_upload", Bucket="batch", Key="depth/a/b/one_depth.mp4")
+    assert len(object_store.open_uploads(bucket)) == 1
     code, err = run_batch(capsys, f"{bucket}/videos/", "--output-dir", f"{bucket}/depth", *FAST)
     assert code == 3, err  # the broken one failed alone
     assert "s3://batch/videos/c/broken.mp4" in err
+    assert not object_store.open_uploads(bucket), "the killed run's upload is aborted"
     keys = object_store.keys(f"{bucket}/depth")
     assert [k for k in keys if not k.startswith("batch_status/")] == \
         ["a/b/one_depth.mp4", "a/two_depth.mp4", "batch_report.json"], "whole outputs only, keys kept"
@@ -236,3 +240,66 @@ def test_no_overwrite_uploads_with_the_stores_conditional_write(object_store, tm
         second.close()
     assert object_store.fs.info(url)["ETag"] == theirs
     assert not list(Path(tempfile.gettempdir()).glob(f"video-depth-spool-{os.getpid()}-*")), "spools removed"
+
+
+def test_a_connection_cut_while_reading_one_video_fails_that_video_alone(ray_cluster, object_store, clips, tmp_path,
+                                                                         capsys):
+    bucket = object_store.bucket("cut-read")
+    for name in ("a", "b"):
+        object_store.put(clips["audio"], f"{bucket}/videos/{name}.mp4")
+    proxy = CuttingProxy(object_store.port, cut=rb"^GET /cut-read/videos/b\.mp4")  # (its HEAD passes: it is there)
+    try:
+        code, err = run_batch(capsys, f"{bucket}/videos/", "--output-dir", f"{bucket}/depth", *FAST,
+                              "--storage-option", f"endpoint_url={proxy.endpoint}")
+    finally:
+        proxy.close()
+    assert code == 3, err
+    report = json.loads(object_store.fs.cat_file(f"{bucket}/depth/batch_report.json"))
+    rows = {row["video"]: row for row in report["videos"]}
+    assert rows["a.mp4"]["status"] == "done" and rows["b.mp4"]["status"] == "failed"
+    assert rows["b.mp4"]["reason"].startswith("s3://cut-read/videos/b.mp4: ") and proxy.cuts >= 2, rows["b.mp4"]
+    assert [k for k in object_store.keys(f"{bucket}/depth") if not k.startswith("batch_status/")] == \
+        ["a_depth.mp4", "batch_report.json"]
+
+
+def test_a_frame_folder_to_a_prefix_arrives_with_its_description_last(ray_cluster, object_store, clips, tmp_path,
+                                                                      capsys):
+    bucket = object_store.bucket("frames")
+    source = object_store.put(clips["vfr"], f"{bucket}/in/vfr.mkv")
+    code, summary, err = run_cli(capsys, source, "-o", f"{bucket}/out/vfr_depth/", "--depth-format", "png16", *FAST)
+    assert code == 0, err
+    keys = object_store.keys(f"{bucket}/out/vfr_depth")
+    assert len([k for k in keys if k.endswith(".png")]) == 13 and "depth.json" in keys and "frames.csv" in keys
+    modified = {k: object_store.fs.info(f"{bucket}/out/vfr_depth/{k}")["LastModified"] for k in keys}
+    assert modified["depth.json"] == max(modified.values()), "the description is uploaded last"
+    description = json.loads(object_store.fs.cat_file(f"{bucket}/out/vfr_depth/depth.json"))
+    assert description["frames"] == 13
+
+
+def test_an_image_sequence_under_a_prefix_is_read_in_place_as_the_same_folder_would_be(ray_cluster, object_store,
+                                                                                        tmp_path, capsys):
+    import cv2
+
+    bucket = object_store.bucket("sequence")
+    folder = tmp_path / "shot"
+    folder.mkdir()
+    for index in range(7):
+        image = np.full((48, 64, 3), (30 * index, 90, 200 - 20 * index), np.uint8)
+        cv2.imwrite(str(folder / f"frame_{index + 1:03d}.png"), image)
+        object_store.put(folder / f"frame_{index + 1:03d}.png", f"{bucket}/shots/shot/frame_{index + 1:03d}.png")
+    code, local_summary, err = run_cli(capsys, folder, "-o", tmp_path / "local.mp4", "--fps", "24", *FAST)
+    assert code == 0, err
+    for spec in (f"{bucket}/shots/shot/", f"{bucket}/shots/shot/frame_%03d.png"):
+        code, summary, err = run_cli(capsys, spec, "--fps", "24", *FAST)  # beside the prefix: shots/shot_depth.mp4
+        assert code == 0, err
+        assert summary["output"] == f"{bucket}/shots/shot_depth.mp4" and summary["frames_out"] == 7
+        remote = read_video(object_store.get(summary["output"], tmp_path / "fetched.mp4"))
+        local = read_video(tmp_path / "local.mp4")
+        assert remote["pts"] == local["pts"] and remote["rate"] == 24
+        for ours, theirs in zip(remote["frames"], local["frames"]):
+            assert np.array_equal(ours.to_ndarray(), theirs.to_ndarray())
+    object_store.fs.rm(f"{bucket}/shots/shot/frame_004.png")
+    code, summary, err = run_cli(capsys, f"{bucket}/shots/shot/", *FAST)
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: {bucket}/shots/shot/frame_004.png: missing from the image sequence (after "
+        f"{bucket}/shots/shot/frame_003.png)"), err

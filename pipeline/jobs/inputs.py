@@ -28,7 +28,7 @@ from pipeline import storage
 from pipeline.errors import PipelineError
 from pipeline.formats import output_suffix
 from pipeline.jobs.status import BatchStatus
-from pipeline.stages.sinks.image_sequence_writer import written_by_this_pipeline
+from pipeline.stages.sinks.image_sequence_writer import DESCRIPTION, WRITTEN_BY, written_by_this_pipeline
 from pipeline.stages.sources.image_sequence import IMAGE_SUFFIXES, is_image_sequence, sequence_folder
 
 __all__ = ["BatchItem", "find_inputs"]
@@ -205,13 +205,14 @@ def _glob_root(pattern: str) -> Path:
 def _expand_objects(spec: str, output_folder: Path | str | None) -> list[BatchItem]:
     """A spec in object storage: a prefix (searched as a folder is, hidden keys and the output prefix left out), a
     glob over keys, one object, or a manifest object."""
+    if is_image_sequence(spec) and not spec.endswith("/") and not glob.has_magic(spec):  # a printf pattern
+        folder = sequence_folder(spec)
+        return [BatchItem(spec, Path(storage.name_of(folder)), sequence=True)]
     if glob.has_magic(spec):
         root = spec[: spec.rfind("/", 0, min(spec.find(c) for c in "*?[" if c in spec))]
         pattern = _glob_regex(spec[len(root) + 1:])
         return [BatchItem(url, Path(url[len(root) + 1:]), searched=True)
                 for url in _search_objects(root, output_folder) if pattern.fullmatch(url[len(root) + 1:])]
-    if is_image_sequence(spec.rstrip("/")) and not spec.endswith("/"):
-        raise PipelineError(f"{spec}: image sequences are read from local folders; in object storage, give videos")
     if not spec.endswith("/") and Path(storage.name_of(spec)).suffix.lower() in MANIFEST_SUFFIXES \
             and storage.exists(spec) and not storage.is_prefix(spec):
         return _read_manifest(spec)
@@ -220,22 +221,42 @@ def _expand_objects(spec: str, output_folder: Path | str | None) -> list[BatchIt
     root = spec.rstrip("/")
     if not storage.is_prefix(root):
         raise PipelineError(f"{spec}: no such object or prefix")
-    return [BatchItem(url, Path(url[len(root) + 1:]), searched=True) for url in _search_objects(root, output_folder)]
+    return [BatchItem(url, Path(url[len(root) + 1:].rstrip("/")), searched=True, sequence=url.endswith("/"))
+            for url in _search_objects(root, output_folder)]
 
 
 def _search_objects(root: str, output_folder: Path | str | None) -> list[str]:
     """Video objects below a prefix, as `_search` finds files: hidden keys (a run's `.X.segments/` work) and the
-    output prefix when it lies inside (not when it is the root itself) left out."""
+    output prefix when it lies inside (not when it is the root itself) left out; a prefix holding images and no
+    videos is one image sequence (its URL, ending in /), as a folder is."""
     skip = str(output_folder).rstrip("/") + "/" if output_folder is not None else None
-    found = []
+    videos, images, holds_videos = [], set(), set()
     for url in storage.find(root):
         relative = url[len(root) + 1:]
         if any(part.startswith(".") for part in relative.split("/")):
             continue
         if skip is not None and skip != root + "/" and url.startswith(skip):
             continue
-        if Path(relative).suffix.lower() in VIDEO_SUFFIXES:
-            found.append(url)
+        suffix = Path(relative).suffix.lower()
+        if suffix in VIDEO_SUFFIXES:
+            videos.append(url)
+            holds_videos.add(storage.parent(url))
+        elif suffix in IMAGE_SUFFIXES and storage.name_of(url) != DESCRIPTION:
+            images.add(storage.parent(url))
+    sequences = [prefix + "/" for prefix in images - holds_videos
+                 if not any(prefix == other or prefix.startswith(other + "/") for other in _written_folders(images))]
+    return sorted(videos + sequences)
+
+
+def _written_folders(prefixes: set[str]) -> set[str]:
+    """Prefixes that are frame folders this pipeline wrote (their depth.json says so): outputs, not inputs."""
+    found = set()
+    for prefix in prefixes:
+        try:
+            if json.loads(storage.read_bytes(storage.join(prefix, DESCRIPTION))).get("written_by") == WRITTEN_BY:
+                found.add(prefix)
+        except (PipelineError, ValueError, AttributeError):
+            continue
     return found
 
 
@@ -295,8 +316,11 @@ def _read_manifest(manifest: Path | str) -> list[BatchItem]:
 
 
 def _manifest_object(name: str, folder: str | None, where: str, options: dict) -> BatchItem:
-    """A manifest line naming an object (a URL, or a key relative to a manifest object's prefix)."""
-    url = name if storage.is_remote(name) else storage.join(folder, name)
+    """A manifest line naming an object (a URL, or a key relative to a manifest object's prefix), or an image
+    sequence there."""
+    url = name if storage.is_remote(name) else storage.join(folder, name) + ("/" if name.endswith("/") else "")
+    if is_image_sequence(url):
+        return BatchItem(url, Path(storage.name_of(sequence_folder(url))), options, where, sequence=True)
     try:
         storage.check_readable(url)
     except PipelineError as error:

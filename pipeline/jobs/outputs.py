@@ -33,7 +33,10 @@ __all__ = ["InputFiles", "check_output", "check_output_folder", "check_summary_p
 def depth_output_name(source: str | Path, depth_format: str) -> Path:
     """The output a run writes when none is named: beside the input, `NAME_depth` with the format's ending (a video
     `clip.mp4` -> `clip_depth.mp4`; an image folder `shot/` -> `shot_depth.mp4`; a frame folder for exr / png16)."""
-    if is_remote(source):  # an object: beside it, under the same prefix
+    if is_remote(source):  # an object: beside it, under the same prefix (a sequence: beside its prefix)
+        if is_image_sequence(str(source)):
+            folder = sequence_folder(str(source))
+            return storage.join(storage.parent(folder), f"{storage.name_of(folder)}_depth{output_suffix(depth_format)}")
         name = storage.name_of(str(source))
         return storage.join(storage.parent(str(source)), f"{Path(name).stem}_depth{output_suffix(depth_format)}")
     if is_image_sequence(str(source)):

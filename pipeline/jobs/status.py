@@ -38,10 +38,10 @@ def settings_digest(sections: dict) -> str:
 def input_stamp(source: Path | str) -> dict:
     """What says an input is the same as last time: a file's size and modification time (an image sequence's:
     its files' count, total size and latest modification)."""
-    if storage.is_remote(source):
-        return storage.input_stamp(str(source))
     if is_image_sequence(str(source)):
         return sequence_stamp(str(source))
+    if storage.is_remote(source):
+        return storage.input_stamp(str(source))
     stat = os.stat(source)
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 

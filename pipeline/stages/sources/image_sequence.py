@@ -23,6 +23,7 @@ another size than the first; a frame rate outside 0.001-1000 fps. The listing an
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline import storage
 from pipeline.errors import PipelineError
 from pipeline.stages.frames import FrameBatch, VideoInfo, batched
 from pipeline.stages.pixels import RGB24
@@ -51,16 +53,52 @@ FPS_RANGE = (Fraction(1, 1000), Fraction(1000))
 
 
 def is_image_sequence(source: str) -> bool:
-    """A folder, a glob or a printf pattern of images (not a video file or a URL)."""
+    """A folder, a glob or a printf pattern of images (not a video file or a URL). In object storage: a prefix
+    ending in `/`, or a pattern or glob whose name ends in an image suffix."""
     source = str(source)
+    if storage.is_remote(source):
+        name = storage.name_of(source)
+        return source.endswith("/") or (Path(name).suffix.lower() in IMAGE_SUFFIXES and (
+            bool(PRINTF_NUMBER.search(name)) or glob.has_magic(source)))
     path = Path(source)
     if is_url(source) or path.is_file():  # (a video named "take%d.mp4" is a video)
         return False
     return path.is_dir() or bool(PRINTF_NUMBER.search(path.name)) or glob.has_magic(source)
 
 
-def sequence_folder(source: str) -> Path:
-    """The folder a sequence's images are in: the folder itself, or a pattern's (or glob's) fixed part."""
+class ObjectFile:
+    """An image in object storage where a sequence's code takes a Path: its URL, `name`, `suffix`, `parent`, `/`."""
+
+    def __init__(self, url: str, size: int = 0, tag: str | None = None):
+        self.url, self.size, self.tag = url.rstrip("/"), size, tag
+        self.name = storage.name_of(self.url)
+        self.suffix = Path(self.name).suffix
+
+    @property
+    def parent(self) -> "ObjectFile":
+        return ObjectFile(storage.parent(self.url))
+
+    def __truediv__(self, name: str) -> "ObjectFile":
+        return ObjectFile(storage.join(self.url, name))
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ObjectFile) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+
+def sequence_folder(source: str) -> Path | str:
+    """The folder a sequence's images are in: the folder itself, or a pattern's (or glob's) fixed part (in object
+    storage: the prefix, as a URL without its last `/`)."""
+    if storage.is_remote(source):
+        if str(source).endswith("/"):
+            return str(source).rstrip("/")
+        fixed = str(source)[: min([str(source).find(c) for c in "*?[" if c in str(source)] or [len(str(source))])]
+        return storage.parent(fixed.rsplit("/", 1)[0] + "/x")
     path = Path(source)
     if path.is_dir():
         return path
@@ -91,9 +129,11 @@ def frame_rate(fps: float | str | Fraction) -> Fraction:
     return rate
 
 
-def list_images(source: str) -> list[Path]:
+def list_images(source: str) -> list[Path] | list[ObjectFile]:
     """The sequence's files in order; a gap in a numbered sequence, or no images, is a one-line error."""
     source = str(source)
+    if storage.is_remote(source):
+        return _list_objects(source)
     if PRINTF_NUMBER.search(Path(source).name):
         return _numbered_pattern(source)
     path = Path(source)
@@ -111,9 +151,39 @@ def list_images(source: str) -> list[Path]:
     return files
 
 
-def _numbered_pattern(source: str) -> list[Path]:
-    pattern = Path(source)
-    folder = pattern.parent if str(pattern.parent) else Path(".")
+def _list_objects(source: str) -> list[ObjectFile]:
+    """list_images over object storage: the images directly below a prefix, a glob's matches, or a pattern's."""
+    folder = sequence_folder(source)
+    listing = storage.find(folder, detail=True, depth=1 if not glob.has_magic(source) else None)
+    files = [ObjectFile(url, info.get("size") or 0, str(info.get("ETag") or info.get("etag") or info.get("mtime")))
+             for url, info in listing.items()
+             if Path(url).suffix.lower() in IMAGE_SUFFIXES and not storage.name_of(url).startswith(".")]
+    if PRINTF_NUMBER.search(storage.name_of(source)) and not glob.has_magic(source):
+        return _numbered_pattern(source, files)
+    if glob.has_magic(source):
+        pattern = re.compile(fnmatch_regex(source[len(folder) + 1:]))
+        files = [file for file in files if pattern.fullmatch(file.url[len(folder) + 1:])]
+        where = f"{source}: pattern"
+    else:
+        where = f"{source}: prefix"
+    if not files:
+        raise PipelineError(f"{where} holds no images ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})")
+    files.sort(key=lambda file: natural_key(file.name))
+    _check_sequence(files)
+    return files
+
+
+def fnmatch_regex(pattern: str) -> str:
+    """A glob over `/`-separated names (`*` and `?` within one name, `**` across) as a regular expression."""
+    return "".join(".*" if part == "**" else "[^/]*" if part == "*" else "[^/]" if part == "?" else re.escape(part)
+                   for part in re.split(r"(\*\*|\*|\?)", pattern) if part)
+
+
+def _numbered_pattern(source: str, objects: list[ObjectFile] | None = None) -> list[Path] | list[ObjectFile]:
+    """The files a printf pattern names (`objects`: a prefix's images in object storage, else a local folder's)."""
+    pattern = Path(storage.name_of(source)) if objects is not None else Path(source)
+    folder = ObjectFile(sequence_folder(source)) if objects is not None else \
+        (pattern.parent if str(pattern.parent) else Path("."))
     match = PRINTF_NUMBER.search(pattern.name)
     head, tail = pattern.name[: match.start()] + match.group(1), pattern.name[match.end():]
     if "%" in (head + tail).replace("%%", ""):
@@ -123,11 +193,12 @@ def _numbered_pattern(source: str) -> list[Path]:
     width = match.group(2)
     digits = rf"\d{{{int(width)},}}" if width.startswith("0") and len(width) > 1 else r"\d+"
     name_re = re.compile(re.escape(head) + f"({digits})" + re.escape(tail))
-    if not folder.is_dir():
+    if objects is None and not folder.is_dir():
         raise PipelineError(f"{source}: folder {folder} does not exist")
     # The files as named (a %d pattern over 0001.png takes 0001.png): one per number
     by_number: dict[int, str] = {}
-    for name in sorted(os.listdir(folder)):
+    names = sorted(file.name for file in objects) if objects is not None else sorted(os.listdir(folder))
+    for name in names:
         found = name_re.fullmatch(name)
         if found is None:
             continue
@@ -146,6 +217,9 @@ def _numbered_pattern(source: str) -> list[Path]:
         name = f"{head}{expected:0{int(width or 0)}d}{tail}"
         raise PipelineError(f"{folder / name}: missing from the sequence {source} (frames {numbers[0]} to "
                             f"{numbers[-1]}; every number must be there)")
+    if objects is not None:
+        by_name = {file.name: file for file in objects}
+        return [by_name[by_number[n]] for n in numbers]
     return [folder / by_number[n] for n in numbers]
 
 
@@ -179,9 +253,12 @@ def _check_sequence(files: list[Path]) -> None:
             raise PipelineError(f"{after.parent / missing}: missing from the image sequence (after {before})")
 
 
-def read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path | ObjectFile) -> np.ndarray:
     """H x W x 3 uint8 RGB (16-bit images to 8 bits, grey repeated, alpha dropped, EXIF orientation applied)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if isinstance(path, ObjectFile):
+        image = cv2.imdecode(np.frombuffer(storage.read_bytes(path.url), np.uint8), cv2.IMREAD_COLOR)
+    else:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         if path.suffix.lower() in (".tif", ".tiff"):  # OpenCV's colour reader takes no float TIFF, for one
             raise PipelineError(f"{path}: unreadable TIFF (8- or 16-bit integer images are read; float or damaged "
@@ -192,8 +269,13 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def sequence_stamp(source: str) -> dict:
-    """What says a sequence is the same as last time: its files' count, total size and latest modification."""
-    stats = [p.stat() for p in list_images(source)]
+    """What says a sequence is the same as last time: its files' count, total size and latest modification (in
+    object storage: their ETags, digested)."""
+    files = list_images(source)
+    if files and isinstance(files[0], ObjectFile):
+        tags = hashlib.sha256("\n".join(f"{file.name} {file.tag}" for file in files).encode()).hexdigest()[:16]
+        return {"files": len(files), "size": sum(file.size for file in files), "etags": tags}
+    stats = [p.stat() for p in files]
     return {"files": len(stats), "size": sum(s.st_size for s in stats),
             "mtime_ns": max(s.st_mtime_ns for s in stats)}
 

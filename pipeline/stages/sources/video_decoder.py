@@ -24,8 +24,7 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.stages.frames import FrameBatch, VideoInfo, batched
 from pipeline.stages.pixels import RGB24, YUV420P, frame_height, i420_planes
-from pipeline.storage import describe as storage_error_line
-from pipeline.storage import is_remote, readable
+from pipeline.storage import ObjectReadError, is_remote, readable
 from pipeline.urls import is_url
 
 __all__ = ["VideoDecoder", "open_source", "open_video", "rotate_upright"]
@@ -47,8 +46,8 @@ def open_video(source: str, options: dict | None = None):
         container = av.open(source_file if is_remote(source) else source, mode="r", options=options or {})
     except av.FFmpegError as error:
         raise PipelineError(f"{source}: not a readable video ({error.strerror or error})") from None
-    except OSError as error:  # (a remote object's read failed)
-        raise PipelineError(f"{source}: {storage_error_line(error)}") from None
+    except ObjectReadError as error:  # (an object's read failed: one line naming it already)
+        raise PipelineError(str(error)) from None
     if not container.streams.video:
         container.close()
         raise PipelineError(f"{source}: has no video stream")
