@@ -98,13 +98,14 @@ class CuttingProxy:
     (a bytes regex over the request line, e.g. rb"^PUT /bucket/out/clip"), as a server that goes away mid-upload
     does; every other request passes. `cut = None` lets everything through again."""
 
-    def __init__(self, target_port: int, cut: bytes | None = None):
+    def __init__(self, target_port: int, cut: bytes | None = None, stall: bool = False):
         import re
         import threading
 
         self.target_port = target_port
         self.cut = re.compile(cut) if cut else None
         self.cuts = 0
+        self.stall = stall  # every request held, unanswered (a server that stopped answering)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -138,6 +139,8 @@ class CuttingProxy:
         self._threading.Thread(target=back, daemon=True).start()
         try:
             while data := client.recv(65536):
+                if self.stall:
+                    continue  # read and never answered
                 if self.cut is not None and any(self.cut.match(line) for line in data.split(b"\r\n")[:1]):
                     self.cuts += 1
                     break

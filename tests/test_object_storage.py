@@ -187,6 +187,7 @@ def test_bad_places_and_refusing_servers_are_one_line_naming_the_url_before_any_
     monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")
     strict.start()
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    silent = CuttingProxy(object_store.port, stall=True)  # takes every request and never answers
     try:
         for argv, expected in [
             ([f"{bucket}/in/missing.mp4", "-o", f"{bucket}/out/x.mp4"], f"{bucket}/in/missing.mp4: no such object"),
@@ -199,6 +200,9 @@ def test_bad_places_and_refusing_servers_are_one_line_naming_the_url_before_any_
              f"{bucket}/out: the credentials were refused"),
             ([source, "-o", f"{bucket}/out/x.mp4", "--storage-option", f"endpoint_url={dead}"],
              f"{bucket}/out: the storage server could not be reached"),
+            ([source, "-o", f"{bucket}/out/x.mp4", "--storage-option", f"endpoint_url={silent.endpoint}",
+              "--storage-option", "config_kwargs.read_timeout=1"],
+             f"{bucket}/out: the storage server could not be reached or stopped answering"),
             ([source, "--storage-option", "secret=abc"], "'secret' is a secret"),
             (["gs://bucket/in/a.mp4", "-o", "x.mp4"], "gs://bucket/in/a.mp4: reading gs:// needs gcsfs: pip install "
                                                     "'video-depth[gcs]'"),
@@ -210,6 +214,7 @@ def test_bad_places_and_refusing_servers_are_one_line_naming_the_url_before_any_
             assert "testing-secret" not in err
     finally:
         strict.stop()
+        silent.close()
     assert object_store.keys(f"{bucket}/out") == []
 
 

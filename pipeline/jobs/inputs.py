@@ -7,7 +7,8 @@ folder holding images and no videos is one input, its images in name order), pri
 quoted so the shell leaves them alone), video files, and manifests: a `.txt` / `.lst` file with one path per line
 (`#` comments), or a `.jsonl` file with one object per line, `{"input": PATH, "options": {...}}`, where options are
 setting keys (`output.depth_format`, `smoothing.name`, ...) for that video alone. Relative paths in a manifest are
-relative to the manifest's folder.
+relative to the manifest's folder. Any of these may be in object storage (`s3://bucket/videos/`, a glob over keys,
+a manifest object whose lines are URLs or keys relative to its prefix): searched the same way (storage.py).
 Gives: `BatchItem`s in a stable order, each with its path relative to where it was found; the output keeps that
 relative path under the output folder (`a/b/clip.mp4` -> `DIR/a/b/clip_depth.mp4`), so names never collide. Two
 inputs that would still give one output (the same file named twice is listed once) are an error naming both.
