@@ -308,3 +308,11 @@ def test_an_image_sequence_under_a_prefix_is_read_in_place_as_the_same_folder_wo
     assert code == 2 and err.strip().splitlines()[-1] == (
         f"error: {bucket}/shots/shot/frame_004.png: missing from the image sequence (after "
         f"{bucket}/shots/shot/frame_003.png)"), err
+
+
+def test_live_recordings_are_local_files(clips, capsys):
+    """A live recording is written fragment by fragment (playable up to a crash): not to an object, said in one line
+    before anything starts."""
+    code = run_pipeline.main([str(clips["audio"]), "--realtime", "--record", "s3://bucket/live.mp4", *FAST])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("error: s3://bucket/live.mp4: a live recording is a local file"), err

@@ -36,6 +36,7 @@ from pipeline.stages.sinks.output_files import free_name
 from pipeline.settings import PipelineSettings, check_combination, merge
 from pipeline.stages.live.camera_runner import LiveTargets
 from pipeline.stages.sources.video_decoder import open_video
+from pipeline.storage import is_remote
 from pipeline.urls import is_publish_url, is_url, redact
 
 __all__ = ["CameraService", "RequestRefused", "camera_from_entry", "read_cameras_file"]
@@ -189,8 +190,8 @@ def camera_from_entry(entry, settings: PipelineSettings, where: str, no_overwrit
         raise PipelineError(f"{where}: output must be an rtsp:// URL to publish to, got {publish!r} (a file goes in "
                             f"record)")
     if record is not None and (not isinstance(record, str) or not record.strip() or is_url(record)
-                               or CONTROL_CHARACTERS.search(record)):
-        raise PipelineError(f"{where}: record must be a file to record to, got {record!r}")
+                               or is_remote(record) or CONTROL_CHARACTERS.search(record)):
+        raise PipelineError(f"{where}: record must be a file to record to on this machine, got {record!r}")
     keep_recordings = entry.get("keep_recordings", False)
     if not isinstance(keep_recordings, bool) or keep_recordings and record is None:
         raise PipelineError(f"{where}: keep_recordings must be true or false, with a record, got {keep_recordings!r}")

@@ -22,6 +22,7 @@ from pipeline.settings import PipelineSettings, live_camera_options
 from pipeline.stages.live.camera_runner import LiveCamera, LiveTargets
 from pipeline.stages.sinks.rtsp_publisher import check_publish_url
 from pipeline.stages.sources.live_stream import LiveSource
+from pipeline.storage import is_remote
 from pipeline.urls import is_publish_url
 
 
@@ -79,6 +80,9 @@ class LiveJob:
             raise PipelineError(f"-o {request.output} and --record {request.record}: live mode records to one file; "
                                 f"give it once (-o takes an rtsp:// URL to publish to, or the recording)")
         record = request.record or (request.output if request.output and not publish else None)
+        if record and is_remote(record):
+            raise PipelineError(f"{record}: a live recording is a local file (written fragment by fragment, playable "
+                                f"up to a crash; an object cannot be appended to): record locally, then copy it")
         if record:
             check_output(record, settings.output.depth_format, InputFiles([request.source]), request.no_overwrite,
                          "recording")

@@ -144,9 +144,14 @@ def list_images(source: str) -> list[Path] | list[ObjectFile]:
     else:
         files = [Path(p) for p in glob.glob(source) if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file()]
         where = f"{source}: pattern"
+    return _in_order(files, where)
+
+
+def _in_order(files: list, where: str) -> list:
+    """A folder's (prefix's, glob's) images in natural name order, checked as one sequence; none is an error."""
     if not files:
         raise PipelineError(f"{where} holds no images ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})")
-    files.sort(key=lambda p: natural_key(p.name))
+    files.sort(key=lambda file: natural_key(file.name))
     _check_sequence(files)
     return files
 
@@ -166,11 +171,7 @@ def _list_objects(source: str) -> list[ObjectFile]:
         where = f"{source}: pattern"
     else:
         where = f"{source}: prefix"
-    if not files:
-        raise PipelineError(f"{where} holds no images ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})")
-    files.sort(key=lambda file: natural_key(file.name))
-    _check_sequence(files)
-    return files
+    return _in_order(files, where)
 
 
 def fnmatch_regex(pattern: str) -> str:
