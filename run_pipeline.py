@@ -579,6 +579,16 @@ def stop_ray_ignoring_signals() -> None:
     stop_ray()
 
 
+def write_summary(path: str, text: str) -> None:
+    """The JSON summary to a file, or to an object (s3://, gs://: one PUT)."""
+    from pipeline import storage
+
+    if storage.is_remote(path):
+        storage.write_bytes(path, text)
+    else:
+        Path(path).write_text(text)
+
+
 def what_was_kept(args: argparse.Namespace) -> str:
     """After Ctrl-C / SIGTERM: what the user has (a batch job's finished videos, a long video's segments)."""
     job = getattr(args, "batch_job", None)
@@ -625,7 +635,7 @@ def main(argv=None, summary_out=None) -> int:
             summary = run(args)
         text = redact(json.dumps(summary, indent=2, default=str))  # (a camera URL's password never printed)
         if getattr(args, "summary", None):
-            Path(args.summary).write_text(text + "\n")
+            write_summary(args.summary, text + "\n")
     except (PipelineError, CheckpointError, ValueError, OSError) as error:
         print(f"error: {redact(one_line(error))}", file=sys.stderr)
         return 2

@@ -43,10 +43,12 @@ def test_a_video_from_and_to_s3_matches_the_same_run_on_local_files(ray_cluster,
     local_output = tmp_path / f"local{suffix}"
     code, local_summary, err = run_cli(capsys, clips[name], "-o", local_output, *FAST)
     assert code == 0, err
-    code, summary, err = run_cli(capsys, source, "-o", f"{bucket}/out/depth{suffix}", *FAST)
+    code, summary, err = run_cli(capsys, source, "-o", f"{bucket}/out/depth{suffix}", *FAST,
+                                 "--summary", f"{bucket}/runs/summary.json")
     assert code == 0, err
     assert summary["output"] == f"{bucket}/out/depth{suffix}"
     assert object_store.keys(f"{bucket}/out") == [f"depth{suffix}"], "nothing but the output under the prefix"
+    assert json.loads(object_store.fs.cat_file(f"{bucket}/runs/summary.json")) == summary
     fetched = object_store.get(f"{bucket}/out/depth{suffix}", tmp_path / f"fetched{suffix}")
     remote, local = read_video(fetched), read_video(local_output)
     assert summary["frames_out"] == local_summary["frames_out"] == remote["count"] == local["count"]

@@ -130,6 +130,9 @@ def check_output_folder(folder: str | Path, flag: str = "--output-dir") -> Path:
 def check_summary_path(path: str | None) -> None:
     if path is None:
         return
+    if is_remote(path):  # an object: its bucket must exist and take writes
+        storage.check_writable(storage.parent(path), "summary")
+        return
     folder = Path(path).parent
     if Path(path).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
         raise PipelineError(f"{path}: cannot write the summary there (missing or read-only directory, or a directory)")
