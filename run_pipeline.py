@@ -60,9 +60,11 @@ class OneLineParser(argparse.ArgumentParser):
 def parse_args(argv=None) -> argparse.Namespace:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", nargs="?", help="video file or URL, or an image sequence: a folder, 'frames/*.png' or "
-                                                 "frames/%%06d.png (omit for a generated sample clip)")
+                                                 "frames/%%06d.png; in object storage too (s3://bucket/clip.mp4, "
+                                                 "s3://bucket/frames/); omit for a generated sample clip")
     parser.add_argument("-o", "--output", help="output video (.mp4/.mkv; .mkv for gray16), or a folder for exr and "
-                                               "png16; default: INPUT_depth.EXT (INPUT_depth/ for folders)")
+                                               "png16, or an object (s3://bucket/out/clip_depth.mp4); default: "
+                                               "INPUT_depth.EXT (INPUT_depth/ for folders)")
     add_shared_flags(parser)
     parser.add_argument("--summary", help="also write the JSON summary to this file")
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing output")
@@ -82,7 +84,8 @@ def parse_batch_args(argv) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="folders (searched recursively), globs, video files, or manifests (.txt: one path per "
                              "line; .jsonl: {\"input\": PATH, \"options\": {\"output.depth_format\": ...}})")
-    parser.add_argument("--output-dir", required=True, help="where outputs go, keeping each input's relative path")
+    parser.add_argument("--output-dir", required=True, help="where outputs go, keeping each input's relative path "
+                                                            "(a folder, or a prefix: s3://bucket/depth/)")
     add_shared_flags(parser)
     parser.add_argument("--force", action="store_true", help="redo every video, even those finished before")
     parser.add_argument("--videos-in-flight", type=int, metavar="N",
@@ -155,6 +158,7 @@ GET /cameras, POST /cameras (a camera's entry as JSON), DELETE /cameras/NAME, GE
 BATCH_HELP = """Many videos on one pool of model actors (a local Ray instance, or a cluster with --address).
 
     python run_pipeline.py batch videos/ more/*.mp4 list.txt --output-dir depth/ [--address auto]
+    python run_pipeline.py batch s3://bucket/videos/ --output-dir s3://bucket/depth/     # object storage (gs:// too)
 
 Resumable: DIR/batch_status.jsonl records each finished video; the same command again skips them (without touching
 their outputs) and does the rest; --force redoes all. DIR/batch_report.json is the job's report. Exit status 0 when
