@@ -85,9 +85,11 @@ def configure(options: Mapping | None) -> None:
     if options != _options:
         _options = options
         _filesystem_cache.clear()
+        _fixed_clients.clear()
 
 
 _filesystem_cache: dict = {}
+_fixed_clients: dict = {}  # protocol -> the client _without_expect_continue last fixed
 
 
 def filesystem(url: str):
@@ -109,9 +111,10 @@ def filesystem(url: str):
             raise PipelineError(f"{redact(url)}: storage options: {error}") from None
         except TypeError as error:
             raise PipelineError(f"{redact(url)}: storage options: {error}") from None
-        if protocol in ("s3", "s3a"):
-            _without_expect_continue(_filesystem_cache[protocol], url)
     fs = _filesystem_cache[protocol]
+    if protocol in ("s3", "s3a") and getattr(fs, "_s3", None) is not _fixed_clients.get(protocol, False):
+        _without_expect_continue(fs, url)  # (a new client: made now, or again by s3fs on a credential refresh)
+        _fixed_clients[protocol] = fs._s3
     return fs, fs._strip_protocol(url)
 
 

@@ -318,3 +318,33 @@ def test_live_recordings_are_local_files(clips, capsys):
     code = run_pipeline.main([str(clips["audio"]), "--realtime", "--record", "s3://bucket/live.mp4", *FAST])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and err.startswith("error: s3://bucket/live.mp4: a live recording is a local file"), err
+
+
+def test_uploads_to_a_server_that_never_answers_end_even_after_the_client_is_made_again(object_store):
+    """botocore's `Expect: 100-continue` made aiohttp wait for an answer with no timeout at all: the header is left
+    out of uploads, also on a client s3fs makes again (on a credential refresh)."""
+    import threading
+
+    from pipeline.errors import PipelineError
+
+    silent = CuttingProxy(object_store.port, stall=True)
+    outcome: list = []
+
+    def upload():
+        try:
+            storage.write_bytes("s3://anywhere/key.json", b"{}")
+        except PipelineError as error:
+            outcome.append(str(error))
+
+    try:
+        storage.configure({"endpoint_url": silent.endpoint, "config_kwargs": {"read_timeout": 1}})
+        fs, _ = storage.filesystem("s3://anywhere/key.json")
+        fs.connect(refresh=True)  # what s3fs does when credentials expire: a new client, with botocore's handlers
+        worker = threading.Thread(target=upload, daemon=True)
+        worker.start()
+        worker.join(180)
+        assert not worker.is_alive(), "the upload waited on a silent server with no end"
+        assert outcome and "stopped answering" in outcome[0], outcome
+    finally:
+        storage.configure({})
+        silent.close()
