@@ -31,10 +31,10 @@ from pipeline.errors import PipelineError
 from pipeline.urls import is_url, redact
 
 __all__ = [
-    "abort_uploads", "check_readable", "check_writable", "configure", "exists", "filesystem", "find", "info",
-    "input_stamp", "is_remote", "join", "name_of", "open_input", "option_problem", "parent", "read_all", "read_bytes",
-    "readable",
-    "remove", "storage_errors", "upload", "write_bytes",
+    "ObjectReadError", "ObjectReader", "abort_uploads", "check_readable", "check_writable", "configure", "exists",
+    "filesystem", "find", "info", "input_stamp", "is_object", "is_prefix", "is_remote", "join", "name_of",
+    "open_input", "option_problem", "parent", "read_all", "read_bytes", "readable", "remove", "stamp_of",
+    "storage_errors", "upload", "write_bytes",
 ]
 
 # Which extra brings which protocol's library (a missing one is one line saying which to install)
@@ -42,9 +42,10 @@ EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "
 READ_BLOCK = 8 * 2**20  # one ranged GET; the read-ahead cache holds one block
 PART_SIZE = 8 * 2**20  # multipart upload parts (an upload holds one part at a time)
 # A slow or silent server ends in an error, not a hang; transient faults are retried with backoff (botocore's
-# standard mode: exponential, jittered) before an item fails
-# (no listing cache: other processes, other nodes, write the same prefixes)
-S3_DEFAULTS = {"use_listings_cache": False, "config_kwargs": {"connect_timeout": 10, "read_timeout": 60,
+# standard mode: exponential, jittered) before an item fails. No listing cache: other processes, other nodes, write
+# the same prefixes
+S3_DEFAULTS = {"use_listings_cache": False,
+               "config_kwargs": {"connect_timeout": 10, "read_timeout": 60,
                                  "retries": {"max_attempts": 3, "mode": "standard"}}}
 S3FS_RETRIES = 3  # s3fs's own retries around botocore's (5 by default: a dead server took 40 s to give up on)
 SECRET_WORDS = ("secret", "password", "token", "credential", "session")
@@ -195,10 +196,26 @@ def exists(url: str) -> bool:
 
 def input_stamp(url: str) -> dict:
     """What says an object is the same as last time: its size and ETag (or generation, or modification time)."""
-    details = info(url)
+    return stamp_of(info(url))
+
+
+def stamp_of(details: dict) -> dict:
+    """input_stamp from an object's info as a listing gives it (no request of its own)."""
     tag = details.get("ETag") or details.get("etag") or details.get("generation") or details.get("mtime") or \
         details.get("LastModified")
     return {"size": details.get("size"), "etag": str(tag).strip('"') if tag is not None else None}
+
+
+def is_object(url: str) -> bool:
+    """An object (not a prefix, not missing), asked once."""
+    fs, path = filesystem(url)
+    with storage_errors(url):
+        try:
+            return fs.info(path).get("type") != "directory"
+        except FileNotFoundError as error:
+            if _is_missing_bucket(error):
+                raise
+            return False
 
 
 def check_readable(url: str, what: str = "input") -> dict:
@@ -227,11 +244,12 @@ def check_writable(prefix: str, flag: str = "output") -> None:
         fs.rm_file(probe)
 
 
-def open_input(url: str) -> "ObjectReader":
-    """A read-only, seekable file over the object for PyAV: ranged GETs of READ_BLOCK, one block read ahead."""
+def open_input(url: str, size: int | None = None) -> "ObjectReader":
+    """A read-only, seekable file over the object for PyAV: ranged GETs of READ_BLOCK, one block read ahead.
+    `size`: the object's, when known (spares the file its own HEAD request)."""
     fs, path = filesystem(url)
     with storage_errors(url, "opening it"):
-        return ObjectReader(url, fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead"))
+        return ObjectReader(url, fs.open(path, "rb", block_size=READ_BLOCK, cache_type="readahead", size=size))
 
 
 class ObjectReadError(OSError):
@@ -276,8 +294,7 @@ def readable(source):
     (closed with the container that holds it, when that is collected)."""
     if not is_remote(source):
         return str(source)
-    check_readable(str(source))
-    return open_input(str(source))
+    return open_input(str(source), check_readable(str(source)).get("size"))
 
 
 def read_bytes(url: str) -> bytes:

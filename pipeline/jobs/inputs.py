@@ -214,10 +214,9 @@ def _expand_objects(spec: str, output_folder: Path | str | None) -> list[BatchIt
         pattern = _glob_regex(spec[len(root) + 1:])
         return [BatchItem(url, Path(url[len(root) + 1:]), searched=True)
                 for url in _search_objects(root, output_folder) if pattern.fullmatch(url[len(root) + 1:])]
-    if not spec.endswith("/") and Path(storage.name_of(spec)).suffix.lower() in MANIFEST_SUFFIXES \
-            and storage.exists(spec) and not storage.is_prefix(spec):
-        return _read_manifest(spec)
-    if not spec.endswith("/") and storage.exists(spec) and not storage.is_prefix(spec):
+    if not spec.endswith("/") and storage.is_object(spec):
+        if Path(storage.name_of(spec)).suffix.lower() in MANIFEST_SUFFIXES:
+            return _read_manifest(spec)
         return [BatchItem(spec, Path(storage.name_of(spec)))]
     root = spec.rstrip("/")
     if not storage.is_prefix(root):

@@ -50,8 +50,9 @@ from pipeline.stages.sources.image_sequence import is_image_sequence, list_image
 from pipeline.storage import readable
 
 __all__ = [
-    "SEGMENT_SUFFIX", "ObjectSegmentStore", "Segment", "SegmentStore", "auto_segment_count", "check_segmentable", "fingerprint",
-    "join_segments", "packet_index", "plan_segments", "plan_stream_segments", "plan_window_segments", "segment_store", "work_folders",
+    "SEGMENT_SUFFIX", "ObjectSegmentStore", "Segment", "SegmentStore", "auto_segment_count", "check_segmentable",
+    "fingerprint", "join_segments", "packet_index", "plan_segments", "plan_stream_segments", "plan_window_segments",
+    "segment_store", "work_folders",
 ]
 
 SEGMENT_SUFFIX = ".nut"
@@ -314,19 +315,20 @@ class ObjectSegmentStore:
         return storage.join(self.folder, "manifest.json")
 
     def open(self, resume: bool) -> None:
+        listing = {storage.name_of(url): (url, details) for url, details in
+                   storage.find(self.folder, detail=True).items()}
         manifest = {}
-        if resume and storage.exists(self.manifest_path):
+        if resume and "manifest.json" in listing:
             with contextlib.suppress(ValueError):
                 manifest = json.loads(storage.read_bytes(self.manifest_path))
         if isinstance(manifest, dict) and manifest.get("fingerprint") == self.fingerprint:
-            stamps = {storage.name_of(url): url for url in storage.find(self.folder)}
             for key, entry in manifest.get("segments", {}).items():
-                url = stamps.get(entry.get("file"))
-                if url is not None and storage.input_stamp(url) == entry.get("stamp"):
+                found = listing.get(entry.get("file"))
+                if found is not None and storage.stamp_of(found[1]) == entry.get("stamp"):
                     self.done[int(key)] = entry
-        keep = {entry["file"] for entry in self.done.values()}
-        for url in storage.find(self.folder):  # another plan's segments, or ones no manifest vouches for
-            if storage.name_of(url) not in keep and storage.name_of(url) != "manifest.json":
+        keep = {entry["file"] for entry in self.done.values()} | {"manifest.json"}
+        for name, (url, _) in listing.items():  # another plan's segments, or ones no manifest vouches for
+            if name not in keep:
                 storage.remove(url)
         self._write_manifest()
 

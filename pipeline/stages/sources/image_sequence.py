@@ -160,8 +160,7 @@ def _list_objects(source: str) -> list[ObjectFile]:
     """list_images over object storage: the images directly below a prefix, a glob's matches, or a pattern's."""
     folder = sequence_folder(source)
     listing = storage.find(folder, detail=True, depth=1 if not glob.has_magic(source) else None)
-    files = [ObjectFile(url, info.get("size") or 0, str(info.get("ETag") or info.get("etag") or info.get("mtime")))
-             for url, info in listing.items()
+    files = [ObjectFile(url, info.get("size") or 0, storage.stamp_of(info)["etag"]) for url, info in listing.items()
              if Path(url).suffix.lower() in IMAGE_SUFFIXES and not storage.name_of(url).startswith(".")]
     if PRINTF_NUMBER.search(storage.name_of(source)) and not glob.has_magic(source):
         return _numbered_pattern(source, files)
