@@ -1,0 +1,146 @@
+"""
+A Ray Data datasource of video frames read with PyAV, each frame with its exact timestamp.
+
+Takes: what the batch command takes (video files, folders searched for videos and image sequences, globs, manifests,
+the same in object storage: jobs/inputs.py), and `parts_per_video`: read tasks per video (1: a task reads its video
+whole; more: the video split at keyframes, found by demuxing it on the driver, so that one long video is read by
+several tasks at once).
+Gives: a row a frame, in each video's order within a task: "path" (the video as found), "frame_index" (from 0 in
+the video), "pts" and "time_base" (the source's own timestamp, exact: 1001/30000 stays 1001/30000), "time_s" (the
+same in seconds), "frame" (H x W x 3 uint8 RGB, upright after rotation metadata).
+
+Unlike `ray.data.read_videos` (decord; a task per file, frames timed by the average rate), the timestamps here are the
+container's, as the pipeline's own jobs keep them, variable frame rates included; and the pixels are the ones the
+pipeline's model actor sees (I420 converted by the same code), so `DepthEstimator(column="frame")` gives the CLI's
+depth for each frame. An image sequence's frames are timed at `fps` (its images have no timestamps).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+try:
+    from ray.data import Datasource
+    from ray.data.block import BlockAccessor, BlockMetadata
+    from ray.data.datasource import ReadTask
+except ImportError as error:  # (pyarrow missing: Ray Data's own dependency, not Ray's)
+    raise ImportError(f"Ray Data cannot be imported ({error}): pip install 'video-depth[data]'") from error
+
+from pipeline.errors import PipelineError
+from pipeline.jobs.inputs import find_inputs
+from pipeline.jobs.segments import packet_index, plan_segments
+from pipeline.stages.pixels import to_rgb
+from pipeline.stages.sources.video_decoder import open_source
+
+__all__ = ["VideoFramesDatasource", "read_video_frames"]
+
+logger = logging.getLogger(__name__)
+
+# Frames a block: a block of about this many bytes of frames (Ray Data's blocks are best kept well under 128 MiB)
+BLOCK_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class FrameRange:
+    """One read task's frames: `source`'s frames with start <= pts < end (None: from the start / to the end), the
+    first of them the video's frame `first_index`; `frames` as the packet index counts them (None: not indexed)."""
+
+    source: str
+    start: int | None = None
+    end: int | None = None
+    first_index: int = 0
+    frames: int | None = None
+
+
+class VideoFramesDatasource(Datasource):
+    """`ray.data.read_datasource(VideoFramesDatasource(inputs))`: see the module docstring."""
+
+    def __init__(self, inputs: str | list[str], parts_per_video: int = 1, fps: float | str = 30):
+        super().__init__()
+        if parts_per_video < 1:
+            raise PipelineError(f"parts_per_video must be 1 or more, not {parts_per_video}")
+        specs = [inputs] if isinstance(inputs, str) else [str(spec) for spec in inputs]
+        items = find_inputs(specs)
+        if not items:
+            raise PipelineError(f"no videos or image sequences in {', '.join(specs)}")
+        self.fps = fps
+        self.ranges = [part for item in items for part in self._parts(str(item.source), parts_per_video)]
+
+    @staticmethod
+    def _parts(source: str, count: int) -> list[FrameRange]:
+        if count == 1:
+            return [FrameRange(source)]
+        index = packet_index(source)  # demuxed, not decoded
+        ranges, first = [], 0
+        for segment in plan_segments(index, count):
+            ranges.append(FrameRange(source, segment.start if segment.index else None, segment.end, first,
+                                     segment.frames))
+            first += segment.frames
+        return ranges or [FrameRange(source)]
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None  # (known only once each video is opened: its frame size times its frames)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list:
+        """One task per part of a video (`parallelism` is Ray's wish; the parts were chosen by `parts_per_video`)."""
+        tasks = []
+        for frame_range in self.ranges:
+            metadata = BlockMetadata(num_rows=frame_range.frames, size_bytes=None, input_files=[frame_range.source],
+                                     exec_stats=None)
+            read = (lambda frame_range=frame_range: read_frames(frame_range, self.fps))
+            try:
+                tasks.append(ReadTask(read, metadata, per_task_row_limit=per_task_row_limit))
+            except TypeError:  # (Ray before 2.45 has no per-task row limit)
+                tasks.append(ReadTask(read, metadata))
+        return tasks
+
+
+def read_frames(frame_range: FrameRange, fps: float | str = 30):
+    """A read task: the range's frames as blocks of rows (see the module docstring)."""
+    decoder = open_source(frame_range.source, fps=fps,
+                          **({"pts_range": (frame_range.start, frame_range.end)}
+                             if frame_range.start is not None or frame_range.end is not None else {}))
+    try:
+        time_base = decoder.info.time_base
+        frame_bytes = decoder.info.width * decoder.info.height * 3
+        rows_per_block = max(1, BLOCK_BYTES // frame_bytes)
+        rows: list[tuple[int, np.ndarray]] = []
+        index = frame_range.first_index
+        for pts, pixels in decoder.frames():
+            rows.append((pts, to_rgb(pixels, decoder.layout)))  # (the model actor's own conversion of I420)
+            if len(rows) == rows_per_block:
+                yield BlockAccessor.batch_to_block(_block(frame_range.source, index, rows, time_base))
+                index += len(rows)
+                rows = []
+        if rows:
+            yield BlockAccessor.batch_to_block(_block(frame_range.source, index, rows, time_base))
+        unreadable = decoder.unreadable_frames
+        if unreadable:
+            logger.warning("%s: %d frames the container announced could not be decoded", frame_range.source,
+                           unreadable)
+    finally:
+        decoder.close()
+
+
+def _block(source: str, first_index: int, rows: list[tuple[int, np.ndarray]], time_base: Fraction) -> dict:
+    pts = np.array([p for p, _ in rows], dtype=np.int64)
+    return {
+        "path": np.array([source] * len(rows), dtype=object),
+        "frame_index": np.arange(first_index, first_index + len(rows), dtype=np.int64),
+        "pts": pts,
+        "time_base": np.array([str(time_base)] * len(rows), dtype=object),
+        "time_s": np.array([float(p * time_base) for p in pts.tolist()], dtype=np.float64),
+        "frame": np.stack([pixels for _, pixels in rows]),
+    }
+
+
+def read_video_frames(inputs: str | list[str], parts_per_video: int = 1, fps: float | str = 30, **read_args):
+    """`ray.data.read_datasource` over a `VideoFramesDatasource`; `read_args` are read_datasource's (concurrency,
+    num_cpus, ray_remote_args, ...)."""
+    import ray.data
+
+    return ray.data.read_datasource(VideoFramesDatasource(inputs, parts_per_video, fps), **read_args)
