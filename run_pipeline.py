@@ -200,6 +200,9 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="existing Ray cluster: auto (the one on this machine) or HOST:PORT "
                                           "(default: start a private local one)")
     parser.add_argument("--model-actors", type=int, help="model actors (default: one per GPU, else one)")
+    parser.add_argument("--wait-for-gpus", type=int, metavar="N",
+                        help="wait until the Ray cluster has N GPUs before planning (asked of its autoscaler: a "
+                             "KubeRay cluster's GPU workers start after the job; at most ray.gpu_wait_s, 900 s)")
     parser.add_argument("--segments", type=lambda text: int(text) if text.isdigit() else text, metavar="N|auto",
                         help="split a long video at keyframes into N streams run at once, joined by stream copy "
                              "(auto, the default: one per minute of video, at most one per CPU the model actors "
@@ -229,6 +232,7 @@ FLAG_KEYS = {
     "depth_format": "output.depth_format",
     "address": "ray.address",
     "model_actors": "ray.model_actors",
+    "wait_for_gpus": "ray.wait_for_gpus",
     "segments": "segments.count",
     "storage_option": "storage.options",
     "no_overwrite": "output.no_overwrite",

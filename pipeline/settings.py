@@ -112,6 +112,11 @@ class RaySettings:
     max_streams: int = 0  # streams (videos, segments) open at once in a job; 0: from the cluster's CPUs and memory
     # A model actor's share of a GPU (0.25: four a GPU, this job's or other jobs'); 0: from the count (one GPU each)
     gpus_per_model_actor: float = 0.0
+    # GPUs the job waits for before it plans its model actors: an autoscaling cluster (KubeRay's) starts without
+    # its GPU workers, and the plan is made from the GPUs present. Asked of Ray's autoscaler at once; after
+    # gpu_wait_s the job plans with what is there, saying so (and --device cuda with none is an error)
+    wait_for_gpus: int = 0
+    gpu_wait_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -307,6 +312,8 @@ RULES: dict[str, dict[str, Check]] = {
         "placement_timeout_s": number(above=0),
         "restart_timeout_s": number(above=0),
         "max_streams": integer(0),
+        "wait_for_gpus": integer(0),
+        "gpu_wait_s": number(above=0),
         "gpus_per_model_actor": lambda value: number(0)(value) or (
             None if value <= 1 else f"must be a share of one GPU (0 to 1), got {value}"),
     },

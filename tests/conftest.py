@@ -84,6 +84,17 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
+def ray_head():
+    """A head node of its own with Ray Jobs and Ray Client (tests/ray_head.py), for the session (started on first
+    use): a cluster that jobs are submitted to and drivers join, as on Kubernetes."""
+    pytest.importorskip("aiohttp", reason="Ray's job server needs ray[default] (the project's [cluster] extra)")
+    from tests.ray_head import running_head
+
+    with running_head() as head:
+        yield head
+
+
+@pytest.fixture(scope="session")
 def object_store():
     """moto's S3 server on 127.0.0.1, for the session (started on first use)."""
     store = ObjectStore().start()

@@ -26,11 +26,12 @@ SMALL_REPO = MODEL_NAMES["small"]
 MODEL_ARGS = ["--input-size", "70", "--batch-size", "3", "--smoother", "none", "--depth-format", "gray16"]
 
 
-def write_hub_cache(repo_id: str, files: list[Path], commit: str) -> Path:
-    """A repo snapshot in the Hub cache, as huggingface_hub lays it out; returns the snapshot folder."""
+def write_hub_cache(repo_id: str, files: list[Path], commit: str, cache: Path | None = None) -> Path:
+    """A repo snapshot in the Hub cache (this process's, or `cache`: HF_HOME/hub of another), as huggingface_hub lays
+    it out; returns the snapshot folder."""
     from huggingface_hub import constants
 
-    repo = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    repo = Path(cache or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / commit
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
     snapshot.mkdir(parents=True, exist_ok=True)

@@ -10,27 +10,19 @@ ship the project a second time (the job's working dir already carries it to the 
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from pipeline.cluster.runtime import ships_this_project, submitted_job_runtime_env
 from tests.clips import clip, read_video
+from tests.ray_head import RAY, ray_cli
 from tests.test_pipeline_e2e import FAST
 
 PROJECT = Path(__file__).resolve().parents[1]
-RAY = Path(sys.executable).with_name("ray")
 
 
 
@@ -54,79 +46,6 @@ def test_the_driver_of_a_submitted_job_ships_the_project_only_without_a_working_
 needs_ray_cli = pytest.mark.skipif(shutil.which("ray", path=str(RAY.parent)) is None, reason="no ray CLI here")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """A head node of its own (2 CPUs, dashboard and job server on 127.0.0.1), ended with everything it started.
-
-    `ray start --block` stays in the foreground and stops its processes when it is signalled; `ray stop` would
-    end every Ray instance on the machine, the test session's own included.
-    """
-    pytest.importorskip("aiohttp", reason="Ray's job server needs ray[default] (the project's [cluster] extra)")
-    # Ray's socket paths must stay under 107 bytes: a short folder, not pytest's long tmp_path
-    temp_dir = Path("/tmp") / f"rayjob_{secrets.token_hex(3)}"
-    port, dashboard_port = free_port(), free_port()
-    environment = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
-                       RAY_USAGE_STATS_ENABLED="0",
-                       # the job's `python` is this environment's (Ray starts the entrypoint with the head's PATH)
-                       PATH=os.pathsep.join([str(RAY.parent), os.environ.get("PATH", "")]))
-    environment.pop("RAY_ADDRESS", None)
-    # Every port of its own: the test session's Ray instance holds the defaults (its dashboard agent listens on
-    # 52365), and an agent that cannot bind leaves the job server with "No available agent to submit job"
-    agent_ports = [flag for name in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                                     "--runtime-env-agent-port", "--metrics-export-port")
-                   for flag in (name, str(free_port()))]
-    head = subprocess.Popen(
-        [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port), "--num-cpus", "2",
-         "--temp-dir", str(temp_dir), "--include-dashboard", "true", *agent_ports],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    server = f"http://127.0.0.1:{dashboard_port}"
-    try:
-        wait_for_job_server(server, head, timeout_s=90)
-        yield server, environment
-    finally:
-        if head.poll() is None:
-            head.send_signal(signal.SIGTERM)
-            try:
-                head.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def wait_for_job_server(server: str, head: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if head.poll() is not None:
-            raise AssertionError(f"ray start --head ended ({head.returncode}): {head.stderr.read()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"{server}/api/version", timeout=2).close()
-            return
-        except urllib.error.HTTPError:
-            return  # it answers (401 without the token: token authentication is on)
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"Ray's job server at {server} did not answer within {timeout_s} s")
-
-
-def ray_cli(environment: dict, *arguments: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
-    """The ray CLI; a submission the job server turns away while its agent is still starting ("No available agent
-    to submit job, please try again later": seen on a busy machine) is tried again, as the message asks."""
-    deadline = time.monotonic() + 90
-    while True:
-        done = subprocess.run([str(RAY), *arguments], cwd=PROJECT, env=environment, capture_output=True, text=True,
-                              timeout=timeout_s)
-        if "No available agent to submit job" not in done.stdout + done.stderr or time.monotonic() > deadline:
-            return done
-        time.sleep(2)
-
-
 @pytest.mark.slow
 @needs_ray_cli
 def test_a_batch_job_under_ray_jobs_stopped_and_submitted_again(ray_head, tmp_path):
@@ -134,7 +53,7 @@ def test_a_batch_job_under_ray_jobs_stopped_and_submitted_again(ray_head, tmp_pa
     seconds) mid-batch: the videos finished stay recorded; the same job submitted again does only what was left and
     succeeds, every video written once at its frame count, nothing half-written, and `ray job logs` shows the
     progress lines."""
-    server, environment = ray_head
+    server, environment = ray_head.server, ray_head.environment
     videos = tmp_path / "videos"
     for index in range(4):
         clip(videos / ("nested" if index == 3 else ""), f"v{index}.mp4", width=64, height=48, frames=90)

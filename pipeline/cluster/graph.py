@@ -39,7 +39,7 @@ from pipeline.cluster.model_actor import ModelActor
 from pipeline.cluster.model_router import ModelRouter, actor_state
 from pipeline.cluster.plan import max_streams_for, plan_actors
 from pipeline.cluster.ray_calls import HEALTH_CHECK_S, answers, unwrap_ray_error
-from pipeline.cluster.runtime import started_local_ray
+from pipeline.cluster.runtime import cuda_problem_on_gpu_nodes, started_local_ray, wait_for_gpus
 from pipeline.cluster.sink_actor import SinkActor
 from pipeline.cluster.stream_actor import PROGRESS, RESULT, StreamActor, StreamJob
 from pipeline.cluster.stream_actor_cache import StreamActorCache
@@ -104,8 +104,13 @@ class DepthGraph:
         """
         self.settings = settings
         model = settings.model
-        # A local cluster's workers run this torch: whether it can use the GPUs Ray sees is known here
-        self.plan = plan_actors(settings, ray.cluster_resources(), cuda_problem() if started_local_ray() else None)
+        resources = (wait_for_gpus(settings.ray.wait_for_gpus, settings.ray.gpu_wait_s) if settings.ray.wait_for_gpus
+                     else ray.cluster_resources())
+        # Whether torch can use the GPUs Ray sees: a local cluster's workers run this torch; a cluster's GPU nodes
+        # are asked (an image with a CPU-only torch then runs on the CPU with a note, instead of failing actors)
+        problem = (cuda_problem() if started_local_ray() else
+                   cuda_problem_on_gpu_nodes() if resources.get("GPU", 0) >= 1 and model.device != "cpu" else None)
+        self.plan = plan_actors(settings, resources, problem)
         for note in self.plan.notes:
             print(f"warning: {note}", file=sys.stderr, flush=True)
         options = PredictorOptions(model.input_size, model.even_grid, model.precision, model.compile)

@@ -15,13 +15,16 @@ import os
 import re
 import signal
 import socket
+import sys
+import time
 from pathlib import Path
 
 import ray
 
 from pipeline.errors import PipelineError
 
-__all__ = ["ships_this_project", "start_ray", "started_local_ray", "stop_ray", "submitted_job_runtime_env"]
+__all__ = ["ships_this_project", "start_ray", "started_local_ray", "stop_ray", "submitted_job_runtime_env",
+           "wait_for_gpus", "cuda_problem_on_gpu_nodes"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds model/ and pipeline/ (shipped to workers)
 _started_local_ray = False  # whether this process started the Ray instance it uses (so may end what it left)
@@ -100,6 +103,52 @@ def _descendant_pids(root: int) -> list[int]:
             found.append(child)
             stack.append(child)
     return found
+
+
+def wait_for_gpus(count: int, timeout_s: float, poll_s: float = 2.0) -> dict[str, float]:
+    """The cluster's resources once it has `count` GPUs, or after `timeout_s` with what it has then (said on stderr).
+
+    An autoscaling cluster (KubeRay's, its GPU worker group from zero or still starting when the job starts) is asked
+    for the GPUs at once (`request_resources`: without it the autoscaler adds nodes only for work already waiting,
+    and the job plans from what is present). The request is withdrawn when the wait ends: the model actors then hold
+    the GPUs, and a GPU node that dies later is replaced for the actor Ray restarts.
+    """
+    resources = ray.cluster_resources()
+    if resources.get("GPU", 0) >= count:
+        return resources
+    from ray.autoscaler.sdk import request_resources
+
+    print(f"waiting for {count} GPUs in the Ray cluster ({resources.get('GPU', 0):g} now), asked of its autoscaler, "
+          f"at most {timeout_s:g} s", file=sys.stderr, flush=True)
+    request_resources(bundles=[{"GPU": 1}] * count)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while resources.get("GPU", 0) < count and time.monotonic() < deadline:
+            time.sleep(poll_s)
+            resources = ray.cluster_resources()
+    finally:
+        request_resources(bundles=[])
+    if resources.get("GPU", 0) < count:
+        print(f"warning: after {timeout_s:g} s the Ray cluster has {resources.get('GPU', 0):g} of the {count} GPUs "
+              f"waited for: planning with those", file=sys.stderr, flush=True)
+    return resources
+
+
+def cuda_problem_on_gpu_nodes(timeout_s: float = 60.0) -> str | None:
+    """Why torch on the cluster's GPU nodes cannot use their GPUs (a CPU-only build in the image, a driver older
+    than its CUDA), asked of a task on one of them holding a sliver of a GPU: the model actors' torch. None when it
+    can, or when no answer came within `timeout_s` (every GPU taken whole: the actors will tell)."""
+    from pipeline.stages.inference.depth_worker import cuda_problem
+
+    probe = ray.remote(num_cpus=0, num_gpus=0.01, max_retries=0)(cuda_problem).remote()
+    ready, _ = ray.wait([probe], timeout=timeout_s)
+    if not ready:
+        ray.cancel(probe, force=True)
+        return None
+    try:
+        return ray.get(probe)
+    except ray.exceptions.RayError:
+        return None
 
 
 def check_reachable(address: str, timeout_s: float) -> None:
