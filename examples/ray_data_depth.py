@@ -29,8 +29,9 @@ import ray
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # (run from a checkout without installing it)
 
 from pipeline import storage  # noqa: E402
-from pipeline.cluster.ray_data import DepthEstimator, read_video_frames  # noqa: E402
+from pipeline.cluster.ray_data import DepthEstimator  # noqa: E402
 from pipeline.cluster.runtime import start_ray  # noqa: E402
+from pipeline.jobs.video_frames import read_video_frames  # noqa: E402
 
 
 def save_depth(batch: dict, output: str, videos: bool) -> dict:

@@ -87,10 +87,11 @@ def test_map_batches_gives_the_clis_depth_for_images_of_two_sizes_in_one_batch(i
 
 
 def test_video_frames_come_once_each_with_exact_timestamps_and_the_clis_depth(inputs):
-    from pipeline.cluster.ray_data import DepthEstimator, VideoFramesDatasource, read_video_frames
+    from pipeline.cluster.ray_data import DepthEstimator
+    from pipeline.jobs.video_frames import frame_ranges, read_video_frames
 
     source = inputs["video"]
-    parts = VideoFramesDatasource(str(source), parts_per_video=3).ranges
+    parts = frame_ranges(str(source), parts_per_video=3)
     assert len(parts) == 3, "split at keyframes into three read tasks"
     assert [part.first_index for part in parts] == [0, parts[0].frames, parts[0].frames + parts[1].frames]
     dataset = read_video_frames(str(source), parts_per_video=3)
@@ -186,12 +187,12 @@ def test_bad_batches_and_a_video_model_are_one_line(estimator, tmp_path):
 
 
 def test_the_datasource_refuses_what_it_cannot_read_in_one_line(tmp_path):
-    from pipeline.cluster.ray_data import VideoFramesDatasource
+    from pipeline.jobs.video_frames import frame_ranges
 
     with pytest.raises(PipelineError, match="missing.mp4"):
-        VideoFramesDatasource(str(tmp_path / "missing.mp4"))
+        frame_ranges(str(tmp_path / "missing.mp4"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(PipelineError, match="empty: no video files found there"):
-        VideoFramesDatasource(str(tmp_path / "empty"))
+        frame_ranges(str(tmp_path / "empty"))
     with pytest.raises(PipelineError, match="parts_per_video must be 1 or more"):
-        VideoFramesDatasource(str(tmp_path), parts_per_video=0)
+        frame_ranges(str(tmp_path), parts_per_video=0)

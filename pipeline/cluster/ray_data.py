@@ -3,7 +3,8 @@ Ray Data's door: depth as a callable class for `Dataset.map_batches`, for teams 
 
 Takes: batches of rows (numpy dicts, Ray Data's default, or pandas DataFrames) with an image column: uint8 RGB
 H x W x 3 (grey H x W and RGBA H x W x 4 are taken too), rows of different sizes in one batch allowed, as
-`ray.data.read_images` gives them ("image") or as `ray.data.read_videos` and `read_video_frames` give them ("frame").
+`ray.data.read_images` gives them ("image") or as `ray.data.read_videos` and our `read_video_frames`
+(jobs/video_frames.py) give them ("frame").
 Gives: the same batch with a "depth" column added: float32 H x W a row, at that row's image size (relative inverse
 depth, or metres from a metric model), every other column kept.
 
@@ -30,13 +31,12 @@ import numpy as np
 from model import PredictorOptions, check_checkpoint
 from model.hub import DEFAULT_MODEL, resolve_checkpoint
 from model.onnx_network import is_onnx_file
-from pipeline.cluster.video_frames import VideoFramesDatasource, read_video_frames
 from pipeline.errors import PipelineError
 from pipeline.stages.frames import FrameBatch
 from pipeline.stages.inference.depth_worker import DepthWorker, ModelSource, choose_runtime
 from pipeline.stages.pixels import resized
 
-__all__ = ["DepthEstimator", "VideoFramesDatasource", "read_video_frames"]
+__all__ = ["DepthEstimator"]
 
 DEPTH_COLUMN = "depth"
 

@@ -1,10 +1,8 @@
 """
 A Ray Data datasource of video frames read with PyAV, each frame with its exact timestamp.
 
-Takes: what the batch command takes (video files, folders searched for videos and image sequences, globs, manifests,
-the same in object storage: jobs/inputs.py), and `parts_per_video`: read tasks per video (1: a task reads its video
-whole; more: the video split at keyframes, found by demuxing it on the driver, so that one long video is read by
-several tasks at once).
+Takes: `FrameRange`s, a read task each: a video (or image sequence, local or in object storage), whole or a stretch of
+it between two keyframes; `jobs/video_frames.py` makes them from what the batch command takes (`read_video_frames`).
 Gives: a row a frame, in each video's order within a task: "path" (the video as found), "frame_index" (from 0 in
 the video), "pts" and "time_base" (the source's own timestamp, exact: 1001/30000 stays 1001/30000), "time_s" (the
 same in seconds), "frame" (H x W x 3 uint8 RGB, upright after rotation metadata).
@@ -30,13 +28,10 @@ try:
 except ImportError as error:  # (pyarrow missing: Ray Data's own dependency, not Ray's)
     raise ImportError(f"Ray Data cannot be imported ({error}): pip install 'video-depth[data]'") from error
 
-from pipeline.errors import PipelineError
-from pipeline.jobs.inputs import find_inputs
-from pipeline.jobs.segments import packet_index, plan_segments
 from pipeline.stages.pixels import to_rgb
 from pipeline.stages.sources.video_decoder import open_source
 
-__all__ = ["VideoFramesDatasource", "read_video_frames"]
+__all__ = ["FrameRange", "VideoFramesDatasource", "frames_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,36 +52,18 @@ class FrameRange:
 
 
 class VideoFramesDatasource(Datasource):
-    """`ray.data.read_datasource(VideoFramesDatasource(inputs))`: see the module docstring."""
+    """`ray.data.read_datasource(VideoFramesDatasource(ranges))`: see the module docstring. `fps`: an image
+    sequence's frame rate (its images have no timestamps)."""
 
-    def __init__(self, inputs: str | list[str], parts_per_video: int = 1, fps: float | str = 30):
+    def __init__(self, ranges: list[FrameRange], fps: float | str = 30):
         super().__init__()
-        if parts_per_video < 1:
-            raise PipelineError(f"parts_per_video must be 1 or more, not {parts_per_video}")
-        specs = [inputs] if isinstance(inputs, str) else [str(spec) for spec in inputs]
-        items = find_inputs(specs)
-        if not items:
-            raise PipelineError(f"no videos or image sequences in {', '.join(specs)}")
-        self.fps = fps
-        self.ranges = [part for item in items for part in self._parts(str(item.source), parts_per_video)]
-
-    @staticmethod
-    def _parts(source: str, count: int) -> list[FrameRange]:
-        if count == 1:
-            return [FrameRange(source)]
-        index = packet_index(source)  # demuxed, not decoded
-        ranges, first = [], 0
-        for segment in plan_segments(index, count):
-            ranges.append(FrameRange(source, segment.start if segment.index else None, segment.end, first,
-                                     segment.frames))
-            first += segment.frames
-        return ranges or [FrameRange(source)]
+        self.ranges, self.fps = list(ranges), fps
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None  # (known only once each video is opened: its frame size times its frames)
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list:
-        """One task per part of a video (`parallelism` is Ray's wish; the parts were chosen by `parts_per_video`)."""
+        """One task per range (`parallelism` is Ray's wish; the ranges were chosen when they were made)."""
         tasks = []
         for frame_range in self.ranges:
             metadata = BlockMetadata(num_rows=frame_range.frames, size_bytes=None, input_files=[frame_range.source],
@@ -138,9 +115,9 @@ def _block(source: str, first_index: int, rows: list[tuple[int, np.ndarray]], ti
     }
 
 
-def read_video_frames(inputs: str | list[str], parts_per_video: int = 1, fps: float | str = 30, **read_args):
-    """`ray.data.read_datasource` over a `VideoFramesDatasource`; `read_args` are read_datasource's (concurrency,
-    num_cpus, ray_remote_args, ...)."""
+def frames_dataset(ranges: list[FrameRange], fps: float | str = 30, **read_args):
+    """A Ray dataset of the ranges' frames; `read_args` are `ray.data.read_datasource`'s (concurrency, num_cpus,
+    ray_remote_args, ...)."""
     import ray.data
 
-    return ray.data.read_datasource(VideoFramesDatasource(inputs, parts_per_video, fps), **read_args)
+    return ray.data.read_datasource(VideoFramesDatasource(ranges, fps), **read_args)
