@@ -19,7 +19,7 @@ Layers, each importing only those below it (tests/test_layers.py keeps them):
 - `settings.py`: typed settings from presets and flags; it turns them into what the stages take.
 - `cluster/`: every Ray call. One actor per file (stream, model, sink, camera) around the stages; the resource plan,
   where streams run, the model router, the stream actors' cache, the camera supervisor; `graph.DepthGraph` is what
-  the jobs ask.
-- `jobs/`: the ways to run it (a file, segments, a batch, one camera, many cameras with an HTTP API): policy only,
-  never Ray itself. `run_pipeline.py` (the `video-depth` command) parses and dispatches.
+  the jobs ask. Ray Data's door: `ray_data.DepthEstimator` (for `map_batches`) and the video-frames datasource.
+- `jobs/`: the ways to run it (a file, segments, a batch, one camera, many cameras with an HTTP API, a Ray Data
+  dataset of video frames): policy only, never Ray itself. `run_pipeline.py` (the `video-depth` command) parses and dispatches.
 """
