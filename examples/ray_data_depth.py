@@ -6,7 +6,9 @@ Depth with Ray Data: images or videos in, one float32 depth map a picture out, a
 
 Images: `ray.data.read_images` (a folder, files, or a prefix in object storage), each written as OUTPUT/NAME.npy.
 Videos: the pipeline's video-frames datasource (its exact timestamps), each frame as OUTPUT/VIDEO/000000.npy, and a
-frames.csv for each video (frame, pts, time_s), written last. The depth is the CLI's for the same pixels
+frames.csv for each video (frame, pts, time_s), written last. Names come from the inputs' file names: two videos of
+one name are refused before any work; two images of one name in different folders would share a file (an example's
+simplification: the batch command keeps each input's relative path). The depth is the CLI's for the same pixels
 (`--smoother none --depth-format exr`); see docs/batch-and-clusters.md, "Ray Data".
 
 Runs on the Ray cluster it finds (`ray job submit -- python examples/ray_data_depth.py ...`, or RAY_ADDRESS), or on
@@ -31,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # (run from a chec
 from pipeline import storage  # noqa: E402
 from pipeline.cluster.ray_data import DepthEstimator  # noqa: E402
 from pipeline.cluster.runtime import start_ray  # noqa: E402
-from pipeline.jobs.video_frames import read_video_frames  # noqa: E402
+from pipeline.cluster.video_frames import frames_dataset  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.jobs.video_frames import frame_ranges  # noqa: E402
 
 
 def save_depth(batch: dict, output: str, videos: bool) -> dict:
@@ -90,10 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts-per-video", type=int, default=1, help="read tasks a video (split at keyframes)")
     args = parser.parse_args(argv)
 
+    if args.videos:  # (the read tasks planned first: a bad input or a clash of names fails before Ray starts)
+        ranges = frame_ranges(args.inputs, args.parts_per_video)
+        stems = {}
+        for source in dict.fromkeys(part.source for part in ranges):
+            if Path(source).stem in stems:
+                sys.exit(f"error: {stems[Path(source).stem]} and {source} would both be written to "
+                         f"{Path(source).stem}/ in {args.output}")
+            stems[Path(source).stem] = source
     # The cluster in RAY_ADDRESS (set by `ray job submit`), this project shipped to its workers; else a local one
     start_ray(os.environ.get("RAY_ADDRESS") or None)
     if args.videos:
-        dataset = read_video_frames(args.inputs, parts_per_video=args.parts_per_video)
+        dataset = frames_dataset(ranges)
         column = "frame"
     else:
         dataset = ray.data.read_images(args.inputs if len(args.inputs) > 1 else args.inputs[0], include_paths=True,
@@ -112,4 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except PipelineError as error:  # a bad input or setting: one line, before any work
+        sys.exit(f"error: {error}")

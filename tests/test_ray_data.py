@@ -137,6 +137,20 @@ def test_the_example_writes_every_depth_map_for_images_and_videos(inputs, tmp_pa
         [f"{frame:06d}.npy" for frame, _ in rows] + ["frames.csv"]), "nothing half-written left"
 
 
+def test_the_example_refuses_inputs_it_would_write_to_one_place_and_missing_ones_in_one_line(tmp_path):
+    for folder in ("a", "b"):
+        clip(tmp_path / folder, "take.mp4", width=64, height=48, frames=2)
+    example = [sys.executable, str(ROOT / "examples" / "ray_data_depth.py"), "--random-weights", "vits", "--videos"]
+    clash = subprocess.run([*example, str(tmp_path), "-o", str(tmp_path / "out")],  # (a/take.mp4 and b/take.mp4)
+                           capture_output=True, text=True, timeout=120)
+    assert clash.returncode == 1 and clash.stderr.strip().endswith("would both be written to take/ in " +
+                                                                   str(tmp_path / "out"))
+    missing = subprocess.run([*example, str(tmp_path / "nowhere.mp4"), "-o", str(tmp_path / "out")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "nowhere.mp4" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 # Without Ray: the class itself, as a Ray Data actor holds it ......................................................
 
 @pytest.fixture(scope="module")
