@@ -15,6 +15,7 @@ depth for each frame. An image sequence's frames are timed at `fps` (its images 
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
@@ -68,7 +69,7 @@ class VideoFramesDatasource(Datasource):
         for frame_range in self.ranges:
             metadata = BlockMetadata(num_rows=frame_range.frames, size_bytes=None, input_files=[frame_range.source],
                                      exec_stats=None)
-            read = (lambda frame_range=frame_range: read_frames(frame_range, self.fps))
+            read = functools.partial(read_frames, frame_range, self.fps)  # (this range alone travels with its task)
             try:
                 tasks.append(ReadTask(read, metadata, per_task_row_limit=per_task_row_limit))
             except TypeError:  # (Ray before 2.45 has no per-task row limit)
