@@ -182,10 +182,10 @@ def builtin_problems(documents: list[dict], secrets: set[str]) -> list[str]:
             problems.append(f"{where}: its selector selects no pods here")
         if not spec.get("ports"):
             problems.append(f"{where}: spec.ports is required")
+        declared = {(p.get("name"), p["containerPort"]) for pod in selected for c in pod["containers"]
+                    for p in c.get("ports", [])}
         for port in spec.get("ports", []):
             target = port.get("targetPort", port.get("port"))
-            declared = {(p.get("name"), p["containerPort"]) for _, pod in [(None, pod) for pod in selected]
-                        for c in pod["containers"] for p in c.get("ports", [])}
             if not isinstance(port.get("port"), int) or not any(target in pair for pair in declared):
                 problems.append(f"{where}: port {port.get('name')} targets {target!r}, which its pods do not declare")
     return problems
